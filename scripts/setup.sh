@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what mache-cachefs needs to build, test, benchmark and mount,
+# when it is missing: Debian packages (fuse3, sqlite3, attr, python3, ...)
+# and the Rust components clippy and rustfmt. Safe to run again.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have fusermount3 || need+=(fuse3)
+have sqlite3 || need+=(sqlite3)
+have getfattr || need+=(attr)
+have python3 || need+=(python3)
+have hyperfine || need+=(hyperfine)
+have mount || need+=(mount)
+have gcc || need+=(gcc)
+have pkg-config || need+=(pkg-config)
+
+if ((${#need[@]})); then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "setup: installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! have cargo; then
+  echo "setup: no Rust toolchain: install one from https://rustup.rs and run this again" >&2
+  exit 1
+fi
+if have rustup; then
+  for component in clippy rustfmt; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+  done
+fi

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what is missing, checks
+# formatting and lints, then runs every test (unit, conformance, CLI and
+# the mount tests, which really mount and therefore need root and /dev/fuse).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets --release -- -D warnings
+cargo test --release --all-targets -- --test-threads="${TEST_THREADS:-4}"
+(cd tests/fixtures/build-cache-v1 && sha256sum --quiet -c VECTORS.sha256)
+echo "all tests passed"

@@ -1,0 +1,76 @@
+//! One function per subcommand: build what it needs from the settings, call
+//! the library, hand the report to [`super::output`].
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::args::{Cli, Command, InspectArgs, PullArgs, PushArgs, VerifyArgs};
+use super::output;
+use crate::bundle::{self, PushOptions};
+use crate::config::{self, ProcessEnv, Settings};
+use crate::store::LocalStore;
+
+/// Runs the chosen subcommand.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    let settings = config::load(&ProcessEnv, cli.config.as_deref())?;
+    let progress = !cli.quiet && std::io::stderr().is_terminal();
+    match cli.command {
+        Command::Push(args) => push(&settings, args, progress),
+        Command::Pull(args) => pull(&settings, args, progress),
+        Command::Verify(args) => verify(&settings, args, progress),
+        Command::Inspect(args) => inspect(&settings, args),
+    }
+}
+
+fn store_dir(settings: &Settings, explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(|| settings.store.clone())
+}
+
+fn open_store(dir: &Path) -> Result<LocalStore> {
+    LocalStore::open(dir).with_context(|| "push a bundle first (mache-cachefs push --db mache.db)")
+}
+
+fn push(settings: &Settings, args: PushArgs, progress: bool) -> Result<()> {
+    let dir = store_dir(settings, args.store);
+    let store = LocalStore::create(&dir)?;
+    let opts = PushOptions {
+        db: args.db,
+        source_root: args.source_root,
+        tag: args.tag,
+        progress,
+    };
+    let report = bundle::push(&store, &opts)?;
+    output::push(&store, &report, args.json);
+    Ok(())
+}
+
+fn pull(settings: &Settings, args: PullArgs, progress: bool) -> Result<()> {
+    let store = open_store(&store_dir(settings, args.store))?;
+    let bundle = store.resolve(&args.reference)?;
+    let report = bundle::pull(
+        &store,
+        &bundle.lockfile,
+        &args.out_db,
+        args.verify,
+        progress,
+    )?;
+    output::pull(&args.out_db, &report, args.json);
+    Ok(())
+}
+
+fn verify(settings: &Settings, args: VerifyArgs, progress: bool) -> Result<()> {
+    let store = open_store(&store_dir(settings, args.store))?;
+    let bundle = store.resolve(&args.reference)?;
+    let report = bundle::verify(&store, &bundle.lockfile, progress)?;
+    output::verify(&store, &args.reference, &report, args.json);
+    Ok(())
+}
+
+fn inspect(settings: &Settings, args: InspectArgs) -> Result<()> {
+    let target = args.target.unwrap_or_else(|| settings.store.clone());
+    let inspection = bundle::inspect_file(&target, &args.reference)?;
+    output::inspect(&inspection, args.json);
+    Ok(())
+}

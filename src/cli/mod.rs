@@ -1,0 +1,71 @@
+//! The command line: flags → settings → library calls → output and exit code.
+//!
+//! Nothing here does work a library user would need; it parses, dispatches,
+//! prints, and maps errors to exit codes in one place ([`exit_code_for`]).
+
+mod args;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use args::Cli;
+
+use crate::error::{Error, exit};
+
+/// Runs the CLI with the process's arguments; returns the exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose, cli.quiet);
+    match commands::dispatch(cli) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(err) => {
+            eprintln!("mache-cachefs: error: {}", one_line(&err));
+            ExitCode::from(exit_code_for(&err))
+        }
+    }
+}
+
+/// The one place a failure becomes an exit code: library errors carry
+/// their class; anything else is a generic failure.
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<Error>())
+        .map_or(exit::FAILURE, Error::exit_code)
+}
+
+/// The error and its causes on one line, without repeating a cause the
+/// message already includes.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
+fn init_tracing(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MACHE_CACHEFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

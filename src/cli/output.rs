@@ -1,0 +1,143 @@
+//! What the CLI prints on stdout: a few human lines, or one JSON object
+//! with `--json`. Logs and errors go to stderr elsewhere.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::bundle::{Inspection, PullReport, PushReport};
+use crate::store::{ChunkSource, LocalStore};
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{value}");
+}
+
+/// The report of `push`.
+pub fn push(store: &LocalStore, r: &PushReport, as_json: bool) {
+    if as_json {
+        return print_json(&json!({
+            "store": store.describe(),
+            "tag": r.tag,
+            "lockfile": r.lockfile_hash.to_prefixed(),
+            "root": r.root.to_prefixed(),
+            "sources": r.sources,
+            "ast_sources": r.ast_sources,
+            "distinct_chunks": r.distinct_chunks,
+            "new_chunks": r.new_chunks,
+            "present_chunks": r.present_chunks,
+            "chunk_bytes": r.chunk_bytes,
+            "new_bytes": r.new_bytes,
+            "seconds": r.elapsed.as_secs_f64(),
+        }));
+    }
+    let tags = if r.tag == "latest" {
+        "latest".to_string()
+    } else {
+        format!("latest, {}", r.tag)
+    };
+    println!(
+        "pushed {} sources ({} with AST) to {} as {tags} in {:.2}s",
+        r.sources,
+        r.ast_sources,
+        store.describe(),
+        r.elapsed.as_secs_f64()
+    );
+    println!(
+        "chunks: {} new, {} already present ({} total, {} new)",
+        r.new_chunks,
+        r.present_chunks,
+        mb(r.chunk_bytes),
+        mb(r.new_bytes)
+    );
+    println!("lockfile {}", r.lockfile_hash.to_prefixed());
+    println!("root     {}", r.root.to_prefixed());
+}
+
+fn pull_json(r: &PullReport) -> serde_json::Value {
+    json!({
+        "sources": r.sources,
+        "ast_sources": r.ast_sources,
+        "chunk_bytes": r.chunk_bytes,
+        "root": r.root.to_prefixed(),
+        "verified": r.verified,
+        "seconds": r.elapsed.as_secs_f64(),
+    })
+}
+
+/// The report of `pull`.
+pub fn pull(out_db: &Path, r: &PullReport, as_json: bool) {
+    if as_json {
+        let mut value = pull_json(r);
+        value["out_db"] = json!(out_db.display().to_string());
+        return print_json(&value);
+    }
+    let verified = if r.verified {
+        "verified"
+    } else {
+        "chunk hashes verified; root not checked"
+    };
+    println!(
+        "restored {} sources ({} with AST, {}) into {} in {:.2}s ({verified})",
+        r.sources,
+        r.ast_sources,
+        mb(r.chunk_bytes),
+        out_db.display(),
+        r.elapsed.as_secs_f64()
+    );
+}
+
+/// The report of `verify`.
+pub fn verify(store: &LocalStore, reference: &str, r: &PullReport, as_json: bool) {
+    if as_json {
+        let mut value = pull_json(r);
+        value["store"] = json!(store.describe());
+        value["ref"] = json!(reference);
+        return print_json(&value);
+    }
+    println!(
+        "ok: {reference} in {}: {} sources, {} of chunks, root {} verified in {:.2}s",
+        store.describe(),
+        r.sources,
+        mb(r.chunk_bytes),
+        r.root.to_prefixed(),
+        r.elapsed.as_secs_f64()
+    );
+}
+
+/// The report of `inspect`.
+pub fn inspect(i: &Inspection, as_json: bool) {
+    if as_json {
+        return print_json(&serde_json::to_value(i).expect("inspection serializes"));
+    }
+    let opt = |v: Option<usize>| v.map_or("-".to_string(), |n| n.to_string());
+    println!("producer          {} {}", i.producer, i.producer_version);
+    println!("schema version    {}", i.schema_version);
+    println!("generated at      {} ms since the epoch", i.generated_at_ms);
+    println!("processors        {}", i.processors.join(", "));
+    println!("sources           {}", i.sources);
+    println!("topology edges    {}", i.topology_edges);
+    let root_state = if i.root_ok { "ok" } else { "MISMATCH" };
+    println!("root              {} ({root_state})", i.root);
+    if let Some(lockfile) = &i.lockfile {
+        println!("lockfile          {lockfile}");
+    }
+    if !i.refs.is_empty() {
+        println!("refs              {}", i.refs.join(", "));
+    }
+    println!("distinct chunks   {}", i.distinct_chunks);
+    println!(
+        "on disk           {} present, {} missing, {} corrupt",
+        opt(i.chunks_present),
+        opt(i.chunks_missing),
+        opt(i.chunks_corrupt)
+    );
+    println!(
+        "shapes            {} raw, {} AST",
+        opt(i.raw_chunks),
+        opt(i.ast_chunks)
+    );
+}

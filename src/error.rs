@@ -1,0 +1,172 @@
+//! The library's one error type, and the one place errors become exit codes
+//! (for the CLI) and errno values (for FUSE).
+//!
+//! Every message is one line that names what was wrong and where, so the CLI
+//! can print it as is.
+
+use std::path::PathBuf;
+
+use crate::hash::Hash;
+
+/// Shorthand used throughout the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong below the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("hash must be exactly 32 bytes, got {0}")]
+    BadHashLength(usize),
+    #[error("not a BLAKE3 hash: {0:?} (expected 64 hex digits, as blake3:<hex> in text forms)")]
+    BadHashText(String),
+
+    #[error("invalid lockfile: {0}")]
+    BadLockfile(String),
+    #[error("unsupported lockfile: schemaVersion is {found:?}, this build supports {supported:?}")]
+    UnsupportedSchema { found: String, supported: String },
+    #[error("unsupported lockfile: producer is {found:?}, expected {expected:?}")]
+    ForeignProducer { found: String, expected: String },
+    #[error("lockfile root mismatch: lockfile says {expected}, sources give {actual}")]
+    RootMismatch { expected: Hash, actual: Hash },
+
+    #[error("invalid chunk {hash}: {reason}")]
+    BadChunk { hash: Hash, reason: String },
+
+    #[error("invalid mache db {path}: {reason}")]
+    BadDb { path: PathBuf, reason: String },
+    #[error("sqlite error on {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    #[error("chunk {hash} is missing from {store} (source {path:?})")]
+    ChunkMissing {
+        hash: Hash,
+        path: String,
+        store: String,
+    },
+    #[error("object {hash} is not in {store}")]
+    ObjectMissing { hash: Hash, store: String },
+    #[error("corrupt object {path}: expected blake3 {expected}, found {actual}")]
+    Corrupt {
+        path: PathBuf,
+        expected: Hash,
+        actual: Hash,
+    },
+    #[error("no ref {name:?} in {store}")]
+    RefMissing { name: String, store: String },
+    #[error(
+        "invalid ref name {0:?} (letters, digits, '.', '_', '-'; at most 128; not starting with '.' or '-')"
+    )]
+    BadRefName(String),
+    #[error("not a store: {0} (no objects/ directory and no mache.lock.bin)")]
+    NotAStore(PathBuf),
+
+    #[error("invalid config {path}: {reason}")]
+    BadConfig { path: PathBuf, reason: String },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Mount(String),
+}
+
+/// What kind of failure an error is, for exit codes and errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// The user's input (db, lockfile, flags, config) is invalid.
+    Input,
+    /// Bytes failed verification: corruption.
+    Integrity,
+    /// Something named does not exist (ref, chunk, object).
+    NotFound,
+    /// The environment refused: permissions, disk, missing device.
+    Environment,
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done, e.g. `"writing /a/b"`.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Wraps a SQLite error with the db it came from.
+    pub fn sqlite(path: impl Into<PathBuf>, source: rusqlite::Error) -> Error {
+        Error::Sqlite {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The class of this error.
+    pub fn class(&self) -> Class {
+        use Error::*;
+        match self {
+            BadHashLength(_)
+            | BadHashText(_)
+            | BadLockfile(_)
+            | UnsupportedSchema { .. }
+            | ForeignProducer { .. }
+            | BadChunk { .. }
+            | BadDb { .. }
+            | Sqlite { .. }
+            | BadRefName(_)
+            | NotAStore(_)
+            | BadConfig { .. }
+            | Usage(_) => Class::Input,
+            RootMismatch { .. } | Corrupt { .. } => Class::Integrity,
+            ChunkMissing { .. } | ObjectMissing { .. } | RefMissing { .. } => Class::NotFound,
+            Io { .. } | Mount(_) => Class::Environment,
+        }
+    }
+
+    /// The process exit code for this error (documented in README.md).
+    pub fn exit_code(&self) -> u8 {
+        match self.class() {
+            Class::Input => exit::INPUT,
+            Class::Integrity => exit::INTEGRITY,
+            Class::NotFound => exit::NOT_FOUND,
+            Class::Environment => exit::ENVIRONMENT,
+        }
+    }
+
+    /// The errno a FUSE reply carries for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            _ => match self.class() {
+                Class::NotFound | Class::Integrity | Class::Input => libc::EIO,
+                Class::Environment => libc::EIO,
+            },
+        }
+    }
+}
+
+/// Exit codes of the `mache-cachefs` binary.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Any failure not classified below.
+    pub const FAILURE: u8 = 1;
+    /// Bad command line (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// Invalid input: db, lockfile, config, ref name.
+    pub const INPUT: u8 = 3;
+    /// Verification failed: corrupt object or root mismatch.
+    pub const INTEGRITY: u8 = 4;
+    /// A ref, chunk or object does not exist.
+    pub const NOT_FOUND: u8 = 5;
+    /// The environment refused: permissions, full disk, no /dev/fuse.
+    pub const ENVIRONMENT: u8 = 6;
+}

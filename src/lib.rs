@@ -1,0 +1,23 @@
+//! mache-cachefs: a portable, lazily mounted code-intelligence cache.
+//!
+//! The layers, bottom up:
+//! - [`hash`], [`rows`]: the values everything else speaks in.
+//! - [`lockfile`], [`chunk`]: the wire formats shared with the Go `mache`.
+//! - [`machedb`]: reading a `mache.db` and writing a restored one.
+//! - [`store`]: where chunk bytes come from, behind one small trait.
+//! - [`bundle`]: push, pull and inspect, built from the pieces above.
+//! - [`config`]: default locations and the config file.
+
+pub mod bundle;
+pub mod chunk;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod hash;
+pub mod lockfile;
+pub mod machedb;
+pub mod rows;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use hash::Hash;

@@ -1,0 +1,321 @@
+//! Reading a `mache.db` and writing a restored one (SPEC §4).
+//!
+//! The reader turns `_source` (ordered by id) and `_ast` into [`SourceRow`]s
+//! and [`AstRow`]s, resolving NULL content from disk. The writer creates the
+//! restore schema and fills it in one transaction, in rollback-journal mode,
+//! so the result opens read-only anywhere with no `-wal`/`-shm` files.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags, params};
+
+use crate::error::{Error, Result};
+use crate::rows::{AstRow, SourceRow};
+
+/// Everything a push needs from a db.
+#[derive(Debug, Default)]
+pub struct DbContents {
+    /// `_source` rows ordered by id, content resolved.
+    pub sources: Vec<SourceRow>,
+    /// `_ast` rows by source id, each list ordered by node_id; `None` when
+    /// the db has no `_ast` table (raw chunks are pushed then).
+    pub ast: Option<HashMap<String, Vec<AstRow>>>,
+}
+
+/// Reads a mache db. NULL `content` means "read the file at `path`",
+/// relative to `source_root`; an empty BLOB is an empty file.
+pub fn read_db(db_path: &Path, source_root: &Path) -> Result<DbContents> {
+    let bad = |reason: String| Error::BadDb {
+        path: db_path.to_path_buf(),
+        reason,
+    };
+    if !db_path.is_file() {
+        return Err(bad("no such file".to_string()));
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(db_path, flags).map_err(|e| sql(db_path, e))?;
+    if !has_table(&conn, "_source").map_err(|e| sql(db_path, e))? {
+        return Err(bad("no _source table (is this a mache db?)".to_string()));
+    }
+    let sources = read_sources(&conn, db_path, source_root)?;
+    if sources.is_empty() {
+        return Err(bad(
+            "_source has no rows; refusing to make an empty bundle".to_string()
+        ));
+    }
+    let ast = if has_table(&conn, "_ast").map_err(|e| sql(db_path, e))? {
+        Some(read_ast(&conn, db_path, &sources)?)
+    } else {
+        None
+    };
+    Ok(DbContents { sources, ast })
+}
+
+fn sql(path: &Path, e: rusqlite::Error) -> Error {
+    Error::sqlite(path, e)
+}
+
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+fn read_sources(conn: &Connection, db_path: &Path, source_root: &Path) -> Result<Vec<SourceRow>> {
+    let mut stmt = conn
+        .prepare("SELECT id, path, language, content FROM _source ORDER BY id")
+        .map_err(|e| sql(db_path, e))?;
+    let mut rows = stmt.query([]).map_err(|e| sql(db_path, e))?;
+    let mut sources = Vec::new();
+    while let Some(row) = rows.next().map_err(|e| sql(db_path, e))? {
+        let id =
+            text_of(row.get_ref(0).map_err(|e| sql(db_path, e))?).ok_or_else(|| Error::BadDb {
+                path: db_path.to_path_buf(),
+                reason: format!("_source row {} has a NULL id", sources.len() + 1),
+            })?;
+        let path = text_of(row.get_ref(1).map_err(|e| sql(db_path, e))?);
+        let language = text_of(row.get_ref(2).map_err(|e| sql(db_path, e))?);
+        let content = match row.get_ref(3).map_err(|e| sql(db_path, e))? {
+            ValueRef::Null => read_by_path(db_path, source_root, &id, path.as_deref())?,
+            ValueRef::Blob(b) => b.to_vec(),
+            ValueRef::Text(t) => t.to_vec(),
+            ValueRef::Integer(i) => i.to_string().into_bytes(),
+            ValueRef::Real(r) => r.to_string().into_bytes(),
+        };
+        sources.push(SourceRow {
+            id,
+            path,
+            language,
+            content,
+        });
+    }
+    Ok(sources)
+}
+
+/// A column as text, the way SQLite would cast it; `None` for NULL.
+fn text_of(value: ValueRef<'_>) -> Option<String> {
+    match value {
+        ValueRef::Null => None,
+        ValueRef::Integer(i) => Some(i.to_string()),
+        ValueRef::Real(r) => Some(r.to_string()),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Some(String::from_utf8_lossy(t).into_owned()),
+    }
+}
+
+fn int_of(value: ValueRef<'_>) -> i64 {
+    match value {
+        ValueRef::Integer(i) => i,
+        ValueRef::Real(r) => r as i64,
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
+        ValueRef::Null | ValueRef::Blob(_) => 0,
+    }
+}
+
+/// Reads the file a NULL-content row refers to. The path must stay inside
+/// `source_root`: a db is input, and input does not get to read `/etc`.
+fn read_by_path(db_path: &Path, root: &Path, id: &str, path: Option<&str>) -> Result<Vec<u8>> {
+    let bad = |reason: String| Error::BadDb {
+        path: db_path.to_path_buf(),
+        reason,
+    };
+    let Some(rel) = path.filter(|p| !p.is_empty()) else {
+        return Err(bad(format!(
+            "_source {id:?} has neither content nor a path"
+        )));
+    };
+    let full = safe_join(root, rel).ok_or_else(|| {
+        bad(format!(
+            "_source {id:?} path {rel:?} leaves the source root"
+        ))
+    })?;
+    std::fs::read(&full).map_err(|e| {
+        bad(format!(
+            "_source {id:?} has NULL content and its file {} cannot be read: {e}",
+            full.display()
+        ))
+    })
+}
+
+/// Joins a relative path under `root`, refusing absolute paths and `..`.
+fn safe_join(root: &Path, rel: &str) -> Option<PathBuf> {
+    let rel = Path::new(rel);
+    let normal = rel
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    normal.then(|| root.join(rel))
+}
+
+fn read_ast(
+    conn: &Connection,
+    db_path: &Path,
+    sources: &[SourceRow],
+) -> Result<HashMap<String, Vec<AstRow>>> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT node_id, source_id, node_kind, start_byte, end_byte, start_row, start_col, \
+             end_row, end_col FROM _ast ORDER BY source_id, node_id",
+        )
+        .map_err(|e| sql(db_path, e))?;
+    let mut rows = stmt.query([]).map_err(|e| sql(db_path, e))?;
+    let mut by_source: HashMap<String, Vec<AstRow>> = HashMap::new();
+    let mut orphans = 0usize;
+    let known: std::collections::HashSet<&str> = sources.iter().map(|s| s.id.as_str()).collect();
+    while let Some(row) = rows.next().map_err(|e| sql(db_path, e))? {
+        let get = |i| row.get_ref(i).map_err(|e| sql(db_path, e));
+        let node = AstRow {
+            node_id: text_of(get(0)?).unwrap_or_default(),
+            source_id: text_of(get(1)?).unwrap_or_default(),
+            node_kind: text_of(get(2)?).unwrap_or_default(),
+            start_byte: int_of(get(3)?),
+            end_byte: int_of(get(4)?),
+            start_row: int_of(get(5)?),
+            start_col: int_of(get(6)?),
+            end_row: int_of(get(7)?),
+            end_col: int_of(get(8)?),
+        };
+        if !known.contains(node.source_id.as_str()) {
+            orphans += 1;
+            continue;
+        }
+        by_source
+            .entry(node.source_id.clone())
+            .or_default()
+            .push(node);
+    }
+    if orphans > 0 {
+        return Err(Error::BadDb {
+            path: db_path.to_path_buf(),
+            reason: format!("{orphans} _ast rows name a source_id that has no _source row"),
+        });
+    }
+    Ok(by_source)
+}
+
+/// SQL that creates the restore schema's `_ast` table.
+const CREATE_AST: &str = "CREATE TABLE _ast(node_id TEXT PRIMARY KEY, source_id TEXT NOT NULL, \
+     node_kind TEXT NOT NULL, start_byte INTEGER, end_byte INTEGER, start_row INTEGER, \
+     start_col INTEGER, end_row INTEGER, end_col INTEGER)";
+
+/// Writes a restored db: `_source` always, `_ast` from the first source
+/// that comes with an AST (so a bundle of raw chunks restores without it).
+/// All rows go in one transaction; nothing is visible until [`finish`](Self::finish).
+pub struct DbWriter {
+    conn: Connection,
+    path: PathBuf,
+    has_ast: bool,
+}
+
+impl DbWriter {
+    /// Creates the schema in a new (or empty) db file.
+    pub fn create(path: &Path) -> Result<DbWriter> {
+        let conn = Connection::open(path).map_err(|e| sql(path, e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = DELETE; PRAGMA synchronous = OFF; BEGIN;
+             CREATE TABLE _source(id TEXT PRIMARY KEY, path TEXT, language TEXT, content BLOB);",
+        )
+        .map_err(|e| sql(path, e))?;
+        Ok(DbWriter {
+            conn,
+            path: path.to_path_buf(),
+            has_ast: false,
+        })
+    }
+
+    /// Inserts one source and, for an AST-shaped chunk, its nodes (`Some`,
+    /// possibly empty).
+    pub fn insert(&mut self, source: &SourceRow, nodes: Option<&[AstRow]>) -> Result<()> {
+        let path = &self.path;
+        let duplicate = |e: rusqlite::Error| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::ConstraintViolation) => Error::BadDb {
+                path: path.clone(),
+                reason: format!("two sources restore to the same id {:?}", source.id),
+            },
+            _ => sql(path, e),
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO _source(id, path, language, content) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    source.id,
+                    source.path,
+                    source.language,
+                    source.content
+                ])
+            })
+            .map_err(duplicate)?;
+        let Some(nodes) = nodes else {
+            return Ok(());
+        };
+        if !self.has_ast {
+            self.conn
+                .execute_batch(CREATE_AST)
+                .map_err(|e| sql(path, e))?;
+            self.has_ast = true;
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO _ast(node_id, source_id, node_kind, start_byte, end_byte, \
+                 start_row, start_col, end_row, end_col) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(|e| sql(path, e))?;
+        for n in nodes {
+            stmt.execute(params![
+                n.node_id,
+                n.source_id,
+                n.node_kind,
+                n.start_byte,
+                n.end_byte,
+                n.start_row,
+                n.start_col,
+                n.end_row,
+                n.end_col
+            ])
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::ConstraintViolation) => Error::BadDb {
+                    path: path.clone(),
+                    reason: format!("two AST nodes share the node_id {:?}", n.node_id),
+                },
+                _ => sql(path, e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Commits, closes and fsyncs the db.
+    pub fn finish(self) -> Result<()> {
+        let path = self.path;
+        self.conn
+            .execute_batch("COMMIT;")
+            .map_err(|e| sql(&path, e))?;
+        self.conn.close().map_err(|(_, e)| sql(&path, e))?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        file.sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", path.display()), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_join_refuses_escapes() {
+        let root = Path::new("/r");
+        assert_eq!(safe_join(root, "a/b.go"), Some(PathBuf::from("/r/a/b.go")));
+        assert_eq!(safe_join(root, "../etc/passwd"), None);
+        assert_eq!(safe_join(root, "/etc/passwd"), None);
+        assert_eq!(safe_join(root, "a/../../b"), None);
+    }
+}

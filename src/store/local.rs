@@ -1,0 +1,420 @@
+//! The local directory store (SPEC §5), plus the refs and indexes we keep
+//! beside it.
+//!
+//! ```text
+//! <store>/objects/<hex[0..2]>/<hex[2..]>   chunks, content-addressed, never overwritten
+//! <store>/mache.lock.bin, mache.lock.toml  the latest bundle (what the Go mache reads)
+//! <store>/lockfiles/<hex>.bin              every pushed lockfile, by its BLAKE3
+//! <store>/lockfiles/<hex>.sizes.json       the sizes index of that lockfile
+//! <store>/refs/<name>                      "blake3:<lockfile hex>\n"
+//! <store>/tmp/                             in-flight writes; nothing here is ever read
+//! ```
+//!
+//! Writes go to `tmp/` first and are moved into place only once complete and
+//! synced, so a crash or a full disk never leaves a partial object where a
+//! reader would see it. Objects are linked into place with no-clobber
+//! semantics; an object already present is verified, and a mismatch is a hard
+//! error. A store written by the Go mache (only `mache.lock.bin`, no refs) is
+//! read as having one ref, `latest`.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rayon::prelude::*;
+use tempfile::{NamedTempFile, TempPath};
+
+use super::{Bundle, ChunkSource, SizeIndex};
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::lockfile::binary;
+
+/// The top-level binary lockfile name (shared with mache).
+pub const LOCK_BIN: &str = "mache.lock.bin";
+/// The top-level TOML lockfile name (shared with mache).
+pub const LOCK_TOML: &str = "mache.lock.toml";
+/// The ref every push moves.
+pub const LATEST: &str = "latest";
+
+/// Temporary files older than this are debris of a dead writer.
+const STALE_TMP: Duration = Duration::from_secs(3600);
+/// Objects written per sync batch (bounds open temp paths and memory).
+const WRITE_BATCH: usize = 512;
+
+/// A store directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+/// What a batch write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutReport {
+    /// Objects written by this call.
+    pub new: usize,
+    /// Objects already present (and verified).
+    pub present: usize,
+    /// Bytes written by this call.
+    pub new_bytes: u64,
+}
+
+impl LocalStore {
+    /// Opens an existing store: a directory with `objects/` or a `mache.lock.bin`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<LocalStore> {
+        let root = root.into();
+        if !root.join("objects").is_dir() && !root.join(LOCK_BIN).is_file() {
+            return Err(Error::NotAStore(root));
+        }
+        Ok(LocalStore { root })
+    }
+
+    /// Opens a store for writing, creating its directories if needed, and
+    /// clears temporary files left by writers that died.
+    pub fn create(root: impl Into<PathBuf>) -> Result<LocalStore> {
+        let root = root.into();
+        for dir in ["objects", "lockfiles", "refs", "tmp"] {
+            let path = root.join(dir);
+            fs::create_dir_all(&path)
+                .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        }
+        let store = LocalStore { root };
+        store.sweep_stale_tmp();
+        Ok(store)
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where object `hash` lives.
+    pub fn object_path(&self, hash: &Hash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.root.join("objects").join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// Writes every object not yet present; verifies those that are.
+    ///
+    /// Each object's bytes must hash to its key (checked here, so a caller
+    /// bug can never store a mislabelled object).
+    pub fn put_all(&self, objects: &[(Hash, &[u8])]) -> Result<PutReport> {
+        let mut report = PutReport::default();
+        for batch in objects.chunks(WRITE_BATCH) {
+            let staged: Vec<Option<(Hash, TempPath, u64)>> = batch
+                .par_iter()
+                .map(|(hash, bytes)| self.stage_object(hash, bytes))
+                .collect::<Result<_>>()?;
+            if staged.iter().any(Option::is_some) {
+                self.sync()?;
+            }
+            for (hash, temp, len) in staged.into_iter().flatten() {
+                if self.publish_object(&hash, temp)? {
+                    report.new += 1;
+                    report.new_bytes += len;
+                }
+            }
+        }
+        report.present = objects.len() - report.new;
+        if report.new > 0 {
+            self.sync()?;
+        }
+        Ok(report)
+    }
+
+    /// Writes `bytes` to a synced-later temp file unless the object is
+    /// already present (then verifies it and returns `None`).
+    fn stage_object(&self, hash: &Hash, bytes: &[u8]) -> Result<Option<(Hash, TempPath, u64)>> {
+        let actual = Hash::of(bytes);
+        if actual != *hash {
+            return Err(Error::Corrupt {
+                path: self.object_path(hash),
+                expected: *hash,
+                actual,
+            });
+        }
+        if self.verify_existing(hash)? {
+            return Ok(None);
+        }
+        let temp = self.write_temp(bytes, false)?;
+        Ok(Some((*hash, temp, bytes.len() as u64)))
+    }
+
+    /// Links a staged object into place without clobbering. Returns whether
+    /// it was new; if another writer got there first, verifies theirs.
+    fn publish_object(&self, hash: &Hash, temp: TempPath) -> Result<bool> {
+        let path = self.object_path(hash);
+        let parent = path.parent().expect("object path has a parent");
+        fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        match temp.persist_noclobber(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.error.kind() == ErrorKind::AlreadyExists => {
+                self.verify_existing(hash)?;
+                Ok(false)
+            }
+            Err(e) => Err(Error::io(format!("writing {}", path.display()), e.error)),
+        }
+    }
+
+    /// `Ok(true)` if the object is present and sound, `Ok(false)` if absent,
+    /// `Err(Corrupt)` if present with the wrong bytes.
+    fn verify_existing(&self, hash: &Hash) -> Result<bool> {
+        match self.read_verified(hash) {
+            Ok(_) => Ok(true),
+            Err(Error::ObjectMissing { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_verified(&self, hash: &Hash) -> Result<Vec<u8>> {
+        let path = self.object_path(hash);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::ObjectMissing {
+                    hash: *hash,
+                    store: self.describe(),
+                });
+            }
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        let actual = Hash::of(&bytes);
+        if actual != *hash {
+            return Err(Error::Corrupt {
+                path,
+                expected: *hash,
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Writes `bytes` to a new file under `tmp/`, optionally fsynced.
+    fn write_temp(&self, bytes: &[u8], fsync: bool) -> Result<TempPath> {
+        let tmp_dir = self.root.join("tmp");
+        let context = || format!("writing a temporary file in {}", tmp_dir.display());
+        let mut file = NamedTempFile::new_in(&tmp_dir).map_err(|e| Error::io(context(), e))?;
+        file.write_all(bytes).map_err(|e| Error::io(context(), e))?;
+        if fsync {
+            file.as_file()
+                .sync_all()
+                .map_err(|e| Error::io(context(), e))?;
+        }
+        Ok(file.into_temp_path())
+    }
+
+    /// Atomically replaces the file at `relative` with `bytes`.
+    fn replace_file(&self, relative: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.root.join(relative);
+        let temp = self.write_temp(bytes, true)?;
+        temp.persist(&path)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e.error))
+    }
+
+    /// Flushes everything written so far to disk (one `syncfs` for a whole
+    /// batch instead of one `fsync` per object).
+    fn sync(&self) -> Result<()> {
+        let dir = fs::File::open(&self.root)
+            .map_err(|e| Error::io(format!("opening {}", self.root.display()), e))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs takes any open descriptor on the filesystem to flush.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(Error::io(format!("syncing {}", self.root.display()), e));
+        }
+        Ok(())
+    }
+
+    fn sweep_stale_tmp(&self) {
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for entry in entries.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > STALE_TMP);
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Records a pushed bundle: its lockfile (binary, by hash, and as the
+    /// top-level `mache.lock.bin`/`.toml`), its sizes index, and the refs
+    /// `latest` and `tag`. Returns the lockfile's hash.
+    pub fn record_bundle(
+        &self,
+        lockfile_bytes: &[u8],
+        toml: &str,
+        sizes: &SizeIndex,
+        tag: &str,
+    ) -> Result<Hash> {
+        check_ref_name(tag)?;
+        let hash = Hash::of(lockfile_bytes);
+        let hex = hash.to_hex();
+        self.replace_file(&format!("lockfiles/{hex}.bin"), lockfile_bytes)?;
+        self.replace_file(&format!("lockfiles/{hex}.sizes.json"), &sizes.to_json())?;
+        self.replace_file(LOCK_BIN, lockfile_bytes)?;
+        self.replace_file(LOCK_TOML, toml.as_bytes())?;
+        let ref_text = format!("{}\n", hash.to_prefixed());
+        for name in [LATEST, tag] {
+            self.replace_file(&format!("refs/{name}"), ref_text.as_bytes())?;
+        }
+        self.sync()?;
+        Ok(hash)
+    }
+
+    /// Resolves `reference` to a bundle: a ref name (`latest`, `v1`), or
+    /// `blake3:<hex>` naming a lockfile directly. In a store written by the
+    /// Go mache, `latest` is its top-level `mache.lock.bin`.
+    pub fn resolve(&self, reference: &str) -> Result<Bundle> {
+        let lockfile_bytes = self.read_lockfile_for(reference)?;
+        let lockfile_hash = Hash::of(&lockfile_bytes);
+        let lockfile = binary::decode_supported(&lockfile_bytes)?;
+        let sizes = self.read_sizes(&lockfile_hash, lockfile.sources.len())?;
+        Ok(Bundle {
+            lockfile_hash,
+            lockfile_bytes,
+            lockfile,
+            sizes,
+        })
+    }
+
+    fn read_lockfile_for(&self, reference: &str) -> Result<Vec<u8>> {
+        if reference.starts_with(crate::hash::TEXT_PREFIX) {
+            return self.read_lockfile_by_hash(&Hash::from_prefixed(reference)?);
+        }
+        check_ref_name(reference)?;
+        let ref_path = self.root.join("refs").join(reference);
+        match fs::read_to_string(&ref_path) {
+            Ok(text) => {
+                let hash = Hash::from_prefixed(text.trim()).map_err(|_| {
+                    Error::BadLockfile(format!("ref file {} is malformed", ref_path.display()))
+                })?;
+                self.read_lockfile_by_hash(&hash)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound && reference == LATEST => {
+                read_file(&self.root.join(LOCK_BIN)).map_err(|e| match e {
+                    Error::Io { source, .. } if source.kind() == ErrorKind::NotFound => {
+                        self.ref_missing(reference)
+                    }
+                    other => other,
+                })
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(self.ref_missing(reference)),
+            Err(e) => Err(Error::io(format!("reading {}", ref_path.display()), e)),
+        }
+    }
+
+    fn ref_missing(&self, name: &str) -> Error {
+        Error::RefMissing {
+            name: name.to_string(),
+            store: self.describe(),
+        }
+    }
+
+    fn read_lockfile_by_hash(&self, hash: &Hash) -> Result<Vec<u8>> {
+        let path = self
+            .root
+            .join("lockfiles")
+            .join(format!("{}.bin", hash.to_hex()));
+        let bytes = match fs::read(&path) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::RefMissing {
+                    name: hash.to_prefixed(),
+                    store: self.describe(),
+                });
+            }
+            other => other.map_err(|e| Error::io(format!("reading {}", path.display()), e))?,
+        };
+        let actual = Hash::of(&bytes);
+        if actual != *hash {
+            return Err(Error::Corrupt {
+                path,
+                expected: *hash,
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// The sizes index for a lockfile, if our push left one. A damaged index
+    /// is ignored with a warning: it is an accelerator, not part of the bundle.
+    fn read_sizes(&self, lockfile_hash: &Hash, sources: usize) -> Result<Option<SizeIndex>> {
+        let path = self
+            .root
+            .join("lockfiles")
+            .join(format!("{}.sizes.json", lockfile_hash.to_hex()));
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        match SizeIndex::from_json(&bytes, lockfile_hash, sources) {
+            Ok(index) => Ok(Some(index)),
+            Err(e) => {
+                tracing::warn!("ignoring {}: {e}", path.display());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Every ref in the store and the lockfile it names.
+    pub fn refs(&self) -> Result<Vec<(String, Hash)>> {
+        let dir = self.root.join("refs");
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("reading {}", dir.display()), e)),
+        };
+        let mut refs = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Ok(text) = fs::read_to_string(entry.path())
+                && let Ok(hash) = Hash::from_prefixed(text.trim())
+            {
+                refs.push((name, hash));
+            }
+        }
+        refs.sort();
+        Ok(refs)
+    }
+}
+
+impl ChunkSource for LocalStore {
+    fn get_verified(&self, hash: &Hash) -> Result<Vec<u8>> {
+        self.read_verified(hash)
+    }
+
+    fn contains(&self, hash: &Hash) -> Result<bool> {
+        Ok(self.object_path(hash).is_file())
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+/// Reads a whole file, with the path in the error.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
+}
+
+/// Ref names are single path components a shell user can type.
+pub fn check_ref_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRefName(name.to_string()))
+    }
+}

@@ -1,0 +1,349 @@
+//! Bad input through the real binary: each case gives one error line, a
+//! meaningful non-zero exit code, and leaves nothing half-written.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn one_file_db(dir: &Path) -> std::path::PathBuf {
+    let db = dir.join("mache.db");
+    let sources = [
+        Src {
+            id: "a.go",
+            path: Some("a.go"),
+            language: Some("go"),
+            content: Some(b"package a\n"),
+        },
+        Src {
+            id: "b.go",
+            path: Some("b.go"),
+            language: Some("go"),
+            content: Some(b"package b\n"),
+        },
+    ];
+    make_db(&db, &sources, None);
+    db
+}
+
+fn pushed_store(dir: &Path) -> std::path::PathBuf {
+    let db = one_file_db(dir);
+    let store = dir.join("store");
+    run_ok(&["push", "--db", s(&db), s(&store)]);
+    store
+}
+
+fn object_of(store: &Path, hash_hex: &str) -> std::path::PathBuf {
+    store
+        .join("objects")
+        .join(&hash_hex[..2])
+        .join(&hash_hex[2..])
+}
+
+fn chunk_hex(content: &[u8]) -> String {
+    blake3::hash(content).to_hex().to_string()
+}
+
+#[test]
+fn empty_db_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    make_db(&db, &[], None);
+    let store = dir.path().join("store");
+    run_fails(
+        &["push", "--db", s(&db), s(&store)],
+        3,
+        "_source has no rows",
+    );
+    assert!(list_files(&store.join("objects")).is_empty());
+    assert!(!store.join("mache.lock.bin").exists());
+}
+
+#[test]
+fn db_without_source_table_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("other.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x);")
+        .unwrap();
+    run_fails(
+        &["push", "--db", s(&db), s(&dir.path().join("store"))],
+        3,
+        "no _source table",
+    );
+    let not_a_db = dir.path().join("text.db");
+    std::fs::write(&not_a_db, "hello, I am not SQLite").unwrap();
+    run_fails(
+        &["push", "--db", s(&not_a_db), s(&dir.path().join("store"))],
+        3,
+        "text.db",
+    );
+    run_fails(
+        &[
+            "push",
+            "--db",
+            s(&dir.path().join("missing.db")),
+            s(&dir.path().join("store")),
+        ],
+        3,
+        "no such file",
+    );
+}
+
+#[test]
+fn ast_rows_without_a_source_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    let sources = [Src {
+        id: "a.py",
+        path: Some("a.py"),
+        language: Some("python"),
+        content: Some(b"x"),
+    }];
+    let nodes: [Node; 2] = [
+        ("a.py/Module", "a.py", "Module", [0; 6]),
+        ("ghost.py/Module", "ghost.py", "Module", [0; 6]),
+    ];
+    make_db(&db, &sources, Some(&nodes));
+    run_fails(
+        &["push", "--db", s(&db), s(&dir.path().join("store"))],
+        3,
+        "1 _ast rows name a source_id",
+    );
+}
+
+#[test]
+fn null_content_path_outside_the_source_root_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    let sources = [Src {
+        id: "x",
+        path: Some("../../etc/passwd"),
+        language: None,
+        content: None,
+    }];
+    make_db(&db, &sources, None);
+    run_fails(
+        &["push", "--db", s(&db), s(&dir.path().join("store"))],
+        3,
+        "leaves the source root",
+    );
+}
+
+#[test]
+fn truncated_lockfile_is_a_clear_error_at_every_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = pushed_store(dir.path());
+    let bytes = std::fs::read(store.join("mache.lock.bin")).unwrap();
+    let cut = dir.path().join("cut.bin");
+    for len in 0..bytes.len() {
+        std::fs::write(&cut, &bytes[..len]).unwrap();
+        run_fails(&["inspect", s(&cut)], 3, "invalid lockfile");
+    }
+}
+
+fn edited_toml(store: &Path, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(store.join("mache.lock.toml")).unwrap();
+    assert!(text.contains(from), "{from} not in the TOML");
+    text.replacen(from, to, 1)
+}
+
+#[test]
+fn wrong_schema_version_and_foreign_producer_name_both_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = pushed_store(dir.path());
+    let toml = dir.path().join("lock.toml");
+    std::fs::write(
+        &toml,
+        edited_toml(
+            &store,
+            "schema_version = \"0.1.0\"",
+            "schema_version = \"9.9.9\"",
+        ),
+    )
+    .unwrap();
+    let err = run_fails(&["inspect", s(&toml)], 3, "\"9.9.9\"");
+    assert!(err.contains("\"0.1.0\""), "{err}");
+    std::fs::write(
+        &toml,
+        edited_toml(&store, "producer = \"mache\"", "producer = \"evil\""),
+    )
+    .unwrap();
+    let err = run_fails(&["inspect", s(&toml)], 3, "\"evil\"");
+    assert!(err.contains("\"mache\""), "{err}");
+}
+
+#[test]
+fn a_31_byte_hash_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = pushed_store(dir.path());
+    let text = std::fs::read_to_string(store.join("mache.lock.toml")).unwrap();
+    let root_line = text.lines().find(|l| l.starts_with("root = ")).unwrap();
+    let short = format!("root = \"blake3:{}\"", "ab".repeat(31));
+    let toml = dir.path().join("lock.toml");
+    std::fs::write(&toml, text.replacen(root_line, &short, 1)).unwrap();
+    run_fails(&["inspect", s(&toml)], 3, "blake3");
+}
+
+#[test]
+fn missing_chunk_names_the_source_and_hash_and_leaves_no_db() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = pushed_store(dir.path());
+    let hex = chunk_hex(b"package b\n");
+    std::fs::remove_file(object_of(&store, &hex)).unwrap();
+    let out = dir.path().join("restored.db");
+    let err = run_fails(&["pull", "--out-db", s(&out), s(&store)], 5, &hex);
+    assert!(err.contains("b.go"), "{err}");
+    assert!(!out.exists());
+    assert_eq!(
+        list_files(dir.path())
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "db"))
+            .count(),
+        1
+    );
+    run_fails(&["verify", s(&store)], 5, &hex);
+    let inspect = run_ok(&["inspect", s(&store)]);
+    assert!(inspect.contains("1 present, 1 missing"), "{inspect}");
+}
+
+#[test]
+fn corrupt_chunk_is_a_hard_error_naming_path_and_both_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = pushed_store(dir.path());
+    let hex = chunk_hex(b"package b\n");
+    let object = object_of(&store, &hex);
+    std::fs::write(&object, b"package evil\n").unwrap();
+    let actual = chunk_hex(b"package evil\n");
+    let out = dir.path().join("restored.db");
+    let err = run_fails(&["pull", "--out-db", s(&out), s(&store)], 4, &hex);
+    assert!(err.contains(&actual) && err.contains(s(&object)), "{err}");
+    assert!(!out.exists());
+    // A push never overwrites it, and says why.
+    let db = dir.path().join("mache.db");
+    let err = run_fails(&["push", "--db", s(&db), s(&store)], 4, &actual);
+    assert!(err.contains("corrupt object"), "{err}");
+    assert_eq!(std::fs::read(&object).unwrap(), b"package evil\n");
+    // Once the bad object is removed, the next push repairs the store.
+    std::fs::remove_file(&object).unwrap();
+    run_ok(&["push", "--db", s(&db), s(&store)]);
+    run_ok(&["verify", s(&store)]);
+}
+
+#[test]
+fn target_db_in_a_missing_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = pushed_store(dir.path());
+    let out = dir.path().join("no/such/dir/restored.db");
+    run_fails(
+        &["pull", "--out-db", s(&out), s(&store)],
+        6,
+        "directory does not exist",
+    );
+    assert!(!dir.path().join("no").exists());
+}
+
+#[test]
+fn a_store_that_is_not_a_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    run_fails(
+        &[
+            "pull",
+            "--out-db",
+            s(&dir.path().join("r.db")),
+            s(dir.path()),
+        ],
+        3,
+        "not a store",
+    );
+}
+
+/// A tmpfs of `size` mounted (as root) at `dir` with `options`; unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, options: &str) -> Tmpfs {
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "these tests mount a tmpfs and must run as root"
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs", s(dir)])
+            .status()
+            .expect("mount(8) is installed");
+        assert!(status.success(), "mount -t tmpfs -o {options} failed");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn store_on_a_read_only_filesystem_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = one_file_db(dir.path());
+    let ro = Tmpfs::mount(&dir.path().join("ro"), "ro,size=1m");
+    let err = run_fails(
+        &["push", "--db", s(&db), s(&ro.0.join("store"))],
+        6,
+        "creating",
+    );
+    assert!(err.contains("Read-only file system"), "{err}");
+}
+
+#[test]
+fn full_disk_fails_cleanly_and_the_next_push_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("big.db");
+    let blobs: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 200_000]).collect();
+    let ids: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
+    let sources: Vec<Src> = ids
+        .iter()
+        .zip(&blobs)
+        .map(|(id, blob)| Src {
+            id,
+            path: Some(id),
+            language: None,
+            content: Some(blob),
+        })
+        .collect();
+    make_db(&db, &sources, None);
+    let small = Tmpfs::mount(&dir.path().join("small"), "size=512k");
+    let store = small.0.join("store");
+    run_fails(
+        &["push", "--db", s(&db), s(&store)],
+        6,
+        "No space left on device",
+    );
+    assert!(
+        list_files(&store.join("tmp")).is_empty(),
+        "no temporary files remain"
+    );
+    for object in list_files(&store.join("objects")) {
+        let bytes = std::fs::read(store.join("objects").join(&object)).unwrap();
+        let name = object.to_string_lossy().replace('/', "");
+        assert_eq!(
+            blake3::hash(&bytes).to_hex().as_str(),
+            name,
+            "only whole objects are in place"
+        );
+    }
+    assert!(
+        !store.join("mache.lock.bin").exists(),
+        "no lockfile names missing chunks"
+    );
+    // With room again, the same push completes.
+    drop(small);
+    let _big = Tmpfs::mount(&dir.path().join("small"), "size=16m");
+    run_ok(&["push", "--db", s(&db), s(&store)]);
+    run_ok(&["verify", s(&store)]);
+}

@@ -1,0 +1,186 @@
+//! Helpers shared by the CLI integration tests: temp dirs, dbs built from
+//! rows, running the real binary, and reading rows back for comparison.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rusqlite::{Connection, params};
+
+/// The binary under test.
+pub fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mache-cachefs"));
+    // Keep tests away from the user's real config and store.
+    cmd.env("XDG_CONFIG_HOME", "/nonexistent/config")
+        .env("XDG_CACHE_HOME", "/nonexistent/cache")
+        .env_remove("MACHE_CACHEFS_CONFIG")
+        .env_remove("MACHE_CACHEFS_STORE")
+        .env("SOURCE_DATE_EPOCH", "1748345600");
+    cmd
+}
+
+/// Runs the binary with `args`; returns the output (never panics on failure).
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("the binary runs")
+}
+
+/// Runs and asserts success, returning stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed with {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// Runs and asserts failure with `code` and a one-line error containing `needle`.
+pub fn run_fails(args: &[&str], code: i32, needle: &str) -> String {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{args:?}: stderr: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "{args:?}: expected one error line, got: {stderr}"
+    );
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: {needle:?} not in: {stderr}"
+    );
+    stderr
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A source row as the tests write it.
+pub struct Src<'a> {
+    pub id: &'a str,
+    pub path: Option<&'a str>,
+    pub language: Option<&'a str>,
+    /// `None` writes SQL NULL (read from disk at `path`).
+    pub content: Option<&'a [u8]>,
+}
+
+/// An `_ast` row as the tests write it.
+pub type Node<'a> = (&'a str, &'a str, &'a str, [i64; 6]);
+
+/// Creates a mache db at `path` with `sources` and, when `ast` is `Some`,
+/// an `_ast` table with those rows.
+pub fn make_db(path: &Path, sources: &[Src], ast: Option<&[Node]>) {
+    let conn = Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE _source(id TEXT PRIMARY KEY, path TEXT, language TEXT, content BLOB);",
+    )
+    .unwrap();
+    for src in sources {
+        conn.execute(
+            "INSERT INTO _source VALUES (?1, ?2, ?3, ?4)",
+            params![src.id, src.path, src.language, src.content],
+        )
+        .unwrap();
+    }
+    if let Some(nodes) = ast {
+        conn.execute_batch(
+            "CREATE TABLE _ast(node_id TEXT PRIMARY KEY, source_id TEXT NOT NULL, \
+             node_kind TEXT NOT NULL, start_byte INTEGER, end_byte INTEGER, start_row INTEGER, \
+             start_col INTEGER, end_row INTEGER, end_col INTEGER);",
+        )
+        .unwrap();
+        for (node_id, source_id, kind, n) in nodes {
+            conn.execute(
+                "INSERT INTO _ast VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![node_id, source_id, kind, n[0], n[1], n[2], n[3], n[4], n[5]],
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// Every `_source` row, ordered by id, with content as bytes.
+pub type SourceDump = Vec<(String, Option<String>, Option<String>, Vec<u8>)>;
+
+pub fn dump_sources(db: &Path) -> SourceDump {
+    let conn = Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT id, path, language, content FROM _source ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| {
+        let content: Option<Vec<u8>> = r.get(3)?;
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, content.unwrap_or_default()))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// Every `_ast` row: node_id, source_id, node_kind and the six positions.
+pub type AstDump = Vec<(String, String, String, [i64; 6])>;
+
+/// Every `_ast` row, ordered by node_id; `None` if there is no `_ast` table.
+pub fn dump_ast(db: &Path) -> Option<AstDump> {
+    let conn = Connection::open(db).unwrap();
+    let exists: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = '_ast'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    if exists == 0 {
+        return None;
+    }
+    let mut stmt = conn
+        .prepare(
+            "SELECT node_id, source_id, node_kind, start_byte, end_byte, start_row, start_col, \
+             end_row, end_col FROM _ast ORDER BY node_id",
+        )
+        .unwrap();
+    Some(
+        stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                [
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ],
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect(),
+    )
+}
+
+/// Every file under `dir`, relative, sorted (to prove nothing was left behind).
+pub fn list_files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else {
+                out.push(path.strip_prefix(base).unwrap().to_path_buf());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}

@@ -1,0 +1,277 @@
+//! push → pull round trips through the real binary: restored rows equal
+//! the original's, with and without `_ast`, for awkward paths and ids, empty
+//! files and NULL-content rows; idempotent re-push; refs and Go-written stores.
+
+mod common;
+
+use common::*;
+
+const WEIRD_PATH: &str = "src/ünïcödé/<a>&b\u{2028}\t\u{1}.go";
+
+fn ast_sources<'a>() -> Vec<Src<'a>> {
+    vec![
+        Src {
+            id: WEIRD_PATH,
+            path: Some(WEIRD_PATH),
+            language: Some("go"),
+            content: Some(b"package main\n"),
+        },
+        Src {
+            id: "empty.py",
+            path: Some("empty.py"),
+            language: Some("python"),
+            content: Some(b""),
+        },
+        Src {
+            id: "disk.txt",
+            path: Some("disk.txt"),
+            language: Some(""),
+            content: None,
+        },
+        Src {
+            id: "bin",
+            path: Some("bin.dat"),
+            language: Some("data"),
+            content: Some(&[0, 159, 146, 150, 255]),
+        },
+    ]
+}
+
+fn nodes<'a>() -> Vec<Node<'a>> {
+    vec![
+        (
+            "src/ünïcödé/<a>&b\u{2028}\t\u{1}.go/File",
+            WEIRD_PATH,
+            "source_file",
+            [0, 13, 0, 0, 1, 0],
+        ),
+        (
+            "src/ünïcödé/<a>&b\u{2028}\t\u{1}.go/File/package_clause",
+            WEIRD_PATH,
+            "package_clause",
+            [0, 12, 0, 0, 0, 12],
+        ),
+        ("empty.py/Module", "empty.py", "Module", [0, 0, 0, 0, 0, 0]),
+    ]
+}
+
+#[test]
+fn ast_db_round_trips_with_equal_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    std::fs::write(dir.path().join("disk.txt"), b"read from disk\n").unwrap();
+    make_db(&db, &ast_sources(), Some(&nodes()));
+    let store = dir.path().join("store");
+    let out = run_ok(&["push", "--db", s(&db), s(&store), "--tag", "v1"]);
+    assert!(out.contains("4 new, 0 already present"), "{out}");
+
+    let restored = dir.path().join("restored.db");
+    run_ok(&["pull", "--out-db", s(&restored), s(&store), "--ref", "v1"]);
+    let mut expected = dump_sources(&db);
+    // The NULL-content row restores with the bytes read from disk.
+    for row in &mut expected {
+        if row.0 == "disk.txt" {
+            row.3 = b"read from disk\n".to_vec();
+        }
+    }
+    assert_eq!(dump_sources(&restored), expected);
+    assert_eq!(dump_ast(&restored), dump_ast(&db));
+}
+
+#[test]
+fn raw_db_round_trips_without_ast_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    let sources = [
+        Src {
+            id: "a/b.go",
+            path: Some("a/b.go"),
+            language: Some("go"),
+            content: Some(b"x"),
+        },
+        Src {
+            id: "none",
+            path: Some("none"),
+            language: Some(""),
+            content: Some(b""),
+        },
+        Src {
+            id: WEIRD_PATH,
+            path: Some(WEIRD_PATH),
+            language: Some("c"),
+            content: Some(b"{\"k\":1}"),
+        },
+    ];
+    make_db(&db, &sources, None);
+    let store = dir.path().join("store");
+    run_ok(&["push", "--db", s(&db), s(&store)]);
+    let restored = dir.path().join("restored.db");
+    run_ok(&["pull", "--out-db", s(&restored), s(&store)]);
+    assert_eq!(dump_sources(&restored), dump_sources(&db));
+    assert_eq!(
+        dump_ast(&restored),
+        None,
+        "raw bundles restore without _ast"
+    );
+    let inspect = run_ok(&["inspect", s(&store), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v["raw_chunks"], 3);
+    assert_eq!(v["ast_chunks"], 0);
+}
+
+#[test]
+fn repush_writes_no_new_objects_and_dedups_identical_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    let sources = [
+        Src {
+            id: "a",
+            path: Some("a"),
+            language: Some("go"),
+            content: Some(b"same"),
+        },
+        Src {
+            id: "b",
+            path: Some("b"),
+            language: Some("go"),
+            content: Some(b"same"),
+        },
+        Src {
+            id: "c",
+            path: Some("c"),
+            language: Some("go"),
+            content: Some(b"other"),
+        },
+    ];
+    make_db(&db, &sources, None);
+    let store = dir.path().join("store");
+    let first: serde_json::Value =
+        serde_json::from_str(&run_ok(&["push", "--db", s(&db), s(&store), "--json"])).unwrap();
+    assert_eq!(first["distinct_chunks"], 2);
+    assert_eq!(first["new_chunks"], 2);
+    let objects = list_files(&store.join("objects"));
+    assert_eq!(objects.len(), 2);
+    let second = run_ok(&["push", "--db", s(&db), s(&store)]);
+    assert!(second.contains("0 new, 2 already present"), "{second}");
+    assert_eq!(list_files(&store.join("objects")), objects);
+    assert!(
+        list_files(&store.join("tmp")).is_empty(),
+        "no temporary files remain"
+    );
+}
+
+#[test]
+fn refs_resolve_by_name_and_latest_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let one = dir.path().join("one.db");
+    let two = dir.path().join("two.db");
+    make_db(
+        &one,
+        &[Src {
+            id: "f",
+            path: Some("f"),
+            language: None,
+            content: Some(b"1"),
+        }],
+        None,
+    );
+    make_db(
+        &two,
+        &[Src {
+            id: "f",
+            path: Some("f"),
+            language: None,
+            content: Some(b"2"),
+        }],
+        None,
+    );
+    run_ok(&["push", "--db", s(&one), s(&store), "--tag", "v1"]);
+    run_ok(&["push", "--db", s(&two), s(&store), "--tag", "v2"]);
+    for (reference, content) in [("v1", b"1"), ("v2", b"2"), ("latest", b"2")] {
+        let out = dir.path().join(format!("{reference}.db"));
+        run_ok(&["pull", "--out-db", s(&out), s(&store), "--ref", reference]);
+        assert_eq!(dump_sources(&out)[0].3, content.to_vec(), "ref {reference}");
+    }
+    run_fails(
+        &[
+            "pull",
+            "--out-db",
+            s(&dir.path().join("x.db")),
+            s(&store),
+            "--ref",
+            "v3",
+        ],
+        5,
+        "no ref \"v3\"",
+    );
+    run_fails(
+        &[
+            "pull",
+            "--out-db",
+            s(&dir.path().join("x.db")),
+            s(&store),
+            "--ref",
+            "../v1",
+        ],
+        3,
+        "invalid ref name",
+    );
+}
+
+#[test]
+fn a_store_written_by_go_mache_is_read_as_latest() {
+    // mache writes only objects/ and mache.lock.bin: no refs, no sizes index.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    make_db(
+        &db,
+        &[Src {
+            id: "f.go",
+            path: Some("f.go"),
+            language: Some("go"),
+            content: Some(b"x"),
+        }],
+        None,
+    );
+    let store = dir.path().join("store");
+    run_ok(&["push", "--db", s(&db), s(&store)]);
+    for extra in ["refs", "lockfiles", "tmp"] {
+        std::fs::remove_dir_all(store.join(extra)).unwrap();
+    }
+    std::fs::remove_file(store.join("mache.lock.toml")).unwrap();
+    let restored = dir.path().join("restored.db");
+    run_ok(&["pull", "--out-db", s(&restored), s(&store)]);
+    assert_eq!(dump_sources(&restored), dump_sources(&db));
+    run_ok(&["verify", s(&store)]);
+}
+
+#[test]
+fn inspect_reads_store_bin_and_toml_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    std::fs::write(dir.path().join("disk.txt"), b"d").unwrap();
+    make_db(&db, &ast_sources(), Some(&nodes()));
+    let store = dir.path().join("store");
+    run_ok(&["push", "--db", s(&db), s(&store)]);
+    let parse = |target: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&run_ok(&["inspect", s(target), "--json"])).unwrap()
+    };
+    let from_store = parse(&store);
+    let from_bin = parse(&store.join("mache.lock.bin"));
+    let from_toml = parse(&store.join("mache.lock.toml"));
+    for v in [&from_store, &from_bin, &from_toml] {
+        assert_eq!(v["producer"], "mache");
+        assert_eq!(v["schema_version"], "0.1.0");
+        assert_eq!(v["sources"], 4);
+        assert_eq!(v["topology_edges"], 0);
+        assert_eq!(v["root_ok"], true);
+        assert_eq!(v["chunks_present"], 4);
+        assert_eq!(v["chunks_missing"], 0);
+        assert_eq!(v["ast_chunks"], 4);
+        assert_eq!(v["root"], from_store["root"]);
+    }
+    assert_eq!(from_store["refs"], serde_json::json!(["latest"]));
+    let human = run_ok(&["inspect", s(&store)]);
+    assert!(human.contains("4 present, 0 missing"), "{human}");
+}
