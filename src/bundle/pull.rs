@@ -27,6 +27,25 @@ pub struct PullReport {
     pub elapsed: Duration,
 }
 
+impl PullReport {
+    fn start(lockfile: &Lockfile, verified: bool) -> PullReport {
+        PullReport {
+            sources: 0,
+            ast_sources: 0,
+            chunk_bytes: 0,
+            root: lockfile.root,
+            verified,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn count(&mut self, decoded: &Decoded, chunk_len: u64) {
+        self.sources += 1;
+        self.chunk_bytes += chunk_len;
+        self.ast_sources += usize::from(decoded.ast.is_some());
+    }
+}
+
 /// Fetches and decodes one source's chunk. With `verify`, the restored
 /// bytes must also hash to the lockfile's `input_hash`. Chunk hashes are
 /// always checked (the store never returns unverified bytes).
@@ -120,18 +139,9 @@ pub fn pull(
         .map_err(|e| Error::io(format!("creating a temporary db in {}", dir.display()), e))?
         .into_temp_path();
     let mut writer = DbWriter::create(&temp)?;
-    let mut report = PullReport {
-        sources: 0,
-        ast_sources: 0,
-        chunk_bytes: 0,
-        root: lockfile.root,
-        verified: verify,
-        elapsed: Duration::ZERO,
-    };
+    let mut report = PullReport::start(lockfile, verify);
     for_each_restored(source, lockfile, verify, progress, |decoded, len| {
-        report.sources += 1;
-        report.chunk_bytes += len;
-        report.ast_sources += usize::from(decoded.ast.is_some());
+        report.count(decoded, len);
         writer.insert(&decoded.source, decoded.ast.as_deref())
     })?;
     writer.finish()?;
@@ -146,18 +156,9 @@ pub fn pull(
 pub fn verify(source: &dyn ChunkSource, lockfile: &Lockfile, progress: bool) -> Result<PullReport> {
     let started = Instant::now();
     lockfile.check_root()?;
-    let mut report = PullReport {
-        sources: 0,
-        ast_sources: 0,
-        chunk_bytes: 0,
-        root: lockfile.root,
-        verified: true,
-        elapsed: Duration::ZERO,
-    };
+    let mut report = PullReport::start(lockfile, true);
     for_each_restored(source, lockfile, true, progress, |decoded, len| {
-        report.sources += 1;
-        report.chunk_bytes += len;
-        report.ast_sources += usize::from(decoded.ast.is_some());
+        report.count(decoded, len);
         Ok(())
     })?;
     report.elapsed = started.elapsed();

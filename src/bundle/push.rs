@@ -1,6 +1,6 @@
 //! Push: a `mache.db` becomes chunks, a lockfile and a sizes index in a store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +12,7 @@ use crate::hash::Hash;
 use crate::lockfile::{
     self, Lockfile, Meta, PRODUCER, ProcessorVersion, SCHEMA_VERSION, SourceEntry,
 };
-use crate::machedb::{self, DbContents};
+use crate::machedb;
 use crate::rows::{AstRow, SourceRow, kind_for_language};
 use crate::store::sizes::SourceSizes;
 use crate::store::{LocalStore, SizeIndex};
@@ -52,6 +52,10 @@ struct Encoded {
     chunk: Vec<u8>,
 }
 
+/// Sources encoded and stored per step: chunks are dropped once stored, so
+/// memory stays bounded by the window, not the db.
+const WINDOW: usize = 512;
+
 /// Pushes a db into `store`, tagging the bundle `latest` and `opts.tag`.
 pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
     let started = Instant::now();
@@ -61,9 +65,68 @@ pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
         None => opts.db.parent().map(PathBuf::from).unwrap_or_default(),
     };
     let contents = machedb::read_db(&opts.db, &source_root)?;
-    let encoded = encode_all(&opts.db, &contents)?;
-    let sources: Vec<SourceEntry> = encoded.iter().map(|e| e.entry.clone()).collect();
-    let lockfile = Lockfile {
+    tracing::info!(sources = contents.sources.len(), elapsed = ?started.elapsed(), "read db");
+
+    let mut report = PushReport {
+        lockfile_hash: Hash::default(),
+        root: Hash::default(),
+        sources: contents.sources.len(),
+        ast_sources: 0,
+        distinct_chunks: 0,
+        new_chunks: 0,
+        present_chunks: 0,
+        chunk_bytes: 0,
+        new_bytes: 0,
+        tag: opts.tag.clone(),
+        elapsed: Duration::ZERO,
+    };
+    let mut entries = Vec::with_capacity(contents.sources.len());
+    let mut sizes = Vec::with_capacity(contents.sources.len());
+    let mut seen = HashSet::new();
+    let bar = opts.progress.then(|| super::progress(contents.sources.len(), "pushing"));
+    for window in contents.sources.chunks(WINDOW) {
+        let encoded = encode_window(&opts.db, window, contents.ast.as_ref())?;
+        let objects: Vec<(Hash, &[u8])> = encoded
+            .iter()
+            .filter(|e| seen.insert(e.entry.chunk_hash))
+            .map(|e| (e.entry.chunk_hash, e.chunk.as_slice()))
+            .collect();
+        let written = store.put_all(&objects)?;
+        report.distinct_chunks += objects.len();
+        report.chunk_bytes += objects.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        report.new_chunks += written.new;
+        report.present_chunks += written.present;
+        report.new_bytes += written.new_bytes;
+        for e in encoded {
+            report.ast_sources += usize::from(e.sizes.ast_json_len.is_some());
+            entries.push(e.entry);
+            sizes.push(e.sizes);
+        }
+        if let Some(bar) = &bar {
+            bar.inc(window.len() as u64);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    tracing::info!(elapsed = ?started.elapsed(), "stored chunks");
+
+    let lockfile = new_lockfile(entries);
+    let lockfile_bytes = lockfile::binary::encode(&lockfile);
+    let toml = lockfile::text::to_toml(&lockfile);
+    let sizes = SizeIndex {
+        lockfile_hash: Hash::of(&lockfile_bytes),
+        entries: sizes,
+    };
+    report.lockfile_hash = store.record_bundle(&lockfile_bytes, &toml, &sizes, &opts.tag)?;
+    report.root = lockfile.root;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// The lockfile mache would write for these sources.
+fn new_lockfile(sources: Vec<SourceEntry>) -> Lockfile {
+    Lockfile {
         meta: Meta {
             producer: PRODUCER.to_string(),
             producer_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -77,54 +140,7 @@ pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
         root: Lockfile::compute_root(&sources),
         sources,
         topology: Vec::new(),
-    };
-    let lockfile_bytes = lockfile::binary::encode(&lockfile);
-    let toml = lockfile::text::to_toml(&lockfile);
-
-    let mut unique: HashMap<Hash, &[u8]> = HashMap::new();
-    for e in &encoded {
-        unique.entry(e.entry.chunk_hash).or_insert(&e.chunk);
     }
-    let objects: Vec<(Hash, &[u8])> = unique.into_iter().collect();
-    let chunk_bytes = objects.iter().map(|(_, b)| b.len() as u64).sum();
-    let bar = opts
-        .progress
-        .then(|| super::progress(objects.len(), "storing"));
-    let mut written = crate::store::local::PutReport::default();
-    for batch in objects.chunks(4096) {
-        let report = store.put_all(batch)?;
-        written.new += report.new;
-        written.present += report.present;
-        written.new_bytes += report.new_bytes;
-        if let Some(bar) = &bar {
-            bar.inc(batch.len() as u64);
-        }
-    }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-
-    let sizes = SizeIndex {
-        lockfile_hash: Hash::of(&lockfile_bytes),
-        entries: encoded.iter().map(|e| e.sizes).collect(),
-    };
-    let lockfile_hash = store.record_bundle(&lockfile_bytes, &toml, &sizes, &opts.tag)?;
-    Ok(PushReport {
-        lockfile_hash,
-        root: lockfile.root,
-        sources: encoded.len(),
-        ast_sources: encoded
-            .iter()
-            .filter(|e| e.sizes.ast_json_len.is_some())
-            .count(),
-        distinct_chunks: objects.len(),
-        new_chunks: written.new,
-        present_chunks: written.present,
-        chunk_bytes,
-        new_bytes: written.new_bytes,
-        tag: opts.tag.clone(),
-        elapsed: started.elapsed(),
-    })
 }
 
 /// `SOURCE_DATE_EPOCH` (seconds) when set, for reproducible lockfiles;
@@ -141,14 +157,17 @@ fn generated_at_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Encodes every source in parallel: AST chunks when the db has `_ast`,
-/// raw chunks otherwise.
-fn encode_all(db: &std::path::Path, contents: &DbContents) -> Result<Vec<Encoded>> {
+/// Encodes sources in parallel: AST chunks when the db has `_ast`, raw
+/// chunks otherwise.
+fn encode_window(
+    db: &std::path::Path,
+    sources: &[SourceRow],
+    ast: Option<&HashMap<String, Vec<AstRow>>>,
+) -> Result<Vec<Encoded>> {
     let no_nodes: Vec<AstRow> = Vec::new();
-    contents
-        .sources
+    sources
         .par_iter()
-        .map(|source| match &contents.ast {
+        .map(|source| match ast {
             Some(ast) => {
                 let nodes = ast.get(&source.id).unwrap_or(&no_nodes);
                 encode_ast_source(db, source, nodes)

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Push and pull throughput on a db of real source files with AST rows,
+# each figure with its baseline from the same run:
+#   - floor: sqlite3 reading every content row and writing it to a file
+#   - push (fresh store) vs the floor          goal <= 2x
+#   - re-push of the unchanged db vs the push  goal <= 0.2x
+#   - pull vs the push                         goal <= 2x
+#
+#   [MAX_FILES=3000] scripts/bench-push-pull.sh [SOURCE_DIR] [RUNS]
+# SOURCE_DIR defaults to Python's standard library (thousands of .py files,
+# parsed into _ast rows by scripts/make-sample-db.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release --quiet
+bin="$PWD/target/release/mache-cachefs"
+
+src="${1:-$(python3 -c 'import os, sysconfig; print(os.path.realpath(sysconfig.get_paths()["stdlib"]))')}"
+runs="${2:-5}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+export SOURCE_DATE_EPOCH=1748345600
+
+python3 scripts/make-sample-db.py "$src" "$work/mache.db" --max-files "${MAX_FILES:-3000}" >/dev/null
+sources=$(sqlite3 "$work/mache.db" 'select count(*) from _source')
+ast_rows=$(sqlite3 "$work/mache.db" 'select count(*) from _ast')
+content_mb=$(sqlite3 "$work/mache.db" 'select round(sum(length(content))/1e6, 1) from _source')
+
+mean() { # hyperfine JSON -> mean seconds
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][0]["mean"])' "$1"
+}
+bench() { # name, prepare, command
+  hyperfine --style none --runs "$runs" --warmup 1 --prepare "$2" --export-json "$work/$1.json" "$3" >/dev/null
+  mean "$work/$1.json"
+}
+
+# Each run writes into a directory of its own, and nothing is deleted while
+# measuring: on ext4, creating files right after deleting thousands makes
+# inode allocation scan for recently freed inodes, which would time rm -rf.
+floor=$(bench floor "true" \
+  "d=\$(mktemp -d -p $work) && sqlite3 $work/mache.db \"select writefile('\$d/' || rowid, content) from _source\" >/dev/null")
+push=$(bench push "true" "$bin -q push --db $work/mache.db \$(mktemp -d -p $work)")
+"$bin" -q push --db "$work/mache.db" "$work/store" >/dev/null
+chunk_bytes=$("$bin" -q push --db "$work/mache.db" "$work/store" --json |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["chunk_bytes"])')
+repush=$(bench repush "true" "$bin -q push --db $work/mache.db $work/store")
+pull=$(bench pull "true" "$bin -q pull --out-db \$(mktemp -u -p $work).db $work/store")
+
+python3 - "$sources" "$ast_rows" "$content_mb" "$chunk_bytes" "$floor" "$push" "$repush" "$pull" "$runs" <<'PY'
+import sys
+sources, ast_rows, content_mb, chunk_bytes = sys.argv[1:5]
+floor, push, repush, pull = map(float, sys.argv[5:9])
+runs = sys.argv[9]
+mb = int(chunk_bytes) / 1e6
+print(f"db: {sources} sources, {ast_rows} AST rows, {content_mb} MB of content, {mb:.1f} MB of chunks; mean of {runs} runs")
+print(f"floor (sqlite3 rows -> files) {floor*1000:8.1f} ms")
+print(f"push, fresh store             {push*1000:8.1f} ms  {mb/push:7.1f} MB/s of chunks  {push/floor:5.2f}x floor   (goal <= 2x)")
+print(f"re-push, unchanged db         {repush*1000:8.1f} ms  {repush/push:5.2f}x push    (goal <= 0.2x)")
+print(f"pull, verified                {pull*1000:8.1f} ms  {pull/push:5.2f}x push    (goal <= 2x)")
+PY
