@@ -8,12 +8,14 @@
 //!   does (`encoding/json` with HTML escaping off, struct field order, one
 //!   trailing newline), so both producers give the same `chunk_hash`;
 //! - [`decode`] turns either shape back into rows;
-//! - [`ast_view_json`] renders the JSON the mount serves at `ast/<path>.json`,
-//!   and [`ast_view_len`] gives its length without rendering it.
+//! - [`render_ast_view`] (or [`ast_view_json`] on a [`Decoded`]) renders the
+//!   JSON the mount serves at `ast/<path>.json`, and [`ast_view_len`] gives
+//!   its length without rendering it.
 //!
-//! The JSON string escaper is hand-written: serde_json's differs from Go's
-//! (it leaves U+2028 and U+2029 literal), and the escaper runs over every node
-//! of every source, so it writes straight into one pre-sized buffer.
+//! The JSON string escaper ([`write_json_string`]) is hand-written:
+//! serde_json's differs from Go's (it leaves U+2028 and U+2029 literal), and
+//! the escaper runs over every node of every source, so it writes straight
+//! into one pre-sized buffer.
 
 use std::borrow::Cow;
 
@@ -51,7 +53,11 @@ pub struct Decoded {
 ///
 /// A chunk that does not start with `{` is classified without being read
 /// further, so this is cheap on large raw chunks. Like Go's `encoding/json`,
-/// a repeated key counts by its last non-null value.
+/// a repeated key counts by its last non-null value, and invalid UTF-8 or a
+/// lone surrogate escape in a string does not fail the parse. Unlike Go's
+/// struct decoding, the key must be exactly `source_id` (after unescaping):
+/// Go also accepts `SOURCE_ID` and other case variants; SPEC §3 names
+/// `source_id`.
 pub fn detect(bytes: &[u8]) -> Shape {
     if !could_be_json_object(bytes) {
         return Shape::Raw;
