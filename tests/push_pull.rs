@@ -280,11 +280,27 @@ fn inspect_reads_store_bin_and_toml_alike() {
 fn pull_without_verify_skips_root_and_input_checks_but_not_chunk_hashes() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("mache.db");
-    make_db(&db, &[Src { id: "f", path: Some("f"), language: Some("go"), content: Some(b"x") }], None);
+    make_db(
+        &db,
+        &[Src {
+            id: "f",
+            path: Some("f"),
+            language: Some("go"),
+            content: Some(b"x"),
+        }],
+        None,
+    );
     let store = dir.path().join("store");
     run_ok(&["push", "--db", s(&db), s(&store)]);
     let restored = dir.path().join("restored.db");
-    let out = run_ok(&["pull", "--out-db", s(&restored), s(&store), "--verify=false", "--json"]);
+    let out = run_ok(&[
+        "pull",
+        "--out-db",
+        s(&restored),
+        s(&store),
+        "--verify=false",
+        "--json",
+    ]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["verified"], false);
     assert_eq!(dump_sources(&restored), dump_sources(&db));

@@ -83,7 +83,9 @@ pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
     let mut entries = Vec::with_capacity(contents.sources.len());
     let mut sizes = Vec::with_capacity(contents.sources.len());
     let mut seen = HashSet::new();
-    let bar = opts.progress.then(|| super::progress(contents.sources.len(), "pushing"));
+    let bar = opts
+        .progress
+        .then(|| super::progress(contents.sources.len(), "pushing"));
     for window in contents.sources.chunks(WINDOW) {
         let encoded = encode_window(&opts.db, window, contents.ast.as_ref())?;
         let objects: Vec<(Hash, &[u8])> = encoded
