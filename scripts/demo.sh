@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 cargo build --release --quiet
-bin="$PWD/target/release/mache-cachefs"
+bin="$(realpath "${CARGO_TARGET_DIR:-target}")/release/mache-cachefs"
 
 src="${1:-$(python3 -c 'import os, sysconfig; print(os.path.realpath(sysconfig.get_paths()["stdlib"]))')}"
 work="$(mktemp -d)"
