@@ -20,9 +20,10 @@ use crate::rows::{AstRow, SourceRow};
 pub struct DbContents {
     /// `_source` rows ordered by id, content resolved.
     pub sources: Vec<SourceRow>,
-    /// `_ast` rows by source id, each list ordered by node_id; `None` when
-    /// the db has no `_ast` table (raw chunks are pushed then).
-    pub ast: Option<HashMap<String, Vec<AstRow>>>,
+    /// `_ast` rows of each source (same order as `sources`), each list
+    /// ordered by node_id; `None` when the db has no `_ast` table (raw
+    /// chunks are pushed then).
+    pub ast: Option<Vec<Vec<AstRow>>>,
 }
 
 /// Reads a mache db. NULL `content` means "read the file at `path`",
@@ -158,11 +159,7 @@ fn safe_join(root: &Path, rel: &str) -> Option<PathBuf> {
     normal.then(|| root.join(rel))
 }
 
-fn read_ast(
-    conn: &Connection,
-    db_path: &Path,
-    sources: &[SourceRow],
-) -> Result<HashMap<String, Vec<AstRow>>> {
+fn read_ast(conn: &Connection, db_path: &Path, sources: &[SourceRow]) -> Result<Vec<Vec<AstRow>>> {
     let mut stmt = conn
         .prepare(
             "SELECT node_id, source_id, node_kind, start_byte, end_byte, start_row, start_col, \
@@ -170,14 +167,23 @@ fn read_ast(
         )
         .map_err(|e| sql(db_path, e))?;
     let mut rows = stmt.query([]).map_err(|e| sql(db_path, e))?;
-    let mut by_source: HashMap<String, Vec<AstRow>> = HashMap::new();
+    let mut by_source: Vec<Vec<AstRow>> = vec![Vec::new(); sources.len()];
     let mut orphans = 0usize;
-    let known: std::collections::HashSet<&str> = sources.iter().map(|s| s.id.as_str()).collect();
+    let position: HashMap<&str, usize> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
     while let Some(row) = rows.next().map_err(|e| sql(db_path, e))? {
         let get = |i| row.get_ref(i).map_err(|e| sql(db_path, e));
-        let node = AstRow {
+        let source_id = text_of(get(1)?).unwrap_or_default();
+        let Some(&index) = position.get(source_id.as_str()) else {
+            orphans += 1;
+            continue;
+        };
+        by_source[index].push(AstRow {
             node_id: text_of(get(0)?).unwrap_or_default(),
-            source_id: text_of(get(1)?).unwrap_or_default(),
+            source_id,
             node_kind: text_of(get(2)?).unwrap_or_default(),
             start_byte: int_of(get(3)?),
             end_byte: int_of(get(4)?),
@@ -185,15 +191,7 @@ fn read_ast(
             start_col: int_of(get(6)?),
             end_row: int_of(get(7)?),
             end_col: int_of(get(8)?),
-        };
-        if !known.contains(node.source_id.as_str()) {
-            orphans += 1;
-            continue;
-        }
-        by_source
-            .entry(node.source_id.clone())
-            .or_default()
-            .push(node);
+        });
     }
     if orphans > 0 {
         return Err(Error::BadDb {
@@ -205,7 +203,7 @@ fn read_ast(
     // collation), sorted in parallel instead of by one large SQL sort.
     by_source
         .par_iter_mut()
-        .for_each(|(_, nodes)| nodes.sort_unstable_by(|a, b| a.node_id.cmp(&b.node_id)));
+        .for_each(|nodes| nodes.sort_unstable_by(|a, b| a.node_id.cmp(&b.node_id)));
     Ok(by_source)
 }
 

@@ -1,6 +1,6 @@
 //! Push: a `mache.db` becomes chunks, a lockfile and a sizes index in a store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +14,7 @@ use crate::lockfile::{
 };
 use crate::machedb;
 use crate::rows::{AstRow, SourceRow, kind_for_language};
+use crate::store::local::Object;
 use crate::store::sizes::SourceSizes;
 use crate::store::{LocalStore, SizeIndex};
 
@@ -49,7 +50,7 @@ pub struct PushReport {
 struct Encoded {
     entry: SourceEntry,
     sizes: SourceSizes,
-    chunk: Vec<u8>,
+    chunk: Object,
 }
 
 /// Sources encoded and stored per step: chunks are dropped once stored, so
@@ -86,16 +87,20 @@ pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
     let bar = opts
         .progress
         .then(|| super::progress(contents.sources.len(), "pushing"));
-    for window in contents.sources.chunks(WINDOW) {
-        let encoded = encode_window(&opts.db, window, contents.ast.as_ref())?;
-        let objects: Vec<(Hash, &[u8])> = encoded
+    for (n, window) in contents.sources.chunks(WINDOW).enumerate() {
+        let ast = contents
+            .ast
+            .as_ref()
+            .map(|ast| &ast[n * WINDOW..][..window.len()]);
+        let encoded = encode_window(&opts.db, window, ast)?;
+        let objects: Vec<&Object> = encoded
             .iter()
             .filter(|e| seen.insert(e.entry.chunk_hash))
-            .map(|e| (e.entry.chunk_hash, e.chunk.as_slice()))
+            .map(|e| &e.chunk)
             .collect();
         let written = store.put_all(&objects)?;
         report.distinct_chunks += objects.len();
-        report.chunk_bytes += objects.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        report.chunk_bytes += objects.iter().map(|o| o.bytes().len() as u64).sum::<u64>();
         report.new_chunks += written.new;
         report.present_chunks += written.present;
         report.new_bytes += written.new_bytes;
@@ -161,29 +166,27 @@ fn generated_at_ms() -> u64 {
 
 /// Encodes sources in parallel: AST chunks when the db has `_ast`, raw
 /// chunks otherwise.
+/// `ast`, when present, holds each source's nodes in the same order.
 fn encode_window(
     db: &std::path::Path,
     sources: &[SourceRow],
-    ast: Option<&HashMap<String, Vec<AstRow>>>,
+    ast: Option<&[Vec<AstRow>]>,
 ) -> Result<Vec<Encoded>> {
-    let no_nodes: Vec<AstRow> = Vec::new();
-    sources
-        .par_iter()
-        .map(|source| match ast {
-            Some(ast) => {
-                let nodes = ast.get(&source.id).unwrap_or(&no_nodes);
-                encode_ast_source(db, source, nodes)
-            }
-            None => Ok(encode_raw_source(source)),
-        })
-        .collect()
+    match ast {
+        Some(ast) => sources
+            .par_iter()
+            .zip(ast)
+            .map(|(source, nodes)| encode_ast_source(db, source, nodes))
+            .collect(),
+        None => Ok(sources.par_iter().map(encode_raw_source).collect()),
+    }
 }
 
-fn entry_for(source: &SourceRow, chunk: &[u8]) -> SourceEntry {
+fn entry_for(source: &SourceRow, chunk: &Object) -> SourceEntry {
     SourceEntry {
         path: source.path.clone().unwrap_or_default(),
         input_hash: Hash::of(&source.content),
-        chunk_hash: Hash::of(chunk),
+        chunk_hash: chunk.hash(),
         kind: kind_for_language(source.language.as_deref()),
     }
 }
@@ -195,12 +198,12 @@ fn encode_raw_source(source: &SourceRow) -> Encoded {
             source.id
         );
     }
-    let chunk = source.content.clone();
+    let chunk = Object::new(source.content.clone());
     Encoded {
         entry: entry_for(source, &chunk),
         sizes: SourceSizes {
-            chunk_len: chunk.len() as u64,
-            content_len: chunk.len() as u64,
+            chunk_len: chunk.bytes().len() as u64,
+            content_len: chunk.bytes().len() as u64,
             ast_json_len: None,
         },
         chunk,
@@ -219,12 +222,12 @@ fn encode_ast_source(
                 .to_string(),
         });
     }
-    let chunk = chunk::encode_ast(source, nodes);
+    let chunk = Object::new(chunk::encode_ast(source, nodes));
     let ast_json_len = chunk::ast_view_len(source, nodes);
     Ok(Encoded {
         entry: entry_for(source, &chunk),
         sizes: SourceSizes {
-            chunk_len: chunk.len() as u64,
+            chunk_len: chunk.bytes().len() as u64,
             content_len: source.content.len() as u64,
             ast_json_len: Some(ast_json_len),
         },

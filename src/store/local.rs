@@ -48,6 +48,34 @@ pub struct LocalStore {
     root: PathBuf,
 }
 
+/// Bytes to store, with their BLAKE3 computed on construction: an object
+/// can never be stored under the wrong name, and nobody hashes it twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    hash: Hash,
+    bytes: Vec<u8>,
+}
+
+impl Object {
+    /// Hashes `bytes`.
+    pub fn new(bytes: Vec<u8>) -> Object {
+        Object {
+            hash: Hash::of(&bytes),
+            bytes,
+        }
+    }
+
+    /// The object's name.
+    pub fn hash(&self) -> Hash {
+        self.hash
+    }
+
+    /// The object's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// What a batch write did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PutReport {
@@ -95,15 +123,12 @@ impl LocalStore {
     }
 
     /// Writes every object not yet present; verifies those that are.
-    ///
-    /// Each object's bytes must hash to its key (checked here, so a caller
-    /// bug can never store a mislabelled object).
-    pub fn put_all(&self, objects: &[(Hash, &[u8])]) -> Result<PutReport> {
+    pub fn put_all(&self, objects: &[&Object]) -> Result<PutReport> {
         let mut report = PutReport::default();
         for batch in objects.chunks(WRITE_BATCH) {
             let staged: Vec<Option<(Hash, TempPath, u64)>> = batch
                 .par_iter()
-                .map(|(hash, bytes)| self.stage_object(hash, bytes))
+                .map(|object| self.stage_object(object))
                 .collect::<Result<_>>()?;
             if staged.iter().any(Option::is_some) {
                 self.sync()?;
@@ -124,15 +149,8 @@ impl LocalStore {
 
     /// Writes `bytes` to a synced-later temp file unless the object is
     /// already present (then verifies it and returns `None`).
-    fn stage_object(&self, hash: &Hash, bytes: &[u8]) -> Result<Option<(Hash, TempPath, u64)>> {
-        let actual = Hash::of(bytes);
-        if actual != *hash {
-            return Err(Error::Corrupt {
-                path: self.object_path(hash),
-                expected: *hash,
-                actual,
-            });
-        }
+    fn stage_object(&self, object: &Object) -> Result<Option<(Hash, TempPath, u64)>> {
+        let (hash, bytes) = (&object.hash, object.bytes());
         if self.verify_existing(hash)? {
             return Ok(None);
         }
