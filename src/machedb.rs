@@ -36,23 +36,33 @@ pub fn read_db(db_path: &Path, source_root: &Path) -> Result<DbContents> {
     if !db_path.is_file() {
         return Err(bad("no such file".to_string()));
     }
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(db_path, flags).map_err(|e| sql(db_path, e))?;
+    let conn = open_read_only(db_path)?;
     if !has_table(&conn, "_source").map_err(|e| sql(db_path, e))? {
         return Err(bad("no _source table (is this a mache db?)".to_string()));
     }
-    let sources = read_sources(&conn, db_path, source_root)?;
+    let with_ast = has_table(&conn, "_ast").map_err(|e| sql(db_path, e))?;
+    // The two tables are read at once, on two connections.
+    let (sources, ast) = std::thread::scope(|scope| {
+        let ast = with_ast.then(|| scope.spawn(|| read_ast(&open_read_only(db_path)?, db_path)));
+        let sources = read_sources(&conn, db_path, source_root);
+        let ast = ast.map(|handle| handle.join().expect("the _ast reader does not panic"));
+        (sources, ast.transpose())
+    });
+    let sources = sources?;
     if sources.is_empty() {
         return Err(bad(
             "_source has no rows; refusing to make an empty bundle".to_string()
         ));
     }
-    let ast = if has_table(&conn, "_ast").map_err(|e| sql(db_path, e))? {
-        Some(read_ast(&conn, db_path, &sources)?)
-    } else {
-        None
-    };
+    let ast = ast?
+        .map(|by_id| align_ast(db_path, &sources, by_id))
+        .transpose()?;
     Ok(DbContents { sources, ast })
+}
+
+fn open_read_only(db_path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    Connection::open_with_flags(db_path, flags).map_err(|e| sql(db_path, e))
 }
 
 fn sql(path: &Path, e: rusqlite::Error) -> Error {
@@ -159,7 +169,8 @@ fn safe_join(root: &Path, rel: &str) -> Option<PathBuf> {
     normal.then(|| root.join(rel))
 }
 
-fn read_ast(conn: &Connection, db_path: &Path, sources: &[SourceRow]) -> Result<Vec<Vec<AstRow>>> {
+/// Every `_ast` row, grouped by source id.
+fn read_ast(conn: &Connection, db_path: &Path) -> Result<HashMap<String, Vec<AstRow>>> {
     let mut stmt = conn
         .prepare(
             "SELECT node_id, source_id, node_kind, start_byte, end_byte, start_row, start_col, \
@@ -167,23 +178,13 @@ fn read_ast(conn: &Connection, db_path: &Path, sources: &[SourceRow]) -> Result<
         )
         .map_err(|e| sql(db_path, e))?;
     let mut rows = stmt.query([]).map_err(|e| sql(db_path, e))?;
-    let mut by_source: Vec<Vec<AstRow>> = vec![Vec::new(); sources.len()];
-    let mut orphans = 0usize;
-    let position: HashMap<&str, usize> = sources
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.id.as_str(), i))
-        .collect();
+    let mut by_id: HashMap<String, Vec<AstRow>> = HashMap::new();
     while let Some(row) = rows.next().map_err(|e| sql(db_path, e))? {
         let get = |i| row.get_ref(i).map_err(|e| sql(db_path, e));
         let source_id = text_of(get(1)?).unwrap_or_default();
-        let Some(&index) = position.get(source_id.as_str()) else {
-            orphans += 1;
-            continue;
-        };
-        by_source[index].push(AstRow {
+        let node = AstRow {
             node_id: text_of(get(0)?).unwrap_or_default(),
-            source_id,
+            source_id: String::new(),
             node_kind: text_of(get(2)?).unwrap_or_default(),
             start_byte: int_of(get(3)?),
             end_byte: int_of(get(4)?),
@@ -191,20 +192,46 @@ fn read_ast(conn: &Connection, db_path: &Path, sources: &[SourceRow]) -> Result<
             start_col: int_of(get(6)?),
             end_row: int_of(get(7)?),
             end_col: int_of(get(8)?),
-        });
+        };
+        match by_id.get_mut(&source_id) {
+            Some(nodes) => nodes.push(node),
+            None => {
+                by_id.insert(source_id, vec![node]);
+            }
+        }
     }
+    Ok(by_id)
+}
+
+/// Lines the AST rows up with the sources (each list in node_id order:
+/// byte-wise, as SQLite's BINARY collation, sorted in parallel rather than by
+/// one large SQL sort). Rows whose source does not exist are an error.
+fn align_ast(
+    db_path: &Path,
+    sources: &[SourceRow],
+    mut by_id: HashMap<String, Vec<AstRow>>,
+) -> Result<Vec<Vec<AstRow>>> {
+    let mut aligned: Vec<Vec<AstRow>> = sources
+        .iter()
+        .map(|source| by_id.remove(&source.id).unwrap_or_default())
+        .collect();
+    let orphans: usize = by_id.values().map(Vec::len).sum();
     if orphans > 0 {
         return Err(Error::BadDb {
             path: db_path.to_path_buf(),
             reason: format!("{orphans} _ast rows name a source_id that has no _source row"),
         });
     }
-    // Each source's nodes in node_id order (byte-wise, as SQLite's BINARY
-    // collation), sorted in parallel instead of by one large SQL sort.
-    by_source
+    aligned
         .par_iter_mut()
-        .for_each(|nodes| nodes.sort_unstable_by(|a, b| a.node_id.cmp(&b.node_id)));
-    Ok(by_source)
+        .zip(sources)
+        .for_each(|(nodes, source)| {
+            nodes.sort_unstable_by(|a, b| a.node_id.cmp(&b.node_id));
+            for node in nodes.iter_mut() {
+                node.source_id.clone_from(&source.id);
+            }
+        });
+    Ok(aligned)
 }
 
 /// SQL that creates the restore schema's `_ast` table.
