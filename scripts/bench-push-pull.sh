@@ -9,16 +9,10 @@
 #   [MAX_FILES=3000] scripts/bench-push-pull.sh [SOURCE_DIR] [RUNS]
 # SOURCE_DIR defaults to Python's standard library (thousands of .py files,
 # parsed into _ast rows by scripts/make-sample-db.py).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-scripts/setup.sh
-cargo build --release --quiet
-bin="$(realpath "${CARGO_TARGET_DIR:-target}")/release/mache-cachefs"
-
-src="${1:-$(python3 -c 'import os, sysconfig; print(os.path.realpath(sysconfig.get_paths()["stdlib"]))')}"
+src="${1:+$(realpath "$1")}"
+source "$(dirname "$0")/common.sh"
+src="${src:-$python_src}"
 runs="${2:-5}"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
 export SOURCE_DATE_EPOCH=1748345600
 
 python3 scripts/make-sample-db.py "$src" "$work/mache.db" --max-files "${MAX_FILES:-3000}" >/dev/null

@@ -5,16 +5,9 @@
 # and verifies the bundle, and pulls it back into a db with equal rows.
 #
 #   scripts/demo.sh [SOURCE_DIR]     (default: Python's standard library)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-
-scripts/setup.sh
-cargo build --release --quiet
-bin="$(realpath "${CARGO_TARGET_DIR:-target}")/release/mache-cachefs"
-
-src="${1:-$(python3 -c 'import os, sysconfig; print(os.path.realpath(sysconfig.get_paths()["stdlib"]))')}"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+src="${1:+$(realpath "$1")}"
+source "$(dirname "$0")/common.sh"
+src="${src:-$python_src}"
 
 echo "== building a mache.db from $src"
 python3 scripts/make-sample-db.py "$src" "$work/mache.db" --max-files 3000

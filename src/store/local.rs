@@ -186,26 +186,10 @@ impl LocalStore {
     }
 
     fn read_verified(&self, hash: &Hash) -> Result<Vec<u8>> {
-        let path = self.object_path(hash);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(Error::ObjectMissing {
-                    hash: *hash,
-                    store: self.describe(),
-                });
-            }
-            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
-        };
-        let actual = Hash::of(&bytes);
-        if actual != *hash {
-            return Err(Error::Corrupt {
-                path,
-                expected: *hash,
-                actual,
-            });
-        }
-        Ok(bytes)
+        read_content_addressed(&self.object_path(hash), hash, || Error::ObjectMissing {
+            hash: *hash,
+            store: self.describe(),
+        })
     }
 
     /// Writes `bytes` to a new file under `tmp/`, optionally fsynced.
@@ -339,24 +323,10 @@ impl LocalStore {
             .root
             .join("lockfiles")
             .join(format!("{}.bin", hash.to_hex()));
-        let bytes = match fs::read(&path) {
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(Error::RefMissing {
-                    name: hash.to_prefixed(),
-                    store: self.describe(),
-                });
-            }
-            other => other.map_err(|e| Error::io(format!("reading {}", path.display()), e))?,
-        };
-        let actual = Hash::of(&bytes);
-        if actual != *hash {
-            return Err(Error::Corrupt {
-                path,
-                expected: *hash,
-                actual,
-            });
-        }
-        Ok(bytes)
+        read_content_addressed(&path, hash, || Error::RefMissing {
+            name: hash.to_prefixed(),
+            store: self.describe(),
+        })
     }
 
     /// The sizes index for a lockfile, if our push left one. A damaged index
@@ -415,6 +385,29 @@ impl ChunkSource for LocalStore {
     fn describe(&self) -> String {
         self.root.display().to_string()
     }
+}
+
+/// Reads a file named by the BLAKE3 of its contents and checks it: `missing()`
+/// when absent, `Error::Corrupt` (path and both hashes) when the bytes differ.
+fn read_content_addressed(
+    path: &Path,
+    hash: &Hash,
+    missing: impl FnOnce() -> Error,
+) -> Result<Vec<u8>> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Err(missing()),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let actual = Hash::of(&bytes);
+    if actual != *hash {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            expected: *hash,
+            actual,
+        });
+    }
+    Ok(bytes)
 }
 
 /// Reads a whole file, with the path in the error.
