@@ -77,6 +77,35 @@ pub enum Error {
     Usage(String),
     #[error("{0}")]
     Mount(String),
+    /// A failure another process of ours reported (the mount daemon to the
+    /// command that started it), with the exit code it chose.
+    #[error("{message}")]
+    Reported { code: u8, message: String },
+    /// A filesystem request the mount refuses; see [`Refusal`].
+    #[error("{0}")]
+    Refused(Refusal),
+}
+
+/// Why the mounted filesystem refuses a request that is not a failure of
+/// the bundle or the store (each maps to its own errno in [`Error::errno`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no such file or directory")]
+    NoEntry,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("is a directory")]
+    IsADirectory,
+    #[error("no such extended attribute")]
+    NoAttribute,
+    #[error("extended attributes of this namespace are not supported")]
+    UnsupportedAttribute,
+    #[error("buffer too small for the extended attribute")]
+    BufferTooSmall,
+    #[error("no such open file handle")]
+    BadHandle,
 }
 
 /// What kind of failure an error is, for exit codes and errno.
@@ -127,12 +156,17 @@ impl Error {
             | Usage(_) => Class::Input,
             RootMismatch { .. } | Corrupt { .. } => Class::Integrity,
             ChunkMissing { .. } | ObjectMissing { .. } | RefMissing { .. } => Class::NotFound,
-            Io { .. } | Mount(_) => Class::Environment,
+            Io { .. } | Mount(_) | Reported { .. } => Class::Environment,
+            Refused(Refusal::NoEntry | Refusal::NoAttribute) => Class::NotFound,
+            Refused(_) => Class::Environment,
         }
     }
 
     /// The process exit code for this error (documented in README.md).
     pub fn exit_code(&self) -> u8 {
+        if let Error::Reported { code, .. } = self {
+            return *code;
+        }
         match self.class() {
             Class::Input => exit::INPUT,
             Class::Integrity => exit::INTEGRITY,
@@ -145,6 +179,16 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::Refused(refusal) => match refusal {
+                Refusal::NoEntry => libc::ENOENT,
+                Refusal::ReadOnly => libc::EROFS,
+                Refusal::NotADirectory => libc::ENOTDIR,
+                Refusal::IsADirectory => libc::EISDIR,
+                Refusal::NoAttribute => libc::ENODATA,
+                Refusal::UnsupportedAttribute => libc::EOPNOTSUPP,
+                Refusal::BufferTooSmall => libc::ERANGE,
+                Refusal::BadHandle => libc::EBADF,
+            },
             _ => match self.class() {
                 Class::NotFound | Class::Integrity | Class::Input => libc::EIO,
                 Class::Environment => libc::EIO,

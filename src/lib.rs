@@ -6,13 +6,16 @@
 //! - [`machedb`]: reading a `mache.db` and writing a restored one.
 //! - [`store`]: where chunk bytes come from, behind one small trait.
 //! - [`bundle`]: push, pull and inspect, built from the pieces above.
+//! - [`cache`], [`fs`]: the lazy, verified, read-only FUSE mount of a bundle.
 //! - [`config`]: default locations and the config file.
 
 pub mod bundle;
+pub mod cache;
 pub mod chunk;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fs;
 pub mod hash;
 pub mod lockfile;
 pub mod machedb;

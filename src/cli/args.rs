@@ -50,6 +50,28 @@ pub enum Command {
     ///
     /// TARGET is a store directory, a mache.lock.bin or a mache.lock.toml.
     Inspect(InspectArgs),
+    /// Mount a bundle as a lazy, verified, read-only directory.
+    ///
+    /// The mount shows sources/<path> (each source's bytes), ast/<path>.json
+    /// (each AST-shaped source's syntax tree), mache.db (built on first open,
+    /// cached under the cache dir), mache.lock.toml and .cachefs/status.
+    /// Nothing is fetched until something reads; every chunk is verified.
+    /// Runs in the foreground until Ctrl-C/SIGTERM, or with --daemon in the
+    /// background (stop it with `mache-cachefs unmount`).
+    Mount(super::mount::MountArgs),
+    /// Unmount a mount (also one whose daemon died).
+    Unmount(super::mount::UnmountArgs),
+}
+
+impl Command {
+    /// Whether the command's output goes to stdout (and a closed stdout
+    /// should simply end it).
+    pub fn prints_to_stdout(&self) -> bool {
+        matches!(
+            self,
+            Command::Push(_) | Command::Pull(_) | Command::Verify(_) | Command::Inspect(_)
+        )
+    }
 }
 
 #[derive(Debug, Args)]

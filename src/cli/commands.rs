@@ -21,6 +21,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Pull(args) => pull(&settings, args, progress),
         Command::Verify(args) => verify(&settings, args, progress),
         Command::Inspect(args) => inspect(&settings, args),
+        Command::Mount(args) => super::mount::mount(&settings, args, cli.quiet),
+        Command::Unmount(args) => super::mount::unmount(args, cli.quiet),
     }
 }
 

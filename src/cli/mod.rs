@@ -5,6 +5,7 @@
 
 mod args;
 mod commands;
+mod mount;
 mod output;
 
 use std::process::ExitCode;
@@ -19,6 +20,13 @@ use crate::error::{Error, exit};
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose, cli.quiet);
+    if cli.command.prints_to_stdout() {
+        // Like other Unix filters: a closed stdout (`| head`) ends the
+        // process quietly instead of panicking in println!. Not for the
+        // mount daemon, which must outlive whoever started it.
+        // SAFETY: restoring the default disposition of one signal.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match commands::dispatch(cli) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) => {
@@ -61,8 +69,13 @@ fn init_tracing(verbose: u8, quiet: bool) {
         (false, 2) => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MACHE_CACHEFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("MACHE_CACHEFS_LOG").unwrap_or_else(|_| {
+            // fuser warns about routine events (an unmount done by someone
+            // else); keep those out of the default output.
+            let quiet_fuser = if verbose == 0 { ",fuser=error" } else { "" };
+            tracing_subscriber::EnvFilter::new(format!("{default}{quiet_fuser}"))
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# The mount's performance on a generated 100,000-source bundle in the local
+# store, each figure printed with its baseline from the same run:
+#   - mount ready (daemon start until the first `ls` answers)   goal < 0.5 s
+#   - daemon RSS after `find`                                   goal < 150 MB
+#   - `find sources -type f | wc -l`, `ls -lR sources`: first pass on a
+#     fresh mount vs the native tree, and the chunk reads they caused
+#     (goal: zero chunk reads; <= 2x native)
+#   - cold read of 1,000 random files, median                   goal < 2 ms
+#   - warm `tar -cf - sources | wc -c` (second pass)            goal >= 0.8x native
+#   - mache.db build for a 10,000-source AST bundle, rows/s     goal >= 100,000 rows/s
+#
+#   scripts/bench-mount.sh [SOURCES] [WORK_DIR]
+# SOURCES defaults to 100000. WORK_DIR (default /tmp/mache-bench-mount) keeps
+# the generated trees, dbs and stores between runs; delete it to start over.
+# Needs root (it mounts, and drops the kernel caches for the cold figures).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n="${1:-100000}"
+work="${2:-/tmp/mache-bench-mount}"
+scripts/setup.sh
+cargo build --release --quiet
+bin="$PWD/target/release/mache-cachefs"
+mkdir -p "$work"
+export XDG_CACHE_HOME="$work/cache" XDG_CONFIG_HOME="$work/config" SOURCE_DATE_EPOCH=1748345600
+mnt="$work/mnt"
+mkdir -p "$mnt"
+
+unmount() { "$bin" -q unmount "$mnt" 2>/dev/null || true; }
+trap unmount EXIT
+unmount
+
+ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
+timed() { # command... -> milliseconds on stdout, the command's output discarded
+  local start
+  start=$(date +%s%N)
+  "$@" >/dev/null
+  ms_since "$start"
+}
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+status() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$mnt/.cachefs/status" "$1"; }
+mount_fresh() { # -> the daemon's pid
+  unmount
+  "$bin" mount --store "$1" --daemon "$mnt" 2>"$work/mount.err"
+  sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' "$work/mount.err"
+}
+rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+
+# The bundles: N synthetic sources (with the same tree written natively),
+# and a 10,000-source one for the db build.
+if [ ! -f "$work/store-$n/mache.lock.bin" ]; then
+  echo "generating $n sources (once; kept in $work)..." >&2
+  rm -rf "$work/tree-$n" "$work/store-$n"
+  python3 scripts/make-sample-db.py --synthetic "$n" "$work/synth-$n.db" --write-tree "$work/tree-$n" --force 2>/dev/null
+  "$bin" -q push --db "$work/synth-$n.db" "$work/store-$n" >/dev/null
+  rm -f "$work/synth-$n.db"
+fi
+if [ ! -f "$work/store-10k/mache.lock.bin" ]; then
+  python3 scripts/make-sample-db.py --synthetic 10000 "$work/synth-10k.db" --force 2>/dev/null
+  "$bin" -q push --db "$work/synth-10k.db" "$work/store-10k" >/dev/null
+fi
+tree="$work/tree-$n"
+store="$work/store-$n"
+files=$(find "$tree" -type f | wc -l)
+dirs=$(find "$tree" -type d | wc -l)
+echo "bundle: $files sources in $dirs directories ($(du -sh "$tree" | cut -f1)); $(nproc) CPUs"
+echo
+
+# 1. Mount ready: from starting the daemon to the first `ls` answering.
+rm -rf "$XDG_CACHE_HOME"
+ready=()
+for _ in 1 2 3; do
+  unmount
+  start=$(date +%s%N)
+  "$bin" mount --store "$store" --daemon "$mnt" 2>"$work/mount.err"
+  ls "$mnt" >/dev/null
+  ready+=("$(ms_since "$start")")
+done
+native_ls=$(timed ls "$tree")
+printf 'mount ready            %5s ms (median of 3: %s)        baseline: native ls %s ms; goal < 500 ms\n' \
+  "$(printf '%s\n' "${ready[@]}" | sort -n | sed -n 2p)" "${ready[*]}" "$native_ls"
+
+# 2-3. find and ls -lR, each on a fresh mount with the kernel caches dropped
+# (first pass) and again (warm), vs the native tree dropped and warm.
+pid=$(mount_fresh "$store")
+rss_mounted=$(rss_mb "$pid")
+drop_caches
+find_mnt=$(timed find "$mnt/sources" -type f)
+find_mnt2=$(timed find "$mnt/sources" -type f)
+rss_find=$(rss_mb "$pid")
+count=$(find "$mnt/sources" -type f | wc -l)
+fetched_find=$(status 'd["chunks_fetched"]')
+drop_caches
+find_nat=$(timed find "$tree" -type f)
+find_nat2=$(timed find "$tree" -type f)
+pid=$(mount_fresh "$store")
+drop_caches
+lsr_mnt=$(timed ls -lR "$mnt/sources")
+lsr_mnt2=$(timed ls -lR "$mnt/sources")
+fetched_ls=$(status 'd["chunks_fetched"]')
+requests=$(status 'd["requests"]')
+db_state=$(status 'd["mache_db"]["state"]')
+drop_caches
+lsr_nat=$(timed ls -lR "$tree")
+lsr_nat2=$(timed ls -lR "$tree")
+printf 'daemon RSS after find  %5s MB (right after mount: %s MB)   goal < 150 MB\n' "$rss_find" "$rss_mounted"
+printf 'find | wc -l           %5s ms first, %s ms warm (%s files)   baseline: native %s ms cold, %s ms warm; goal <= 2x\n' \
+  "$find_mnt" "$find_mnt2" "$count" "$find_nat" "$find_nat2"
+printf 'ls -lR                 %5s ms first, %s ms warm              baseline: native %s ms cold, %s ms warm; goal <= 2x\n' \
+  "$lsr_mnt" "$lsr_mnt2" "$lsr_nat" "$lsr_nat2"
+printf 'chunk reads            %5s during find, %s during ls -lR (mache.db: %s); goal 0\n' "$fetched_find" "$fetched_ls" "$db_state"
+echo "  FUSE requests of the ls -lR mount: $requests"
+
+# 4. Cold read of 1,000 random files: nothing cached anywhere (fresh mount,
+# kernel caches dropped), each open+read timed alone; native likewise.
+(cd "$tree" && find . -type f | sed 's|^\./||' | shuf -n 1000 --random-source=<(yes)) >"$work/sample.txt"
+cat >"$work/readtime.py" <<'PY'
+import statistics, sys, time
+root, listing = sys.argv[1], sys.argv[2]
+times = []
+for path in open(listing).read().split('\n'):
+    if not path:
+        continue
+    start = time.perf_counter()
+    with open(f"{root}/{path}", "rb") as f:
+        f.read()
+    times.append((time.perf_counter() - start) * 1000)
+times.sort()
+print(f"{statistics.median(times):.3f} {times[len(times) * 9 // 10]:.3f}")
+PY
+pid=$(mount_fresh "$store")
+drop_caches
+read -r cold_med cold_p90 < <(python3 "$work/readtime.py" "$mnt/sources" "$work/sample.txt")
+drop_caches
+read -r nat_med nat_p90 < <(python3 "$work/readtime.py" "$tree" "$work/sample.txt")
+printf 'cold read, 1000 files  %5s ms median (p90 %s ms)           baseline: native cold %s ms (p90 %s ms); goal < 2 ms\n' \
+  "$cold_med" "$cold_p90" "$nat_med" "$nat_p90"
+
+# 5. Warm tar: the second pass over the whole tree, mount vs native.
+tar_of() { tar -cf - -C "$1" . | wc -c; }
+bytes=$(tar_of "$mnt/sources")
+tar_mnt=$(timed tar_of "$mnt/sources")
+tar_of "$tree" >/dev/null
+tar_nat=$(timed tar_of "$tree")
+python3 - "$bytes" "$tar_mnt" "$tar_nat" <<'PY'
+import sys
+b, m, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+print(f"warm tar | wc -c       {b / 1e6 / (m / 1000):5.0f} MB/s ({m} ms)               "
+      f"baseline: native {b / 1e6 / (n / 1000):.0f} MB/s ({n} ms); ratio {n / m:.2f}x, goal >= 0.8x")
+PY
+echo "  daemon RSS after tar: $(rss_mb "$pid") MB (memory cache $(status 'd["cache"]["bytes"] // 1048576') MiB of $(status 'd["cache"]["capacity"] // 1048576') MiB)"
+
+# 6. mache.db build for the 10,000-source AST bundle, vs pull (same work,
+# no mount).
+pid=$(mount_fresh "$work/store-10k")
+start=$(date +%s%N)
+stat "$mnt/mache.db" >/dev/null
+build_ms=$(ms_since "$start")
+rows=$(sqlite3 "$mnt/mache.db" 'select (select count(*) from _source) + (select count(*) from _ast)')
+unmount
+rm -f "$work/pulled.db"
+pull_ms=$(timed "$bin" -q pull --out-db "$work/pulled.db" "$work/store-10k")
+python3 - "$rows" "$build_ms" "$pull_ms" <<'PY'
+import sys
+rows, b, p = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+print(f"mache.db build         {rows / (b / 1000):7.0f} rows/s ({rows} rows in {b} ms)  "
+      f"baseline: pull {rows / (p / 1000):.0f} rows/s ({p} ms); goal >= 100000 rows/s")
+PY

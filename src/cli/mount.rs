@@ -1,0 +1,290 @@
+//! `mount` and `unmount`: flags → a [`CacheFs`] over the local store →
+//! [`fs::serve`], in the foreground or as a daemon.
+//!
+//! `--daemon` re-executes this binary in the foreground mode, detached (new
+//! session, stdin/stdout on /dev/null, stderr appended to
+//! `<cache_dir>/mount.log`), with the write end of a pipe whose number is in
+//! `MACHE_CACHEFS_READY_FD`. The child writes `ready` once the kernel has
+//! accepted the mount, or `error <message>` if it failed; the parent waits
+//! for that line (or for the pipe to close, if the child died), then checks
+//! that the mountpoint answers as a FUSE filesystem before it returns.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::config::Settings;
+use crate::error::Error;
+use crate::fs::mount::{FUSE_SUPER_MAGIC, Unmounted, check_dev_fuse, check_mountpoint};
+use crate::fs::{self, CacheFs, FsSettings, ServeOptions};
+use crate::store::{ChunkSource, LocalStore};
+
+/// Environment variable naming the readiness pipe of a daemon child.
+const READY_FD_ENV: &str = "MACHE_CACHEFS_READY_FD";
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Where to mount: an existing, empty directory.
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+    /// Store directory (default: the configured store).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Which bundle: a ref name or blake3:<lockfile hash>.
+    #[arg(long = "ref", default_value = "latest", value_name = "REF")]
+    pub reference: String,
+    /// Memory for decoded chunks, e.g. 256MiB, 1G, 64M, or bytes.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    pub memory_cache: u64,
+    /// Warm every chunk and build mache.db in the background right after mounting.
+    #[arg(long)]
+    pub prefetch: bool,
+    /// Detach and run in the background; return once the mount answers.
+    #[arg(long)]
+    pub daemon: bool,
+    /// Threads answering FUSE requests.
+    #[arg(long, default_value_t = 4, value_name = "N", hide = true)]
+    pub threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    /// The mountpoint to unmount (also clears a mount whose daemon died).
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+}
+
+/// Parses a size: a number with an optional K/M/G/T suffix (powers of
+/// 1024; `KiB`, `KB`, `K` all mean the same).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 256MiB, 1G, 1048576)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use K, M, G or T)"
+            ));
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// `mache-cachefs mount`.
+pub fn mount(settings: &Settings, args: MountArgs, quiet: bool) -> Result<()> {
+    let ready_fd = std::env::var(READY_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok());
+    if args.daemon && ready_fd.is_none() {
+        return daemonize(settings, &args, quiet);
+    }
+    // SAFETY: the fd was created for us by the parent and is used only here.
+    let mut notify = ready_fd.map(|fd| std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+    let result = mount_foreground(settings, &args, quiet, &mut notify);
+    if let (Err(e), Some(pipe)) = (&result, notify.as_mut()) {
+        let code = crate::cli::exit_code_for(e);
+        let line = crate::cli::one_line(e);
+        let _ = writeln!(pipe, "error {code} {line}");
+    }
+    result
+}
+
+/// Opens the store and resolves the ref.
+fn open_bundle(
+    settings: &Settings,
+    args: &MountArgs,
+) -> Result<(LocalStore, crate::store::Bundle)> {
+    let dir = args.store.clone().unwrap_or_else(|| settings.store.clone());
+    let store = LocalStore::open(&dir)
+        .with_context(|| "push a bundle first (mache-cachefs push --db mache.db)")?;
+    let bundle = store.resolve(&args.reference)?;
+    Ok((store, bundle))
+}
+
+fn mount_foreground(
+    settings: &Settings,
+    args: &MountArgs,
+    quiet: bool,
+    notify: &mut Option<std::fs::File>,
+) -> Result<()> {
+    let (store, bundle) = open_bundle(settings, args)?;
+    let source: Arc<dyn ChunkSource> = Arc::new(store);
+    let fs_settings = FsSettings {
+        reference: args.reference.clone(),
+        cache_dir: settings.cache_dir.clone(),
+        memory_cache: args.memory_cache,
+        owner: (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        ),
+    };
+    let cachefs = CacheFs::new(bundle, source, fs_settings);
+    let options = ServeOptions {
+        mountpoint: args.mountpoint.clone(),
+        threads: args.threads,
+        prefetch: args.prefetch,
+        prefetch_parallelism: 4,
+    };
+    let shown = args.mountpoint.display().to_string();
+    fs::serve(cachefs, &options, || {
+        if let Some(mut pipe) = notify.take() {
+            let _ = pipe.write_all(b"ready\n");
+        } else if !quiet {
+            eprintln!(
+                "mache-cachefs: mounted {} at {shown}; Ctrl-C to unmount",
+                args.reference
+            );
+        }
+    })?;
+    Ok(())
+}
+
+/// Starts a detached copy of this command in the foreground mode and waits
+/// until its mount answers or it fails.
+fn daemonize(settings: &Settings, args: &MountArgs, quiet: bool) -> Result<()> {
+    // Fail fast on what can be checked cheaply here; the daemon resolves the
+    // ref and reports any failure, with its exit code, through the pipe.
+    let dir = args.store.clone().unwrap_or_else(|| settings.store.clone());
+    LocalStore::open(&dir)
+        .with_context(|| "push a bundle first (mache-cachefs push --db mache.db)")?;
+    check_dev_fuse()?;
+    let mountpoint = check_mountpoint(&args.mountpoint)?;
+
+    std::fs::create_dir_all(&settings.cache_dir)
+        .with_context(|| format!("creating {}", settings.cache_dir.display()))?;
+    let log_path = settings.cache_dir.join("mount.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let (read_end, write_end) = nix::unistd::pipe().context("creating a pipe")?;
+    nix::fcntl::fcntl(
+        &read_end,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .context("configuring a pipe")?;
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let child_args: Vec<OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--daemon")
+        .collect();
+    let mut command = Command::new(exe);
+    command
+        .args(child_args)
+        .env(READY_FD_ENV, write_end.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches the child from our
+    // terminal and process group so it outlives this process.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().context("starting the mount daemon")?;
+    drop(write_end);
+
+    let mut answer = String::new();
+    std::fs::File::from(read_end)
+        .read_to_string(&mut answer)
+        .context("waiting for the mount daemon")?;
+    let answer = answer.trim();
+    if answer != "ready" {
+        let _ = child.wait();
+        let (code, message) = match answer
+            .strip_prefix("error ")
+            .and_then(|r| r.split_once(' '))
+        {
+            Some((code, message)) => (code.parse().unwrap_or(crate::error::exit::FAILURE), message),
+            None => (
+                crate::error::exit::ENVIRONMENT,
+                "the mount daemon exited before the mount was ready",
+            ),
+        };
+        let message = format!("{message} (log: {})", log_path.display());
+        return Err(Error::Reported { code, message }.into());
+    }
+    check_answers(&mountpoint)?;
+    if !quiet {
+        eprintln!(
+            "mache-cachefs: mounted {} at {} (daemon pid {}, log {})",
+            args.reference,
+            mountpoint.display(),
+            child.id(),
+            log_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Checks that `mountpoint` is a FUSE filesystem answering requests.
+fn check_answers(mountpoint: &Path) -> Result<()> {
+    let stat = nix::sys::statfs::statfs(mountpoint)
+        .with_context(|| format!("the mount at {} does not answer", mountpoint.display()))?;
+    if stat.filesystem_type().0 as i64 != FUSE_SUPER_MAGIC {
+        return Err(Error::Mount(format!(
+            "the daemon reported ready but {} is not a FUSE mount",
+            mountpoint.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// `mache-cachefs unmount`.
+pub fn unmount(args: UnmountArgs, quiet: bool) -> Result<()> {
+    let how = fs::unmount(&args.mountpoint)?;
+    if !quiet {
+        let shown = args.mountpoint.display();
+        match how {
+            Unmounted::Cleanly | Unmounted::WithFusermount => eprintln!("unmounted {shown}"),
+            Unmounted::Lazily => {
+                eprintln!("{shown} was busy: detached; it goes away when its open files are closed")
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::DEFAULT_MEMORY_CACHE;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("64m"), Ok(64 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("2 KB"), Ok(2048));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn the_default_matches_the_library() {
+        assert_eq!(parse_size("256MiB"), Ok(DEFAULT_MEMORY_CACHE));
+    }
+}

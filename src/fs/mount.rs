@@ -1,0 +1,375 @@
+//! Mounting and unmounting: checks before mounting, the FUSE session,
+//! SIGINT/SIGTERM, background prefetch, and `unmount` (including mounts
+//! whose daemon died).
+//!
+//! Signals: [`serve`] installs handlers for SIGINT, SIGTERM and SIGHUP
+//! (`signal-hook`: the handler only wakes a dedicated thread, whichever
+//! thread it interrupted). The first signal unmounts (lazily if the mount is
+//! busy, so the mountpoint is empty again at once) and the session ends; a
+//! second one exits immediately.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, ErrorKind};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fuser::{Config, MountOption, Session};
+use nix::mount::{MntFlags, umount2};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use super::CacheFs;
+use super::fuse::FuseFs;
+use crate::error::{Error, Result};
+
+/// How to serve a mount.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub mountpoint: PathBuf,
+    /// FUSE request threads.
+    pub threads: usize,
+    /// Warm every chunk and build `mache.db` in the background.
+    pub prefetch: bool,
+    /// Chunks fetched at once by prefetch.
+    pub prefetch_parallelism: usize,
+}
+
+/// The filesystem type `statfs` reports for FUSE mounts.
+pub const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+fn mount_error(message: String) -> Error {
+    Error::Mount(message)
+}
+
+/// Checks that `/dev/fuse` can be opened.
+pub fn check_dev_fuse() -> Result<()> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(mount_error(
+            "no /dev/fuse: load the fuse kernel module (modprobe fuse), or give the container \
+             the device (--device /dev/fuse)"
+                .to_string(),
+        )),
+        Err(e) => Err(mount_error(format!("cannot open /dev/fuse: {e}"))),
+    }
+}
+
+/// Whether `path` is a mount point, per `/proc/self/mountinfo`.
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(file) = File::open("/proc/self/mountinfo") else {
+        return false;
+    };
+    BufReader::new(file)
+        .lines()
+        .map_while(|l| l.ok())
+        .any(|line| {
+            line.split(' ')
+                .nth(4)
+                .is_some_and(|field| Path::new(&unescape_mountinfo(field)) == path)
+        })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 4 <= bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value =
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(value);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Makes `path` absolute without resolving symlinks or touching it (a dead
+/// FUSE mount cannot be stat'ed).
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Checks that `mountpoint` can take a mount: an existing, empty directory
+/// that is not already a mount point. Returns its canonical path.
+pub fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf> {
+    let shown = mountpoint.display();
+    let meta = match std::fs::metadata(mountpoint) {
+        Ok(meta) => meta,
+        // ENOTCONN, or ECONNABORTED for a request caught in the abort.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
+            return Err(mount_error(format!(
+                "{shown} is a dead FUSE mount (transport endpoint is not connected); \
+                 clear it with `mache-cachefs unmount {shown}`"
+            )));
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(mount_error(format!("mountpoint {shown} does not exist")));
+        }
+        Err(e) => return Err(mount_error(format!("mountpoint {shown}: {e}"))),
+    };
+    if !meta.is_dir() {
+        return Err(mount_error(format!(
+            "mountpoint {shown} is not a directory"
+        )));
+    }
+    let canonical = mountpoint
+        .canonicalize()
+        .map_err(|e| mount_error(format!("mountpoint {shown}: {e}")))?;
+    let parent_dev = canonical
+        .parent()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| m.dev());
+    if is_mount_point(&canonical) || parent_dev.is_some_and(|dev| dev != meta.dev()) {
+        return Err(mount_error(format!(
+            "mountpoint {shown} is busy: something is already mounted there \
+             (unmount it first: mache-cachefs unmount {shown})"
+        )));
+    }
+    let mut entries = std::fs::read_dir(&canonical)
+        .map_err(|e| mount_error(format!("mountpoint {shown}: {e}")))?;
+    if entries.next().is_some() {
+        return Err(mount_error(format!(
+            "mountpoint {shown} is not empty; mount onto an empty directory"
+        )));
+    }
+    Ok(canonical)
+}
+
+/// Mounts `fs` at `options.mountpoint` and serves it until it is unmounted
+/// or the process gets SIGINT/SIGTERM/SIGHUP. `ready` is called once the
+/// kernel has accepted the mount (requests are answered from then on).
+pub fn serve(fs: CacheFs, options: &ServeOptions, ready: impl FnOnce()) -> Result<()> {
+    check_dev_fuse()?;
+    let mountpoint = check_mountpoint(&options.mountpoint)?;
+
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(64)
+        .thread_name("cachefs-io")
+        .build()
+        .map_err(|e| Error::io("starting the I/O threads", e))?;
+    let fs = Arc::new(fs);
+    let adapter = FuseFs::new(fs.clone(), io);
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+        MountOption::FSName("mache-cachefs".to_string()),
+        MountOption::Subtype("mache-cachefs".to_string()),
+    ];
+    config.n_threads = Some(options.threads.max(1));
+    config.clone_fd = true;
+    // Before mounting, so that no signal can leave a mount without a server.
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| Error::io("installing signal handlers", e))?;
+    let session = Session::new(adapter, &mountpoint, &config)
+        .map_err(|e| mount_error(format!("mounting at {}: {e}", mountpoint.display())))?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let mountpoint = mountpoint.clone();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("cachefs-signals".to_string())
+            .spawn(move || watch_signals(signals, &mountpoint, &stop))
+            .map_err(|e| Error::io("starting the signal thread", e))?;
+    }
+    let prefetcher = options.prefetch.then(|| {
+        start_prefetch(
+            fs.clone(),
+            options.prefetch_parallelism.max(1),
+            stop.clone(),
+        )
+    });
+    tracing::info!(
+        "mounted {} sources at {}",
+        fs.lockfile().sources.len(),
+        mountpoint.display()
+    );
+    ready();
+    let served = session.run();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(handle) = prefetcher {
+        let _ = handle.join();
+    }
+    served.map_err(|e| mount_error(format!("serving {}: {e}", mountpoint.display())))
+}
+
+/// Waits for termination signals: the first unmounts, a second exits.
+fn watch_signals(mut signals: Signals, mountpoint: &Path, stop: &AtomicBool) {
+    let mut received = 0;
+    for signal in signals.forever() {
+        received += 1;
+        stop.store(true, Ordering::Relaxed);
+        let name = signal_hook::low_level::signal_name(signal).unwrap_or("signal");
+        if received > 1 {
+            tracing::warn!("{name} again: exiting without waiting for open files");
+            std::process::exit(128 + signal);
+        }
+        tracing::info!("{name}: unmounting {}", mountpoint.display());
+        match unmount(mountpoint) {
+            Ok(Unmounted::Lazily) => tracing::warn!(
+                "{} was busy: detached it; serving open files until they are closed",
+                mountpoint.display()
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+}
+
+/// Warms every distinct chunk with `parallelism` threads, then builds
+/// `mache.db`. User reads never queue behind this: they are served by their
+/// own threads and join a prefetch fetch of the same chunk if one is in flight.
+/// Warming stops early once the memory cache is full, since warming more
+/// would only evict what was warmed.
+fn start_prefetch(
+    fs: Arc<CacheFs>,
+    parallelism: usize,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("cachefs-prefetch".to_string())
+        .spawn(move || {
+            let mut seen = std::collections::HashSet::new();
+            let firsts: Vec<usize> = (0..fs.lockfile().sources.len())
+                .filter(|&i| seen.insert(fs.lockfile().sources[i].chunk_hash))
+                .collect();
+            fs.prefetch.enabled.store(true, Ordering::Relaxed);
+            fs.prefetch
+                .total
+                .store(firsts.len() as u64, Ordering::Relaxed);
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let capacity = fs.content().cache().stats().capacity;
+            std::thread::scope(|scope| {
+                for _ in 0..parallelism {
+                    scope.spawn(|| {
+                        while !stop.load(Ordering::Relaxed) {
+                            let n = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&i) = firsts.get(n) else { break };
+                            if fs.content().cache().stats().bytes >= capacity / 10 * 9 {
+                                tracing::info!("prefetch: memory cache full; warmed {n} chunks");
+                                next.store(firsts.len(), Ordering::Relaxed);
+                                break;
+                            }
+                            if fs.content().warm(i).is_ok() {
+                                fs.prefetch.warmed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            if !stop.load(Ordering::Relaxed) {
+                let _ = fs.build_db();
+            }
+            fs.prefetch.finished.store(true, Ordering::Relaxed);
+        })
+        .expect("spawning the prefetch thread")
+}
+
+/// How a mount went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmounted {
+    /// Unmounted at once.
+    Cleanly,
+    /// It was busy: detached from the tree now, torn down when the last
+    /// open file closes.
+    Lazily,
+    /// Via `fusermount3 -u` (not root).
+    WithFusermount,
+}
+
+/// Unmounts `mountpoint`: a plain unmount, a lazy one if it is busy, and
+/// `fusermount3 -u` for unprivileged users. Works on a mount whose daemon
+/// died ("Transport endpoint is not connected").
+pub fn unmount(mountpoint: &Path) -> Result<Unmounted> {
+    let path = absolute(mountpoint);
+    let shown = path.display();
+    match umount2(&path, MntFlags::empty()) {
+        Ok(()) => Ok(Unmounted::Cleanly),
+        Err(nix::errno::Errno::EBUSY) => umount2(&path, MntFlags::MNT_DETACH)
+            .map(|()| Unmounted::Lazily)
+            .map_err(|e| mount_error(format!("unmounting {shown}: {e}"))),
+        Err(nix::errno::Errno::EINVAL) => Err(mount_error(format!("{shown} is not mounted"))),
+        Err(nix::errno::Errno::ENOENT) => Err(mount_error(format!("{shown} does not exist"))),
+        Err(nix::errno::Errno::EPERM) => fusermount_unmount(&path),
+        Err(e) => Err(mount_error(format!("unmounting {shown}: {e}"))),
+    }
+}
+
+fn fusermount_unmount(path: &Path) -> Result<Unmounted> {
+    let mut last = String::new();
+    for args in [&["-u"][..], &["-u", "-z"][..]] {
+        let output = std::process::Command::new("fusermount3")
+            .args(args)
+            .arg("--")
+            .arg(path)
+            .output()
+            .map_err(|e| mount_error(format!("running fusermount3: {e}")))?;
+        if output.status.success() {
+            return Ok(Unmounted::WithFusermount);
+        }
+        last = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    }
+    Err(mount_error(format!(
+        "unmounting {}: {last}",
+        path.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo(r"/mnt/a\040b"), "/mnt/a b");
+        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
+        assert_eq!(unescape_mountinfo(r"/t\134x"), r"/t\x");
+    }
+
+    #[test]
+    fn the_root_is_a_mount_point_and_a_fresh_dir_is_not() {
+        assert!(is_mount_point(Path::new("/")));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_mount_point(dir.path()));
+    }
+
+    #[test]
+    fn mountpoints_must_be_empty_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let err = check_mountpoint(&missing).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        let err = check_mountpoint(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not empty"), "{err}");
+        let err = check_mountpoint(&dir.path().join("file"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(check_mountpoint(&empty).is_ok());
+    }
+}

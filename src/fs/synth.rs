@@ -1,0 +1,193 @@
+//! The synthesized `mache.db`: built on first need, kept on disk, served
+//! read-only.
+//!
+//! The db is exactly what `pull` restores (it *is* a pull: every chunk
+//! fetched in parallel, verified, decoded and written by the same code), into
+//! `<cache_dir>/dbs/`, through a temporary file renamed into place, so a
+//! crash or a second mount building the same db never exposes a partial
+//! file. Rollback-journal mode, so readers open it read-only and leave no
+//! `-wal`/`-shm` behind.
+//!
+//! The file is keyed by the lockfile root and a digest of the sources'
+//! paths and kinds: the root covers every chunk, but a raw chunk's row also
+//! takes its id, path and language from the lockfile entry, so two lockfiles
+//! with the same chunks and other paths must not share a db. A later mount of
+//! the same bundle finds the file and reuses it after checking it holds one
+//! `_source` row per lockfile source.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::bundle;
+use crate::error::{Error, Result};
+use crate::fs::content::Metered;
+use crate::fs::status::{DbStatus, Stats};
+use crate::hash::Hash;
+use crate::lockfile::Lockfile;
+
+/// A built db, open for reading.
+#[derive(Debug)]
+pub struct BuiltDb {
+    pub file: File,
+    pub size: u64,
+    pub reused: bool,
+    pub build_seconds: f64,
+}
+
+/// The db of one mounted bundle.
+pub struct Synth {
+    path: PathBuf,
+    built: OnceLock<BuiltDb>,
+    /// Held while building: one build at a time, later callers wait for it.
+    building: Mutex<()>,
+    failed: Mutex<Option<String>>,
+}
+
+/// The cache file name for `lockfile`: `<root hex>-<16 hex of the rows digest>.db`.
+pub fn db_file_name(lockfile: &Lockfile) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for source in &lockfile.sources {
+        for field in [source.path.as_bytes(), source.kind.as_bytes()] {
+            hasher.update(&(field.len() as u64).to_le_bytes());
+            hasher.update(field);
+        }
+    }
+    let rows = Hash(*hasher.finalize().as_bytes()).to_hex();
+    format!("{}-{}.db", lockfile.root.to_hex(), &rows[..16])
+}
+
+impl Synth {
+    /// The db for `lockfile`, kept under `cache_dir/dbs/`. Nothing is read or
+    /// built until [`Synth::get`].
+    pub fn new(cache_dir: &Path, lockfile: &Lockfile) -> Synth {
+        Synth {
+            path: cache_dir.join("dbs").join(db_file_name(lockfile)),
+            built: OnceLock::new(),
+            building: Mutex::new(()),
+            failed: Mutex::new(None),
+        }
+    }
+
+    /// Where the db lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The db if it is ready now.
+    pub fn ready(&self) -> Option<&BuiltDb> {
+        self.built.get()
+    }
+
+    /// The db, reusing the cached file or building it. Concurrent callers
+    /// wait for one build. A failed build is reported to its callers and
+    /// tried again by the next one.
+    pub fn get(&self, source: &Metered, lockfile: &Lockfile, stats: &Stats) -> Result<&BuiltDb> {
+        if let Some(db) = self.built.get() {
+            return Ok(db);
+        }
+        let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = self.built.get() {
+            return Ok(db);
+        }
+        match self.reuse_or_build(source, lockfile) {
+            Ok(db) => {
+                *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                Ok(self.built.get_or_init(|| db))
+            }
+            Err(e) => {
+                stats.failed("mache.db", &e);
+                *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    fn reuse_or_build(&self, source: &Metered, lockfile: &Lockfile) -> Result<BuiltDb> {
+        let started = Instant::now();
+        if self.path.is_file() {
+            match check_cached(&self.path, lockfile.sources.len()) {
+                Ok(()) => return open_built(&self.path, true, 0.0),
+                Err(e) => tracing::warn!("rebuilding {}: {e}", self.path.display()),
+            }
+        }
+        let dir = self.path.parent().expect("db path has a parent");
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let report = bundle::pull(source, lockfile, &self.path, true, false)?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            "built {} ({} sources) in {seconds:.2}s",
+            self.path.display(),
+            report.sources
+        );
+        open_built(&self.path, false, seconds)
+    }
+
+    /// For the status file.
+    pub fn status(&self) -> DbStatus {
+        let path = self.path.display().to_string();
+        if let Some(db) = self.built.get() {
+            return DbStatus {
+                state: "ready",
+                path,
+                reused: db.reused,
+                size: Some(db.size),
+                build_seconds: (!db.reused).then_some(db.build_seconds),
+            };
+        }
+        let state = if self.building.try_lock().is_err() {
+            "building"
+        } else if self
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            "failed"
+        } else {
+            "absent"
+        };
+        DbStatus {
+            state,
+            path,
+            reused: false,
+            size: None,
+            build_seconds: None,
+        }
+    }
+}
+
+fn open_built(path: &Path, reused: bool, build_seconds: f64) -> Result<BuiltDb> {
+    let file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+        .len();
+    Ok(BuiltDb {
+        file,
+        size,
+        reused,
+        build_seconds,
+    })
+}
+
+/// Checks a db left by an earlier mount: it opens and has one `_source`
+/// row per lockfile source.
+fn check_cached(path: &Path, sources: usize) -> Result<()> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(path, e))?;
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM _source", [], |row| row.get(0))
+        .map_err(|e| Error::sqlite(path, e))?;
+    if rows as usize != sources {
+        return Err(Error::BadDb {
+            path: path.to_path_buf(),
+            reason: format!("{rows} _source rows, the lockfile has {sources} sources"),
+        });
+    }
+    Ok(())
+}

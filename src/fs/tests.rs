@@ -1,0 +1,475 @@
+//! Tests of the mount's logic without FUSE, over a fake chunk source.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Barrier, Mutex};
+
+use super::*;
+use crate::chunk;
+use crate::hash::Hash;
+use crate::lockfile::{Meta, ProcessorVersion, SourceEntry};
+use crate::rows::{AstRow, SourceRow, kind_for_language};
+use crate::store::SizeIndex;
+use crate::store::sizes::SourceSizes;
+
+/// A chunk source in memory that counts fetches and can lie or be slow.
+#[derive(Default)]
+struct FakeSource {
+    objects: Mutex<HashMap<Hash, Vec<u8>>>,
+    fetches: AtomicUsize,
+    delay: Option<Duration>,
+}
+
+impl ChunkSource for FakeSource {
+    fn get_verified(&self, hash: &Hash) -> Result<Vec<u8>> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        if let Some(delay) = self.delay {
+            std::thread::sleep(delay);
+        }
+        let bytes = self.objects.lock().unwrap().get(hash).cloned();
+        let bytes = bytes.ok_or_else(|| Error::ObjectMissing {
+            hash: *hash,
+            store: "fake".into(),
+        })?;
+        let actual = Hash::of(&bytes);
+        if actual != *hash {
+            return Err(Error::Corrupt {
+                path: format!("fake/{hash}").into(),
+                expected: *hash,
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    fn contains(&self, hash: &Hash) -> Result<bool> {
+        Ok(self.objects.lock().unwrap().contains_key(hash))
+    }
+
+    fn describe(&self) -> String {
+        "fake".into()
+    }
+}
+
+impl FakeSource {
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+
+    fn corrupt(&self, hash: &Hash) {
+        self.objects.lock().unwrap().get_mut(hash).unwrap()[0] ^= 0xff;
+    }
+}
+
+fn node(source: &str, id: &str, kind: &str, start: i64) -> AstRow {
+    AstRow {
+        node_id: format!("{source}/{id}"),
+        source_id: source.into(),
+        node_kind: kind.into(),
+        start_byte: start,
+        end_byte: start + 3,
+        start_row: 0,
+        start_col: start,
+        end_row: 0,
+        end_col: start + 3,
+    }
+}
+
+/// Sources as push would make them: AST chunks (with `ast`) or raw ones.
+fn bundle_of(files: &[(&str, &[u8])], ast: bool, index: bool, source: &FakeSource) -> Bundle {
+    let mut entries = Vec::new();
+    let mut sizes = Vec::new();
+    for (path, content) in files {
+        let row = SourceRow {
+            id: path.to_string(),
+            path: Some(path.to_string()),
+            language: Some("go".into()),
+            content: content.to_vec(),
+        };
+        let nodes = vec![
+            node(path, "File", "source_file", 0),
+            node(path, "File/Decl", "decl", 1),
+        ];
+        let (bytes, ast_len) = if ast {
+            (
+                chunk::encode_ast(&row, &nodes),
+                Some(chunk::ast_view_len(&row, &nodes)),
+            )
+        } else {
+            (content.to_vec(), None)
+        };
+        let hash = Hash::of(&bytes);
+        sizes.push(SourceSizes {
+            chunk_len: bytes.len() as u64,
+            content_len: content.len() as u64,
+            ast_json_len: ast_len,
+        });
+        entries.push(SourceEntry {
+            path: path.to_string(),
+            input_hash: Hash::of(content),
+            chunk_hash: hash,
+            kind: kind_for_language(Some("go")),
+        });
+        source.objects.lock().unwrap().insert(hash, bytes);
+    }
+    let lockfile = Lockfile {
+        meta: Meta {
+            producer: "mache".into(),
+            producer_version: "test".into(),
+            schema_version: "0.1.0".into(),
+            input_processors: vec![ProcessorVersion {
+                kind: "blake3".into(),
+                version: "1.5.0".into(),
+            }],
+            generated_at_ms: 1_748_345_600_000,
+        },
+        root: Lockfile::compute_root(&entries),
+        sources: entries,
+        topology: Vec::new(),
+    };
+    let lockfile_bytes = crate::lockfile::binary::encode(&lockfile);
+    let lockfile_hash = Hash::of(&lockfile_bytes);
+    Bundle {
+        lockfile_hash,
+        lockfile_bytes,
+        lockfile,
+        sizes: index.then_some(SizeIndex {
+            lockfile_hash,
+            entries: sizes,
+        }),
+    }
+}
+
+const FILES: &[(&str, &[u8])] = &[
+    ("src/main.go", b"package main\n\nfunc main() {}\n"),
+    ("src/auth.go", b"package main // <auth> & \"more\"\n"),
+    ("README.md", b"# readme\n"),
+    ("empty.txt", b""),
+];
+
+fn mount(source: Arc<FakeSource>, bundle: Bundle, cache_dir: &std::path::Path) -> CacheFs {
+    CacheFs::new(
+        bundle,
+        source,
+        FsSettings {
+            reference: "latest".into(),
+            cache_dir: cache_dir.to_path_buf(),
+            memory_cache: 1 << 20,
+            owner: (1000, 1000),
+        },
+    )
+}
+
+fn read_all(fs: &CacheFs, path: &str) -> Result<Vec<u8>> {
+    let ino = fs
+        .tree()
+        .resolve(path)
+        .ok_or(Error::Refused(Refusal::NoEntry))?;
+    fs.open(ino, false)?;
+    let size = fs.attr(ino)?.size;
+    Ok(fs.read(ino, 0, size as u32 + 10)?.as_slice().to_vec())
+}
+
+fn names(fs: &CacheFs, ino: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    fs.readdir(ino, 0, |e| {
+        out.push(e.name);
+        false
+    })
+    .unwrap();
+    out
+}
+
+#[test]
+fn listing_and_stat_read_no_chunk_with_a_sizes_index() {
+    let source = Arc::new(FakeSource::default());
+    let bundle = bundle_of(FILES, true, true, &source);
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source.clone(), bundle, dir.path());
+    assert_eq!(
+        names(&fs, tree::ROOT),
+        [
+            ".",
+            "..",
+            ".cachefs",
+            "ast",
+            "mache.db",
+            "mache.lock.toml",
+            "sources"
+        ]
+    );
+    assert_eq!(
+        names(&fs, tree::SOURCES),
+        [".", "..", "README.md", "empty.txt", "src"]
+    );
+    for (path, content) in FILES {
+        let attr = fs
+            .lookup(
+                fs.tree()
+                    .resolve(&format!(
+                        "sources/{}",
+                        path.rsplit_once('/').map_or("", |p| p.0)
+                    ))
+                    .unwrap(),
+                path.rsplit('/').next().unwrap().as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(attr.size, content.len() as u64, "{path}");
+        assert_eq!((attr.perm, attr.uid, attr.kind), (0o444, 1000, Kind::File));
+        let ast = fs
+            .attr(fs.tree().resolve(&format!("ast/{path}.json")).unwrap())
+            .unwrap();
+        assert!(ast.size > 0);
+    }
+    let src = fs.attr(fs.tree().resolve("sources/src").unwrap()).unwrap();
+    assert_eq!((src.perm, src.kind, src.nlink), (0o555, Kind::Dir, 2));
+    assert!(!fs.attr_may_block(tree::FIRST_FILE));
+    assert!(fs.attr_may_block(tree::MACHE_DB));
+    assert_eq!(fs.listing_attr(tree::MACHE_DB).unwrap().size, 0);
+    assert_eq!(source.fetches(), 0);
+}
+
+#[test]
+fn reads_serve_exact_bytes_and_the_ast_view() {
+    let source = Arc::new(FakeSource::default());
+    let bundle = bundle_of(FILES, true, true, &source);
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source.clone(), bundle, dir.path());
+    for (path, content) in FILES {
+        assert_eq!(
+            read_all(&fs, &format!("sources/{path}")).unwrap(),
+            *content,
+            "{path}"
+        );
+    }
+    let ino = fs.tree().resolve("sources/src/main.go").unwrap();
+    assert_eq!(fs.read(ino, 8, 4).unwrap().as_slice(), b"main");
+    assert_eq!(fs.read(ino, 1000, 4).unwrap().as_slice(), b"");
+    let json = read_all(&fs, "ast/src/main.go.json").unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(value["path"], "src/main.go");
+    assert_eq!(value["ast_nodes"][1]["node_kind"], "decl");
+    assert_eq!(
+        json.len() as u64,
+        fs.attr(fs.tree().resolve("ast/src/main.go.json").unwrap())
+            .unwrap()
+            .size
+    );
+    let fetched = source.fetches();
+    read_all(&fs, "sources/src/main.go").unwrap();
+    assert_eq!(
+        source.fetches(),
+        fetched,
+        "the second read is served from memory"
+    );
+    assert_eq!(
+        read_all(&fs, "mache.lock.toml").unwrap(),
+        crate::lockfile::text::to_toml(fs.lockfile()).into_bytes()
+    );
+    assert!(matches!(
+        fs.open(ino, true),
+        Err(Error::Refused(Refusal::ReadOnly))
+    ));
+}
+
+#[test]
+fn a_corrupt_chunk_fails_its_file_only_and_is_never_cached() {
+    let source = Arc::new(FakeSource::default());
+    let bundle = bundle_of(FILES, true, true, &source);
+    let bad = bundle.lockfile.sources[0].chunk_hash;
+    source.corrupt(&bad);
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source.clone(), bundle, dir.path());
+    let err = read_all(&fs, "sources/src/main.go").unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    assert!(read_all(&fs, "sources/src/main.go").is_err());
+    assert_eq!(source.fetches(), 2, "failures are not cached");
+    assert_eq!(read_all(&fs, "sources/src/auth.go").unwrap(), FILES[1].1);
+    let status = fs.status();
+    assert_eq!(status.counters.verification_failures, 2);
+    let last = status.counters.last_error.unwrap();
+    assert!(
+        last.contains("sources/src/main.go") && last.contains(&bad.to_hex()),
+        "{last}"
+    );
+}
+
+#[test]
+fn concurrent_cold_readers_cause_one_fetch() {
+    let source = Arc::new(FakeSource {
+        delay: Some(Duration::from_millis(100)),
+        ..FakeSource::default()
+    });
+    let bundle = bundle_of(FILES, true, true, &source);
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source.clone(), bundle, dir.path());
+    let barrier = Barrier::new(16);
+    std::thread::scope(|s| {
+        for _ in 0..16 {
+            s.spawn(|| {
+                barrier.wait();
+                assert_eq!(read_all(&fs, "sources/src/auth.go").unwrap(), FILES[1].1);
+            });
+        }
+    });
+    assert_eq!(source.fetches(), 1);
+    assert_eq!(fs.status().counters.chunks_fetched, 1);
+}
+
+#[test]
+fn without_a_sizes_index_sizes_are_learned_from_chunks() {
+    let source = Arc::new(FakeSource::default());
+    let bundle = bundle_of(FILES, false, false, &source);
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source.clone(), bundle, dir.path());
+    let ino = fs.tree().resolve("sources/README.md").unwrap();
+    assert!(fs.attr_may_block(ino));
+    assert_eq!(fs.attr(ino).unwrap().size, 9);
+    assert!(!fs.attr_may_block(ino));
+    assert_eq!(source.fetches(), 1);
+    assert!(fs.dir_may_block(tree::ROOT));
+    assert_eq!(
+        names(&fs, tree::ROOT),
+        [
+            ".",
+            "..",
+            ".cachefs",
+            "mache.db",
+            "mache.lock.toml",
+            "sources"
+        ]
+    );
+    assert!(matches!(
+        fs.lookup(tree::ROOT, b"ast"),
+        Err(Error::Refused(Refusal::NoEntry))
+    ));
+}
+
+#[test]
+fn without_a_sizes_index_an_ast_bundle_shows_ast() {
+    let source = Arc::new(FakeSource::default());
+    let bundle = bundle_of(FILES, true, false, &source);
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source.clone(), bundle, dir.path());
+    assert!(names(&fs, tree::ROOT).contains(&"ast".to_string()));
+    let json = read_all(&fs, "ast/README.md.json").unwrap();
+    assert!(json.starts_with(b"{\"source_id\":\"README.md\""));
+}
+
+#[test]
+fn a_sizes_index_that_lies_fails_the_file() {
+    let source = Arc::new(FakeSource::default());
+    let mut bundle = bundle_of(FILES, false, true, &source);
+    bundle.sizes.as_mut().unwrap().entries[2].content_len = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source.clone(), bundle, dir.path());
+    assert_eq!(
+        read_all(&fs, "sources/README.md").unwrap_err().errno(),
+        libc::EIO
+    );
+}
+
+#[test]
+fn xattrs_name_the_hashes_kind_root_and_ref() {
+    let source = Arc::new(FakeSource::default());
+    let bundle = bundle_of(FILES, true, true, &source);
+    let entry = bundle.lockfile.sources[1].clone();
+    let root = bundle.lockfile.root;
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source, bundle, dir.path());
+    let ino = fs.tree().resolve("sources/src/auth.go").unwrap();
+    assert_eq!(
+        fs.xattr_names(ino).unwrap(),
+        b"user.mache.chunk_hash\0user.mache.input_hash\0user.mache.kind\0"
+    );
+    assert_eq!(
+        fs.xattr(ino, b"user.mache.chunk_hash").unwrap(),
+        entry.chunk_hash.to_hex().into_bytes()
+    );
+    assert_eq!(
+        fs.xattr(ino, b"user.mache.input_hash").unwrap(),
+        entry.input_hash.to_hex().into_bytes()
+    );
+    assert_eq!(fs.xattr(ino, b"user.mache.kind").unwrap(), b"go-source");
+    assert_eq!(
+        fs.xattr(tree::ROOT, b"user.mache.root").unwrap(),
+        root.to_hex().into_bytes()
+    );
+    assert_eq!(fs.xattr(tree::ROOT, b"user.mache.ref").unwrap(), b"latest");
+    let missing = fs.xattr(ino, b"user.other").unwrap_err();
+    assert_eq!(missing.errno(), libc::ENODATA);
+    for other in [
+        &b"security.selinux"[..],
+        b"system.posix_acl_access",
+        b"trusted.x",
+    ] {
+        assert_eq!(fs.xattr(ino, other).unwrap_err().errno(), libc::EOPNOTSUPP);
+    }
+    assert!(fs.xattr_names(tree::SOURCES).unwrap().is_empty());
+}
+
+#[test]
+fn mache_db_rows_equal_pull_and_a_second_mount_reuses_it() {
+    let source = Arc::new(FakeSource::default());
+    let bundle = bundle_of(FILES, true, true, &source);
+    let lockfile = bundle.lockfile.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source.clone(), bundle.clone(), dir.path());
+    let served = read_all(&fs, "mache.db").unwrap();
+    assert_eq!(fs.status().mache_db.state, "ready");
+    assert!(!fs.status().mache_db.reused);
+
+    let pulled = dir.path().join("pulled.db");
+    crate::bundle::pull(source.as_ref(), &lockfile, &pulled, true, false).unwrap();
+    let mounted = dir.path().join("served.db");
+    std::fs::write(&mounted, &served).unwrap();
+    let rows = |path: &std::path::Path| {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let mut out: Vec<String> = Vec::new();
+        for sql in [
+            "SELECT id, path, language, hex(content) FROM _source ORDER BY id",
+            "SELECT node_id, source_id, node_kind, start_byte, end_byte FROM _ast ORDER BY node_id",
+        ] {
+            let mut stmt = conn.prepare(sql).unwrap();
+            let n = stmt.column_count();
+            let mut q = stmt.query([]).unwrap();
+            while let Some(row) = q.next().unwrap() {
+                let cols: Vec<String> = (0..n)
+                    .map(|i| format!("{:?}", row.get_ref(i).unwrap()))
+                    .collect();
+                out.push(cols.join("|"));
+            }
+        }
+        out
+    };
+    assert_eq!(rows(&mounted), rows(&pulled));
+
+    let fetched = source.fetches();
+    let again = mount(source.clone(), bundle, dir.path());
+    assert_eq!(read_all(&again, "mache.db").unwrap(), served);
+    assert!(again.status().mache_db.reused);
+    assert_eq!(
+        source.fetches(),
+        fetched,
+        "the cached db is reused, not rebuilt"
+    );
+}
+
+#[test]
+fn status_is_json_with_the_counters() {
+    let source = Arc::new(FakeSource::default());
+    let bundle = bundle_of(FILES, true, true, &source);
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source, bundle, dir.path());
+    read_all(&fs, "sources/README.md").unwrap();
+    read_all(&fs, "sources/README.md").unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&read_all(&fs, ".cachefs/status").unwrap()).unwrap();
+    assert_eq!(doc["ref"], "latest");
+    assert_eq!(doc["sources"], 4);
+    assert_eq!(doc["chunks_fetched"], 1);
+    assert_eq!(doc["cache"]["misses"], 1);
+    assert_eq!(doc["cache"]["hits"], 1);
+    assert_eq!(doc["mache_db"]["state"], "absent");
+    assert_eq!(doc["tree"]["source_files"], 4);
+}
