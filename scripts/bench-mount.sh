@@ -20,7 +20,7 @@ n="${1:-100000}"
 work="${2:-/tmp/mache-bench-mount}"
 scripts/setup.sh
 cargo build --release --quiet
-bin="$PWD/target/release/mache-cachefs"
+bin="$(realpath "${CARGO_TARGET_DIR:-target}")/release/mache-cachefs"
 mkdir -p "$work"
 export XDG_CACHE_HOME="$work/cache" XDG_CONFIG_HOME="$work/config" SOURCE_DATE_EPOCH=1748345600
 mnt="$work/mnt"

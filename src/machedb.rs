@@ -13,6 +13,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, params};
 
 use crate::error::{Error, Result};
+use crate::hash::Hash;
 use crate::rows::{AstRow, SourceRow};
 
 /// Everything a push needs from a db.
@@ -24,6 +25,25 @@ pub struct DbContents {
     /// ordered by node_id; `None` when the db has no `_ast` table (raw
     /// chunks are pushed then).
     pub ast: Option<Vec<Vec<AstRow>>>,
+    /// Whether some row's content was read from a file (NULL content): then
+    /// the db's bytes alone do not determine the bundle.
+    pub reads_files: bool,
+}
+
+/// BLAKE3 of the db file, when that alone determines what the db reads
+/// as: `None` while a non-empty `-wal` file holds changes the main file
+/// does not show yet.
+pub fn fingerprint(db_path: &Path) -> Result<Option<Hash>> {
+    let mut wal = db_path.as_os_str().to_owned();
+    wal.push("-wal");
+    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        return Ok(None);
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_mmap_rayon(db_path)
+        .map_err(|e| Error::io(format!("reading {}", db_path.display()), e))?;
+    Ok(Some(Hash(*hasher.finalize().as_bytes())))
 }
 
 /// Reads a mache db. NULL `content` means "read the file at `path`",
@@ -48,7 +68,7 @@ pub fn read_db(db_path: &Path, source_root: &Path) -> Result<DbContents> {
         let ast = ast.map(|handle| handle.join().expect("the _ast reader does not panic"));
         (sources, ast.transpose())
     });
-    let sources = sources?;
+    let (sources, reads_files) = sources?;
     if sources.is_empty() {
         return Err(bad(
             "_source has no rows; refusing to make an empty bundle".to_string()
@@ -57,7 +77,11 @@ pub fn read_db(db_path: &Path, source_root: &Path) -> Result<DbContents> {
     let ast = ast?
         .map(|by_id| align_ast(db_path, &sources, by_id))
         .transpose()?;
-    Ok(DbContents { sources, ast })
+    Ok(DbContents {
+        sources,
+        ast,
+        reads_files,
+    })
 }
 
 fn open_read_only(db_path: &Path) -> Result<Connection> {
@@ -78,12 +102,18 @@ fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     .map(|n| n > 0)
 }
 
-fn read_sources(conn: &Connection, db_path: &Path, source_root: &Path) -> Result<Vec<SourceRow>> {
+/// The `_source` rows, and whether any content was read from a file.
+fn read_sources(
+    conn: &Connection,
+    db_path: &Path,
+    source_root: &Path,
+) -> Result<(Vec<SourceRow>, bool)> {
     let mut stmt = conn
         .prepare("SELECT id, path, language, content FROM _source")
         .map_err(|e| sql(db_path, e))?;
     let mut rows = stmt.query([]).map_err(|e| sql(db_path, e))?;
     let mut sources = Vec::new();
+    let mut reads_files = false;
     while let Some(row) = rows.next().map_err(|e| sql(db_path, e))? {
         let id =
             text_of(row.get_ref(0).map_err(|e| sql(db_path, e))?).ok_or_else(|| Error::BadDb {
@@ -93,7 +123,10 @@ fn read_sources(conn: &Connection, db_path: &Path, source_root: &Path) -> Result
         let path = text_of(row.get_ref(1).map_err(|e| sql(db_path, e))?);
         let language = text_of(row.get_ref(2).map_err(|e| sql(db_path, e))?);
         let content = match row.get_ref(3).map_err(|e| sql(db_path, e))? {
-            ValueRef::Null => read_by_path(db_path, source_root, &id, path.as_deref())?,
+            ValueRef::Null => {
+                reads_files = true;
+                read_by_path(db_path, source_root, &id, path.as_deref())?
+            }
             ValueRef::Blob(b) => b.to_vec(),
             ValueRef::Text(t) => t.to_vec(),
             ValueRef::Integer(i) => i.to_string().into_bytes(),
@@ -110,7 +143,7 @@ fn read_sources(conn: &Connection, db_path: &Path, source_root: &Path) -> Result
     // primary-key index with one table lookup per row; byte-wise order is
     // SQLite's BINARY collation.
     sources.par_sort_unstable_by(|a, b| a.id.cmp(&b.id));
-    Ok(sources)
+    Ok((sources, reads_files))
 }
 
 /// A column as text, the way SQLite would cast it; `None` for NULL.

@@ -312,3 +312,57 @@ fn pull_without_verify_skips_root_and_input_checks_but_not_chunk_hashes() {
     assert_eq!(fail.status.code(), Some(4));
     assert!(!again.exists());
 }
+
+#[test]
+fn repush_of_an_unchanged_db_still_restores_missing_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    let sources = [
+        Src {
+            id: "a",
+            path: Some("a"),
+            language: Some("go"),
+            content: Some(b"alpha"),
+        },
+        Src {
+            id: "b",
+            path: Some("b"),
+            language: Some("go"),
+            content: Some(b"beta"),
+        },
+    ];
+    make_db(&db, &sources, None);
+    let store = dir.path().join("store");
+    run_ok(&["push", "--db", s(&db), s(&store)]);
+    let hex = blake3::hash(b"beta").to_hex().to_string();
+    std::fs::remove_file(store.join("objects").join(&hex[..2]).join(&hex[2..])).unwrap();
+    let again = run_ok(&["push", "--db", s(&db), s(&store)]);
+    assert!(again.contains("1 new, 1 already present"), "{again}");
+    run_ok(&["verify", s(&store)]);
+}
+
+#[test]
+fn repush_rereads_files_behind_null_content_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    std::fs::write(dir.path().join("f.txt"), b"first").unwrap();
+    make_db(
+        &db,
+        &[Src {
+            id: "f",
+            path: Some("f.txt"),
+            language: None,
+            content: None,
+        }],
+        None,
+    );
+    let store = dir.path().join("store");
+    run_ok(&["push", "--db", s(&db), s(&store)]);
+    // The db's bytes are unchanged, but the file it points at is not.
+    std::fs::write(dir.path().join("f.txt"), b"second").unwrap();
+    let again = run_ok(&["push", "--db", s(&db), s(&store)]);
+    assert!(again.contains("1 new, 0 already present"), "{again}");
+    let restored = dir.path().join("restored.db");
+    run_ok(&["pull", "--out-db", s(&restored), s(&store)]);
+    assert_eq!(dump_sources(&restored)[0].3, b"second".to_vec());
+}

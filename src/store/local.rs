@@ -7,6 +7,7 @@
 //! <store>/lockfiles/<hex>.bin              every pushed lockfile, by its BLAKE3
 //! <store>/lockfiles/<hex>.sizes.json       the sizes index of that lockfile
 //! <store>/refs/<name>                      "blake3:<lockfile hex>\n"
+//! <store>/pushed/<db blake3>                "blake3:<lockfile hex>": what an unchanged db was pushed as
 //! <store>/tmp/                             in-flight writes; nothing here is ever read
 //! ```
 //!
@@ -267,6 +268,30 @@ impl LocalStore {
         }
         self.sync()?;
         Ok(hash)
+    }
+
+    /// Remembers that a db whose file hashes to `fingerprint` was pushed as
+    /// `lockfile_hash`, so an unchanged db can be re-pushed without
+    /// re-encoding (`pushed/<fingerprint hex>`).
+    pub fn remember_push(&self, fingerprint: &Hash, lockfile_hash: &Hash) -> Result<()> {
+        let dir = self.root.join("pushed");
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let text = format!("{}\n", lockfile_hash.to_prefixed());
+        self.replace_file(&format!("pushed/{}", fingerprint.to_hex()), text.as_bytes())
+    }
+
+    /// The lockfile a db with this fingerprint was last pushed as, if any.
+    pub fn recall_push(&self, fingerprint: &Hash) -> Option<Hash> {
+        let path = self.root.join("pushed").join(fingerprint.to_hex());
+        let text = fs::read_to_string(path).ok()?;
+        Hash::from_prefixed(text.trim()).ok()
+    }
+
+    /// Whether object `hash` is present with length `len` (a cheap check
+    /// that trusts its bytes; reads verify them).
+    pub fn has_object_of_len(&self, hash: &Hash, len: u64) -> bool {
+        fs::metadata(self.object_path(hash)).is_ok_and(|m| m.is_file() && m.len() == len)
     }
 
     /// Resolves `reference` to a bundle: a ref name (`latest`, `v1`), or
