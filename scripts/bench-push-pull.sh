@@ -20,25 +20,34 @@ sources=$(sqlite3 "$work/mache.db" 'select count(*) from _source')
 ast_rows=$(sqlite3 "$work/mache.db" 'select count(*) from _ast')
 content_mb=$(sqlite3 "$work/mache.db" 'select round(sum(length(content))/1e6, 1) from _source')
 
-mean() { # hyperfine JSON -> mean seconds
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][0]["mean"])' "$1"
+# Each run writes into a directory of its own and nothing is deleted while
+# measuring, and the floor and the push alternate: on ext4, creating files
+# soon after deleting thousands makes inode allocation scan for recently
+# freed inodes, and alternating puts both under the same conditions.
+ms() { # command... -> milliseconds on stdout, the command's output discarded
+  local start=$(date +%s%N)
+  "$@" >/dev/null
+  echo $((($(date +%s%N) - start) / 1000000))
 }
-bench() { # name, prepare, command
-  hyperfine --style none --runs "$runs" --warmup 1 --prepare "$2" --export-json "$work/$1.json" "$3" >/dev/null
-  mean "$work/$1.json"
+floor_run() {
+  local d
+  d=$(mktemp -d -p "$work")
+  sqlite3 "$work/mache.db" "select writefile('$d/' || rowid, content) from _source"
 }
-
-# Each run writes into a directory of its own, and nothing is deleted while
-# measuring: on ext4, creating files right after deleting thousands makes
-# inode allocation scan for recently freed inodes, which would time rm -rf.
-floor=$(bench floor "true" \
-  "d=\$(mktemp -d -p $work) && sqlite3 $work/mache.db \"select writefile('\$d/' || rowid, content) from _source\" >/dev/null")
-push=$(bench push "true" "$bin -q push --db $work/mache.db \$(mktemp -d -p $work)")
-"$bin" -q push --db "$work/mache.db" "$work/store" >/dev/null
+push_run() { "$bin" -q push --db "$work/mache.db" "$(mktemp -d -p "$work")"; }
+floors=() pushes=() repushes=() pulls=()
+"$bin" -q push --db "$work/mache.db" "$work/store" >/dev/null # warm the page cache once
+for _ in $(seq "$runs"); do
+  floors+=("$(ms floor_run)")
+  pushes+=("$(ms push_run)")
+  repushes+=("$(ms "$bin" -q push --db "$work/mache.db" "$work/store")")
+  pulls+=("$(ms "$bin" -q pull --out-db "$(mktemp -u -p "$work").db" "$work/store")")
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2) / 1000}'; }
+floor=$(median "${floors[@]}") push=$(median "${pushes[@]}")
+repush=$(median "${repushes[@]}") pull=$(median "${pulls[@]}")
 chunk_bytes=$("$bin" -q push --db "$work/mache.db" "$work/store" --json |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["chunk_bytes"])')
-repush=$(bench repush "true" "$bin -q push --db $work/mache.db $work/store")
-pull=$(bench pull "true" "$bin -q pull --out-db \$(mktemp -u -p $work).db $work/store")
 
 python3 - "$sources" "$ast_rows" "$content_mb" "$chunk_bytes" "$floor" "$push" "$repush" "$pull" "$runs" <<'PY'
 import sys
@@ -46,9 +55,10 @@ sources, ast_rows, content_mb, chunk_bytes = sys.argv[1:5]
 floor, push, repush, pull = map(float, sys.argv[5:9])
 runs = sys.argv[9]
 mb = int(chunk_bytes) / 1e6
-print(f"db: {sources} sources, {ast_rows} AST rows, {content_mb} MB of content, {mb:.1f} MB of chunks; mean of {runs} runs")
+print(f"db: {sources} sources, {ast_rows} AST rows, {content_mb} MB of content, {mb:.1f} MB of chunks; median of {runs} alternating runs")
 print(f"floor (sqlite3 rows -> files) {floor*1000:8.1f} ms")
-print(f"push, fresh store             {push*1000:8.1f} ms  {mb/push:7.1f} MB/s of chunks  {push/floor:5.2f}x floor   (goal <= 2x)")
+print(f"push, fresh store             {push*1000:8.1f} ms  {mb/push:7.1f} MB/s of chunks  {push/floor:5.2f}x the floor's time   (goal <= 2x)")
+print(f"                                         floor: {float(content_mb)/floor:7.1f} MB/s of content")
 print(f"re-push, unchanged db         {repush*1000:8.1f} ms  {repush/push:5.2f}x push    (goal <= 0.2x)")
 print(f"pull, verified                {pull*1000:8.1f} ms  {pull/push:5.2f}x push    (goal <= 2x)")
 PY
