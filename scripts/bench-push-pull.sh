@@ -34,31 +34,37 @@ floor_run() {
   d=$(mktemp -d -p "$work")
   sqlite3 "$work/mache.db" "select writefile('$d/' || rowid, content) from _source"
 }
-push_run() { "$bin" -q push --db "$work/mache.db" "$(mktemp -d -p "$work")"; }
-floors=() pushes=() repushes=() pulls=()
+push_run() { "$bin" -q push --db "$work/$1" "$(mktemp -d -p "$work")"; }
+# The same rows without _ast: raw chunks, the very bytes the floor writes.
+cp "$work/mache.db" "$work/raw.db"
+sqlite3 "$work/raw.db" 'drop table _ast; vacuum'
+floors=() pushes=() raw_pushes=() repushes=() pulls=()
 "$bin" -q push --db "$work/mache.db" "$work/store" >/dev/null # warm the page cache once
 for _ in $(seq "$runs"); do
   floors+=("$(ms floor_run)")
-  pushes+=("$(ms push_run)")
+  pushes+=("$(ms push_run mache.db)")
+  raw_pushes+=("$(ms push_run raw.db)")
   repushes+=("$(ms "$bin" -q push --db "$work/mache.db" "$work/store")")
   pulls+=("$(ms "$bin" -q pull --out-db "$(mktemp -u -p "$work").db" "$work/store")")
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2) / 1000}'; }
-floor=$(median "${floors[@]}") push=$(median "${pushes[@]}")
+floor=$(median "${floors[@]}") push=$(median "${pushes[@]}") raw_push=$(median "${raw_pushes[@]}")
 repush=$(median "${repushes[@]}") pull=$(median "${pulls[@]}")
 chunk_bytes=$("$bin" -q push --db "$work/mache.db" "$work/store" --json |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["chunk_bytes"])')
 
-python3 - "$sources" "$ast_rows" "$content_mb" "$chunk_bytes" "$floor" "$push" "$repush" "$pull" "$runs" <<'PY'
+python3 - "$sources" "$ast_rows" "$content_mb" "$chunk_bytes" "$floor" "$push" "$repush" "$pull" "$runs" "$raw_push" <<'PY'
 import sys
 sources, ast_rows, content_mb, chunk_bytes = sys.argv[1:5]
 floor, push, repush, pull = map(float, sys.argv[5:9])
 runs = sys.argv[9]
+raw_push = float(sys.argv[10])
 mb = int(chunk_bytes) / 1e6
 print(f"db: {sources} sources, {ast_rows} AST rows, {content_mb} MB of content, {mb:.1f} MB of chunks; median of {runs} alternating runs")
 print(f"floor (sqlite3 rows -> files) {floor*1000:8.1f} ms")
 print(f"push, fresh store             {push*1000:8.1f} ms  {mb/push:7.1f} MB/s of chunks  {push/floor:5.2f}x the floor's time   (goal <= 2x)")
 print(f"                                         floor: {float(content_mb)/floor:7.1f} MB/s of content")
+print(f"push, same rows without _ast  {raw_push*1000:8.1f} ms  {float(content_mb)/raw_push:7.1f} MB/s (raw chunks = the floor's bytes)  {raw_push/floor:5.2f}x floor")
 print(f"re-push, unchanged db         {repush*1000:8.1f} ms  {repush/push:5.2f}x push    (goal <= 0.2x)")
 print(f"pull, verified                {pull*1000:8.1f} ms  {pull/push:5.2f}x push    (goal <= 2x)")
 PY

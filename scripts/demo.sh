@@ -2,7 +2,8 @@
 # The main job end to end on the built-in default (the local store under
 # $XDG_CACHE_HOME/mache-cachefs/store, no registry): installs what is
 # missing, builds, turns a source tree into a mache.db, pushes it, inspects
-# and verifies the bundle, and pulls it back into a db with equal rows.
+# and verifies the bundle, pulls it back into a db with equal rows, then
+# mounts it (as root) and reads it through find, diff, python3 and sqlite3.
 #
 #   scripts/demo.sh [SOURCE_DIR]     (default: Python's standard library)
 src="${1:+$(realpath "$1")}"
@@ -32,3 +33,22 @@ else
   echo "restored rows differ" >&2
   exit 1
 fi
+
+echo "== mache-cachefs mount --daemon MNT   (needs root and /dev/fuse)"
+mnt="$work/mnt"
+mkdir -p "$mnt"
+"$bin" mount --daemon "$mnt"
+trap '"$bin" -q unmount "$mnt" 2>/dev/null; rm -rf "$work"' EXIT
+ls "$mnt"
+echo "$(find "$mnt/sources" -type f | wc -l) files under sources/, $(find "$mnt/ast" -type f | wc -l) under ast/"
+if diff -rq "$src" "$mnt/sources" | grep -v "^Only in $src" | grep -q .; then
+  echo "mounted sources differ from the tree" >&2
+  exit 1
+fi
+echo "every mounted source equals its file in $src"
+first_ast=$(find "$mnt/ast" -type f -name '*.json' | head -1)
+python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(f"{d[\"path\"]}: {len(d[\"ast_nodes\"])} AST nodes")' "$first_ast"
+sqlite3 "$mnt/mache.db" 'select count(*) || " rows in the mounted mache.db" from _source'
+python3 -m json.tool "$mnt/.cachefs/status"
+"$bin" unmount "$mnt"
+echo "unmounted"
