@@ -46,9 +46,12 @@ if diff -rq "$src" "$mnt/sources" | grep -v "^Only in $src" | grep -q .; then
   exit 1
 fi
 echo "every mounted source equals its file in $src"
-first_ast=$(find "$mnt/ast" -type f -name '*.json' | head -1)
-python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(f"{d[\"path\"]}: {len(d[\"ast_nodes\"])} AST nodes")' "$first_ast"
+first_ast=$(find "$mnt/ast" -type f -name '*.py.json' -print -quit)
+python3 - "$first_ast" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+print(f"{doc['path']}: {len(doc['ast_nodes'])} AST nodes, language {doc['language']!r}")
+PY
 sqlite3 "$mnt/mache.db" 'select count(*) || " rows in the mounted mache.db" from _source'
 python3 -m json.tool "$mnt/.cachefs/status"
 "$bin" unmount "$mnt"
-echo "unmounted"
