@@ -645,3 +645,38 @@ fn mounting_fails_clearly_on_a_busy_or_non_empty_mountpoint_or_a_missing_ref() {
     let err = std::fs::metadata(m.path("sources/missing.py")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
+
+#[test]
+fn a_store_written_by_go_mache_mounts_and_reads_whole() {
+    // mache writes objects/ and mache.lock.bin only: no refs, no sizes index,
+    // so sizes are learned from the chunks on first stat.
+    let sample = sample();
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = sample.copy_store(scratch.path());
+    for ours in ["refs", "lockfiles", "pushed", "tmp"] {
+        let _ = std::fs::remove_dir_all(store.join(ours));
+    }
+    std::fs::remove_file(store.join("mache.lock.toml")).unwrap();
+    let m = TestMount::daemon(&store, &[]);
+    let before = m.status();
+    assert_eq!(
+        before["chunks_fetched"], 0,
+        "mounting fetched chunks: {before:#}"
+    );
+    assert_eq!(
+        list_files(&m.path("sources")),
+        sample.files(),
+        "sizes learned from the chunks differ from the original tree"
+    );
+    run(Command::new("diff")
+        .arg("-r")
+        .arg(&sample.tree)
+        .arg(m.path("sources")));
+    let after = m.status();
+    assert!(
+        after["chunks_fetched"].as_u64().unwrap() > 0,
+        "stat without a sizes index must fetch: {after:#}"
+    );
+    assert_eq!(after["verification_failures"], 0, "{after:#}");
+    assert_eq!(after["errors"], 0, "{after:#}");
+}
