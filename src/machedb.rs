@@ -34,6 +34,7 @@ pub struct DbContents {
 /// as: `None` while a non-empty `-wal` file holds changes the main file
 /// does not show yet.
 pub fn fingerprint(db_path: &Path) -> Result<Option<Hash>> {
+    check_is_file(db_path)?;
     let mut wal = db_path.as_os_str().to_owned();
     wal.push("-wal");
     if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
@@ -53,9 +54,7 @@ pub fn read_db(db_path: &Path, source_root: &Path) -> Result<DbContents> {
         path: db_path.to_path_buf(),
         reason,
     };
-    if !db_path.is_file() {
-        return Err(bad("no such file".to_string()));
-    }
+    check_is_file(db_path)?;
     let conn = open_read_only(db_path)?;
     if !has_table(&conn, "_source").map_err(|e| sql(db_path, e))? {
         return Err(bad("no _source table (is this a mache db?)".to_string()));
@@ -81,6 +80,16 @@ pub fn read_db(db_path: &Path, source_root: &Path) -> Result<DbContents> {
         sources,
         ast,
         reads_files,
+    })
+}
+
+fn check_is_file(db_path: &Path) -> Result<()> {
+    if db_path.is_file() {
+        return Ok(());
+    }
+    Err(Error::BadDb {
+        path: db_path.to_path_buf(),
+        reason: "no such file".to_string(),
     })
 }
 

@@ -1,7 +1,7 @@
 //! Push: a `mache.db` becomes chunks, a lockfile and a sizes index in a store.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
@@ -14,7 +14,7 @@ use crate::lockfile::{
 };
 use crate::machedb;
 use crate::rows::{AstRow, SourceRow, kind_for_language};
-use crate::store::local::Object;
+use crate::store::local::{Object, Staged};
 use crate::store::sizes::SourceSizes;
 use crate::store::{LocalStore, SizeIndex};
 
@@ -98,23 +98,42 @@ pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
             .ast
             .as_ref()
             .map(|ast| &ast[n * WINDOW..][..window.len()]);
-        let encoded = encode_window(&opts.db, window, ast)?;
-        let objects: Vec<&Object> = encoded
-            .iter()
-            .filter(|e| seen.insert(e.entry.chunk_hash))
-            .map(|e| &e.chunk)
-            .collect();
-        let written = store.put_all(&objects)?;
-        report.distinct_chunks += objects.len();
-        report.chunk_bytes += objects.iter().map(|o| o.bytes().len() as u64).sum::<u64>();
+        // One parallel pass encodes each source and writes its chunk to
+        // tmp/ while the bytes are hot; the chunk is dropped right after.
+        let seen_before = &seen;
+        let encoded: Vec<(SourceEntry, SourceSizes, Option<Staged>)> = window_sources(window, ast)
+            .map(|(source, nodes)| {
+                let Encoded {
+                    entry,
+                    sizes,
+                    chunk,
+                } = encode_source(&opts.db, source, nodes)?;
+                let staged = if seen_before.contains(&entry.chunk_hash) {
+                    None
+                } else {
+                    store.stage(&chunk)?
+                };
+                Ok((entry, sizes, staged))
+            })
+            .collect::<Result<_>>()?;
+        let mut to_publish = Vec::new();
+        for (entry, source_sizes, staged) in encoded {
+            if seen.insert(entry.chunk_hash) {
+                report.distinct_chunks += 1;
+                report.chunk_bytes += source_sizes.chunk_len;
+                match staged {
+                    Some(staged) => to_publish.push(staged),
+                    None => report.present_chunks += 1,
+                }
+            }
+            report.ast_sources += usize::from(source_sizes.ast_json_len.is_some());
+            entries.push(entry);
+            sizes.push(source_sizes);
+        }
+        let written = store.publish(to_publish)?;
         report.new_chunks += written.new;
         report.present_chunks += written.present;
         report.new_bytes += written.new_bytes;
-        for e in encoded {
-            report.ast_sources += usize::from(e.sizes.ast_json_len.is_some());
-            entries.push(e.entry);
-            sizes.push(e.sizes);
-        }
         if let Some(bar) = &bar {
             bar.inc(window.len() as u64);
         }
@@ -228,21 +247,23 @@ fn generated_at_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Encodes sources in parallel: AST chunks when the db has `_ast`, raw
-/// chunks otherwise.
-/// `ast`, when present, holds each source's nodes in the same order.
-fn encode_window(
-    db: &std::path::Path,
-    sources: &[SourceRow],
-    ast: Option<&[Vec<AstRow>]>,
-) -> Result<Vec<Encoded>> {
-    match ast {
-        Some(ast) => sources
-            .par_iter()
-            .zip(ast)
-            .map(|(source, nodes)| encode_ast_source(db, source, nodes))
-            .collect(),
-        None => Ok(sources.par_iter().map(encode_raw_source).collect()),
+/// The window's sources, each with its AST rows (`None` for a db without
+/// `_ast`), as a parallel iterator.
+fn window_sources<'a>(
+    sources: &'a [SourceRow],
+    ast: Option<&'a [Vec<AstRow>]>,
+) -> impl IndexedParallelIterator<Item = (&'a SourceRow, Option<&'a [AstRow]>)> {
+    sources
+        .par_iter()
+        .enumerate()
+        .map(move |(i, source)| (source, ast.map(|ast| ast[i].as_slice())))
+}
+
+/// Encodes one source: an AST chunk when the db has `_ast`, raw otherwise.
+fn encode_source(db: &Path, source: &SourceRow, nodes: Option<&[AstRow]>) -> Result<Encoded> {
+    match nodes {
+        Some(nodes) => encode_ast_source(db, source, nodes),
+        None => Ok(encode_raw_source(source)),
     }
 }
 
@@ -274,11 +295,7 @@ fn encode_raw_source(source: &SourceRow) -> Encoded {
     }
 }
 
-fn encode_ast_source(
-    db: &std::path::Path,
-    source: &SourceRow,
-    nodes: &[AstRow],
-) -> Result<Encoded> {
+fn encode_ast_source(db: &Path, source: &SourceRow, nodes: &[AstRow]) -> Result<Encoded> {
     if source.id.is_empty() {
         return Err(Error::BadDb {
             path: db.to_path_buf(),

@@ -77,6 +77,15 @@ impl Object {
     }
 }
 
+/// An object written to `tmp/` and not yet visible in `objects/`; dropping
+/// it deletes the temporary file.
+#[derive(Debug)]
+pub struct Staged {
+    hash: Hash,
+    temp: TempPath,
+    len: u64,
+}
+
 /// What a batch write did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PutReport {
@@ -86,6 +95,15 @@ pub struct PutReport {
     pub present: usize,
     /// Bytes written by this call.
     pub new_bytes: u64,
+}
+
+impl PutReport {
+    /// Adds another report's counts to this one.
+    pub fn add(&mut self, other: PutReport) {
+        self.new += other.new;
+        self.present += other.present;
+        self.new_bytes += other.new_bytes;
+    }
 }
 
 impl LocalStore {
@@ -127,36 +145,50 @@ impl LocalStore {
     pub fn put_all(&self, objects: &[&Object]) -> Result<PutReport> {
         let mut report = PutReport::default();
         for batch in objects.chunks(WRITE_BATCH) {
-            let staged: Vec<Option<(Hash, TempPath, u64)>> = batch
+            let staged: Vec<Option<Staged>> = batch
                 .par_iter()
-                .map(|object| self.stage_object(object))
+                .map(|object| self.stage(object))
                 .collect::<Result<_>>()?;
-            if staged.iter().any(Option::is_some) {
-                self.sync()?;
-            }
-            for (hash, temp, len) in staged.into_iter().flatten() {
-                if self.publish_object(&hash, temp)? {
-                    report.new += 1;
-                    report.new_bytes += len;
-                }
-            }
+            report.add(self.publish(staged.into_iter().flatten().collect())?);
         }
         report.present = objects.len() - report.new;
-        if report.new > 0 {
-            self.sync()?;
-        }
         Ok(report)
     }
 
-    /// Writes `bytes` to a synced-later temp file unless the object is
-    /// already present (then verifies it and returns `None`).
-    fn stage_object(&self, object: &Object) -> Result<Option<(Hash, TempPath, u64)>> {
-        let (hash, bytes) = (&object.hash, object.bytes());
-        if self.verify_existing(hash)? {
+    /// Writes an object to `tmp/`, not yet visible, unless it is already
+    /// present (then verifies it and returns `None`). Safe to call from many
+    /// threads; [`publish`](Self::publish) makes the result visible.
+    pub fn stage(&self, object: &Object) -> Result<Option<Staged>> {
+        if self.verify_existing(&object.hash)? {
             return Ok(None);
         }
-        let temp = self.write_temp(bytes, false)?;
-        Ok(Some((*hash, temp, bytes.len() as u64)))
+        let temp = self.write_temp(object.bytes(), false)?;
+        Ok(Some(Staged {
+            hash: object.hash,
+            temp,
+            len: object.bytes().len() as u64,
+        }))
+    }
+
+    /// Makes staged objects durable (one `syncfs` for all of them) and then
+    /// links each into place. An object another writer published meanwhile
+    /// is verified and counted as present.
+    pub fn publish(&self, staged: Vec<Staged>) -> Result<PutReport> {
+        let mut report = PutReport::default();
+        if staged.is_empty() {
+            return Ok(report);
+        }
+        self.sync()?;
+        for Staged { hash, temp, len } in staged {
+            if self.publish_object(&hash, temp)? {
+                report.new += 1;
+                report.new_bytes += len;
+            } else {
+                report.present += 1;
+            }
+        }
+        self.sync()?;
+        Ok(report)
     }
 
     /// Links a staged object into place without clobbering. Returns whether
