@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --release -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 cargo test --release --all-targets -- --test-threads="${TEST_THREADS:-4}"
 (cd tests/fixtures/build-cache-v1 && sha256sum --quiet -c VECTORS.sha256)
 echo "all tests passed"

@@ -1,6 +1,6 @@
 //! BLAKE3-256 hashes: the one identity every format in a bundle uses.
 //!
-//! A [`Hash`] is exactly 32 bytes. Its text forms are lowercase hex (object
+//! A [`Hash`](struct@Hash) is exactly 32 bytes. Its text forms are lowercase hex (object
 //! paths, xattrs) and `blake3:<hex>` (TOML lockfiles, refs).
 
 use std::fmt;
