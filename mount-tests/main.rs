@@ -680,3 +680,42 @@ fn a_store_written_by_go_mache_mounts_and_reads_whole() {
     assert_eq!(after["verification_failures"], 0, "{after:#}");
     assert_eq!(after["errors"], 0, "{after:#}");
 }
+
+#[test]
+fn prefetch_warms_every_chunk_and_builds_mache_db() {
+    let sample = sample();
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = sample.copy_store(scratch.path());
+    let m = TestMount::daemon(&store, &["--prefetch"]);
+    let deadline = Instant::now() + READY_DEADLINE;
+    let status = loop {
+        let status = m.status();
+        if status["prefetch"]["finished"] == true && status["mache_db"]["state"] == "ready" {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prefetch did not finish: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let distinct = sample.bundle().lockfile.distinct_chunks() as u64;
+    assert_eq!(status["prefetch"]["chunks_total"], distinct, "{status:#}");
+    assert_eq!(status["prefetch"]["chunks_warmed"], distinct, "{status:#}");
+    assert_eq!(status["errors"], 0, "{status:#}");
+    // Everything is warm: with the store's objects gone, every file and the
+    // db still read whole.
+    empty_objects(&store);
+    run(Command::new("diff")
+        .arg("-r")
+        .arg(&sample.tree)
+        .arg(m.path("sources")));
+    let count = stdout(
+        Command::new("sqlite3")
+            .arg(m.path("mache.db"))
+            .arg("select count(*) from _source"),
+    );
+    assert_eq!(count.trim(), sample.files().len().to_string());
+    let after = m.status();
+    assert_eq!(after["errors"], 0, "reads after prefetch failed: {after:#}");
+}
