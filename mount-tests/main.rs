@@ -719,3 +719,27 @@ fn prefetch_warms_every_chunk_and_builds_mache_db() {
     let after = m.status();
     assert_eq!(after["errors"], 0, "reads after prefetch failed: {after:#}");
 }
+
+#[test]
+fn mounting_without_dev_fuse_fails_clearly() {
+    // A private mount namespace whose /dev is an empty tmpfs: no /dev/fuse.
+    let sample = sample();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let script = "mount -t tmpfs tmpfs /dev && exec \"$0\" mount --store \"$1\" \"$2\"";
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .arg(harness::BIN)
+        .arg(&sample.store)
+        .arg(&mnt)
+        .env("XDG_CONFIG_HOME", dir.path())
+        .env("XDG_CACHE_HOME", dir.path())
+        .output()
+        .expect("unshare(1) is installed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("no /dev/fuse"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(!is_mounted(&mnt));
+}
