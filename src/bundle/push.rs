@@ -14,7 +14,7 @@ use crate::lockfile::{
 };
 use crate::machedb;
 use crate::rows::{AstRow, SourceRow, kind_for_language};
-use crate::store::local::{Object, Staged};
+use crate::store::local::{Object, PutReport, Staged};
 use crate::store::sizes::SourceSizes;
 use crate::store::{LocalStore, SizeIndex};
 
@@ -93,51 +93,57 @@ pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
     let bar = opts
         .progress
         .then(|| super::progress(contents.sources.len(), "pushing"));
-    for (n, window) in contents.sources.chunks(WINDOW).enumerate() {
-        let ast = contents
-            .ast
-            .as_ref()
-            .map(|ast| &ast[n * WINDOW..][..window.len()]);
-        // One parallel pass encodes each source and writes its chunk to
-        // tmp/ while the bytes are hot; the chunk is dropped right after.
-        let seen_before = &seen;
-        let encoded: Vec<(SourceEntry, SourceSizes, Option<Staged>)> = window_sources(window, ast)
-            .map(|(source, nodes)| {
-                let Encoded {
-                    entry,
-                    sizes,
-                    chunk,
-                } = encode_source(&opts.db, source, nodes)?;
-                let staged = if seen_before.contains(&entry.chunk_hash) {
-                    None
-                } else {
-                    store.stage(&chunk)?
-                };
-                Ok((entry, sizes, staged))
-            })
-            .collect::<Result<_>>()?;
-        let mut to_publish = Vec::new();
-        for (entry, source_sizes, staged) in encoded {
-            if seen.insert(entry.chunk_hash) {
-                report.distinct_chunks += 1;
-                report.chunk_bytes += source_sizes.chunk_len;
-                match staged {
-                    Some(staged) => to_publish.push(staged),
-                    None => report.present_chunks += 1,
+    // Windows are encoded and staged here while a second thread makes the
+    // previous window durable and visible, so syncs and renames overlap
+    // with encoding.
+    let published = std::thread::scope(|scope| {
+        let (to_publisher, batches) = std::sync::mpsc::sync_channel::<Vec<Staged>>(1);
+        let publisher = scope.spawn(move || {
+            let mut total = PutReport::default();
+            for batch in batches {
+                total.add(store.publish(batch)?);
+            }
+            Ok::<_, Error>(total)
+        });
+        let produced = (|| {
+            for (n, window) in contents.sources.chunks(WINDOW).enumerate() {
+                let ast = contents
+                    .ast
+                    .as_ref()
+                    .map(|ast| &ast[n * WINDOW..][..window.len()]);
+                let staged = encode_and_stage(store, &opts.db, window, ast, &seen)?;
+                let mut to_publish = Vec::new();
+                for (entry, source_sizes, staged) in staged {
+                    if seen.insert(entry.chunk_hash) {
+                        report.distinct_chunks += 1;
+                        report.chunk_bytes += source_sizes.chunk_len;
+                        match staged {
+                            Some(staged) => to_publish.push(staged),
+                            None => report.present_chunks += 1,
+                        }
+                    }
+                    report.ast_sources += usize::from(source_sizes.ast_json_len.is_some());
+                    entries.push(entry);
+                    sizes.push(source_sizes);
+                }
+                if to_publisher.send(to_publish).is_err() {
+                    break; // The publisher failed; its error is reported below.
+                }
+                if let Some(bar) = &bar {
+                    bar.inc(window.len() as u64);
                 }
             }
-            report.ast_sources += usize::from(source_sizes.ast_json_len.is_some());
-            entries.push(entry);
-            sizes.push(source_sizes);
-        }
-        let written = store.publish(to_publish)?;
-        report.new_chunks += written.new;
-        report.present_chunks += written.present;
-        report.new_bytes += written.new_bytes;
-        if let Some(bar) = &bar {
-            bar.inc(window.len() as u64);
-        }
-    }
+            Ok::<_, Error>(())
+        })();
+        drop(to_publisher);
+        let published = publisher
+            .join()
+            .expect("the publisher thread does not panic");
+        produced.and(published)
+    })?;
+    report.new_chunks += published.new;
+    report.present_chunks += published.present;
+    report.new_bytes += published.new_bytes;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -245,6 +251,33 @@ fn generated_at_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One parallel pass over a window: each source is encoded and its chunk
+/// written to `tmp/` while the bytes are hot (unless an earlier window had
+/// it), then dropped.
+fn encode_and_stage(
+    store: &LocalStore,
+    db: &Path,
+    window: &[SourceRow],
+    ast: Option<&[Vec<AstRow>]>,
+    seen_before: &HashSet<Hash>,
+) -> Result<Vec<(SourceEntry, SourceSizes, Option<Staged>)>> {
+    window_sources(window, ast)
+        .map(|(source, nodes)| {
+            let Encoded {
+                entry,
+                sizes,
+                chunk,
+            } = encode_source(db, source, nodes)?;
+            let staged = if seen_before.contains(&entry.chunk_hash) {
+                None
+            } else {
+                store.stage(&chunk)?
+            };
+            Ok((entry, sizes, staged))
+        })
+        .collect()
 }
 
 /// The window's sources, each with its AST rows (`None` for a db without
