@@ -223,20 +223,8 @@ fn refs_resolve_by_name_and_latest_moves() {
 fn a_store_written_by_go_mache_is_read_as_latest() {
     // mache writes only objects/ and mache.lock.bin: no refs, no sizes index.
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("mache.db");
-    make_db(
-        &db,
-        &[Src {
-            id: "f.go",
-            path: Some("f.go"),
-            language: Some("go"),
-            content: Some(b"x"),
-        }],
-        None,
-    );
-    let store = dir.path().join("store");
-    run_ok(&["push", "--db", s(&db), s(&store)]);
-    for extra in ["refs", "lockfiles", "tmp"] {
+    let (db, store) = push_one_source(dir.path(), "f.go", b"x");
+    for extra in ["refs", "lockfiles", "pushed", "tmp"] {
         std::fs::remove_dir_all(store.join(extra)).unwrap();
     }
     std::fs::remove_file(store.join("mache.lock.toml")).unwrap();
@@ -279,19 +267,7 @@ fn inspect_reads_store_bin_and_toml_alike() {
 #[test]
 fn pull_without_verify_skips_root_and_input_checks_but_not_chunk_hashes() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("mache.db");
-    make_db(
-        &db,
-        &[Src {
-            id: "f",
-            path: Some("f"),
-            language: Some("go"),
-            content: Some(b"x"),
-        }],
-        None,
-    );
-    let store = dir.path().join("store");
-    run_ok(&["push", "--db", s(&db), s(&store)]);
+    let (db, store) = push_one_source(dir.path(), "f", b"x");
     let restored = dir.path().join("restored.db");
     let out = run_ok(&[
         "pull",

@@ -184,3 +184,18 @@ pub fn list_files(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// A db of one source pushed into `dir/store`; returns (db, store).
+pub fn push_one_source(dir: &Path, id: &str, content: &[u8]) -> (PathBuf, PathBuf) {
+    let db = dir.join("mache.db");
+    let source = Src {
+        id,
+        path: Some(id),
+        language: Some("go"),
+        content: Some(content),
+    };
+    make_db(&db, &[source], None);
+    let store = dir.join("store");
+    run_ok(&["push", "--db", s(&db), s(&store)]);
+    (db, store)
+}
