@@ -218,6 +218,11 @@ fn corrupt_chunk_is_a_hard_error_naming_path_and_both_hashes() {
     let object = object_of(&store, &hex);
     std::fs::write(&object, b"package evil\n").unwrap();
     let actual = chunk_hex(b"package evil\n");
+    let inspect = run_ok(&["inspect", s(&store)]);
+    assert!(
+        inspect.contains("2 present, 0 missing, 1 corrupt"),
+        "{inspect}"
+    );
     let out = dir.path().join("restored.db");
     let err = run_fails(&["pull", "--out-db", s(&out), s(&store)], 4, &hex);
     assert!(err.contains(&actual) && err.contains(s(&object)), "{err}");

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::chunk::{self, Shape};
@@ -10,7 +11,8 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::lockfile::{self, Lockfile};
 use crate::store::local::{LOCK_BIN, read_file};
-use crate::store::{Bundle, ChunkSource, LocalStore};
+use crate::store::sizes::SourceSizes;
+use crate::store::{Bundle, ChunkSource, LocalStore, SizeIndex};
 
 /// Everything `inspect` reports, as printed by `--json`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -36,6 +38,9 @@ pub struct Inspection {
     pub chunks_corrupt: Option<usize>,
     pub raw_chunks: Option<usize>,
     pub ast_chunks: Option<usize>,
+    /// Whether chunks were read and hashed (`false`: checked by presence
+    /// and length against the sizes index).
+    pub chunks_hashed: bool,
 }
 
 /// Inspects a store directory (at `reference`), a `.bin` or a `.toml` lockfile.
@@ -65,7 +70,11 @@ pub fn inspect_file(target: &Path, reference: &str) -> Result<Inspection> {
         .and_then(|dir| LocalStore::open(dir).ok());
     let mut inspection = describe(&lockfile, lockfile_hash);
     if let Some(store) = store {
-        count_chunks(&store, &lockfile, &mut inspection);
+        // A lockfile of this store may have a sizes index beside it.
+        let sizes = lockfile_hash
+            .and_then(|hash| store.resolve(&hash.to_prefixed()).ok())
+            .and_then(|bundle| bundle.sizes);
+        count_chunks(&store, &lockfile, sizes.as_ref(), &mut inspection);
     }
     Ok(inspection)
 }
@@ -79,7 +88,12 @@ pub fn inspect_bundle(store: &LocalStore, bundle: &Bundle) -> Result<Inspection>
         .filter(|(_, hash)| *hash == bundle.lockfile_hash)
         .map(|(name, _)| name)
         .collect();
-    count_chunks(store, &bundle.lockfile, &mut inspection);
+    count_chunks(
+        store,
+        &bundle.lockfile,
+        bundle.sizes.as_ref(),
+        &mut inspection,
+    );
     Ok(inspection)
 }
 
@@ -107,36 +121,66 @@ fn describe(lockfile: &Lockfile, lockfile_hash: Option<Hash>) -> Inspection {
         chunks_corrupt: None,
         raw_chunks: None,
         ast_chunks: None,
+        chunks_hashed: false,
     }
 }
 
-/// Counts present, missing and corrupt chunks, and the shapes of the sound
-/// ones (each distinct chunk once).
-fn count_chunks(store: &LocalStore, lockfile: &Lockfile, out: &mut Inspection) {
-    let (mut present, mut missing, mut corrupt, mut raw, mut ast) = (0, 0, 0, 0, 0);
+/// What one distinct chunk turned out to be.
+enum ChunkState {
+    Present(Shape),
+    Missing,
+    Corrupt,
+}
+
+/// Counts present, missing and corrupt chunks and their shapes (each
+/// distinct chunk once, in parallel). With the sizes index our push left,
+/// this is a `stat` per chunk: presence and length are checked, the shape
+/// comes from the index, and a wrong length counts as corrupt (`verify`
+/// hashes every byte). Without one, every chunk is read and verified.
+fn count_chunks(
+    store: &LocalStore,
+    lockfile: &Lockfile,
+    sizes: Option<&SizeIndex>,
+    out: &mut Inspection,
+) {
     let mut seen = HashSet::new();
-    for source in &lockfile.sources {
-        if !seen.insert(source.chunk_hash) {
-            continue;
-        }
-        match store.get_verified(&source.chunk_hash) {
-            Ok(bytes) => {
-                present += 1;
-                match chunk::detect(&bytes) {
-                    Shape::Raw => raw += 1,
-                    Shape::Ast => ast += 1,
-                }
+    let distinct: Vec<usize> = (0..lockfile.sources.len())
+        .filter(|&i| seen.insert(lockfile.sources[i].chunk_hash))
+        .collect();
+    let states: Vec<ChunkState> = distinct
+        .par_iter()
+        .map(|&i| {
+            let hash = &lockfile.sources[i].chunk_hash;
+            match sizes.map(|sizes| sizes.entries[i]) {
+                Some(size) => stat_chunk(store, hash, size),
+                None => read_chunk(store, hash),
             }
-            Err(Error::ObjectMissing { .. }) => missing += 1,
-            Err(_) => {
-                present += 1;
-                corrupt += 1;
-            }
-        }
+        })
+        .collect();
+    let count = |wanted: fn(&ChunkState) -> bool| Some(states.iter().filter(|s| wanted(s)).count());
+    out.chunks_present = count(|s| !matches!(s, ChunkState::Missing));
+    out.chunks_missing = count(|s| matches!(s, ChunkState::Missing));
+    out.chunks_corrupt = count(|s| matches!(s, ChunkState::Corrupt));
+    out.raw_chunks = count(|s| matches!(s, ChunkState::Present(Shape::Raw)));
+    out.ast_chunks = count(|s| matches!(s, ChunkState::Present(Shape::Ast)));
+    out.chunks_hashed = sizes.is_none();
+}
+
+fn stat_chunk(store: &LocalStore, hash: &Hash, size: SourceSizes) -> ChunkState {
+    match std::fs::metadata(store.object_path(hash)) {
+        Ok(meta) if meta.len() == size.chunk_len => match size.ast_json_len {
+            Some(_) => ChunkState::Present(Shape::Ast),
+            None => ChunkState::Present(Shape::Raw),
+        },
+        Ok(_) => ChunkState::Corrupt,
+        Err(_) => ChunkState::Missing,
     }
-    out.chunks_present = Some(present);
-    out.chunks_missing = Some(missing);
-    out.chunks_corrupt = Some(corrupt);
-    out.raw_chunks = Some(raw);
-    out.ast_chunks = Some(ast);
+}
+
+fn read_chunk(store: &LocalStore, hash: &Hash) -> ChunkState {
+    match store.get_verified(hash) {
+        Ok(bytes) => ChunkState::Present(chunk::detect(&bytes)),
+        Err(Error::ObjectMissing { .. }) => ChunkState::Missing,
+        Err(_) => ChunkState::Corrupt,
+    }
 }

@@ -129,8 +129,13 @@ pub fn inspect(i: &Inspection, as_json: bool) {
         println!("refs              {}", i.refs.join(", "));
     }
     println!("distinct chunks   {}", i.distinct_chunks);
+    let how = match (i.chunks_present, i.chunks_hashed) {
+        (None, _) => " (no store holds the chunks)",
+        (Some(_), true) => " (every chunk hashed)",
+        (Some(_), false) => " (presence and length checked; `verify` hashes every chunk)",
+    };
     println!(
-        "on disk           {} present, {} missing, {} corrupt",
+        "on disk           {} present, {} missing, {} corrupt{how}",
         opt(i.chunks_present),
         opt(i.chunks_missing),
         opt(i.chunks_corrupt)
