@@ -743,3 +743,38 @@ fn mounting_without_dev_fuse_fails_clearly() {
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(!is_mounted(&mnt));
 }
+
+#[test]
+fn status_always_reads_as_whole_json_while_counters_change() {
+    // Regression: counters changing between a stat and a read once made
+    // readers see a cut or NUL-padded document.
+    let sample = sample();
+    let m = TestMount::daemon(&sample.store, &[]);
+    let files = sample.files();
+    let status_path = m.path(".cachefs/status");
+    std::thread::scope(|scope| {
+        for worker in 0..2 {
+            let files = &files;
+            let sources = m.path("sources");
+            scope.spawn(move || {
+                for (path, _) in files.iter().skip(worker).step_by(2) {
+                    std::fs::read(sources.join(path)).unwrap();
+                }
+            });
+        }
+        for _ in 0..4 {
+            let status_path = &status_path;
+            scope.spawn(move || {
+                for _ in 0..300 {
+                    let bytes = std::fs::read(status_path).unwrap();
+                    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                        panic!(
+                            "status is not JSON ({e}): {:?}",
+                            String::from_utf8_lossy(&bytes)
+                        );
+                    }
+                }
+            });
+        }
+    });
+}

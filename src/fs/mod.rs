@@ -427,9 +427,9 @@ impl CacheFs {
 
     /// Up to `size` bytes of file `ino` from `offset`. The first read of a
     /// source or AST view fetches, verifies and decodes its chunk, unless it
-    /// is in memory. The status file serves the document its last `stat`
-    /// reported (the kernel asks for its attributes before every read), so
-    /// the bytes always match the size it was told.
+    /// is in memory. The status file is rendered anew for a read from
+    /// offset 0 and padded to a fixed size, so the bytes always match the
+    /// size the kernel was told.
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Data> {
         let window = |len: usize| {
             let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
@@ -446,7 +446,9 @@ impl CacheFs {
                 let toml = self.lock_toml();
                 Data::Owned(toml[window(toml.len())].to_vec())
             }
-            Node::Status => shared(self.status_snapshot(false)),
+            // A read from the start gets a new snapshot; later offsets
+            // continue the one it got. Snapshots all have one size.
+            Node::Status => shared(self.status_snapshot(offset == 0)),
             Node::MacheDb => {
                 let db = self.db()?;
                 let range = window(db.size as usize);

@@ -88,7 +88,11 @@ impl Stats {
             tracing::warn!("{what}: {err}");
         }
         self.errors.fetch_add(1, Ordering::Relaxed);
-        let message = format!("{what}: {err}");
+        let mut message = format!("{what}: {err}");
+        if let Some((cut, _)) = message.char_indices().nth(MAX_ERROR_CHARS) {
+            message.truncate(cut);
+            message.push('…');
+        }
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
     }
 
@@ -210,10 +214,24 @@ pub struct PrefetchStatus {
     pub finished: bool,
 }
 
+/// The size of the status file. Every snapshot is padded with spaces to it,
+/// so whatever snapshot a read returns matches the size the kernel was told
+/// earlier (counters change between a `stat` and a read; a length that
+/// changed with them would show readers a cut or NUL-padded document).
+pub const STATUS_FILE_SIZE: usize = 16 * 1024;
+
+/// `last_error` is kept to this many characters, so the status document
+/// always fits [`STATUS_FILE_SIZE`].
+const MAX_ERROR_CHARS: usize = 2048;
+
 impl Status {
-    /// The file's bytes: pretty JSON and a newline.
+    /// The file's bytes: pretty JSON, padded with spaces to
+    /// [`STATUS_FILE_SIZE`] and ending in a newline (still valid JSON).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = serde_json::to_vec_pretty(self).expect("status serializes");
+        if out.len() < STATUS_FILE_SIZE {
+            out.resize(STATUS_FILE_SIZE - 1, b' ');
+        }
         out.push(b'\n');
         out
     }
