@@ -11,18 +11,8 @@ use common::*;
 fn one_file_db(dir: &Path) -> std::path::PathBuf {
     let db = dir.join("mache.db");
     let sources = [
-        Src {
-            id: "a.go",
-            path: Some("a.go"),
-            language: Some("go"),
-            content: Some(b"package a\n"),
-        },
-        Src {
-            id: "b.go",
-            path: Some("b.go"),
-            language: Some("go"),
-            content: Some(b"package b\n"),
-        },
+        Src::at("a.go", Some("go"), b"package a\n"),
+        Src::at("b.go", Some("go"), b"package b\n"),
     ];
     make_db(&db, &sources, None);
     db
@@ -97,12 +87,7 @@ fn db_without_source_table_is_refused() {
 fn ast_rows_without_a_source_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("mache.db");
-    let sources = [Src {
-        id: "a.py",
-        path: Some("a.py"),
-        language: Some("python"),
-        content: Some(b"x"),
-    }];
+    let sources = [Src::at("a.py", Some("python"), b"x")];
     let nodes: [Node; 2] = [
         ("a.py/Module", "a.py", "Module", [0; 6]),
         ("ghost.py/Module", "ghost.py", "Module", [0; 6]),

@@ -16,12 +16,7 @@ fn ast_sources<'a>() -> Vec<Src<'a>> {
             language: Some("go"),
             content: Some(b"package main\n"),
         },
-        Src {
-            id: "empty.py",
-            path: Some("empty.py"),
-            language: Some("python"),
-            content: Some(b""),
-        },
+        Src::at("empty.py", Some("python"), b""),
         Src {
             id: "disk.txt",
             path: Some("disk.txt"),
@@ -83,18 +78,8 @@ fn raw_db_round_trips_without_ast_table() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("mache.db");
     let sources = [
-        Src {
-            id: "a/b.go",
-            path: Some("a/b.go"),
-            language: Some("go"),
-            content: Some(b"x"),
-        },
-        Src {
-            id: "none",
-            path: Some("none"),
-            language: Some(""),
-            content: Some(b""),
-        },
+        Src::at("a/b.go", Some("go"), b"x"),
+        Src::at("none", Some(""), b""),
         Src {
             id: WEIRD_PATH,
             path: Some(WEIRD_PATH),
@@ -124,24 +109,9 @@ fn repush_writes_no_new_objects_and_dedups_identical_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("mache.db");
     let sources = [
-        Src {
-            id: "a",
-            path: Some("a"),
-            language: Some("go"),
-            content: Some(b"same"),
-        },
-        Src {
-            id: "b",
-            path: Some("b"),
-            language: Some("go"),
-            content: Some(b"same"),
-        },
-        Src {
-            id: "c",
-            path: Some("c"),
-            language: Some("go"),
-            content: Some(b"other"),
-        },
+        Src::at("a", Some("go"), b"same"),
+        Src::at("b", Some("go"), b"same"),
+        Src::at("c", Some("go"), b"other"),
     ];
     make_db(&db, &sources, None);
     let store = dir.path().join("store");
@@ -166,26 +136,8 @@ fn refs_resolve_by_name_and_latest_moves() {
     let store = dir.path().join("store");
     let one = dir.path().join("one.db");
     let two = dir.path().join("two.db");
-    make_db(
-        &one,
-        &[Src {
-            id: "f",
-            path: Some("f"),
-            language: None,
-            content: Some(b"1"),
-        }],
-        None,
-    );
-    make_db(
-        &two,
-        &[Src {
-            id: "f",
-            path: Some("f"),
-            language: None,
-            content: Some(b"2"),
-        }],
-        None,
-    );
+    make_db(&one, &[Src::at("f", None, b"1")], None);
+    make_db(&two, &[Src::at("f", None, b"2")], None);
     run_ok(&["push", "--db", s(&one), s(&store), "--tag", "v1"]);
     run_ok(&["push", "--db", s(&two), s(&store), "--tag", "v2"]);
     for (reference, content) in [("v1", b"1"), ("v2", b"2"), ("latest", b"2")] {
@@ -294,18 +246,8 @@ fn repush_of_an_unchanged_db_still_restores_missing_objects() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("mache.db");
     let sources = [
-        Src {
-            id: "a",
-            path: Some("a"),
-            language: Some("go"),
-            content: Some(b"alpha"),
-        },
-        Src {
-            id: "b",
-            path: Some("b"),
-            language: Some("go"),
-            content: Some(b"beta"),
-        },
+        Src::at("a", Some("go"), b"alpha"),
+        Src::at("b", Some("go"), b"beta"),
     ];
     make_db(&db, &sources, None);
     let store = dir.path().join("store");

@@ -72,8 +72,8 @@ pub fn inspect_file(target: &Path, reference: &str) -> Result<Inspection> {
     if let Some(store) = store {
         // A lockfile of this store may have a sizes index beside it.
         let sizes = lockfile_hash
-            .and_then(|hash| store.resolve(&hash.to_prefixed()).ok())
-            .and_then(|bundle| bundle.sizes);
+            .and_then(|hash| store.read_sizes(&hash, lockfile.sources.len()).ok())
+            .flatten();
         count_chunks(&store, &lockfile, sizes.as_ref(), &mut inspection);
     }
     Ok(inspection)
@@ -167,13 +167,13 @@ fn count_chunks(
 }
 
 fn stat_chunk(store: &LocalStore, hash: &Hash, size: SourceSizes) -> ChunkState {
-    match std::fs::metadata(store.object_path(hash)) {
-        Ok(meta) if meta.len() == size.chunk_len => match size.ast_json_len {
+    match store.object_len(hash) {
+        Some(len) if len == size.chunk_len => match size.ast_json_len {
             Some(_) => ChunkState::Present(Shape::Ast),
             None => ChunkState::Present(Shape::Raw),
         },
-        Ok(_) => ChunkState::Corrupt,
-        Err(_) => ChunkState::Missing,
+        Some(_) => ChunkState::Corrupt,
+        None => ChunkState::Missing,
     }
 }
 

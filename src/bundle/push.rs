@@ -181,7 +181,7 @@ fn repush_unchanged(
     let mut chunk_bytes = 0;
     for (source, size) in bundle.lockfile.sources.iter().zip(&sizes.entries) {
         if distinct.insert(source.chunk_hash) {
-            if !store.has_object_of_len(&source.chunk_hash, size.chunk_len) {
+            if store.object_len(&source.chunk_hash) != Some(size.chunk_len) {
                 return None;
             }
             chunk_bytes += size.chunk_len;

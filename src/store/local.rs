@@ -320,10 +320,13 @@ impl LocalStore {
         Hash::from_prefixed(text.trim()).ok()
     }
 
-    /// Whether object `hash` is present with length `len` (a cheap check
-    /// that trusts its bytes; reads verify them).
-    pub fn has_object_of_len(&self, hash: &Hash, len: u64) -> bool {
-        fs::metadata(self.object_path(hash)).is_ok_and(|m| m.is_file() && m.len() == len)
+    /// The length of object `hash` if it is present: a `stat`, trusting its
+    /// bytes (reads verify them).
+    pub fn object_len(&self, hash: &Hash) -> Option<u64> {
+        fs::metadata(self.object_path(hash))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
     }
 
     /// Resolves `reference` to a bundle: a ref name (`latest`, `v1`), or
@@ -388,7 +391,7 @@ impl LocalStore {
 
     /// The sizes index for a lockfile, if our push left one. A damaged index
     /// is ignored with a warning: it is an accelerator, not part of the bundle.
-    fn read_sizes(&self, lockfile_hash: &Hash, sources: usize) -> Result<Option<SizeIndex>> {
+    pub fn read_sizes(&self, lockfile_hash: &Hash, sources: usize) -> Result<Option<SizeIndex>> {
         let path = self
             .root
             .join("lockfiles")

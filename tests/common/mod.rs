@@ -68,6 +68,18 @@ pub struct Src<'a> {
     pub content: Option<&'a [u8]>,
 }
 
+impl<'a> Src<'a> {
+    /// A source whose path is its id, with inline content.
+    pub fn at(id: &'a str, language: Option<&'a str>, content: &'a [u8]) -> Src<'a> {
+        Src {
+            id,
+            path: Some(id),
+            language,
+            content: Some(content),
+        }
+    }
+}
+
 /// An `_ast` row as the tests write it.
 pub type Node<'a> = (&'a str, &'a str, &'a str, [i64; 6]);
 
@@ -188,12 +200,7 @@ pub fn list_files(dir: &Path) -> Vec<PathBuf> {
 /// A db of one source pushed into `dir/store`; returns (db, store).
 pub fn push_one_source(dir: &Path, id: &str, content: &[u8]) -> (PathBuf, PathBuf) {
     let db = dir.join("mache.db");
-    let source = Src {
-        id,
-        path: Some(id),
-        language: Some("go"),
-        content: Some(content),
-    };
+    let source = Src::at(id, Some("go"), content);
     make_db(&db, &[source], None);
     let store = dir.join("store");
     run_ok(&["push", "--db", s(&db), s(&store)]);
