@@ -4,6 +4,7 @@
 //! it ends, pass or fail.
 
 mod harness;
+mod sharing;
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read};
@@ -339,6 +340,32 @@ fn a_corrupt_object_is_eio_for_its_file_only() {
     );
     let last = status["last_error"].as_str().unwrap();
     assert!(last.contains(&victim.path) && last.contains(&hex), "{last}");
+}
+
+#[test]
+fn an_io_error_behind_the_mount_reaches_the_reader_as_eio() {
+    let sample = sample();
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = sample.copy_store(scratch.path());
+    let small = sample.small_py();
+    let victim = sample
+        .bundle()
+        .lockfile
+        .sources
+        .into_iter()
+        .find(|e| e.path == small)
+        .unwrap();
+    // Reading this object now fails with EISDIR, an OS error no reader of a
+    // regular file expects: the mount must say EIO, as for any store failure.
+    let hex = victim.chunk_hash.to_hex();
+    let object = store.join("objects").join(&hex[..2]).join(&hex[2..]);
+    std::fs::remove_file(&object).unwrap();
+    std::fs::create_dir(&object).unwrap();
+    let m = TestMount::daemon(&store, &[]);
+    let err = std::fs::read(m.path("sources").join(&small)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let last = m.status()["last_error"].as_str().unwrap().to_string();
+    assert!(last.contains(&small), "{last}");
 }
 
 #[test]

@@ -14,6 +14,11 @@ have hyperfine || need+=(hyperfine)
 have mount || need+=(mount)
 have gcc || need+=(gcc)
 have pkg-config || need+=(pkg-config)
+have rg || need+=(ripgrep)
+have jq || need+=(jq)
+have mountpoint || need+=(util-linux)
+have runuser || need+=(util-linux)
+have useradd || need+=(passwd)
 
 if ((${#need[@]})); then
   sudo=""

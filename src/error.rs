@@ -33,6 +33,8 @@ pub enum Error {
 
     #[error("invalid mache db {path}: {reason}")]
     BadDb { path: PathBuf, reason: String },
+    #[error("--out-db {path} {reason}")]
+    OutDb { path: PathBuf, reason: String },
     #[error("sqlite error on {path}: {source}")]
     Sqlite {
         path: PathBuf,
@@ -62,9 +64,15 @@ pub enum Error {
     BadRefName(String),
     #[error("not a store: {0} (no objects/ directory and no mache.lock.bin)")]
     NotAStore(PathBuf),
+    /// The store directory does not exist yet: nothing was ever pushed there.
+    #[error("nothing pushed to {0} yet: push a bundle first (mache-cachefs push --db mache.db)")]
+    NothingPushed(PathBuf),
 
     #[error("invalid config {path}: {reason}")]
     BadConfig { path: PathBuf, reason: String },
+    /// An environment variable or other setting outside the config file.
+    #[error("{0}")]
+    BadSetting(String),
 
     #[error("{context}: {source}")]
     Io {
@@ -149,13 +157,17 @@ impl Error {
             | ForeignProducer { .. }
             | BadChunk { .. }
             | BadDb { .. }
-            | Sqlite { .. }
+            | OutDb { .. }
             | BadRefName(_)
             | NotAStore(_)
             | BadConfig { .. }
+            | BadSetting(_)
             | Usage(_) => Class::Input,
+            Sqlite { source, .. } => sqlite_class(source),
             RootMismatch { .. } | Corrupt { .. } => Class::Integrity,
-            ChunkMissing { .. } | ObjectMissing { .. } | RefMissing { .. } => Class::NotFound,
+            ChunkMissing { .. } | ObjectMissing { .. } | RefMissing { .. } | NothingPushed(_) => {
+                Class::NotFound
+            }
             Io { .. } | Mount(_) | Reported { .. } => Class::Environment,
             Refused(Refusal::NoEntry | Refusal::NoAttribute) => Class::NotFound,
             Refused(_) => Class::Environment,
@@ -164,8 +176,10 @@ impl Error {
 
     /// The process exit code for this error (documented in README.md).
     pub fn exit_code(&self) -> u8 {
-        if let Error::Reported { code, .. } = self {
-            return *code;
+        match self {
+            Error::Reported { code, .. } => return *code,
+            Error::Usage(_) => return exit::USAGE,
+            _ => {}
         }
         match self.class() {
             Class::Input => exit::INPUT,
@@ -175,10 +189,13 @@ impl Error {
         }
     }
 
-    /// The errno a FUSE reply carries for this error.
+    /// The errno a FUSE reply carries for this error: the refusals their
+    /// own; every failure to produce a file's bytes (a missing or corrupt
+    /// chunk, and any I/O error behind the mount, whatever its OS errno) is
+    /// `EIO`, so a reader never mistakes a store problem for its own (an
+    /// `EACCES` or `ENOSPC` would).
     pub fn errno(&self) -> i32 {
         match self {
-            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             Error::Refused(refusal) => match refusal {
                 Refusal::NoEntry => libc::ENOENT,
                 Refusal::ReadOnly => libc::EROFS,
@@ -189,11 +206,21 @@ impl Error {
                 Refusal::BufferTooSmall => libc::ERANGE,
                 Refusal::BadHandle => libc::EBADF,
             },
-            _ => match self.class() {
-                Class::NotFound | Class::Integrity | Class::Input => libc::EIO,
-                Class::Environment => libc::EIO,
-            },
+            _ => libc::EIO,
         }
+    }
+}
+
+/// SQLite failures of the environment (a full disk, an I/O error, no
+/// permission, a file that cannot be opened) versus those of the db itself.
+fn sqlite_class(source: &rusqlite::Error) -> Class {
+    use rusqlite::ErrorCode::*;
+    match source.sqlite_error_code() {
+        Some(
+            DiskFull | SystemIoFailure | CannotOpen | PermissionDenied | ReadOnly | DatabaseBusy
+            | DatabaseLocked | OutOfMemory,
+        ) => Class::Environment,
+        _ => Class::Input,
     }
 }
 
@@ -213,4 +240,53 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 5;
     /// The environment refused: permissions, full disk, no /dev/fuse.
     pub const ENVIRONMENT: u8 = 6;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_error(code: i32) -> Error {
+        let source = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        Error::sqlite("/x.db", source)
+    }
+
+    #[test]
+    fn read_path_io_errors_reach_readers_as_eio_whatever_the_os_said() {
+        for os in [libc::EACCES, libc::EMFILE, libc::ENOSPC, libc::EISDIR] {
+            let err = Error::io("reading x", std::io::Error::from_raw_os_error(os));
+            assert_eq!(err.errno(), libc::EIO, "os errno {os}");
+        }
+        assert_eq!(Error::Refused(Refusal::ReadOnly).errno(), libc::EROFS);
+        assert_eq!(Error::Refused(Refusal::NoEntry).errno(), libc::ENOENT);
+    }
+
+    #[test]
+    fn a_full_disk_under_sqlite_is_the_environment_and_a_bad_db_is_input() {
+        assert_eq!(
+            sqlite_error(rusqlite::ffi::SQLITE_FULL).exit_code(),
+            exit::ENVIRONMENT
+        );
+        assert_eq!(
+            sqlite_error(rusqlite::ffi::SQLITE_IOERR).exit_code(),
+            exit::ENVIRONMENT
+        );
+        assert_eq!(
+            sqlite_error(rusqlite::ffi::SQLITE_NOTADB).exit_code(),
+            exit::INPUT
+        );
+        assert_eq!(
+            sqlite_error(rusqlite::ffi::SQLITE_CORRUPT).exit_code(),
+            exit::INPUT
+        );
+    }
+
+    #[test]
+    fn usage_errors_exit_2_and_nothing_pushed_is_not_found() {
+        assert_eq!(Error::Usage("x".into()).exit_code(), exit::USAGE);
+        assert_eq!(
+            Error::NothingPushed("/s".into()).exit_code(),
+            exit::NOT_FOUND
+        );
+    }
 }

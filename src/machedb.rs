@@ -16,6 +16,9 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::rows::{AstRow, SourceRow};
 
+/// The first 16 bytes of every SQLite database file.
+pub const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
 /// Everything a push needs from a db.
 #[derive(Debug, Default)]
 pub struct DbContents {
@@ -83,13 +86,18 @@ pub fn read_db(db_path: &Path, source_root: &Path) -> Result<DbContents> {
     })
 }
 
-fn check_is_file(db_path: &Path) -> Result<()> {
-    if db_path.is_file() {
-        return Ok(());
-    }
+/// Checks that a db to push exists and is a file, before anything is written.
+pub fn check_is_file(db_path: &Path) -> Result<()> {
+    let reason = match std::fs::metadata(db_path) {
+        Ok(meta) if meta.is_file() => return Ok(()),
+        Ok(meta) if meta.is_dir() => "is a directory, not a db file".to_string(),
+        Ok(_) => "is not a regular file".to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "no such file".to_string(),
+        Err(e) => e.to_string(),
+    };
     Err(Error::BadDb {
         path: db_path.to_path_buf(),
-        reason: "no such file".to_string(),
+        reason,
     })
 }
 
@@ -152,6 +160,15 @@ fn read_sources(
     // primary-key index with one table lookup per row; byte-wise order is
     // SQLite's BINARY collation.
     sources.par_sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    if let Some(pair) = sources.windows(2).find(|pair| pair[0].id == pair[1].id) {
+        return Err(Error::BadDb {
+            path: db_path.to_path_buf(),
+            reason: format!(
+                "two _source rows have the id {:?}; ids must be unique",
+                pair[0].id
+            ),
+        });
+    }
     Ok((sources, reads_files))
 }
 
@@ -286,14 +303,19 @@ const CREATE_AST: &str = "CREATE TABLE _ast(node_id TEXT PRIMARY KEY, source_id 
 /// All rows go in one transaction; nothing is visible until [`finish`](Self::finish).
 pub struct DbWriter {
     conn: Connection,
+    file: PathBuf,
+    /// The db as messages name it: where it will end up, not the temporary
+    /// file it is written to.
     path: PathBuf,
     has_ast: bool,
 }
 
 impl DbWriter {
-    /// Creates the schema in a new (or empty) db file.
-    pub fn create(path: &Path) -> Result<DbWriter> {
-        let conn = Connection::open(path).map_err(|e| sql(path, e))?;
+    /// Creates the schema in a new (or empty) db file `file`; errors name
+    /// the db `shown_as` (the file it becomes once complete).
+    pub fn create(file: &Path, shown_as: &Path) -> Result<DbWriter> {
+        let path = shown_as;
+        let conn = Connection::open(file).map_err(|e| sql(path, e))?;
         conn.execute_batch(
             "PRAGMA journal_mode = DELETE; PRAGMA synchronous = OFF; BEGIN;
              CREATE TABLE _source(id TEXT PRIMARY KEY, path TEXT, language TEXT, content BLOB);",
@@ -301,6 +323,7 @@ impl DbWriter {
         .map_err(|e| sql(path, e))?;
         Ok(DbWriter {
             conn,
+            file: file.to_path_buf(),
             path: path.to_path_buf(),
             has_ast: false,
         })
@@ -376,7 +399,7 @@ impl DbWriter {
             .execute_batch("COMMIT;")
             .map_err(|e| sql(&path, e))?;
         self.conn.close().map_err(|(_, e)| sql(&path, e))?;
-        let file = std::fs::File::open(&path)
+        let file = std::fs::File::open(&self.file)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         file.sync_all()
             .map_err(|e| Error::io(format!("syncing {}", path.display()), e))

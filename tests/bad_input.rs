@@ -337,3 +337,149 @@ fn full_disk_fails_cleanly_and_the_next_push_works() {
     run_ok(&["push", "--db", s(&db), s(&store)]);
     run_ok(&["verify", s(&store)]);
 }
+
+#[test]
+fn pull_onto_a_full_disk_exits_6_naming_out_db_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("big.db");
+    let blob = vec![7u8; 2_000_000];
+    make_db(&db, &[Src::at("big.bin", None, &blob)], None);
+    let store = dir.path().join("store");
+    run_ok(&["push", "--db", s(&db), s(&store)]);
+    let small = Tmpfs::mount(&dir.path().join("small"), "size=256k");
+    let out = small.0.join("restored.db");
+    let err = run_fails(&["pull", "--out-db", s(&out), s(&store)], 6, s(&out));
+    assert!(err.contains("full"), "says why: {err}");
+    assert!(
+        !err.contains(".mache-cachefs-pull"),
+        "names no temporary file: {err}"
+    );
+    assert!(list_files(&small.0).is_empty(), "nothing is left behind");
+}
+
+#[test]
+fn pull_refuses_to_replace_a_file_that_is_not_a_db_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = pushed_store(dir.path());
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "my notes\n").unwrap();
+    let err = run_fails(&["pull", "--out-db", s(&notes), s(&store)], 3, "--out-db");
+    assert!(
+        err.contains("not a SQLite database") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes\n");
+    assert_eq!(
+        list_files(dir.path())
+            .iter()
+            .filter(|p| p.starts_with("."))
+            .count(),
+        0
+    );
+    run_ok(&["pull", "--out-db", s(&notes), s(&store), "--force"]);
+    assert_eq!(dump_sources(&notes).len(), 2);
+    // An existing db is replaced without --force; a directory never is.
+    run_ok(&["pull", "--out-db", s(&notes), s(&store)]);
+    run_fails(
+        &["pull", "--out-db", s(dir.path()), s(&store)],
+        3,
+        "is a directory",
+    );
+}
+
+#[test]
+fn nothing_pushed_yet_is_one_message_and_exit_5_in_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("never-pushed");
+    let out = dir.path().join("r.db");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    for args in [
+        vec!["pull", "--out-db", s(&out), s(&store)],
+        vec!["verify", s(&store)],
+        vec!["inspect", s(&store)],
+        vec!["mount", "--store", s(&store), s(&mnt)],
+    ] {
+        run_fails(&args, 5, "nothing pushed to");
+    }
+    // An empty store directory left by a failed first push reads the same.
+    std::fs::create_dir_all(store.join("objects")).unwrap();
+    run_fails(&["verify", s(&store)], 5, "nothing pushed to");
+    run_fails(&["inspect", s(&store)], 5, "nothing pushed to");
+}
+
+#[test]
+fn push_of_a_missing_db_or_a_directory_says_so_and_creates_no_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let missing = dir.path().join("missing.db");
+    run_fails(&["push", "--db", s(&missing), s(&store)], 3, "no such file");
+    run_fails(
+        &["push", "--db", s(dir.path()), s(&store)],
+        3,
+        "is a directory",
+    );
+    assert!(!store.exists(), "no empty store is left behind");
+}
+
+#[test]
+fn inspect_of_a_sqlite_db_names_it_and_says_it_is_not_a_lockfile() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = one_file_db(dir.path());
+    let err = run_fails(
+        &["inspect", s(&db)],
+        3,
+        "is a SQLite database, not a lockfile",
+    );
+    assert!(err.contains(s(&db)), "{err}");
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, b"not a lockfile at all").unwrap();
+    let err = run_fails(&["inspect", s(&junk)], 3, "is not a mache lockfile");
+    assert!(err.contains(s(&junk)), "{err}");
+}
+
+#[test]
+fn inspect_of_a_lockfile_file_with_ref_says_ref_does_not_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = pushed_store(dir.path());
+    for file in ["mache.lock.toml", "mache.lock.bin"] {
+        let path = store.join(file);
+        run_fails(
+            &["inspect", s(&path), "--ref", "v1"],
+            2,
+            "--ref v1 does not apply",
+        );
+        run_ok(&["inspect", s(&path)]);
+    }
+}
+
+#[test]
+fn an_invalid_source_date_epoch_is_an_error_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = one_file_db(dir.path());
+    let out = bin()
+        .args(["push", "--db", s(&db), s(&dir.path().join("store"))])
+        .env("SOURCE_DATE_EPOCH", "yesterday")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("SOURCE_DATE_EPOCH") && stderr.contains("yesterday"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn logs_written_to_a_file_or_pipe_carry_no_ansi_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = one_file_db(dir.path());
+    let out = bin()
+        .args(["-vv", "push", "--db", s(&db), s(&dir.path().join("store"))])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("INFO"), "-vv logs: {stderr}");
+    assert!(!stderr.contains('\x1b'), "no escape codes: {stderr:?}");
+}

@@ -284,3 +284,127 @@ fn repush_rereads_files_behind_null_content_rows() {
     run_ok(&["pull", "--out-db", s(&restored), s(&store)]);
     assert_eq!(dump_sources(&restored)[0].3, b"second".to_vec());
 }
+
+#[test]
+fn a_raw_source_that_reads_as_an_ast_chunk_round_trips_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    let sources = [
+        Src::at("config.json", Some("json"), br#"{"source_id":"x"}"#),
+        Src::at("plain.go", Some("go"), b"package plain\n"),
+    ];
+    make_db(&db, &sources, None);
+    let store = dir.path().join("store");
+    let out = run(&["push", "--db", s(&db), s(&store)]);
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("WARN"),
+        "nothing to warn about: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run_ok(&["verify", s(&store)]);
+    let restored = dir.path().join("restored.db");
+    run_ok(&["pull", "--out-db", s(&restored), s(&store)]);
+    assert_eq!(dump_sources(&restored), dump_sources(&db));
+}
+
+#[test]
+fn raw_sources_sharing_a_path_restore_with_their_own_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    let sources = [
+        Src {
+            id: "1",
+            path: Some("dup.go"),
+            language: Some("go"),
+            content: Some(b"package one\n"),
+        },
+        Src {
+            id: "2",
+            path: Some("dup.go"),
+            language: Some("go"),
+            content: Some(b"package two\n"),
+        },
+        Src::at("solo.go", Some("go"), b"package solo\n"),
+    ];
+    make_db(&db, &sources, None);
+    let store = dir.path().join("store");
+    run_ok(&["push", "--db", s(&db), s(&store)]);
+    run_ok(&["verify", s(&store)]);
+    let restored = dir.path().join("restored.db");
+    run_ok(&["pull", "--out-db", s(&restored), s(&store)]);
+    assert_eq!(dump_sources(&restored), dump_sources(&db));
+}
+
+#[test]
+fn a_raw_source_that_cannot_restore_whole_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    let sources = [
+        Src {
+            id: "",
+            path: Some("dup.go"),
+            language: None,
+            content: Some(b"a"),
+        },
+        Src::at("dup.go", None, b"b"),
+    ];
+    make_db(&db, &sources, None);
+    let store = dir.path().join("store");
+    run_fails(
+        &["push", "--db", s(&db), s(&store)],
+        3,
+        "\"dup.go\" has an empty id",
+    );
+    assert!(!store.join("mache.lock.bin").exists());
+}
+
+/// The lockfiles a store holds, by name.
+fn lockfiles(store: &std::path::Path) -> Vec<std::path::PathBuf> {
+    list_files(&store.join("lockfiles"))
+}
+
+#[test]
+fn a_repush_of_unchanged_sources_keeps_the_bundle_and_force_writes_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    make_db(&db, &[Src::at("a.go", Some("go"), b"package a\n")], None);
+    let store = dir.path().join("store");
+    // Each push at another time: each new lockfile would differ.
+    let push = |epoch: &str, extra: &[&str]| -> serde_json::Value {
+        let out = bin()
+            .env("SOURCE_DATE_EPOCH", epoch)
+            .args(["push", "--db", s(&db), s(&store), "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let first = push("1000", &[]);
+    assert_eq!(first["kept"], false);
+    let held = lockfiles(&store);
+    let top = std::fs::read(store.join("mache.lock.bin")).unwrap();
+    let again = push("2000", &[]);
+    assert_eq!(again["kept"], true);
+    assert_eq!(again["lockfile"], first["lockfile"]);
+    assert_eq!(lockfiles(&store), held, "no new lockfile or sizes file");
+    assert_eq!(std::fs::read(store.join("mache.lock.bin")).unwrap(), top);
+    // The same rows in a db file that differs (so no fingerprint shortcut):
+    // the tag's bundle is still kept.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes(x); INSERT INTO notes VALUES (1);")
+        .unwrap();
+    let slow = push("3000", &[]);
+    assert_eq!(slow["kept"], true);
+    assert_eq!(slow["lockfile"], first["lockfile"]);
+    assert_eq!(lockfiles(&store), held);
+    let forced = push("4000", &["--force"]);
+    assert_eq!(forced["kept"], false);
+    assert_ne!(forced["lockfile"], first["lockfile"]);
+}

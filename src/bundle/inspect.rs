@@ -10,7 +10,7 @@ use crate::chunk::{self, Shape};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::lockfile::{self, Lockfile};
-use crate::store::local::{LOCK_BIN, read_file};
+use crate::store::local::{LATEST, LOCK_BIN, read_file};
 use crate::store::sizes::SourceSizes;
 use crate::store::{Bundle, ChunkSource, LocalStore, SizeIndex};
 
@@ -43,26 +43,35 @@ pub struct Inspection {
     pub chunks_hashed: bool,
 }
 
-/// Inspects a store directory (at `reference`), a `.bin` or a `.toml` lockfile.
-/// For a lockfile file inside a store, chunk counts come from that store.
-pub fn inspect_file(target: &Path, reference: &str) -> Result<Inspection> {
-    if target.is_dir() {
+/// Inspects a store directory (at `reference`, default `latest`), a `.bin`
+/// or a `.toml` lockfile. For a lockfile file inside a store, chunk counts
+/// come from that store. A reference with a lockfile file is a usage error.
+pub fn inspect_target(target: &Path, reference: Option<&str>) -> Result<Inspection> {
+    let is_toml = target.extension().is_some_and(|e| e == "toml");
+    let is_bin = target.extension().is_some_and(|e| e == "bin");
+    if target.is_dir() || (!target.exists() && !is_toml && !is_bin) {
         let store = LocalStore::open(target)?;
-        return inspect_bundle(&store, &store.resolve(reference)?);
+        return inspect_bundle(&store, &store.resolve(reference.unwrap_or(LATEST))?);
+    }
+    if let Some(reference) = reference {
+        return Err(Error::Usage(format!(
+            "--ref {reference} does not apply: {} is a lockfile file, not a store (--ref picks \
+             a bundle of a store directory)",
+            target.display()
+        )));
     }
     let bytes = read_file(target)?;
-    let is_toml = target.extension().is_some_and(|e| e == "toml");
+    let not_a_lockfile = |e: Error| not_a_lockfile(target, &bytes, e);
     let (lockfile, lockfile_hash) = if is_toml {
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| Error::BadLockfile(format!("{} is not UTF-8", target.display())))?;
-        let lockfile = lockfile::text::from_toml(text)?;
+        let lockfile = lockfile::text::from_toml(text).map_err(not_a_lockfile)?;
         lockfile.check_supported()?;
         (lockfile, None)
     } else {
-        (
-            lockfile::binary::decode_supported(&bytes)?,
-            Some(Hash::of(&bytes)),
-        )
+        let lockfile = lockfile::binary::decode(&bytes).map_err(not_a_lockfile)?;
+        lockfile.check_supported()?;
+        (lockfile, Some(Hash::of(&bytes)))
     };
     let store = target
         .parent()
@@ -77,6 +86,24 @@ pub fn inspect_file(target: &Path, reference: &str) -> Result<Inspection> {
         count_chunks(&store, &lockfile, sizes.as_ref(), &mut inspection);
     }
     Ok(inspection)
+}
+
+/// The error for a file that does not decode as a lockfile: it names the
+/// file and says what it looks like when it is a SQLite db (a common slip:
+/// `inspect mache.db`).
+fn not_a_lockfile(target: &Path, bytes: &[u8], err: Error) -> Error {
+    let shown = target.display();
+    if bytes.starts_with(crate::machedb::SQLITE_HEADER) {
+        return Error::BadLockfile(format!(
+            "{shown} is a SQLite database, not a lockfile (to publish it: \
+             mache-cachefs push --db {shown})"
+        ));
+    }
+    let reason = match err {
+        Error::BadLockfile(reason) => reason,
+        other => other.to_string(),
+    };
+    Error::BadLockfile(format!("{shown} is not a mache lockfile ({reason})"))
 }
 
 /// Inspects a resolved bundle against the store holding its chunks.

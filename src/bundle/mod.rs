@@ -8,8 +8,8 @@ mod inspect;
 mod pull;
 mod push;
 
-pub use inspect::{Inspection, inspect_bundle, inspect_file};
-pub use pull::{PullReport, pull, restore_source, verify};
+pub use inspect::{Inspection, inspect_bundle, inspect_target};
+pub use pull::{Existing, PullReport, pull, restore_source, verify};
 pub use push::{PushOptions, PushReport, push};
 
 use indicatif::{ProgressBar, ProgressStyle};

@@ -12,6 +12,7 @@ use crate::hash::Hash;
 use crate::lockfile::{Lockfile, SourceEntry};
 use crate::machedb::DbWriter;
 use crate::store::ChunkSource;
+use crate::store::local::shareable_temp_file;
 
 /// Sources fetched and decoded in parallel before being written in order.
 const WINDOW: usize = 256;
@@ -108,17 +109,30 @@ fn for_each_restored(
     Ok(())
 }
 
+/// What `pull` may do to a file already at its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Replace an existing SQLite db (or an empty file); refuse anything else.
+    ReplaceDb,
+    /// Replace whatever is there (a file, not a directory).
+    Replace,
+}
+
 /// Restores `lockfile` from `source` into a new db at `out_db`. The db is
 /// written to a temporary file beside the target and renamed into place
-/// only when complete, so a failed pull leaves nothing at `out_db`.
+/// only when complete, so a failed pull leaves nothing at `out_db`, and an
+/// existing db there is replaced atomically. A file there that is not a
+/// SQLite db is refused unless `existing` is [`Existing::Replace`].
 pub fn pull(
     source: &dyn ChunkSource,
     lockfile: &Lockfile,
     out_db: &Path,
+    existing: Existing,
     verify: bool,
     progress: bool,
 ) -> Result<PullReport> {
     let started = Instant::now();
+    check_target(out_db, existing)?;
     if verify {
         lockfile.check_root()?;
     }
@@ -126,19 +140,10 @@ pub fn pull(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if !dir.is_dir() {
-        return Err(Error::io(
-            format!("writing {}", out_db.display()),
-            std::io::Error::new(std::io::ErrorKind::NotFound, "its directory does not exist"),
-        ));
-    }
-    let temp = tempfile::Builder::new()
-        .prefix(".mache-cachefs-pull-")
-        .suffix(".db")
-        .tempfile_in(&dir)
-        .map_err(|e| Error::io(format!("creating a temporary db in {}", dir.display()), e))?
+    let temp = shareable_temp_file(&dir, ".mache-cachefs-pull-", ".db")
+        .map_err(|e| Error::io(format!("writing --out-db {}", out_db.display()), e))?
         .into_temp_path();
-    let mut writer = DbWriter::create(&temp)?;
+    let mut writer = DbWriter::create(&temp, out_db)?;
     let mut report = PullReport::start(lockfile, verify);
     for_each_restored(source, lockfile, verify, progress, |decoded, len| {
         report.count(decoded, len);
@@ -146,9 +151,49 @@ pub fn pull(
     })?;
     writer.finish()?;
     temp.persist(out_db)
-        .map_err(|e| Error::io(format!("writing {}", out_db.display()), e.error))?;
+        .map_err(|e| Error::io(format!("writing --out-db {}", out_db.display()), e.error))?;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Refuses a target that cannot or should not be replaced: a missing
+/// directory, a directory, or (unless told to replace it) a file that is
+/// not a SQLite db.
+fn check_target(out_db: &Path, existing: Existing) -> Result<()> {
+    let refuse = |reason: &str| Error::OutDb {
+        path: out_db.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let dir = out_db.parent().filter(|p| !p.as_os_str().is_empty());
+    if dir.is_some_and(|dir| !dir.is_dir()) {
+        return Err(Error::io(
+            format!("--out-db {}", out_db.display()),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "its directory does not exist"),
+        ));
+    }
+    let meta = match std::fs::metadata(out_db) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("--out-db {}", out_db.display()), e)),
+    };
+    if meta.is_dir() {
+        return Err(refuse("is a directory"));
+    }
+    if existing == Existing::Replace || meta.len() == 0 || is_sqlite_db(out_db) {
+        return Ok(());
+    }
+    Err(refuse(
+        "exists and is not a SQLite database; refusing to replace it (--force replaces it)",
+    ))
+}
+
+/// Whether the file starts with SQLite's header.
+fn is_sqlite_db(path: &Path) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok_and(|()| &header == crate::machedb::SQLITE_HEADER)
 }
 
 /// Checks a whole bundle: the root, every chunk's hash, every source's

@@ -1,6 +1,6 @@
 //! Push: a `mache.db` becomes chunks, a lockfile and a sizes index in a store.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +16,7 @@ use crate::machedb;
 use crate::rows::{AstRow, SourceRow, kind_for_language};
 use crate::store::local::{Object, PutReport, Staged};
 use crate::store::sizes::SourceSizes;
-use crate::store::{LocalStore, SizeIndex};
+use crate::store::{Bundle, LocalStore, SizeIndex};
 
 /// What to push.
 #[derive(Debug, Clone)]
@@ -28,6 +28,9 @@ pub struct PushOptions {
     pub tag: String,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// Write a new lockfile even when the tag already names a bundle of
+    /// exactly these sources.
+    pub force: bool,
 }
 
 /// What a push did.
@@ -43,6 +46,9 @@ pub struct PushReport {
     pub chunk_bytes: u64,
     pub new_bytes: u64,
     pub tag: String,
+    /// The tag already named a bundle of exactly these sources, and that
+    /// bundle was kept (same lockfile, nothing new written).
+    pub kept: bool,
     pub elapsed: Duration,
 }
 
@@ -61,17 +67,23 @@ const WINDOW: usize = 512;
 pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
     let started = Instant::now();
     crate::store::local::check_ref_name(&opts.tag)?;
+    let generated_at_ms = generated_at_ms()?;
     let source_root = match &opts.source_root {
         Some(root) => root.clone(),
         None => opts.db.parent().map(PathBuf::from).unwrap_or_default(),
     };
     let fingerprint = machedb::fingerprint(&opts.db)?;
-    if let Some(report) = fingerprint.and_then(|fp| repush_unchanged(store, opts, &fp)) {
+    let unchanged = fingerprint.filter(|_| !opts.force);
+    if let Some(report) = unchanged.and_then(|fp| repush_unchanged(store, opts, &fp)) {
         let mut report = report?;
         report.elapsed = started.elapsed();
         return Ok(report);
     }
     let contents = machedb::read_db(&opts.db, &source_root)?;
+    let whole = match &contents.ast {
+        Some(_) => vec![false; contents.sources.len()],
+        None => raw_sources_needing_ast_shape(&opts.db, &contents.sources)?,
+    };
     tracing::info!(sources = contents.sources.len(), elapsed = ?started.elapsed(), "read db");
 
     let mut report = PushReport {
@@ -85,6 +97,7 @@ pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
         chunk_bytes: 0,
         new_bytes: 0,
         tag: opts.tag.clone(),
+        kept: false,
         elapsed: Duration::ZERO,
     };
     let mut entries = Vec::with_capacity(contents.sources.len());
@@ -111,7 +124,8 @@ pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
                     .ast
                     .as_ref()
                     .map(|ast| &ast[n * WINDOW..][..window.len()]);
-                let staged = encode_and_stage(store, &opts.db, window, ast, &seen)?;
+                let whole = &whole[n * WINDOW..][..window.len()];
+                let staged = encode_and_stage(store, &opts.db, window, ast, whole, &seen)?;
                 let mut to_publish = Vec::new();
                 for (entry, source_sizes, staged) in staged {
                     if seen.insert(entry.chunk_hash) {
@@ -149,26 +163,92 @@ pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
     }
     tracing::info!(elapsed = ?started.elapsed(), "stored chunks");
 
-    let lockfile = new_lockfile(entries);
-    let lockfile_bytes = lockfile::binary::encode(&lockfile);
-    let toml = lockfile::text::to_toml(&lockfile);
-    let sizes = SizeIndex {
-        lockfile_hash: Hash::of(&lockfile_bytes),
-        entries: sizes,
+    let lockfile = new_lockfile(entries, generated_at_ms);
+    report.root = lockfile.root;
+    let tagged = (!opts.force)
+        .then(|| store.resolve(&opts.tag).ok())
+        .flatten()
+        .filter(|current| current.lockfile.sources == lockfile.sources && current.sizes.is_some());
+    report.lockfile_hash = match tagged {
+        Some(current) => {
+            tracing::info!("{} already names these sources: keeping it", opts.tag);
+            keep(store, &current, &opts.tag)?;
+            report.kept = true;
+            current.lockfile_hash
+        }
+        None => {
+            let lockfile_bytes = lockfile::binary::encode(&lockfile);
+            let toml = lockfile::text::to_toml(&lockfile);
+            let sizes = SizeIndex {
+                lockfile_hash: Hash::of(&lockfile_bytes),
+                entries: sizes,
+            };
+            store.record_bundle(&lockfile_bytes, &toml, &sizes, &opts.tag)?
+        }
     };
-    report.lockfile_hash = store.record_bundle(&lockfile_bytes, &toml, &sizes, &opts.tag)?;
     if let Some(fp) = fingerprint.filter(|_| !contents.reads_files) {
         store.remember_push(&fp, &report.lockfile_hash)?;
     }
-    report.root = lockfile.root;
     report.elapsed = started.elapsed();
     Ok(report)
 }
 
+/// Points `latest` and `tag` at an existing bundle.
+fn keep(store: &LocalStore, bundle: &Bundle, tag: &str) -> Result<()> {
+    let toml = lockfile::text::to_toml(&bundle.lockfile);
+    store.point_refs(&bundle.lockfile_bytes, &toml, tag)
+}
+
+/// In a db without `_ast`, which sources must be stored in the AST shape
+/// (which carries the row's id, path and language) to restore as they are.
+/// A raw chunk restores as `id = path`, and SPEC §3 reads any chunk that is
+/// a JSON object with a string `source_id` as an AST chunk, so a source goes
+/// whole when its bytes look like an AST chunk, or when its restored id
+/// would equal another source's. Repeated until no two restored ids clash
+/// (ids are unique, so it ends). A source that must go whole but has an
+/// empty id cannot (an AST chunk needs one) and is refused.
+fn raw_sources_needing_ast_shape(db: &Path, sources: &[SourceRow]) -> Result<Vec<bool>> {
+    let mut whole: Vec<bool> = sources
+        .par_iter()
+        .map(|source| chunk::detect(&source.content) == chunk::Shape::Ast)
+        .collect();
+    loop {
+        let mut by_restored_id: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, source) in sources.iter().enumerate() {
+            let restored = match whole[i] {
+                true => source.id.as_str(),
+                false => source.path.as_deref().unwrap_or(""),
+            };
+            by_restored_id.entry(restored).or_default().push(i);
+        }
+        let mut changed = false;
+        for clash in by_restored_id.values().filter(|group| group.len() > 1) {
+            for &i in clash {
+                changed |= !std::mem::replace(&mut whole[i], true);
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    if let Some(i) = (0..sources.len()).find(|&i| whole[i] && sources[i].id.is_empty()) {
+        return Err(Error::BadDb {
+            path: db.to_path_buf(),
+            reason: format!(
+                "the _source row with path {:?} has an empty id, and its path is shared or its \
+                 content reads as an AST chunk, so no chunk would restore it (give it an id)",
+                sources[i].path.as_deref().unwrap_or("")
+            ),
+        });
+    }
+    Ok(whole)
+}
+
 /// The fast path for a db whose file is byte-identical to one pushed
-/// before (and that read no files from disk): reuse that bundle's sources
-/// and sizes, with a new timestamp, provided every chunk is still present
-/// with its recorded length. `None` means "do a full push".
+/// before (and that read no files from disk): keep that bundle as it is
+/// (same lockfile, so the same hash), pointing `latest` and the tag at it,
+/// provided every chunk is still present with its recorded length. `None`
+/// means "do a full push".
 fn repush_unchanged(
     store: &LocalStore,
     opts: &PushOptions,
@@ -176,52 +256,41 @@ fn repush_unchanged(
 ) -> Option<Result<PushReport>> {
     let previous = store.recall_push(fingerprint)?;
     let bundle = store.resolve(&previous.to_prefixed()).ok()?;
-    let sizes = bundle.sizes?;
+    let sizes = bundle.sizes.as_ref()?;
     let mut distinct = HashSet::new();
-    let mut chunk_bytes = 0;
+    let mut chunk_bytes: u64 = 0;
     for (source, size) in bundle.lockfile.sources.iter().zip(&sizes.entries) {
         if distinct.insert(source.chunk_hash) {
             if store.object_len(&source.chunk_hash) != Some(size.chunk_len) {
                 return None;
             }
-            chunk_bytes += size.chunk_len;
+            chunk_bytes = chunk_bytes.saturating_add(size.chunk_len);
         }
     }
-    tracing::info!("db unchanged since bundle {previous}: reusing its chunks");
-    let mut lockfile = bundle.lockfile;
-    lockfile.meta.generated_at_ms = generated_at_ms();
-    let lockfile_bytes = lockfile::binary::encode(&lockfile);
-    let sizes = SizeIndex {
-        lockfile_hash: Hash::of(&lockfile_bytes),
-        entries: sizes.entries,
-    };
-    let toml = lockfile::text::to_toml(&lockfile);
-    let recorded = store
-        .record_bundle(&lockfile_bytes, &toml, &sizes, &opts.tag)
-        .and_then(|hash| store.remember_push(fingerprint, &hash).map(|()| hash));
-    Some(recorded.map(|lockfile_hash| {
-        PushReport {
-            lockfile_hash,
-            root: lockfile.root,
-            sources: lockfile.sources.len(),
-            ast_sources: sizes
-                .entries
-                .iter()
-                .filter(|e| e.ast_json_len.is_some())
-                .count(),
-            distinct_chunks: distinct.len(),
-            new_chunks: 0,
-            present_chunks: distinct.len(),
-            chunk_bytes,
-            new_bytes: 0,
-            tag: opts.tag.clone(),
-            elapsed: Duration::ZERO,
-        }
+    tracing::info!("db unchanged since bundle {previous}: keeping it");
+    let ast_sources = sizes
+        .entries
+        .iter()
+        .filter(|e| e.ast_json_len.is_some())
+        .count();
+    Some(keep(store, &bundle, &opts.tag).map(|()| PushReport {
+        lockfile_hash: bundle.lockfile_hash,
+        root: bundle.lockfile.root,
+        sources: bundle.lockfile.sources.len(),
+        ast_sources,
+        distinct_chunks: distinct.len(),
+        new_chunks: 0,
+        present_chunks: distinct.len(),
+        chunk_bytes,
+        new_bytes: 0,
+        tag: opts.tag.clone(),
+        kept: true,
+        elapsed: Duration::ZERO,
     }))
 }
 
 /// The lockfile mache would write for these sources.
-fn new_lockfile(sources: Vec<SourceEntry>) -> Lockfile {
+fn new_lockfile(sources: Vec<SourceEntry>, generated_at_ms: u64) -> Lockfile {
     Lockfile {
         meta: Meta {
             producer: PRODUCER.to_string(),
@@ -231,7 +300,7 @@ fn new_lockfile(sources: Vec<SourceEntry>) -> Lockfile {
                 kind: "blake3".to_string(),
                 version: "1.5.0".to_string(),
             }],
-            generated_at_ms: generated_at_ms(),
+            generated_at_ms,
         },
         root: Lockfile::compute_root(&sources),
         sources,
@@ -239,18 +308,26 @@ fn new_lockfile(sources: Vec<SourceEntry>) -> Lockfile {
     }
 }
 
-/// `SOURCE_DATE_EPOCH` (seconds) when set, for reproducible lockfiles;
-/// otherwise now.
-fn generated_at_ms() -> u64 {
-    if let Some(secs) = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        return secs.saturating_mul(1000);
+/// `SOURCE_DATE_EPOCH` (whole seconds since the epoch) when set, for
+/// reproducible lockfiles; otherwise now. A value that is not a number of
+/// seconds is an error rather than silently ignored.
+fn generated_at_ms() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(text) if !text.is_empty() => text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|secs| secs.checked_mul(1000))
+            .ok_or_else(|| {
+                Error::BadSetting(format!(
+                    "SOURCE_DATE_EPOCH must be whole seconds since 1970 (e.g. 1748345600), \
+                     got {text:?}"
+                ))
+            }),
+        _ => Ok(SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)),
     }
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One parallel pass over a window: each source is encoded and its chunk
@@ -261,10 +338,13 @@ fn encode_and_stage(
     db: &Path,
     window: &[SourceRow],
     ast: Option<&[Vec<AstRow>]>,
+    whole: &[bool],
     seen_before: &HashSet<Hash>,
 ) -> Result<Vec<(SourceEntry, SourceSizes, Option<Staged>)>> {
     window_sources(window, ast)
-        .map(|(source, nodes)| {
+        .zip(whole)
+        .map(|((source, nodes), &whole)| {
+            let nodes = nodes.or(whole.then_some(&[][..]));
             let Encoded {
                 entry,
                 sizes,
@@ -292,7 +372,8 @@ fn window_sources<'a>(
         .map(move |(i, source)| (source, ast.map(|ast| ast[i].as_slice())))
 }
 
-/// Encodes one source: an AST chunk when the db has `_ast`, raw otherwise.
+/// Encodes one source: an AST chunk when it has AST rows (`Some`, possibly
+/// empty), raw otherwise.
 fn encode_source(db: &Path, source: &SourceRow, nodes: Option<&[AstRow]>) -> Result<Encoded> {
     match nodes {
         Some(nodes) => encode_ast_source(db, source, nodes),
@@ -310,12 +391,6 @@ fn entry_for(source: &SourceRow, chunk: &Object) -> SourceEntry {
 }
 
 fn encode_raw_source(source: &SourceRow) -> Encoded {
-    if chunk::detect(&source.content) == chunk::Shape::Ast {
-        tracing::warn!(
-            "source {:?} is a JSON object with a source_id: readers will take it for an AST chunk",
-            source.id
-        );
-    }
     let chunk = Object::new(source.content.clone());
     Encoded {
         entry: entry_for(source, &chunk),

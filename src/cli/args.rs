@@ -36,7 +36,9 @@ pub enum Command {
     /// Every _source row becomes a chunk (an AST chunk with its _ast rows when
     /// the db has an _ast table, its raw bytes otherwise). Identical chunks are
     /// stored once; chunks already in the store are not written again.
-    /// The bundle is tagged `latest` and, with --tag, that name too.
+    /// The bundle is tagged `latest` and, with --tag, that name too. If the tag
+    /// already names a bundle of exactly these sources, that bundle is kept
+    /// (same lockfile hash) unless --force.
     Push(PushArgs),
     /// Restore a bundle into a new mache.db.
     ///
@@ -89,6 +91,10 @@ pub struct PushArgs {
     /// (default: the db's directory).
     #[arg(long, value_name = "DIR")]
     pub source_root: Option<PathBuf>,
+    /// Write a new lockfile even if the tag already names a bundle of
+    /// exactly these sources (by default that bundle is kept as it is).
+    #[arg(long)]
+    pub force: bool,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -96,9 +102,13 @@ pub struct PushArgs {
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// Where to write the restored db (replaced atomically if it exists).
+    /// Where to write the restored db. An existing SQLite db there is
+    /// replaced atomically; any other existing file is refused unless --force.
     #[arg(long, value_name = "PATH")]
     pub out_db: PathBuf,
+    /// Replace --out-db even if it is not a SQLite db.
+    #[arg(long)]
+    pub force: bool,
     /// Store directory (default: the configured store).
     #[arg(value_name = "STORE")]
     pub store: Option<PathBuf>,
@@ -131,9 +141,9 @@ pub struct InspectArgs {
     /// A store directory, a .bin or a .toml lockfile (default: the configured store).
     #[arg(value_name = "TARGET")]
     pub target: Option<PathBuf>,
-    /// Which bundle of a store directory.
-    #[arg(long = "ref", default_value = "latest", value_name = "REF")]
-    pub reference: String,
+    /// Which bundle of a store directory (default: latest); not for a lockfile file.
+    #[arg(long = "ref", value_name = "REF")]
+    pub reference: Option<String>,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,

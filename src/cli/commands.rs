@@ -2,13 +2,13 @@
 //! the library, hand the report to [`super::output`].
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::args::{Cli, Command, InspectArgs, PullArgs, PushArgs, VerifyArgs};
 use super::output;
-use crate::bundle::{self, PushOptions};
+use crate::bundle::{self, Existing, PushOptions};
 use crate::config::{self, ProcessEnv, Settings};
 use crate::store::LocalStore;
 
@@ -30,11 +30,9 @@ fn store_dir(settings: &Settings, explicit: Option<PathBuf>) -> PathBuf {
     explicit.unwrap_or_else(|| settings.store.clone())
 }
 
-fn open_store(dir: &Path) -> Result<LocalStore> {
-    LocalStore::open(dir).with_context(|| "push a bundle first (mache-cachefs push --db mache.db)")
-}
-
 fn push(settings: &Settings, args: PushArgs, progress: bool) -> Result<()> {
+    // A db that is not there makes no store either.
+    crate::machedb::check_is_file(&args.db)?;
     let dir = store_dir(settings, args.store);
     let store = LocalStore::create(&dir)?;
     let opts = PushOptions {
@@ -42,6 +40,7 @@ fn push(settings: &Settings, args: PushArgs, progress: bool) -> Result<()> {
         source_root: args.source_root,
         tag: args.tag,
         progress,
+        force: args.force,
     };
     let report = bundle::push(&store, &opts)?;
     output::push(&store, &report, args.json);
@@ -49,12 +48,17 @@ fn push(settings: &Settings, args: PushArgs, progress: bool) -> Result<()> {
 }
 
 fn pull(settings: &Settings, args: PullArgs, progress: bool) -> Result<()> {
-    let store = open_store(&store_dir(settings, args.store))?;
+    let store = LocalStore::open(store_dir(settings, args.store))?;
     let bundle = store.resolve(&args.reference)?;
+    let existing = match args.force {
+        true => Existing::Replace,
+        false => Existing::ReplaceDb,
+    };
     let report = bundle::pull(
         &store,
         &bundle.lockfile,
         &args.out_db,
+        existing,
         args.verify,
         progress,
     )?;
@@ -63,7 +67,7 @@ fn pull(settings: &Settings, args: PullArgs, progress: bool) -> Result<()> {
 }
 
 fn verify(settings: &Settings, args: VerifyArgs, progress: bool) -> Result<()> {
-    let store = open_store(&store_dir(settings, args.store))?;
+    let store = LocalStore::open(store_dir(settings, args.store))?;
     let bundle = store.resolve(&args.reference)?;
     let report = bundle::verify(&store, &bundle.lockfile, progress)?;
     output::verify(&store, &args.reference, &report, args.json);
@@ -72,7 +76,7 @@ fn verify(settings: &Settings, args: VerifyArgs, progress: bool) -> Result<()> {
 
 fn inspect(settings: &Settings, args: InspectArgs) -> Result<()> {
     let target = args.target.unwrap_or_else(|| settings.store.clone());
-    let inspection = bundle::inspect_file(&target, &args.reference)?;
+    let inspection = bundle::inspect_target(&target, args.reference.as_deref())?;
     output::inspect(&inspection, args.json);
     Ok(())
 }

@@ -8,9 +8,13 @@ mod commands;
 mod mount;
 mod output;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 pub use args::Cli;
 
@@ -19,7 +23,15 @@ use crate::error::{Error, exit};
 /// Runs the CLI with the process's arguments; returns the exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose, cli.quiet);
+    let tag = match &cli.command {
+        args::Command::Mount(args) => Some(format!(
+            "[mount {} pid {}]",
+            crate::fs::mount::absolute(&args.mountpoint).display(),
+            std::process::id()
+        )),
+        _ => None,
+    };
+    init_tracing(cli.verbose, cli.quiet, tag);
     if cli.command.prints_to_stdout() {
         // Like other Unix filters: a closed stdout (`| head`) ends the
         // process quietly instead of panicking in println!. Not for the
@@ -61,7 +73,10 @@ fn one_line(err: &anyhow::Error) -> String {
     line.replace('\n', " ")
 }
 
-fn init_tracing(verbose: u8, quiet: bool) {
+/// Logs go to stderr, coloured only on a terminal (a log file gets plain
+/// text). A mount's lines start with `tag` (its mountpoint and pid), since
+/// several mounts may share one log file.
+fn init_tracing(verbose: u8, quiet: bool, tag: Option<String>) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -76,9 +91,39 @@ fn init_tracing(verbose: u8, quiet: bool) {
             let quiet_fuser = if verbose == 0 { ",fuser=error" } else { "" };
             tracing_subscriber::EnvFilter::new(format!("{default}{quiet_fuser}"))
         });
+    let format = Tagged {
+        tag,
+        inner: tracing_subscriber::fmt::format().with_target(false),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .event_format(format)
         .init();
+}
+
+/// An event format that starts every line with a fixed tag.
+struct Tagged<F> {
+    tag: Option<String>,
+    inner: F,
+}
+
+impl<S, N, F> FormatEvent<S, N> for Tagged<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        if let Some(tag) = &self.tag {
+            write!(writer, "{tag} ")?;
+        }
+        self.inner.format_event(ctx, writer, event)
+    }
 }

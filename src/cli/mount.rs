@@ -112,8 +112,7 @@ fn open_bundle(
     args: &MountArgs,
 ) -> Result<(LocalStore, crate::store::Bundle)> {
     let dir = args.store.clone().unwrap_or_else(|| settings.store.clone());
-    let store = LocalStore::open(&dir)
-        .with_context(|| "push a bundle first (mache-cachefs push --db mache.db)")?;
+    let store = LocalStore::open(&dir)?;
     let bundle = store.resolve(&args.reference)?;
     Ok((store, bundle))
 }
@@ -162,8 +161,7 @@ fn daemonize(settings: &Settings, args: &MountArgs, quiet: bool) -> Result<()> {
     // Fail fast on what can be checked cheaply here; the daemon resolves the
     // ref and reports any failure, with its exit code, through the pipe.
     let dir = args.store.clone().unwrap_or_else(|| settings.store.clone());
-    LocalStore::open(&dir)
-        .with_context(|| "push a bundle first (mache-cachefs push --db mache.db)")?;
+    LocalStore::open(&dir)?;
     check_dev_fuse()?;
     let mountpoint = check_mountpoint(&args.mountpoint)?;
 

@@ -31,6 +31,7 @@ pub fn push(store: &LocalStore, r: &PushReport, as_json: bool) {
             "present_chunks": r.present_chunks,
             "chunk_bytes": r.chunk_bytes,
             "new_bytes": r.new_bytes,
+            "kept": r.kept,
             "seconds": r.elapsed.as_secs_f64(),
         }));
     }
@@ -39,13 +40,22 @@ pub fn push(store: &LocalStore, r: &PushReport, as_json: bool) {
     } else {
         format!("latest, {}", r.tag)
     };
-    println!(
-        "pushed {} sources ({} with AST) to {} as {tags} in {:.2}s",
-        r.sources,
-        r.ast_sources,
-        store.describe(),
-        r.elapsed.as_secs_f64()
-    );
+    if r.kept {
+        println!(
+            "unchanged: these {} sources are a bundle {} already holds; kept it as {tags} \
+             (--force writes a new lockfile)",
+            r.sources,
+            store.describe()
+        );
+    } else {
+        println!(
+            "pushed {} sources ({} with AST) to {} as {tags} in {:.2}s",
+            r.sources,
+            r.ast_sources,
+            store.describe(),
+            r.elapsed.as_secs_f64()
+        );
+    }
     println!(
         "chunks: {} new, {} already present ({} total, {} new)",
         r.new_chunks,

@@ -580,12 +580,11 @@ impl CacheFs {
     /// Totals for `statfs`: bytes of files whose size is known, and inodes.
     pub fn totals(&self) -> (u64, u64) {
         let n = self.lockfile.sources.len();
+        // Sizes come from the sizes index, which no hash covers: saturate
+        // rather than overflow on a hostile one.
         let bytes = (0..n)
-            .map(|i| {
-                self.content.known_size(i, View::Source).unwrap_or(0)
-                    + self.content.known_size(i, View::AstJson).unwrap_or(0)
-            })
-            .sum();
+            .flat_map(|i| [View::Source, View::AstJson].map(|v| self.content.known_size(i, v)))
+            .fold(0u64, |total, size| total.saturating_add(size.unwrap_or(0)));
         (bytes, self.tree.max_ino())
     }
 }

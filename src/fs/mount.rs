@@ -60,19 +60,70 @@ pub fn check_dev_fuse() -> Result<()> {
     }
 }
 
-/// Whether `path` is a mount point, per `/proc/self/mountinfo`.
-pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(file) = File::open("/proc/self/mountinfo") else {
-        return false;
-    };
+/// The name our mounts carry in the mount table: their source, and their
+/// subtype (a mount made through `fusermount3` has type `fuse.<subtype>`;
+/// one made directly by root, type `fuse` with this source).
+pub const FS_NAME: &str = "mache-cachefs";
+
+/// One line of `/proc/self/mountinfo`: what is mounted where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mountpoint: PathBuf,
+    /// E.g. `fuse.mache-cachefs`, `tmpfs`, `ext4`.
+    pub fs_type: String,
+    /// The mount source, e.g. `mache-cachefs`, `/dev/sda1`.
+    pub source: String,
+    /// The superblock options, e.g. `ro,user_id=0,group_id=0`.
+    pub options: String,
+}
+
+impl MountEntry {
+    /// Parses a mountinfo line: `id parent dev root MOUNTPOINT opts
+    /// [optional fields] - TYPE SOURCE SUPEROPTS`.
+    fn parse(line: &str) -> Option<MountEntry> {
+        let (before, after) = line.split_once(" - ")?;
+        let mountpoint = before.split(' ').nth(4)?;
+        let mut after = after.split(' ');
+        Some(MountEntry {
+            mountpoint: PathBuf::from(unescape_mountinfo(mountpoint)),
+            fs_type: after.next()?.to_string(),
+            source: unescape_mountinfo(after.next()?),
+            options: after.next().unwrap_or("").to_string(),
+        })
+    }
+
+    /// Whether this is a mache-cachefs mount.
+    pub fn is_ours(&self) -> bool {
+        match self.fs_type.strip_prefix("fuse") {
+            Some("") => self.source == FS_NAME,
+            Some(subtype) => subtype.strip_prefix('.') == Some(FS_NAME),
+            None => false,
+        }
+    }
+
+    /// The uid a FUSE mount belongs to (its `user_id=` option).
+    pub fn fuse_owner(&self) -> Option<u32> {
+        self.options
+            .split(',')
+            .find_map(|o| o.strip_prefix("user_id="))
+            .and_then(|uid| uid.parse().ok())
+    }
+}
+
+/// What is mounted at `path` now (the topmost mount), per `/proc/self/mountinfo`.
+pub fn mount_entry(path: &Path) -> Option<MountEntry> {
+    let file = File::open("/proc/self/mountinfo").ok()?;
     BufReader::new(file)
         .lines()
         .map_while(|l| l.ok())
-        .any(|line| {
-            line.split(' ')
-                .nth(4)
-                .is_some_and(|field| Path::new(&unescape_mountinfo(field)) == path)
-        })
+        .filter_map(|line| MountEntry::parse(&line))
+        .filter(|entry| entry.mountpoint == path)
+        .last()
+}
+
+/// Whether `path` is a mount point, per `/proc/self/mountinfo`.
+pub fn is_mount_point(path: &Path) -> bool {
+    mount_entry(path).is_some()
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, ...).
@@ -99,10 +150,17 @@ fn unescape_mountinfo(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Makes `path` absolute without resolving symlinks or touching it (a dead
-/// FUSE mount cannot be stat'ed).
+/// Makes `path` absolute without touching it (a dead FUSE mount cannot be
+/// stat'ed): its parent is resolved (symlinks too, as the mount table
+/// shows it) and its last component kept.
 pub fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map_or_else(|_| path.clone(), |parent| parent.join(name)),
+        _ => path,
+    }
 }
 
 /// Checks that `mountpoint` can take a mount: an existing, empty directory
@@ -174,8 +232,8 @@ pub fn serve(fs: CacheFs, options: &ServeOptions, ready: impl FnOnce()) -> Resul
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoAtime,
-        MountOption::FSName("mache-cachefs".to_string()),
-        MountOption::Subtype("mache-cachefs".to_string()),
+        MountOption::FSName(FS_NAME.to_string()),
+        MountOption::Subtype(FS_NAME.to_string()),
     ];
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
@@ -299,12 +357,30 @@ pub enum Unmounted {
     WithFusermount,
 }
 
-/// Unmounts `mountpoint`: a plain unmount, a lazy one if it is busy, and
-/// `fusermount3 -u` for unprivileged users. Works on a mount whose daemon
-/// died ("Transport endpoint is not connected").
+/// Unmounts `mountpoint` if it is a mache-cachefs mount: a plain unmount,
+/// a lazy one if it is busy, and `fusermount3 -u` for unprivileged users.
+/// Works on a mount whose daemon died ("Transport endpoint is not
+/// connected"). Anything else mounted there (a tmpfs, a bind mount, another
+/// FUSE filesystem) is refused, and so is another user's mount.
 pub fn unmount(mountpoint: &Path) -> Result<Unmounted> {
     let path = absolute(mountpoint);
     let shown = path.display();
+    let Some(entry) = mount_entry(&path) else {
+        return Err(mount_error(format!("{shown} is not mounted")));
+    };
+    if !entry.is_ours() {
+        return Err(mount_error(format!(
+            "{shown} is a {} mount of {:?}, not a mache-cachefs mount: refusing to unmount it",
+            entry.fs_type, entry.source
+        )));
+    }
+    let uid = nix::unistd::getuid().as_raw();
+    if let Some(owner) = entry.fuse_owner().filter(|&owner| uid != 0 && owner != uid) {
+        return Err(mount_error(format!(
+            "{shown} is not yours: uid {owner} mounted it, and only that user or root can \
+             unmount it"
+        )));
+    }
     match umount2(&path, MntFlags::empty()) {
         Ok(()) => Ok(Unmounted::Cleanly),
         Err(nix::errno::Errno::EBUSY) => umount2(&path, MntFlags::MNT_DETACH)
@@ -346,6 +422,33 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/mnt/a\040b"), "/mnt/a b");
         assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
         assert_eq!(unescape_mountinfo(r"/t\134x"), r"/t\x");
+    }
+
+    #[test]
+    fn mountinfo_lines_give_type_source_and_owner() {
+        let line = "1234 29 0:77 / /mnt/a\\040b ro,nosuid,nodev,noatime shared:600 - \
+                    fuse.mache-cachefs mache-cachefs ro,user_id=1000,group_id=1000";
+        let entry = MountEntry::parse(line).unwrap();
+        assert_eq!(entry.mountpoint, PathBuf::from("/mnt/a b"));
+        assert!(entry.is_ours());
+        assert_eq!(entry.source, "mache-cachefs");
+        assert_eq!(entry.fuse_owner(), Some(1000));
+        let by_root = "5 1 0:9 / /m ro - fuse mache-cachefs ro,user_id=0,group_id=0";
+        assert!(MountEntry::parse(by_root).unwrap().is_ours());
+        let other_fuse = "5 1 0:9 / /m ro - fuse.sshfs host:/ ro,user_id=0,group_id=0";
+        assert!(!MountEntry::parse(other_fuse).unwrap().is_ours());
+        let tmpfs = "99 1 0:5 / /tmp rw - tmpfs tmpfs rw,size=100k";
+        assert!(!MountEntry::parse(tmpfs).unwrap().is_ours());
+        assert_eq!(MountEntry::parse(tmpfs).unwrap().fuse_owner(), None);
+    }
+
+    #[test]
+    fn unmount_refuses_what_is_not_mounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = unmount(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("is not mounted"), "{err}");
+        let err = unmount(Path::new("/")).unwrap_err().to_string();
+        assert!(err.contains("not a mache-cachefs mount"), "{err}");
     }
 
     #[test]

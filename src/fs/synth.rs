@@ -117,7 +117,14 @@ impl Synth {
         let dir = self.path.parent().expect("db path has a parent");
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let report = bundle::pull(source, lockfile, &self.path, true, false)?;
+        let report = bundle::pull(
+            source,
+            lockfile,
+            &self.path,
+            bundle::Existing::Replace,
+            true,
+            false,
+        )?;
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             "built {} ({} sources) in {seconds:.2}s",

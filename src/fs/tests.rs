@@ -370,6 +370,19 @@ fn a_sizes_index_that_lies_fails_the_file() {
 }
 
 #[test]
+fn huge_sizes_in_a_hostile_index_saturate_the_totals_instead_of_overflowing() {
+    let source = Arc::new(FakeSource::default());
+    let mut bundle = bundle_of(FILES, true, true, &source);
+    for entry in &mut bundle.sizes.as_mut().unwrap().entries {
+        entry.content_len = u64::MAX;
+        entry.ast_json_len = Some(u64::MAX - 1);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source.clone(), bundle, dir.path());
+    assert_eq!(fs.totals().0, u64::MAX);
+}
+
+#[test]
 fn xattrs_name_the_hashes_kind_root_and_ref() {
     let source = Arc::new(FakeSource::default());
     let bundle = bundle_of(FILES, true, true, &source);
@@ -420,7 +433,15 @@ fn mache_db_rows_equal_pull_and_a_second_mount_reuses_it() {
     assert!(!fs.status().mache_db.reused);
 
     let pulled = dir.path().join("pulled.db");
-    crate::bundle::pull(source.as_ref(), &lockfile, &pulled, true, false).unwrap();
+    crate::bundle::pull(
+        source.as_ref(),
+        &lockfile,
+        &pulled,
+        crate::bundle::Existing::ReplaceDb,
+        true,
+        false,
+    )
+    .unwrap();
     let mounted = dir.path().join("served.db");
     std::fs::write(&mounted, &served).unwrap();
     let rows = |path: &std::path::Path| {

@@ -107,9 +107,14 @@ impl PutReport {
 }
 
 impl LocalStore {
-    /// Opens an existing store: a directory with `objects/` or a `mache.lock.bin`.
+    /// Opens an existing store: a directory with `objects/` or a
+    /// `mache.lock.bin`. A directory that does not exist is
+    /// [`Error::NothingPushed`]; one that is not a store, [`Error::NotAStore`].
     pub fn open(root: impl Into<PathBuf>) -> Result<LocalStore> {
         let root = root.into();
+        if !root.exists() {
+            return Err(Error::NothingPushed(root));
+        }
         if !root.join("objects").is_dir() && !root.join(LOCK_BIN).is_file() {
             return Err(Error::NotAStore(root));
         }
@@ -229,7 +234,8 @@ impl LocalStore {
     fn write_temp(&self, bytes: &[u8], fsync: bool) -> Result<TempPath> {
         let tmp_dir = self.root.join("tmp");
         let context = || format!("writing a temporary file in {}", tmp_dir.display());
-        let mut file = NamedTempFile::new_in(&tmp_dir).map_err(|e| Error::io(context(), e))?;
+        let mut file =
+            shareable_temp_file(&tmp_dir, ".tmp", "").map_err(|e| Error::io(context(), e))?;
         file.write_all(bytes).map_err(|e| Error::io(context(), e))?;
         if fsync {
             file.as_file()
@@ -277,9 +283,9 @@ impl LocalStore {
         }
     }
 
-    /// Records a pushed bundle: its lockfile (binary, by hash, and as the
-    /// top-level `mache.lock.bin`/`.toml`), its sizes index, and the refs
-    /// `latest` and `tag`. Returns the lockfile's hash.
+    /// Records a pushed bundle: its lockfile (by hash) and sizes index,
+    /// then points `latest` and `tag` at it ([`point_refs`](Self::point_refs)).
+    /// Returns the lockfile's hash.
     pub fn record_bundle(
         &self,
         lockfile_bytes: &[u8],
@@ -292,14 +298,42 @@ impl LocalStore {
         let hex = hash.to_hex();
         self.replace_file(&format!("lockfiles/{hex}.bin"), lockfile_bytes)?;
         self.replace_file(&format!("lockfiles/{hex}.sizes.json"), &sizes.to_json())?;
-        self.replace_file(LOCK_BIN, lockfile_bytes)?;
-        self.replace_file(LOCK_TOML, toml.as_bytes())?;
-        let ref_text = format!("{}\n", hash.to_prefixed());
-        for name in [LATEST, tag] {
-            self.replace_file(&format!("refs/{name}"), ref_text.as_bytes())?;
-        }
-        self.sync()?;
+        self.point_refs(lockfile_bytes, toml, tag)?;
         Ok(hash)
+    }
+
+    /// Makes a recorded bundle the latest: the top-level
+    /// `mache.lock.bin`/`.toml` (what the Go mache reads) and the refs
+    /// `latest` and `tag`. A file that already says so is left untouched,
+    /// so pointing at the bundle already there changes nothing.
+    pub fn point_refs(&self, lockfile_bytes: &[u8], toml: &str, tag: &str) -> Result<()> {
+        check_ref_name(tag)?;
+        let ref_text = format!("{}\n", Hash::of(lockfile_bytes).to_prefixed());
+        let mut files = vec![
+            (LOCK_BIN.to_string(), lockfile_bytes),
+            (LOCK_TOML.to_string(), toml.as_bytes()),
+        ];
+        for name in [LATEST, tag] {
+            files.push((format!("refs/{name}"), ref_text.as_bytes()));
+        }
+        let mut changed = false;
+        for (relative, bytes) in files {
+            if !self.file_holds(&relative, bytes) {
+                self.replace_file(&relative, bytes)?;
+                changed = true;
+            }
+        }
+        if changed {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the file at `relative` exists with exactly `bytes`.
+    fn file_holds(&self, relative: &str, bytes: &[u8]) -> bool {
+        let path = self.root.join(relative);
+        fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64)
+            && fs::read(&path).is_ok_and(|held| held == bytes)
     }
 
     /// Remembers that a db whose file hashes to `fingerprint` was pushed as
@@ -361,7 +395,7 @@ impl LocalStore {
             Err(e) if e.kind() == ErrorKind::NotFound && reference == LATEST => {
                 read_file(&self.root.join(LOCK_BIN)).map_err(|e| match e {
                     Error::Io { source, .. } if source.kind() == ErrorKind::NotFound => {
-                        self.ref_missing(reference)
+                        Error::NothingPushed(self.root.clone())
                     }
                     other => other,
                 })
@@ -468,6 +502,24 @@ fn read_content_addressed(
         });
     }
     Ok(bytes)
+}
+
+/// A new temporary file in `dir` (named `<prefix><random><suffix>`) created with mode
+/// 0666 less the umask, as any other file the user creates: unlike
+/// `tempfile`'s private default (0600), what is published from it (objects,
+/// lockfiles, refs, restored dbs) is readable by the users a store is shared
+/// with.
+pub fn shareable_temp_file(
+    dir: &Path,
+    prefix: &str,
+    suffix: &str,
+) -> std::io::Result<NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(suffix)
+        .permissions(fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
 }
 
 /// Reads a whole file, with the path in the error.
