@@ -391,6 +391,12 @@ fn is_alive(proc_dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Where a store keeps object `hash`.
+pub fn object_of(store: &Path, hash: &mache_cachefs::Hash) -> PathBuf {
+    let hex = hash.to_hex();
+    store.join("objects").join(&hex[..2]).join(&hex[2..])
+}
+
 /// Removes every object of a store (its lockfiles and sizes stay).
 pub fn empty_objects(store: &Path) {
     let objects = store.join("objects");

@@ -15,7 +15,8 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use harness::{
-    READY_DEADLINE, TestMount, empty_objects, is_mounted, list_files, run, sample, stdout,
+    READY_DEADLINE, TestMount, empty_objects, is_mounted, list_files, object_of, run, sample,
+    stdout,
 };
 use mache_cachefs::hash::Hash;
 
@@ -304,7 +305,7 @@ fn a_corrupt_object_is_eio_for_its_file_only() {
         .find(|e| e.path.ends_with(".py") && !e.path.contains('/'))
         .unwrap();
     let hex = victim.chunk_hash.to_hex();
-    let object = store.join("objects").join(&hex[..2]).join(&hex[2..]);
+    let object = object_of(&store, &victim.chunk_hash);
     let mut bytes = std::fs::read(&object).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x20;
@@ -357,8 +358,7 @@ fn an_io_error_behind_the_mount_reaches_the_reader_as_eio() {
         .unwrap();
     // Reading this object now fails with EISDIR, an OS error no reader of a
     // regular file expects: the mount must say EIO, as for any store failure.
-    let hex = victim.chunk_hash.to_hex();
-    let object = store.join("objects").join(&hex[..2]).join(&hex[2..]);
+    let object = object_of(&store, &victim.chunk_hash);
     std::fs::remove_file(&object).unwrap();
     std::fs::create_dir(&object).unwrap();
     let m = TestMount::daemon(&store, &[]);

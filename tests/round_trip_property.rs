@@ -11,7 +11,6 @@ use std::path::Path;
 use mache_cachefs::bundle::{self, Existing, PushOptions};
 use mache_cachefs::store::LocalStore;
 use proptest::prelude::*;
-use rusqlite::{Connection, params};
 
 /// One `_source` row of a generated db.
 #[derive(Debug, Clone)]
@@ -24,6 +23,10 @@ struct Row {
 
 /// A restored `_source` row: (id, path, language, content).
 type Restored = (String, Option<String>, Option<String>, Vec<u8>);
+
+mod common;
+
+use common::{Node, Src, dump_ast, dump_sources, make_db};
 
 /// Short names from a small alphabet, so ids and paths often coincide.
 fn name() -> impl Strategy<Value = String> {
@@ -73,65 +76,31 @@ fn rows() -> impl Strategy<Value = Vec<Row>> {
 }
 
 fn write_db(path: &Path, rows: &[Row], with_ast: bool) {
-    let conn = Connection::open(path).unwrap();
-    conn.execute_batch(
-        "CREATE TABLE _source(id TEXT PRIMARY KEY, path TEXT, language TEXT, content BLOB);",
-    )
-    .unwrap();
-    for r in rows {
-        conn.execute(
-            "INSERT INTO _source VALUES (?1, ?2, ?3, ?4)",
-            params![r.id, r.path, r.language, r.content],
-        )
-        .unwrap();
-    }
-    if with_ast {
-        conn.execute_batch(
-            "CREATE TABLE _ast(node_id TEXT PRIMARY KEY, source_id TEXT NOT NULL, \
-             node_kind TEXT NOT NULL, start_byte INTEGER, end_byte INTEGER, start_row INTEGER, \
-             start_col INTEGER, end_row INTEGER, end_col INTEGER);",
-        )
-        .unwrap();
-        for (i, r) in rows.iter().enumerate() {
-            for n in 0..(i % 3) as i64 {
-                conn.execute(
-                    "INSERT INTO _ast VALUES (?1, ?2, 'node', ?3, ?3, 0, ?3, 0, ?3)",
-                    params![format!("{i}/{n}"), r.id, n],
-                )
-                .unwrap();
-            }
-        }
-    }
-}
-
-fn read_rows(db: &Path, sql: &str) -> Vec<Restored> {
-    let conn = Connection::open(db).unwrap();
-    let mut stmt = conn.prepare(sql).unwrap();
-    stmt.query_map([], |r| {
-        let content: Option<Vec<u8>> = r.get(3)?;
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, content.unwrap_or_default()))
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
-}
-
-fn ast_rows(db: &Path) -> Vec<Restored> {
-    let conn = Connection::open(db).unwrap();
-    let has_ast: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE name = '_ast'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    if has_ast == 0 {
-        return Vec::new();
-    }
-    read_rows(
-        db,
-        "SELECT node_id, source_id, node_kind, CAST(start_byte AS BLOB) FROM _ast ORDER BY node_id",
-    )
+    let sources: Vec<Src> = rows
+        .iter()
+        .map(|r| Src {
+            id: &r.id,
+            path: r.path.as_deref(),
+            language: r.language.as_deref(),
+            content: Some(&r.content),
+        })
+        .collect();
+    // Source i gets i % 3 nodes.
+    let node_ids: Vec<(String, usize, i64)> = (0..rows.len())
+        .flat_map(|i| (0..(i % 3) as i64).map(move |n| (format!("{i}/{n}"), i, n)))
+        .collect();
+    let nodes: Vec<Node> = node_ids
+        .iter()
+        .map(|(node_id, i, n)| {
+            (
+                node_id.as_str(),
+                rows[*i].id.as_str(),
+                "node",
+                [*n, *n, 0, *n, 0, *n],
+            )
+        })
+        .collect();
+    make_db(path, &sources, with_ast.then_some(&nodes[..]));
 }
 
 /// The documented mapping: NULL path and NULL language restore as `""`; a
@@ -193,12 +162,11 @@ proptest! {
         let out = dir.path().join("restored.db");
         bundle::pull(&store, &bundle.lockfile, &out, Existing::ReplaceDb, true, false)
             .expect("what push wrote, pull reads");
-        let restored = read_rows(&out, "SELECT id, path, language, content FROM _source");
-        check_restored(&original, &restored, with_ast);
+        check_restored(&original, &dump_sources(&out), with_ast);
         if with_ast {
-            prop_assert_eq!(ast_rows(&out), ast_rows(&db));
+            prop_assert_eq!(dump_ast(&out), dump_ast(&db));
         } else {
-            prop_assert!(ast_rows(&out).is_empty(), "a raw db restores no AST rows");
+            prop_assert!(dump_ast(&out).unwrap_or_default().is_empty(), "a raw db restores no AST rows");
         }
     }
 }
