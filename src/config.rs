@@ -28,6 +28,8 @@ pub struct ConfigFile {
     pub scope: Option<String>,
     /// A file whose first line is the registry bearer token.
     pub token_file: Option<PathBuf>,
+    /// Cap of the disk cache of registry chunks, e.g. "10G".
+    pub cache_size: Option<String>,
 }
 
 /// Resolved settings every command starts from.
@@ -38,6 +40,8 @@ pub struct Settings {
     pub remote: Option<String>,
     pub scope: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// Cap of the disk cache of registry chunks, in bytes.
+    pub cache_size: Option<u64>,
     /// The config file that was read, if any.
     pub config_path: Option<PathBuf>,
 }
@@ -98,7 +102,18 @@ pub fn load(env: &dyn Env, explicit_config: Option<&Path>) -> Result<Settings> {
         .map(PathBuf::from)
         .or_else(|| file.store.map(|p| base.join(p)))
         .unwrap_or_else(|| cache_home.join("store"));
+    let cache_size = file
+        .cache_size
+        .as_deref()
+        .map(|text| {
+            crate::cli::parse_size(text).map_err(|reason| Error::BadConfig {
+                path: path.clone(),
+                reason: format!("cache_size: {reason}"),
+            })
+        })
+        .transpose()?;
     Ok(Settings {
+        cache_size,
         store,
         cache_dir: file
             .cache_dir

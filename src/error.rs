@@ -81,6 +81,24 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("invalid registry manifest: {0}")]
+    BadManifest(String),
+    /// A registry answered something this transport cannot use.
+    #[error("{0}")]
+    Remote(String),
+    #[error("cannot reach {registry}: {reason}")]
+    Unreachable { registry: String, reason: String },
+    #[error("authentication failed for {registry}: {reason}")]
+    AuthFailed { registry: String, reason: String },
+    #[error("{registry}: {request} answered {status}{}: {message}", if code.is_empty() { String::new() } else { format!(" {code}") })]
+    RegistryError {
+        registry: String,
+        request: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -127,6 +145,10 @@ pub enum Class {
     NotFound,
     /// The environment refused: permissions, disk, missing device.
     Environment,
+    /// The registry refused our credentials.
+    Auth,
+    /// The registry failed, or could not be reached, even after retries.
+    Remote,
 }
 
 impl Error {
@@ -162,7 +184,10 @@ impl Error {
             | NotAStore(_)
             | BadConfig { .. }
             | BadSetting(_)
+            | BadManifest(_)
             | Usage(_) => Class::Input,
+            Remote(_) | Unreachable { .. } | RegistryError { .. } => Class::Remote,
+            AuthFailed { .. } => Class::Auth,
             Sqlite { source, .. } => sqlite_class(source),
             RootMismatch { .. } | Corrupt { .. } => Class::Integrity,
             ChunkMissing { .. } | ObjectMissing { .. } | RefMissing { .. } | NothingPushed(_) => {
@@ -186,6 +211,8 @@ impl Error {
             Class::Integrity => exit::INTEGRITY,
             Class::NotFound => exit::NOT_FOUND,
             Class::Environment => exit::ENVIRONMENT,
+            Class::Auth => exit::AUTH,
+            Class::Remote => exit::REMOTE,
         }
     }
 
@@ -240,6 +267,10 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 5;
     /// The environment refused: permissions, full disk, no /dev/fuse.
     pub const ENVIRONMENT: u8 = 6;
+    /// The registry refused the credentials (or there were none).
+    pub const AUTH: u8 = 7;
+    /// The registry failed or could not be reached, after retries.
+    pub const REMOTE: u8 = 8;
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! - [`hash`], [`rows`]: the values everything else speaks in.
 //! - [`lockfile`], [`chunk`]: the wire formats shared with the Go `mache`.
 //! - [`machedb`]: reading a `mache.db` and writing a restored one.
-//! - [`store`]: where chunk bytes come from, behind one small trait.
+//! - [`store`]: where bundles and chunk bytes come from, behind small traits;
+//!   [`registry`] is the second kind of store, over HTTP.
 //! - [`bundle`]: push, pull and inspect, built from the pieces above.
 //! - [`cache`], [`fs`]: the lazy, verified, read-only FUSE mount of a bundle.
 //! - [`config`]: default locations and the config file.
@@ -19,6 +20,7 @@ pub mod fs;
 pub mod hash;
 pub mod lockfile;
 pub mod machedb;
+pub mod registry;
 pub mod rows;
 pub mod store;
 

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use mache_cachefs::bundle::{self, Existing, PushOptions};
-use mache_cachefs::store::LocalStore;
+use mache_cachefs::store::{BundleStore, LocalStore};
 use proptest::prelude::*;
 
 /// One `_source` row of a generated db.
@@ -160,7 +160,7 @@ proptest! {
         }
         let bundle = store.resolve("latest").unwrap();
         let out = dir.path().join("restored.db");
-        bundle::pull(&store, &bundle.lockfile, &out, Existing::ReplaceDb, true, false)
+        bundle::pull(store.chunks().as_ref(), &bundle.lockfile, &out, Existing::ReplaceDb, true, false)
             .expect("what push wrote, pull reads");
         check_restored(&original, &dump_sources(&out), with_ast);
         if with_ast {

@@ -12,7 +12,7 @@ use crate::hash::Hash;
 use crate::lockfile::{self, Lockfile};
 use crate::store::local::{LATEST, LOCK_BIN, read_file};
 use crate::store::sizes::SourceSizes;
-use crate::store::{Bundle, ChunkSource, LocalStore, SizeIndex};
+use crate::store::{Bundle, BundleStore, ChunkSource, LocalStore, SizeIndex};
 
 /// Everything `inspect` reports, as printed by `--json`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -170,6 +170,7 @@ fn count_chunks(
     sizes: Option<&SizeIndex>,
     out: &mut Inspection,
 ) {
+    let chunks = store.chunks();
     let mut seen = HashSet::new();
     let distinct: Vec<usize> = (0..lockfile.sources.len())
         .filter(|&i| seen.insert(lockfile.sources[i].chunk_hash))
@@ -180,7 +181,7 @@ fn count_chunks(
             let hash = &lockfile.sources[i].chunk_hash;
             match sizes.map(|sizes| sizes.entries[i]) {
                 Some(size) => stat_chunk(store, hash, size),
-                None => read_chunk(store, hash),
+                None => read_chunk(chunks.as_ref(), hash),
             }
         })
         .collect();
@@ -204,8 +205,8 @@ fn stat_chunk(store: &LocalStore, hash: &Hash, size: SourceSizes) -> ChunkState 
     }
 }
 
-fn read_chunk(store: &LocalStore, hash: &Hash) -> ChunkState {
-    match store.get_verified(hash) {
+fn read_chunk(chunks: &dyn ChunkSource, hash: &Hash) -> ChunkState {
+    match chunks.get_verified(hash) {
         Ok(bytes) => ChunkState::Present(chunk::detect(&bytes)),
         Err(Error::ObjectMissing { .. }) => ChunkState::Missing,
         Err(_) => ChunkState::Corrupt,

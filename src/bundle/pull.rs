@@ -92,6 +92,8 @@ fn for_each_restored(
 ) -> Result<()> {
     let bar = progress.then(|| super::progress(lockfile.sources.len(), "restoring"));
     for window in lockfile.sources.chunks(WINDOW) {
+        let hashes: Vec<Hash> = window.iter().map(|e| e.chunk_hash).collect();
+        source.warm(&hashes)?;
         let decoded: Vec<(Decoded, u64)> = window
             .par_iter()
             .map(|entry| restore_source(source, entry, verify))

@@ -46,7 +46,11 @@ pub enum Command {
     /// against its input hash, and the lockfile root is recomputed. The db is
     /// written to a temporary file and renamed, so a failed pull leaves nothing.
     Pull(PullArgs),
-    /// Check a whole bundle in a store without restoring it.
+    /// Check a whole bundle in a store or on a registry without restoring it.
+    ///
+    /// Every chunk is fetched and BLAKE3-checked, every source's input hash
+    /// and the lockfile root recomputed. The exit code says it all: 0 intact,
+    /// 4 corrupt, 5 missing ref or chunk, 7 authentication, 8 registry failure.
     Verify(VerifyArgs),
     /// Show what a bundle is and how much of it a store holds.
     ///
@@ -76,6 +80,38 @@ impl Command {
     }
 }
 
+/// Where a registry is, for commands that can use one instead of (or, for
+/// push, besides) a local store.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RemoteArgs {
+    /// A registry: https://host[:port] (default: `remote` in the config
+    /// file). An explicit store directory wins over a configured remote.
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
+    /// The registry scope: the repository is mache/<SCOPE> (default: `scope`
+    /// in the config file).
+    #[arg(long, value_name = "SCOPE")]
+    pub scope: Option<String>,
+    /// A file whose first line is the registry token (precedence: this,
+    /// --token, $MACHE_CACHE_TOKEN, the config's token_file, docker login).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The registry token itself (other users can see it in `ps`: prefer
+    /// --token-file or $MACHE_CACHE_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Allow plain http to a registry that is not on this machine.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Registry transfers at once.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub jobs: usize,
+    /// Cap of the disk cache of registry chunks, e.g. 10G (default: the
+    /// config's cache_size, else 10 GiB).
+    #[arg(long, value_name = "SIZE", value_parser = super::mount::parse_size)]
+    pub cache_size: Option<u64>,
+}
+
 #[derive(Debug, Args)]
 pub struct PushArgs {
     /// The mache db to publish.
@@ -98,6 +134,9 @@ pub struct PushArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also upload the bundle to a registry (it is always written to STORE).
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +148,8 @@ pub struct PullArgs {
     /// Replace --out-db even if it is not a SQLite db.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     /// Store directory (default: the configured store).
     #[arg(value_name = "STORE")]
     pub store: Option<PathBuf>,
@@ -134,6 +175,8 @@ pub struct VerifyArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, Args)]

@@ -6,11 +6,15 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::args::{Cli, Command, InspectArgs, PullArgs, PushArgs, VerifyArgs};
+use super::args::{Cli, Command, InspectArgs, PullArgs, PushArgs, RemoteArgs, VerifyArgs};
 use super::output;
 use crate::bundle::{self, Existing, PushOptions};
 use crate::config::{self, ProcessEnv, Settings};
-use crate::store::LocalStore;
+use crate::error::Error;
+use crate::registry::auth::{CredentialSources, Secret};
+use crate::registry::{RegistryStore, RemoteSettings};
+use crate::store::disk_cache::DEFAULT_CAPACITY;
+use crate::store::{BundleStore, LocalStore};
 
 /// Runs the chosen subcommand.
 pub fn dispatch(cli: Cli) -> Result<()> {
@@ -30,6 +34,69 @@ fn store_dir(settings: &Settings, explicit: Option<PathBuf>) -> PathBuf {
     explicit.unwrap_or_else(|| settings.store.clone())
 }
 
+/// The registry a command uses, if any: `--remote`, else the config's
+/// `remote` unless a store directory was given. `None`: the local store.
+pub fn remote_settings(
+    settings: &Settings,
+    args: &RemoteArgs,
+    explicit_store: bool,
+) -> Result<Option<RemoteSettings>> {
+    let url = match (&args.remote, &settings.remote) {
+        (Some(url), _) => url.clone(),
+        (None, Some(url)) if !explicit_store => url.clone(),
+        _ => return Ok(None),
+    };
+    let scope = args
+        .scope
+        .clone()
+        .or_else(|| settings.scope.clone())
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "a registry needs a scope: --scope (or `scope` in the config) with {url}"
+            ))
+        })?;
+    Ok(Some(RemoteSettings {
+        url,
+        scope,
+        credentials: CredentialSources {
+            token_file: args.token_file.clone(),
+            token: args.token.clone().map(Secret::new),
+            env_token: std::env::var("MACHE_CACHE_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
+            config_token_file: settings.token_file.clone(),
+        },
+        insecure: args.insecure,
+        jobs: args.jobs,
+        cache_dir: settings.cache_dir.clone(),
+        cache_size: args
+            .cache_size
+            .or(settings.cache_size)
+            .unwrap_or(DEFAULT_CAPACITY),
+    }))
+}
+
+/// The one place a command's store is chosen: a store directory given on
+/// the command line, else a registry (flags or config), else the configured
+/// local store. Giving both a directory and `--remote` is a usage error.
+pub fn open_store(
+    settings: &Settings,
+    explicit_store: Option<PathBuf>,
+    remote: &RemoteArgs,
+) -> Result<Box<dyn BundleStore>> {
+    if explicit_store.is_some() && remote.remote.is_some() {
+        return Err(Error::Usage("give a store directory or --remote, not both".into()).into());
+    }
+    match remote_settings(settings, remote, explicit_store.is_some())? {
+        Some(remote) => Ok(Box::new(RegistryStore::open(&remote)?)),
+        None => Ok(Box::new(LocalStore::open(store_dir(
+            settings,
+            explicit_store,
+        ))?)),
+    }
+}
+
 fn push(settings: &Settings, args: PushArgs, progress: bool) -> Result<()> {
     // A db that is not there makes no store either.
     crate::machedb::check_is_file(&args.db)?;
@@ -42,20 +109,33 @@ fn push(settings: &Settings, args: PushArgs, progress: bool) -> Result<()> {
         progress,
         force: args.force,
     };
+    let registry = remote_settings(settings, &args.remote, false)?
+        .map(|remote| RegistryStore::open(&remote))
+        .transpose()?;
     let report = bundle::push(&store, &opts)?;
-    output::push(&store, &report, args.json);
+    let uploaded = match &registry {
+        Some(registry) => {
+            let bundle = store.resolve(&report.lockfile_hash.to_prefixed())?;
+            Some((
+                registry.describe(),
+                registry.upload(&store, &bundle, &opts.tag)?,
+            ))
+        }
+        None => None,
+    };
+    output::push(&store.describe(), &report, uploaded.as_ref(), args.json);
     Ok(())
 }
 
 fn pull(settings: &Settings, args: PullArgs, progress: bool) -> Result<()> {
-    let store = LocalStore::open(store_dir(settings, args.store))?;
+    let store = open_store(settings, args.store, &args.remote)?;
     let bundle = store.resolve(&args.reference)?;
     let existing = match args.force {
         true => Existing::Replace,
         false => Existing::ReplaceDb,
     };
     let report = bundle::pull(
-        &store,
+        store.chunks().as_ref(),
         &bundle.lockfile,
         &args.out_db,
         existing,
@@ -67,10 +147,10 @@ fn pull(settings: &Settings, args: PullArgs, progress: bool) -> Result<()> {
 }
 
 fn verify(settings: &Settings, args: VerifyArgs, progress: bool) -> Result<()> {
-    let store = LocalStore::open(store_dir(settings, args.store))?;
+    let store = open_store(settings, args.store, &args.remote)?;
     let bundle = store.resolve(&args.reference)?;
-    let report = bundle::verify(&store, &bundle.lockfile, progress)?;
-    output::verify(&store, &args.reference, &report, args.json);
+    let report = bundle::verify(store.chunks().as_ref(), &bundle.lockfile, progress)?;
+    output::verify(&store.describe(), &args.reference, &report, args.json);
     Ok(())
 }
 

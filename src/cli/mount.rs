@@ -20,11 +20,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use super::commands::open_store;
 use crate::config::Settings;
 use crate::error::Error;
 use crate::fs::mount::{FUSE_SUPER_MAGIC, Unmounted, check_dev_fuse, check_mountpoint};
 use crate::fs::{self, CacheFs, FsSettings, ServeOptions};
-use crate::store::{ChunkSource, LocalStore};
+use crate::store::{BundleStore, ChunkSource};
 
 /// Environment variable naming the readiness pipe of a daemon child.
 const READY_FD_ENV: &str = "MACHE_CACHEFS_READY_FD";
@@ -52,6 +53,8 @@ pub struct MountArgs {
     /// Threads answering FUSE requests.
     #[arg(long, default_value_t = 4, value_name = "N", hide = true)]
     pub threads: usize,
+    #[command(flatten)]
+    pub remote: super::args::RemoteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -106,13 +109,12 @@ pub fn mount(settings: &Settings, args: MountArgs, quiet: bool) -> Result<()> {
     result
 }
 
-/// Opens the store and resolves the ref.
+/// Opens the store (a directory or a registry) and resolves the ref.
 fn open_bundle(
     settings: &Settings,
     args: &MountArgs,
-) -> Result<(LocalStore, crate::store::Bundle)> {
-    let dir = args.store.clone().unwrap_or_else(|| settings.store.clone());
-    let store = LocalStore::open(&dir)?;
+) -> Result<(Box<dyn BundleStore>, crate::store::Bundle)> {
+    let store = open_store(settings, args.store.clone(), &args.remote)?;
     let bundle = store.resolve(&args.reference)?;
     Ok((store, bundle))
 }
@@ -124,7 +126,7 @@ fn mount_foreground(
     notify: &mut Option<std::fs::File>,
 ) -> Result<()> {
     let (store, bundle) = open_bundle(settings, args)?;
-    let source: Arc<dyn ChunkSource> = Arc::new(store);
+    let source: Arc<dyn ChunkSource> = store.chunks();
     let fs_settings = FsSettings {
         reference: args.reference.clone(),
         cache_dir: settings.cache_dir.clone(),
@@ -160,8 +162,7 @@ fn mount_foreground(
 fn daemonize(settings: &Settings, args: &MountArgs, quiet: bool) -> Result<()> {
     // Fail fast on what can be checked cheaply here; the daemon resolves the
     // ref and reports any failure, with its exit code, through the pipe.
-    let dir = args.store.clone().unwrap_or_else(|| settings.store.clone());
-    LocalStore::open(&dir)?;
+    open_store(settings, args.store.clone(), &args.remote)?;
     check_dev_fuse()?;
     let mountpoint = check_mountpoint(&args.mountpoint)?;
 

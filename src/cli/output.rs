@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::bundle::{Inspection, PullReport, PushReport};
-use crate::store::{ChunkSource, LocalStore};
+use crate::registry::UploadReport;
 
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
@@ -17,10 +17,20 @@ fn print_json(value: &serde_json::Value) {
 }
 
 /// The report of `push`.
-pub fn push(store: &LocalStore, r: &PushReport, as_json: bool) {
+pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport)>, as_json: bool) {
     if as_json {
+        let remote = uploaded.map(|(repo, u)| {
+            json!({
+                "repository": repo,
+                "uploaded": u.uploaded,
+                "uploaded_bytes": u.uploaded_bytes,
+                "present": u.present,
+                "manifest": u.manifest_digest,
+                "manifest_unchanged": u.manifest_unchanged,
+            })
+        });
         return print_json(&json!({
-            "store": store.describe(),
+            "store": store,
             "tag": r.tag,
             "lockfile": r.lockfile_hash.to_prefixed(),
             "root": r.root.to_prefixed(),
@@ -33,6 +43,7 @@ pub fn push(store: &LocalStore, r: &PushReport, as_json: bool) {
             "new_bytes": r.new_bytes,
             "kept": r.kept,
             "seconds": r.elapsed.as_secs_f64(),
+            "remote": remote,
         }));
     }
     let tags = if r.tag == "latest" {
@@ -44,15 +55,14 @@ pub fn push(store: &LocalStore, r: &PushReport, as_json: bool) {
         println!(
             "unchanged: these {} sources are a bundle {} already holds; kept it as {tags} \
              (--force writes a new lockfile)",
-            r.sources,
-            store.describe()
+            r.sources, store
         );
     } else {
         println!(
             "pushed {} sources ({} with AST) to {} as {tags} in {:.2}s",
             r.sources,
             r.ast_sources,
-            store.describe(),
+            store,
             r.elapsed.as_secs_f64()
         );
     }
@@ -65,6 +75,21 @@ pub fn push(store: &LocalStore, r: &PushReport, as_json: bool) {
     );
     println!("lockfile {}", r.lockfile_hash.to_prefixed());
     println!("root     {}", r.root.to_prefixed());
+    if let Some((repo, u)) = uploaded {
+        let manifest = if u.manifest_unchanged {
+            "already tagged"
+        } else {
+            "tagged"
+        };
+        println!(
+            "registry {repo}: {} uploaded ({}), {} already present; manifest {} {manifest} {}",
+            u.uploaded,
+            mb(u.uploaded_bytes),
+            u.present,
+            u.manifest_digest,
+            r.tag
+        );
+    }
 }
 
 fn pull_json(r: &PullReport) -> serde_json::Value {
@@ -101,16 +126,16 @@ pub fn pull(out_db: &Path, r: &PullReport, as_json: bool) {
 }
 
 /// The report of `verify`.
-pub fn verify(store: &LocalStore, reference: &str, r: &PullReport, as_json: bool) {
+pub fn verify(store: &str, reference: &str, r: &PullReport, as_json: bool) {
     if as_json {
         let mut value = pull_json(r);
-        value["store"] = json!(store.describe());
+        value["store"] = json!(store);
         value["ref"] = json!(reference);
         return print_json(&value);
     }
     println!(
         "ok: {reference} in {}: {} sources, {} of chunks, root {} verified in {:.2}s",
-        store.describe(),
+        store,
         r.sources,
         mb(r.chunk_bytes),
         r.root.to_prefixed(),

@@ -52,8 +52,8 @@ impl ChunkSource for Metered {
         result
     }
 
-    fn contains(&self, hash: &Hash) -> Result<bool> {
-        self.inner.contains(hash)
+    fn warm(&self, hashes: &[Hash]) -> Result<()> {
+        self.inner.warm(hashes)
     }
 
     fn describe(&self) -> String {

@@ -42,10 +42,6 @@ impl ChunkSource for FakeSource {
         Ok(bytes)
     }
 
-    fn contains(&self, hash: &Hash) -> Result<bool> {
-        Ok(self.objects.lock().unwrap().contains_key(hash))
-    }
-
     fn describe(&self) -> String {
         "fake".into()
     }

@@ -26,7 +26,9 @@ use std::time::{Duration, SystemTime};
 use rayon::prelude::*;
 use tempfile::{NamedTempFile, TempPath};
 
-use super::{Bundle, ChunkSource, SizeIndex};
+use std::sync::Arc;
+
+use super::{Backend, Bundle, BundleStore, ChunkSource, SizeIndex, Verified};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::lockfile::binary;
@@ -138,6 +140,11 @@ impl LocalStore {
     /// The store's directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The store for messages: its path.
+    pub fn describe(&self) -> String {
+        self.root.display().to_string()
     }
 
     /// Where object `hash` lives.
@@ -467,17 +474,44 @@ impl LocalStore {
     }
 }
 
-impl ChunkSource for LocalStore {
-    fn get_verified(&self, hash: &Hash) -> Result<Vec<u8>> {
-        self.read_verified(hash)
-    }
-
-    fn contains(&self, hash: &Hash) -> Result<bool> {
-        Ok(self.object_path(hash).is_file())
+impl Backend for LocalStore {
+    fn fetch(&self, hash: &Hash) -> Result<Vec<u8>> {
+        let path = self.object_path(hash);
+        fs::read(&path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => Error::ObjectMissing {
+                hash: *hash,
+                store: self.describe(),
+            },
+            _ => Error::io(format!("reading {}", path.display()), e),
+        })
     }
 
     fn describe(&self) -> String {
-        self.root.display().to_string()
+        self.describe()
+    }
+
+    fn locate(&self, hash: &Hash) -> String {
+        self.object_path(hash).display().to_string()
+    }
+}
+
+impl BundleStore for LocalStore {
+    fn resolve(&self, reference: &str) -> Result<Bundle> {
+        LocalStore::resolve(self, reference)
+    }
+
+    fn refs(&self) -> Result<Vec<(String, Hash)>> {
+        LocalStore::refs(self)
+    }
+
+    /// The store's objects, verified on every read; no disk cache in front
+    /// (the store is already on disk).
+    fn chunks(&self) -> Arc<dyn ChunkSource> {
+        Arc::new(Verified::new(Arc::new(self.clone()), None))
+    }
+
+    fn describe(&self) -> String {
+        self.describe()
     }
 }
 

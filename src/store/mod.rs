@@ -1,22 +1,63 @@
-//! Where chunk bytes come from.
+//! Where bundles and their chunk bytes come from.
 //!
-//! Everything above this module (pull, the filesystem) asks a
-//! [`ChunkSource`] for verified bytes by hash and never learns whether they
-//! came from a local directory or a registry. The local directory store
-//! ([`local::LocalStore`]) is the first implementation; the sizes index a
-//! push leaves beside each lockfile lives in [`sizes`].
+//! Three layers, as Nydus shapes its storage:
+//! - a [`Backend`] only fetches bytes by hash (a local directory, a
+//!   registry); it verifies nothing;
+//! - [`Verified`] wraps a backend (and, for remote backends, the disk cache
+//!   in front of it): every chunk is BLAKE3-checked before anyone sees it,
+//!   and concurrent requests for one chunk make one fetch. It is the one
+//!   [`ChunkSource`] that reads, prefetch and the `mache.db` build all use;
+//! - a [`BundleStore`] resolves refs to bundles (lockfile + sizes index),
+//!   lists refs, and hands out its chunk source. [`open`] is the one factory
+//!   that builds it from the settings: the local store ([`local`]) or a
+//!   registry ([`crate::registry`]).
+//!
+//! Everything above (pull, verify, inspect, the filesystem) sees only these
+//! traits and never learns which store it reads.
 
+pub mod disk_cache;
 pub mod local;
 pub mod sizes;
+mod verified;
+
+use std::sync::Arc;
 
 use crate::error::Result;
 use crate::hash::Hash;
 use crate::lockfile::Lockfile;
 
+pub use disk_cache::DiskCache;
 pub use local::LocalStore;
 pub use sizes::SizeIndex;
+pub use verified::Verified;
 
-/// A content-addressed source of chunk bytes.
+/// Fetches bytes by hash, unverified: the raw access to one kind of store.
+pub trait Backend: Send + Sync {
+    /// The bytes stored under `hash`, or `Err(Error::ObjectMissing)`. Not
+    /// checked: [`Verified`] does that. A backend that knows the object's
+    /// length refuses to read more than that.
+    fn fetch(&self, hash: &Hash) -> Result<Vec<u8>>;
+
+    /// Fetches many objects, calling `each` with every one as it arrives
+    /// (in any order). The default fetches them one by one; a remote
+    /// backend overlaps the requests.
+    fn fetch_many(&self, hashes: &[Hash], each: &(dyn Fn(Hash, Vec<u8>) + Sync)) -> Result<()> {
+        for hash in hashes {
+            each(*hash, self.fetch(hash)?);
+        }
+        Ok(())
+    }
+
+    /// A short name for messages (a path, a registry repository).
+    fn describe(&self) -> String;
+
+    /// Where object `hash` lives, for messages (a file, a blob URL).
+    fn locate(&self, hash: &Hash) -> String {
+        format!("{}/{hash}", self.describe())
+    }
+}
+
+/// A content-addressed source of verified chunk bytes.
 pub trait ChunkSource: Send + Sync {
     /// Returns the bytes of object `hash`, checked to hash to it.
     ///
@@ -25,10 +66,29 @@ pub trait ChunkSource: Send + Sync {
     /// something else. Unverified bytes are never returned.
     fn get_verified(&self, hash: &Hash) -> Result<Vec<u8>>;
 
-    /// Whether the object is present, without reading or verifying it.
-    fn contains(&self, hash: &Hash) -> Result<bool>;
+    /// Makes the given chunks quick to get (a remote source fetches them
+    /// in parallel into its disk cache); a no-op where every get is quick.
+    fn warm(&self, _hashes: &[Hash]) -> Result<()> {
+        Ok(())
+    }
 
     /// A short name for messages (the store's path, a registry URL).
+    fn describe(&self) -> String;
+}
+
+/// A place bundles live: resolves refs, lists them, gives the chunk source.
+pub trait BundleStore: Send + Sync {
+    /// The bundle `reference` names: a tag (`latest`, `v1`) or
+    /// `blake3:<lockfile hash>`.
+    fn resolve(&self, reference: &str) -> Result<Bundle>;
+
+    /// Every tag and the lockfile it names, sorted by name.
+    fn refs(&self) -> Result<Vec<(String, Hash)>>;
+
+    /// The verified chunk source for this store's bundles.
+    fn chunks(&self) -> Arc<dyn ChunkSource>;
+
+    /// A short name for messages.
     fn describe(&self) -> String;
 }
 

@@ -1,0 +1,373 @@
+//! The HTTP side of the registry transport: one `reqwest` client (rustls
+//! with the `ring` provider, which builds with a C compiler alone; pooled
+//! connections) for one repository, with what every request needs:
+//!
+//! - **auth** ([`super::auth`]): a static bearer token, or the standard
+//!   challenge flow (a `401` with `WWW-Authenticate: Bearer realm=…` fetches
+//!   a token, cached until it expires and fetched again on the next `401`;
+//!   `Basic` where the registry asks for it);
+//! - **resilience**: connect and read timeouts; retries with exponential
+//!   backoff and full jitter on connection errors, `5xx`, `408` and `429`
+//!   (honouring `Retry-After`), never on other `4xx`, within a time budget
+//!   per call;
+//! - **errors**: the OCI error envelope becomes one line with the code and
+//!   message; bodies are read with the expected length as a bound, so a
+//!   hostile server cannot stream without end.
+//!
+//! Callers are synchronous (FUSE threads, rayon workers): [`Client::run`]
+//! runs a future on the client's own runtime and waits for it.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use url::Url;
+
+use super::auth::Auth;
+use crate::error::{Error, Result};
+
+/// Connect timeout of every request.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a response may stall between two reads.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one call (with its retries) may take when someone waits on it;
+/// past it the read fails (EIO in a mount) instead of hanging.
+pub const FOREGROUND_BUDGET: Duration = Duration::from_secs(30);
+/// The longest wait between two attempts, `Retry-After` included.
+const MAX_DELAY: Duration = Duration::from_secs(10);
+
+/// A repository on a registry.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    /// `scheme://host[:port]`.
+    base: Url,
+    /// The repository name, `<producer>/<scope>`.
+    repo: String,
+    auth: std::sync::Arc<Auth>,
+    runtime: tokio::runtime::Handle,
+    budget: Duration,
+}
+
+/// The result of [`Client::send`]: a response whose status was not a failure.
+pub type Answer = Response;
+
+impl Client {
+    /// A client for `repo` at `base`, running on `runtime`.
+    pub fn new(
+        base: Url,
+        repo: String,
+        auth: Auth,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Client> {
+        install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .pool_max_idle_per_host(32)
+            .user_agent(concat!("mache-cachefs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Remote(format!("setting up the HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            base,
+            repo,
+            auth: std::sync::Arc::new(auth),
+            runtime,
+            budget: FOREGROUND_BUDGET,
+        })
+    }
+
+    /// The registry, for messages: `host[:port]`.
+    pub fn registry(&self) -> String {
+        self.base
+            .host_str()
+            .map_or_else(String::new, |host| match self.base.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_string(),
+            })
+    }
+
+    /// The repository, for messages: `host/repo`.
+    pub fn describe(&self) -> String {
+        format!("{}/{}", self.registry(), self.repo)
+    }
+
+    /// The URL of `path` below this repository (`blobs/…`, `manifests/…`).
+    pub fn url(&self, path: &str) -> Url {
+        self.base
+            .join(&format!("/v2/{}/{path}", self.repo))
+            .expect("repository paths are valid URLs")
+    }
+
+    /// Resolves an upload `Location` (relative or absolute, possibly with a
+    /// query already) against the registry.
+    pub fn location(&self, location: &str) -> Result<Url> {
+        self.base.join(location).map_err(|e| {
+            Error::Remote(format!(
+                "{}: bad upload location {location:?}: {e}",
+                self.registry()
+            ))
+        })
+    }
+
+    /// Runs `future` on the client's runtime and waits for it. For
+    /// synchronous callers only (never from inside the runtime).
+    pub fn run<T: Send + 'static>(&self, future: impl Future<Output = T> + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.runtime.spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        rx.recv().expect("the registry runtime is alive")
+    }
+
+    /// Starts `future` on the client's runtime without waiting for it.
+    pub fn runtime_spawn(&self, future: impl Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(future);
+    }
+
+    /// Sends a request built by `build` (called again for each attempt),
+    /// with auth and retries. `Ok` for any status below 400 and for `404`
+    /// (callers tell "absent" from a failure); every other status is an
+    /// error naming the registry, with the OCI error code and message.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Answer> {
+        let started = Instant::now();
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(MAX_DELAY)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut reauthenticated = false;
+        loop {
+            let request = build(self.http.request(method.clone(), url.clone()));
+            let request = self.auth.apply(request).await;
+            let outcome = request.send().await;
+            let wait = match outcome {
+                Ok(response)
+                    if response.status() == StatusCode::UNAUTHORIZED && !reauthenticated =>
+                {
+                    reauthenticated = true;
+                    self.auth
+                        .challenged(&self.http, response.headers(), &self.registry())
+                        .await?;
+                    continue;
+                }
+                Ok(response) if retryable(response.status()) => {
+                    let wait = retry_after(response.headers());
+                    let error = failure(&self.registry(), &method, &url, response).await;
+                    tracing::debug!("{error}; retrying");
+                    (wait, error)
+                }
+                Ok(response)
+                    if response.status().is_success()
+                        || response.status().is_redirection()
+                        || response.status() == StatusCode::NOT_FOUND =>
+                {
+                    return Ok(response);
+                }
+                Ok(response) => {
+                    return Err(failure(&self.registry(), &method, &url, response).await);
+                }
+                Err(e) => {
+                    let error = Error::Unreachable {
+                        registry: self.registry(),
+                        reason: describe_transport_error(&e),
+                    };
+                    tracing::debug!("{error}; retrying");
+                    (None, error)
+                }
+            };
+            let (after, error) = wait;
+            let delay = after
+                .unwrap_or_else(|| backoff.next().unwrap_or(MAX_DELAY))
+                .min(MAX_DELAY);
+            if started.elapsed() + delay > self.budget {
+                return Err(error);
+            }
+            super::RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// Statuses worth another attempt.
+fn retryable(status: StatusCode) -> bool {
+    status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+/// A transport error in a few words (no URL with credentials in it).
+fn describe_transport_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            text = format!("{text}: {cause}");
+            source = cause.source();
+        }
+        text
+    }
+}
+
+/// The error a failed response stands for: auth, not found, or a registry
+/// error with the envelope's code and message.
+pub async fn failure(registry: &str, method: &Method, url: &Url, response: Response) -> Error {
+    let status = response.status();
+    let body = read_limited(response, 64 << 10).await.unwrap_or_default();
+    let (code, message) = envelope(&body);
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        return Error::AuthFailed {
+            registry: registry.to_string(),
+            reason: format!(
+                "{status}{}",
+                code.map_or(String::new(), |c| format!(" {c}: {message}"))
+            ),
+        };
+    }
+    Error::RegistryError {
+        registry: registry.to_string(),
+        request: format!("{method} {}", url.path()),
+        status: status.as_u16(),
+        code: code.unwrap_or_default(),
+        message,
+    }
+}
+
+/// The first error of an OCI error envelope: `(code, message)`.
+pub fn envelope(body: &[u8]) -> (Option<String>, String) {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        code: String,
+        #[serde(default)]
+        message: String,
+        #[serde(default)]
+        detail: serde_json::Value,
+    }
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(Envelope { errors }) if !errors.is_empty() => {
+            let first = &errors[0];
+            let detail = match &first.detail {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) => format!(" ({s})"),
+                other => format!(" ({other})"),
+            };
+            (
+                Some(first.code.clone()),
+                format!("{}{detail}", first.message),
+            )
+        }
+        _ => (
+            None,
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+                .trim()
+                .to_string(),
+        ),
+    }
+}
+
+/// Reads a whole body, refusing more than `limit` bytes.
+pub async fn read_limited(mut response: Response, limit: u64) -> Result<Vec<u8>> {
+    let declared = response.content_length();
+    if declared.is_some_and(|len| len > limit) {
+        return Err(Error::Remote(format!(
+            "{} announced {} bytes where at most {limit} were expected",
+            response.url().path(),
+            declared.unwrap_or_default()
+        )));
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+    while let Some(chunk) = response.chunk().await.map_err(|e| Error::Unreachable {
+        registry: response.url().host_str().unwrap_or_default().to_string(),
+        reason: format!("reading a response: {}", describe_transport_error(&e)),
+    })? {
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(Error::Remote(format!(
+                "{} sent more than the {limit} bytes expected",
+                response.url().path()
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Header values we send.
+pub fn header(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).expect("header values we build are ASCII")
+}
+
+/// rustls needs one process-wide crypto provider; ours is `ring`.
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oci_error_envelope_gives_code_and_message() {
+        let body = br#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":"http: request body too large"}]}"#;
+        let (code, message) = envelope(body);
+        assert_eq!(code.as_deref(), Some("MANIFEST_INVALID"));
+        assert_eq!(message, "manifest invalid (http: request body too large)");
+        assert_eq!(envelope(b"").0, None);
+        assert_eq!(envelope(b"<html>oops</html>").1, "<html>oops</html>");
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(reqwest::header::RETRY_AFTER, header("3"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
+        let soon = std::time::SystemTime::now() + Duration::from_secs(60);
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            header(&httpdate::fmt_http_date(soon)),
+        );
+        let wait = retry_after(&headers).unwrap();
+        assert!(
+            wait > Duration::from_secs(50) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
+        assert!(retryable(StatusCode::TOO_MANY_REQUESTS) && retryable(StatusCode::BAD_GATEWAY));
+        assert!(!retryable(StatusCode::NOT_FOUND) && !retryable(StatusCode::BAD_REQUEST));
+    }
+}

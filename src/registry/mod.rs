@@ -1,0 +1,728 @@
+//! Bundles on a registry: the build-cache/v1 transport of SPEC §6 over the
+//! OCI Distribution API, as a [`BundleStore`] beside the local store.
+//!
+//! - [`manifest`]: the manifest format, built for push and checked on pull;
+//! - [`client`]: HTTP with auth, timeouts, retries and bounded bodies;
+//! - [`auth`]: where credentials come from and the challenge handshake;
+//! - this module: resolving refs (manifest → lockfile → sizes index, each
+//!   verified), fetching chunks (a [`Backend`], verified and cached on disk
+//!   by [`Verified`] in front of it), and uploading a bundle from the local
+//!   store.
+//!
+//! The repository is `mache/<scope>`. A tag resolves to the manifest
+//! actually received (its digest is checked against what the registry
+//! says); the lockfile is the config blob, verified with BLAKE3; its
+//! sources must be the layers, in order. The last manifest each tag
+//! resolved to is remembered in the disk cache, so a mount can come up
+//! from the cache when the registry is unreachable.
+
+pub mod auth;
+pub mod client;
+pub mod manifest;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use futures_util::StreamExt;
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::{Method, StatusCode};
+use url::Url;
+
+use self::auth::{Auth, CredentialSources};
+use self::client::{Client, header, read_limited};
+use self::manifest::{MANIFEST_TYPE, Manifest, hash_of_digest, v1_digest};
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::lockfile::binary;
+use crate::store::local::check_ref_name;
+use crate::store::sizes::SizeIndex;
+use crate::store::{Backend, Bundle, BundleStore, ChunkSource, DiskCache, LocalStore, Verified};
+
+/// The producer part of every repository name.
+pub const PRODUCER: &str = "mache";
+/// Largest manifest we read (providers accept at least 16 MiB).
+const MAX_MANIFEST: u64 = 64 << 20;
+/// Largest lockfile or sizes index we read.
+const MAX_METADATA: u64 = 1 << 30;
+
+/// Retries made by every registry client of this process (for the status file).
+pub static RETRIES: AtomicU64 = AtomicU64::new(0);
+
+/// How to reach a registry repository.
+#[derive(Debug, Clone)]
+pub struct RemoteSettings {
+    /// `https://host[:port]` (or `http://` for loopback or with `insecure`).
+    pub url: String,
+    /// The repository is `mache/<scope>`.
+    pub scope: String,
+    pub credentials: CredentialSources,
+    /// Allow `http://` to a host that is not loopback.
+    pub insecure: bool,
+    /// Transfers at once.
+    pub jobs: usize,
+    /// The disk cache directory (`chunks/`, `refs/` below it) and its cap.
+    pub cache_dir: PathBuf,
+    pub cache_size: u64,
+}
+
+/// Checks a registry URL: a scheme, a host, no path; `http://` only for
+/// loopback hosts unless `insecure`.
+pub fn parse_remote(text: &str, insecure: bool) -> Result<Url> {
+    let bad = |reason: &str| Error::BadSetting(format!("invalid registry URL {text:?}: {reason}"));
+    if !text.contains("://") {
+        return Err(bad("give its scheme, e.g. https://registry.example.com"));
+    }
+    let url = Url::parse(text).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("the scheme must be https or http"));
+    }
+    let host = url.host_str().ok_or_else(|| bad("no host"))?;
+    if !matches!(url.path(), "" | "/") || url.query().is_some() {
+        return Err(bad(
+            "give only scheme://host[:port]; the repository comes from --scope",
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "credentials do not belong in the URL (use --token-file or docker login)",
+        ));
+    }
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if url.scheme() == "http" && !loopback && !insecure {
+        return Err(bad(
+            "plain http is allowed only to a loopback host, or with --insecure",
+        ));
+    }
+    Ok(url)
+}
+
+/// Checks a scope: one or more OCI path components (`team`, `team/repo`).
+pub fn check_scope(scope: &str) -> Result<()> {
+    let component_ok = |c: &str| {
+        let bytes = c.as_bytes();
+        !c.is_empty()
+            && bytes[0].is_ascii_lowercase() | bytes[0].is_ascii_digit()
+            && bytes[bytes.len() - 1].is_ascii_lowercase() | bytes[bytes.len() - 1].is_ascii_digit()
+            && c.chars().all(|ch| {
+                ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-')
+            })
+            && !c.contains("..")
+            && !c.contains("___")
+    };
+    if scope.len() <= 200 && scope.split('/').all(component_ok) {
+        return Ok(());
+    }
+    Err(Error::BadSetting(format!(
+        "invalid scope {scope:?}: lowercase letters, digits and . _ - in /-separated parts, \
+         each starting and ending with a letter or digit"
+    )))
+}
+
+/// The process's one runtime for registry I/O.
+fn runtime() -> tokio::runtime::Handle {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("registry-io")
+                .enable_all()
+                .build()
+                .expect("starting the registry I/O threads")
+        })
+        .handle()
+        .clone()
+}
+
+/// A registry repository holding bundles.
+pub struct RegistryStore {
+    client: Client,
+    backend: Arc<RegistryBackend>,
+    chunks: Arc<Verified>,
+    refs_dir: PathBuf,
+    jobs: usize,
+}
+
+/// The blobs of a repository, fetched by digest, each bounded by the size
+/// its manifest gives.
+struct RegistryBackend {
+    client: Client,
+    sizes: RwLock<HashMap<Hash, u64>>,
+    jobs: usize,
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, Default)]
+pub struct UploadReport {
+    pub uploaded: usize,
+    pub uploaded_bytes: u64,
+    pub present: usize,
+    /// The manifest's digest, and whether the tag already named it.
+    pub manifest_digest: String,
+    pub manifest_unchanged: bool,
+}
+
+impl RegistryStore {
+    /// Connects nothing yet: checks the settings and sets up the client and
+    /// the disk cache.
+    pub fn open(settings: &RemoteSettings) -> Result<RegistryStore> {
+        let base = parse_remote(&settings.url, settings.insecure)?;
+        check_scope(&settings.scope)?;
+        let repo = format!("{PRODUCER}/{}", settings.scope);
+        let registry = base.host_str().unwrap_or_default().to_string();
+        let registry = match base.port() {
+            Some(port) => format!("{registry}:{port}"),
+            None => registry,
+        };
+        let credentials = settings.credentials.resolve(&registry)?;
+        let client = Client::new(base, repo.clone(), Auth::new(credentials), runtime())?;
+        let disk = DiskCache::open(&settings.cache_dir, settings.cache_size)?;
+        let jobs = settings.jobs.max(1);
+        let backend = Arc::new(RegistryBackend {
+            client: client.clone(),
+            sizes: RwLock::new(HashMap::new()),
+            jobs,
+        });
+        let chunks = Arc::new(Verified::new(backend.clone(), Some(disk)));
+        Ok(RegistryStore {
+            refs_dir: settings
+                .cache_dir
+                .join("refs")
+                .join(sanitize(&registry))
+                .join(&repo),
+            client,
+            backend,
+            chunks,
+            jobs,
+        })
+    }
+
+    /// The disk cache's counters.
+    pub fn disk_cache(&self) -> Option<&DiskCache> {
+        self.chunks.disk()
+    }
+
+    /// Fetches the manifest `reference` names: its bytes and its digest
+    /// (checked against the registry's `Docker-Content-Digest`).
+    fn get_manifest(&self, reference: &str) -> Result<(Vec<u8>, String)> {
+        let client = self.client.clone();
+        let url = client.url(&format!("manifests/{reference}"));
+        let name = reference.to_string();
+        self.client.run(async move {
+            let response = client
+                .send(Method::GET, url, |r| {
+                    r.header(ACCEPT, header(MANIFEST_TYPE))
+                })
+                .await?;
+            if response.status() == StatusCode::NOT_FOUND {
+                return Err(Error::RefMissing {
+                    name,
+                    store: client.describe(),
+                });
+            }
+            let claimed = response
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let bytes = read_limited(response, MAX_MANIFEST).await?;
+            let digest = v1_digest(&Hash::of(&bytes));
+            let sha256 = sha256_digest(&bytes);
+            let pinned = if name.starts_with("sha256:") {
+                Some(name.clone())
+            } else {
+                claimed
+            };
+            if let Some(pinned) = pinned
+                && pinned != digest
+                && pinned != sha256
+            {
+                return Err(Error::BadManifest(format!(
+                    "{} sent manifest bytes of digest {digest} (sha256 {sha256}) for {pinned}",
+                    client.describe()
+                )));
+            }
+            Ok((bytes, digest))
+        })
+    }
+
+    /// Fetches a small blob (config, sizes index) and verifies it.
+    fn get_metadata_blob(&self, hash: &Hash, size: Option<u64>) -> Result<Vec<u8>> {
+        if let Some(bytes) = self.chunks.disk().and_then(|d| d.get(hash)) {
+            return Ok(bytes);
+        }
+        let bytes = self
+            .backend
+            .fetch_bounded(hash, size.unwrap_or(MAX_METADATA))?;
+        let actual = Hash::of(&bytes);
+        if actual != *hash {
+            return Err(Error::Corrupt {
+                path: format!("{}/blobs/{}", self.client.describe(), v1_digest(hash)).into(),
+                expected: *hash,
+                actual,
+            });
+        }
+        if let Some(disk) = self.chunks.disk() {
+            disk.put(hash, &bytes);
+        }
+        Ok(bytes)
+    }
+
+    /// A bundle from its manifest: the lockfile (the config), its layers
+    /// checked against it, and our sizes index if the manifest names one.
+    fn bundle_of(&self, manifest: &Manifest) -> Result<Bundle> {
+        let lockfile_hash = hash_of_digest(&manifest.config.digest)?;
+        let lockfile_bytes = self.get_metadata_blob(&lockfile_hash, Some(manifest.config.size))?;
+        let lockfile = binary::decode_supported(&lockfile_bytes).map_err(|e| {
+            Error::BadManifest(format!("its config blob is not a mache lockfile: {e}"))
+        })?;
+        manifest.check_layers(&lockfile)?;
+        {
+            let mut sizes = self
+                .backend
+                .sizes
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            for layer in &manifest.layers {
+                sizes.insert(hash_of_digest(&layer.digest)?, layer.size);
+            }
+        }
+        let sizes = match manifest.sizes_blob() {
+            Some(hash) => self.read_sizes(&hash?, &lockfile_hash, lockfile.sources.len()),
+            None => None,
+        };
+        Ok(Bundle {
+            lockfile_hash,
+            lockfile_bytes,
+            lockfile,
+            sizes,
+        })
+    }
+
+    /// The sizes index blob, or `None` (with a warning) if it cannot be used:
+    /// it is an accelerator, not part of the bundle.
+    fn read_sizes(&self, hash: &Hash, lockfile_hash: &Hash, sources: usize) -> Option<SizeIndex> {
+        let parsed = self
+            .get_metadata_blob(hash, None)
+            .and_then(|bytes| SizeIndex::from_json(&bytes, lockfile_hash, sources));
+        match parsed {
+            Ok(index) => Some(index),
+            Err(e) => {
+                tracing::warn!(
+                    "ignoring the sizes index of {}: {e}",
+                    self.client.describe()
+                );
+                None
+            }
+        }
+    }
+
+    /// Remembers which manifest a tag resolved to (its bytes are in the
+    /// disk cache), for coming up offline.
+    fn remember(&self, tag: &str, manifest_bytes: &[u8]) {
+        let hash = Hash::of(manifest_bytes);
+        if let Some(disk) = self.chunks.disk() {
+            disk.put(&hash, manifest_bytes);
+        }
+        let path = self.refs_dir.join(tag);
+        let written = std::fs::create_dir_all(&self.refs_dir)
+            .and_then(|()| std::fs::write(&path, format!("{}\n", hash.to_prefixed())));
+        if let Err(e) = written {
+            tracing::debug!("not remembering {tag}: {e}");
+        }
+    }
+
+    /// The manifest a tag last resolved to, from the disk cache.
+    fn recall(&self, tag: &str) -> Option<Vec<u8>> {
+        let text = std::fs::read_to_string(self.refs_dir.join(tag)).ok()?;
+        let hash = Hash::from_prefixed(text.trim()).ok()?;
+        self.chunks.disk()?.get(&hash)
+    }
+
+    /// Uploads a bundle of the local store and tags it: every blob the
+    /// registry lacks (HEAD first), the config, the sizes index, then the
+    /// manifest, by tag, unless the tag already names it.
+    pub fn upload(&self, local: &LocalStore, bundle: &Bundle, tag: &str) -> Result<UploadReport> {
+        check_ref_name(tag)?;
+        let chunk_lens: Vec<u64> = match &bundle.sizes {
+            Some(index) => index.entries.iter().map(|e| e.chunk_len).collect(),
+            None => bundle
+                .lockfile
+                .sources
+                .iter()
+                .map(|s| {
+                    local
+                        .object_len(&s.chunk_hash)
+                        .ok_or_else(|| Error::ChunkMissing {
+                            hash: s.chunk_hash,
+                            path: s.path.clone(),
+                            store: local.describe(),
+                        })
+                })
+                .collect::<Result<_>>()?,
+        };
+        let sizes_json = bundle.sizes.as_ref().map(SizeIndex::to_json);
+        let sizes_blob = sizes_json
+            .as_ref()
+            .map(|json| (Hash::of(json), json.len() as u64));
+        let manifest = Manifest::for_bundle(
+            &bundle.lockfile,
+            &bundle.lockfile_bytes,
+            &chunk_lens,
+            sizes_blob.as_ref().map(|(h, len)| (h, *len)),
+        );
+        let manifest_bytes = manifest.to_bytes();
+        let digest = v1_digest(&Hash::of(&manifest_bytes));
+
+        // Every distinct blob: chunks, then the config and the sizes index.
+        let mut blobs: Vec<Blob> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for source in &bundle.lockfile.sources {
+            if seen.insert(source.chunk_hash) {
+                blobs.push(Blob::Object(source.chunk_hash));
+            }
+        }
+        blobs.push(Blob::Bytes(bundle.lockfile_bytes.clone()));
+        if let Some(json) = sizes_json {
+            blobs.push(Blob::Bytes(json));
+        }
+        let mut report = self.upload_blobs(local, blobs)?;
+        report.manifest_digest = digest.clone();
+        report.manifest_unchanged = self.put_manifest(tag, manifest_bytes, &digest)?;
+        Ok(report)
+    }
+
+    fn upload_blobs(&self, local: &LocalStore, blobs: Vec<Blob>) -> Result<UploadReport> {
+        let client = self.client.clone();
+        let local = local.clone();
+        let jobs = self.jobs;
+        self.client.run(async move {
+            let mut results = futures_util::stream::iter(blobs)
+                .map(|blob| upload_blob(&client, &local, blob))
+                .buffer_unordered(jobs);
+            let mut report = UploadReport::default();
+            while let Some(result) = results.next().await {
+                match result? {
+                    Some(bytes) => {
+                        report.uploaded += 1;
+                        report.uploaded_bytes += bytes;
+                    }
+                    None => report.present += 1,
+                }
+            }
+            Ok(report)
+        })
+    }
+
+    /// PUTs the manifest by tag unless the tag already names these bytes;
+    /// returns whether it did.
+    fn put_manifest(&self, tag: &str, bytes: Vec<u8>, digest: &str) -> Result<bool> {
+        let client = self.client.clone();
+        let tag = tag.to_string();
+        let digest = digest.to_string();
+        let sha256 = sha256_digest(&bytes);
+        self.client.run(async move {
+            let url = client.url(&format!("manifests/{tag}"));
+            let current = client
+                .send(Method::HEAD, url.clone(), |r| {
+                    r.header(ACCEPT, header(MANIFEST_TYPE))
+                })
+                .await?;
+            let named = current
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            if current.status().is_success() && named.is_some_and(|d| d == digest || d == sha256) {
+                return Ok(true);
+            }
+            let response = client
+                .send(Method::PUT, url, |r| {
+                    r.header(CONTENT_TYPE, header(MANIFEST_TYPE))
+                        .body(bytes.clone())
+                })
+                .await?;
+            expect_created(&client, response, "PUT manifest").await?;
+            Ok(false)
+        })
+    }
+}
+
+/// A blob to upload: an object of the local store, or bytes.
+enum Blob {
+    Object(Hash),
+    Bytes(Vec<u8>),
+}
+
+/// Uploads one blob unless the registry has it: `Some(bytes sent)` or
+/// `None` when it was there.
+async fn upload_blob(client: &Client, local: &LocalStore, blob: Blob) -> Result<Option<u64>> {
+    let hash = match &blob {
+        Blob::Object(hash) => *hash,
+        Blob::Bytes(bytes) => Hash::of(bytes),
+    };
+    let digest = v1_digest(&hash);
+    let head = client
+        .send(Method::HEAD, client.url(&format!("blobs/{digest}")), |r| r)
+        .await?;
+    if head.status().is_success() {
+        return Ok(None);
+    }
+    let bytes = match blob {
+        Blob::Bytes(bytes) => bytes,
+        Blob::Object(hash) => {
+            let local = local.clone();
+            tokio::task::spawn_blocking(move || local.chunks().get_verified(&hash))
+                .await
+                .expect("reading a local object does not panic")?
+        }
+    };
+    let start = client
+        .send(Method::POST, client.url("blobs/uploads/"), |r| {
+            r.header(CONTENT_TYPE, header("application/octet-stream"))
+        })
+        .await?;
+    if start.status() != StatusCode::ACCEPTED {
+        return Err(client::failure(
+            &client.registry(),
+            &Method::POST,
+            &client.url("blobs/uploads/"),
+            start,
+        )
+        .await);
+    }
+    let location = start
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            Error::Remote(format!(
+                "{}: an upload answer without a Location",
+                client.registry()
+            ))
+        })?;
+    let mut url = client.location(location)?;
+    url.query_pairs_mut().append_pair("digest", &digest);
+    let len = bytes.len() as u64;
+    let response = client
+        .send(Method::PUT, url, |r| {
+            r.header(CONTENT_TYPE, header("application/octet-stream"))
+                .body(bytes.clone())
+        })
+        .await?;
+    expect_created(client, response, "PUT blob").await?;
+    Ok(Some(len))
+}
+
+/// Fails unless the response is a success.
+async fn expect_created(client: &Client, response: reqwest::Response, what: &str) -> Result<()> {
+    if response.status().is_success() {
+        return Ok(());
+    }
+    let url = response.url().clone();
+    let _ = what;
+    Err(client::failure(&client.registry(), &Method::PUT, &url, response).await)
+}
+
+impl RegistryBackend {
+    /// GETs blob `hash`, reading at most `limit` bytes.
+    fn fetch_bounded(&self, hash: &Hash, limit: u64) -> Result<Vec<u8>> {
+        let client = self.client.clone();
+        let hash = *hash;
+        self.client
+            .run(async move { get_blob(&client, hash, limit).await })
+    }
+
+    fn limit_of(&self, hash: &Hash) -> u64 {
+        self.sizes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .copied()
+            .unwrap_or(MAX_METADATA)
+    }
+}
+
+async fn get_blob(client: &Client, hash: Hash, limit: u64) -> Result<Vec<u8>> {
+    let url = client.url(&format!("blobs/{}", v1_digest(&hash)));
+    let response = client.send(Method::GET, url, |r| r).await?;
+    if response.status() == StatusCode::NOT_FOUND {
+        return Err(Error::ObjectMissing {
+            hash,
+            store: client.describe(),
+        });
+    }
+    read_limited(response, limit).await
+}
+
+impl Backend for RegistryBackend {
+    fn fetch(&self, hash: &Hash) -> Result<Vec<u8>> {
+        self.fetch_bounded(hash, self.limit_of(hash))
+    }
+
+    fn fetch_many(&self, hashes: &[Hash], each: &(dyn Fn(Hash, Vec<u8>) + Sync)) -> Result<()> {
+        let client = self.client.clone();
+        let wanted: Vec<(Hash, u64)> = hashes.iter().map(|h| (*h, self.limit_of(h))).collect();
+        let jobs = self.jobs;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Hash, Vec<u8>)>>(jobs);
+        self.client.runtime_spawn(async move {
+            let mut fetched = futures_util::stream::iter(wanted)
+                .map(|(hash, limit)| {
+                    let client = client.clone();
+                    async move {
+                        get_blob(&client, hash, limit)
+                            .await
+                            .map(|bytes| (hash, bytes))
+                    }
+                })
+                .buffer_unordered(jobs);
+            while let Some(result) = fetched.next().await {
+                let failed = result.is_err();
+                if tx.send(result).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        for result in rx {
+            let (hash, bytes) = result?;
+            each(hash, bytes);
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.client.describe()
+    }
+
+    fn locate(&self, hash: &Hash) -> String {
+        format!("{}/blobs/{}", self.client.describe(), v1_digest(hash))
+    }
+}
+
+impl BundleStore for RegistryStore {
+    fn resolve(&self, reference: &str) -> Result<Bundle> {
+        if reference.starts_with(crate::hash::TEXT_PREFIX) {
+            return Err(Error::BadSetting(format!(
+                "{reference}: a registry bundle is named by a tag or a manifest digest (sha256:…)"
+            )));
+        }
+        if !reference.starts_with("sha256:") {
+            check_ref_name(reference)?;
+        }
+        let (bytes, _digest) = match self.get_manifest(reference) {
+            Ok(found) => found,
+            Err(e @ Error::Unreachable { .. }) => match self.recall(reference) {
+                Some(bytes) => {
+                    tracing::warn!("{e}; using {reference} as last resolved, from the disk cache");
+                    let digest = v1_digest(&Hash::of(&bytes));
+                    (bytes, digest)
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        let manifest = Manifest::parse(&bytes)?;
+        let bundle = self.bundle_of(&manifest)?;
+        if !reference.starts_with("sha256:") {
+            self.remember(reference, &bytes);
+        }
+        Ok(bundle)
+    }
+
+    fn refs(&self) -> Result<Vec<(String, Hash)>> {
+        let client = self.client.clone();
+        let tags: Vec<String> = self.client.run(async move {
+            let response = client
+                .send(Method::GET, client.url("tags/list"), |r| r)
+                .await?;
+            if response.status() == StatusCode::NOT_FOUND {
+                return Ok(Vec::new());
+            }
+            #[derive(serde::Deserialize)]
+            struct Tags {
+                tags: Option<Vec<String>>,
+            }
+            let body = read_limited(response, MAX_MANIFEST).await?;
+            let tags: Tags = serde_json::from_slice(&body).map_err(|e| {
+                Error::Remote(format!("{}: tags/list is not JSON: {e}", client.describe()))
+            })?;
+            Ok::<_, Error>(tags.tags.unwrap_or_default())
+        })?;
+        let mut refs = Vec::new();
+        for tag in tags {
+            let (bytes, _) = self.get_manifest(&tag)?;
+            if let Ok(manifest) = Manifest::parse(&bytes) {
+                refs.push((tag, hash_of_digest(&manifest.config.digest)?));
+            }
+        }
+        refs.sort();
+        Ok(refs)
+    }
+
+    fn chunks(&self) -> Arc<dyn ChunkSource> {
+        self.chunks.clone()
+    }
+
+    fn describe(&self) -> String {
+        self.client.describe()
+    }
+}
+
+/// A true SHA-256 digest of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// A registry name as a directory name.
+fn sanitize(registry: &str) -> String {
+    registry.replace([':', '/'], "_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_urls_need_a_scheme_and_no_path_and_tls_beyond_loopback() {
+        assert!(parse_remote("https://registry.example.com", false).is_ok());
+        assert!(parse_remote("http://127.0.0.1:5000", false).is_ok());
+        assert!(parse_remote("http://localhost:5000/", false).is_ok());
+        for (url, needle) in [
+            ("registry.example.com", "scheme"),
+            ("https://registry.example.com/v2/team", "only scheme://host"),
+            ("http://registry.example.com", "loopback"),
+            ("ftp://registry.example.com", "https or http"),
+            ("https://user:pw@registry.example.com", "credentials"),
+        ] {
+            let err = parse_remote(url, false).unwrap_err().to_string();
+            assert!(err.contains(needle), "{url}: {err}");
+        }
+        assert!(parse_remote("http://registry.example.com", true).is_ok());
+    }
+
+    #[test]
+    fn scopes_are_oci_path_components() {
+        for good in ["team", "team/repo", "a.b/c-d/e_f", "x1"] {
+            assert!(check_scope(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Team",
+            "team/",
+            "/team",
+            "te am",
+            "-team",
+            "team/../x",
+            "a//b",
+        ] {
+            assert!(check_scope(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The one verifying [`ChunkSource`]: a [`Backend`] (and, for remote
+//! backends, a [`DiskCache`] in front of it) behind BLAKE3 checks and single
+//! flight.
+//!
+//! Nothing reaches a caller unless it hashes to the name it was asked by:
+//! bytes from the disk cache are checked on every read (a bad copy is
+//! dropped and fetched again), bytes from the backend before they are
+//! cached or returned. Concurrent requests for one chunk wait for the first
+//! one's fetch instead of starting their own, whoever asks (a file, its AST
+//! view, prefetch, the `mache.db` build); a failed fetch is not shared, so
+//! each waiter then tries for itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::{Backend, ChunkSource, DiskCache};
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+
+/// One fetch in progress: its result once done.
+type Flight = Arc<Mutex<Option<Arc<Vec<u8>>>>>;
+
+/// A backend whose bytes are verified, cached on disk if there is a cache,
+/// and fetched once however many ask at the same time.
+pub struct Verified {
+    backend: Arc<dyn Backend>,
+    disk: Option<DiskCache>,
+    flights: Mutex<HashMap<Hash, Flight>>,
+}
+
+impl Verified {
+    /// Wraps `backend`, with `disk` as the tier in front of it (for remote
+    /// backends; a local store is its own disk).
+    pub fn new(backend: Arc<dyn Backend>, disk: Option<DiskCache>) -> Verified {
+        Verified {
+            backend,
+            disk,
+            flights: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The disk cache tier, if any.
+    pub fn disk(&self) -> Option<&DiskCache> {
+        self.disk.as_ref()
+    }
+
+    /// Checks bytes fetched from the backend, keeps them on disk, returns them.
+    fn admit(&self, hash: &Hash, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        let actual = Hash::of(&bytes);
+        if actual != *hash {
+            return Err(Error::Corrupt {
+                path: self.backend.locate(hash).into(),
+                expected: *hash,
+                actual,
+            });
+        }
+        if let Some(disk) = &self.disk {
+            disk.put(hash, &bytes);
+        }
+        Ok(bytes)
+    }
+
+    fn fetch_verified(&self, hash: &Hash) -> Result<Vec<u8>> {
+        if let Some(bytes) = self.disk.as_ref().and_then(|disk| disk.get(hash)) {
+            return Ok(bytes);
+        }
+        let bytes = self.backend.fetch(hash)?;
+        self.admit(hash, bytes)
+    }
+}
+
+impl ChunkSource for Verified {
+    fn get_verified(&self, hash: &Hash) -> Result<Vec<u8>> {
+        let (flight, leader) = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            match flights.get(hash) {
+                Some(flight) => (flight.clone(), false),
+                None => {
+                    let flight = Flight::default();
+                    flights.insert(*hash, flight.clone());
+                    (flight, true)
+                }
+            }
+        };
+        if !leader {
+            // Wait for the leader (it holds the lock while fetching).
+            let done = flight.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            return match done {
+                Some(bytes) => Ok(bytes.as_ref().clone()),
+                None => self.fetch_verified(hash),
+            };
+        }
+        let mut slot = flight.lock().unwrap_or_else(|e| e.into_inner());
+        let result = self.fetch_verified(hash);
+        if let Ok(bytes) = &result {
+            *slot = Some(Arc::new(bytes.clone()));
+        }
+        self.flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(hash);
+        drop(slot);
+        result
+    }
+
+    fn warm(&self, hashes: &[Hash]) -> Result<()> {
+        let Some(disk) = &self.disk else {
+            return Ok(());
+        };
+        let missing: Vec<Hash> = hashes
+            .iter()
+            .filter(|h| !disk.contains(h))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let failure = Mutex::new(None);
+        self.backend.fetch_many(&missing, &|hash, bytes| {
+            if let Err(e) = self.admit(&hash, bytes) {
+                failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e);
+            }
+        })?;
+        match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.backend.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A backend over a map that counts fetches, each held until the gate opens.
+    struct Counting {
+        objects: HashMap<Hash, Vec<u8>>,
+        fetches: AtomicUsize,
+        gate: AtomicBool,
+    }
+
+    impl Backend for Counting {
+        fn fetch(&self, hash: &Hash) -> Result<Vec<u8>> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            while !self.gate.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            self.objects.get(hash).cloned().ok_or(Error::ObjectMissing {
+                hash: *hash,
+                store: "counting".into(),
+            })
+        }
+
+        fn describe(&self) -> String {
+            "counting".into()
+        }
+    }
+
+    fn counting(objects: &[(&Hash, &[u8])]) -> Arc<Counting> {
+        Arc::new(Counting {
+            objects: objects.iter().map(|(h, b)| (**h, b.to_vec())).collect(),
+            fetches: AtomicUsize::new(0),
+            gate: AtomicBool::new(true),
+        })
+    }
+
+    #[test]
+    fn wrong_bytes_from_a_backend_never_reach_the_caller_or_the_disk_cache() {
+        let good = Hash::of(b"good");
+        let backend = counting(&[(&good, b"evil")]);
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let source = Verified::new(backend, Some(disk));
+        let err = source.get_verified(&good).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { expected, .. } if expected == good));
+        assert!(!source.disk().unwrap().contains(&good));
+    }
+
+    #[test]
+    fn a_disk_cache_hit_makes_no_fetch_and_a_corrupt_copy_is_fetched_again() {
+        let hash = Hash::of(b"chunk");
+        let backend = counting(&[(&hash, b"chunk")]);
+        let dir = tempfile::tempdir().unwrap();
+        let source = Verified::new(
+            backend.clone(),
+            Some(DiskCache::open(dir.path(), 1 << 20).unwrap()),
+        );
+        assert_eq!(source.get_verified(&hash).unwrap(), b"chunk");
+        assert_eq!(source.get_verified(&hash).unwrap(), b"chunk");
+        assert_eq!(backend.fetches.load(Ordering::SeqCst), 1);
+        std::fs::write(source.disk().unwrap().path_of(&hash), b"chunK").unwrap();
+        assert_eq!(source.get_verified(&hash).unwrap(), b"chunk");
+        assert_eq!(backend.fetches.load(Ordering::SeqCst), 2);
+        assert_eq!(source.disk().unwrap().stats().corrupt, 1);
+    }
+
+    #[test]
+    fn concurrent_requests_for_one_chunk_make_one_fetch() {
+        let hash = Hash::of(b"shared");
+        let backend = counting(&[(&hash, b"shared")]);
+        backend.gate.store(false, Ordering::SeqCst);
+        let source = Verified::new(backend.clone(), None);
+        std::thread::scope(|s| {
+            for _ in 0..16 {
+                s.spawn(|| assert_eq!(source.get_verified(&hash).unwrap(), b"shared"));
+            }
+            // Hold the one fetch until all 16 requests share its flight
+            // (the map's reference plus one per request).
+            let sharing = || {
+                let flights = source.flights.lock().unwrap();
+                flights.get(&hash).map_or(0, Arc::strong_count)
+            };
+            while sharing() < 17 {
+                std::thread::yield_now();
+            }
+            backend.gate.store(true, Ordering::SeqCst);
+        });
+        assert_eq!(backend.fetches.load(Ordering::SeqCst), 1);
+    }
+}
