@@ -110,6 +110,13 @@ pub struct RemoteArgs {
     /// config's cache_size, else 10 GiB).
     #[arg(long, value_name = "SIZE", value_parser = super::mount::parse_size)]
     pub cache_size: Option<u64>,
+    /// Seconds a registry response may stall before the request is retried.
+    #[arg(long, value_name = "SECS", default_value_t = 20.0)]
+    pub read_timeout: f64,
+    /// Seconds one registry call may take, retries included; past it the
+    /// command fails (a mounted file read, EIO) instead of hanging.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub retry_budget: f64,
 }
 
 #[derive(Debug, Args)]

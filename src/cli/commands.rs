@@ -12,6 +12,7 @@ use crate::bundle::{self, Existing, PushOptions};
 use crate::config::{self, ProcessEnv, Settings};
 use crate::error::Error;
 use crate::registry::auth::{CredentialSources, Secret};
+use crate::registry::client::Timeouts;
 use crate::registry::{RegistryStore, RemoteSettings};
 use crate::store::disk_cache::DEFAULT_CAPACITY;
 use crate::store::{BundleStore, LocalStore};
@@ -70,11 +71,23 @@ pub fn remote_settings(
         insecure: args.insecure,
         jobs: args.jobs,
         cache_dir: settings.cache_dir.clone(),
+        timeouts: Timeouts {
+            read: seconds(args.read_timeout, "--read-timeout")?,
+            budget: seconds(args.retry_budget, "--retry-budget")?,
+        },
         cache_size: args
             .cache_size
             .or(settings.cache_size)
             .unwrap_or(DEFAULT_CAPACITY),
     }))
+}
+
+/// A positive, finite number of seconds from a flag.
+fn seconds(value: f64, flag: &str) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| Error::Usage(format!("{flag} must be a positive number of seconds")).into())
 }
 
 /// The one place a command's store is chosen: a store directory given on

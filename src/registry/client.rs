@@ -30,11 +30,25 @@ use crate::error::{Error, Result};
 
 /// Connect timeout of every request.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest a response may stall between two reads.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long one call (with its retries) may take when someone waits on it;
-/// past it the read fails (EIO in a mount) instead of hanging.
-pub const FOREGROUND_BUDGET: Duration = Duration::from_secs(30);
+
+/// How long requests may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The longest a response may stall between two reads.
+    pub read: Duration,
+    /// How long one call, retries included, may take: past it the call
+    /// fails (EIO in a mount) instead of hanging.
+    pub budget: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            read: Duration::from_secs(20),
+            budget: Duration::from_secs(30),
+        }
+    }
+}
 /// The longest wait between two attempts, `Retry-After` included.
 const MAX_DELAY: Duration = Duration::from_secs(10);
 
@@ -60,12 +74,13 @@ impl Client {
         base: Url,
         repo: String,
         auth: Auth,
+        timeouts: Timeouts,
         runtime: tokio::runtime::Handle,
     ) -> Result<Client> {
         install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
+            .read_timeout(timeouts.read)
             .pool_max_idle_per_host(32)
             .user_agent(concat!("mache-cachefs/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -76,18 +91,13 @@ impl Client {
             repo,
             auth: std::sync::Arc::new(auth),
             runtime,
-            budget: FOREGROUND_BUDGET,
+            budget: timeouts.budget,
         })
     }
 
     /// The registry, for messages: `host[:port]`.
     pub fn registry(&self) -> String {
-        self.base
-            .host_str()
-            .map_or_else(String::new, |host| match self.base.port() {
-                Some(port) => format!("{host}:{port}"),
-                None => host.to_string(),
-            })
+        host_port(&self.base)
     }
 
     /// The repository, for messages: `host/repo`.
@@ -138,19 +148,62 @@ impl Client {
         url: Url,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Answer> {
-        let started = Instant::now();
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(MAX_DELAY)
-            .with_jitter()
-            .without_max_times()
-            .build();
+        self.send_with(&mut Retry::new(self.budget), method, url, &build)
+            .await
+    }
+
+    /// GETs a whole body of at most `limit` bytes (exactly `exact` when
+    /// given): `None` for a `404`. A body cut short (a dropped connection,
+    /// fewer bytes than promised) is retried like a failed request.
+    pub async fn get_body(
+        &self,
+        url: Url,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+        limit: u64,
+        exact: Option<u64>,
+    ) -> Result<Option<(HeaderMap, Vec<u8>)>> {
+        let mut retry = Retry::new(self.budget);
+        loop {
+            let response = self
+                .send_with(&mut retry, Method::GET, url.clone(), &build)
+                .await?;
+            if response.status() == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            let headers = response.headers().clone();
+            let error = match read_limited(response, limit).await {
+                Ok(body) if exact.is_none_or(|n| body.len() as u64 == n) => {
+                    return Ok(Some((headers, body)));
+                }
+                Ok(body) => Error::Unreachable {
+                    registry: self.registry(),
+                    reason: format!(
+                        "{} sent {} bytes of {}",
+                        url.path(),
+                        body.len(),
+                        exact.unwrap_or_default()
+                    ),
+                },
+                Err(e @ Error::Unreachable { .. }) => e,
+                Err(e) => return Err(e),
+            };
+            tracing::debug!("{error}; retrying");
+            retry.pause(None, error).await?;
+        }
+    }
+
+    async fn send_with(
+        &self,
+        retry: &mut Retry,
+        method: Method,
+        url: Url,
+        build: &impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Answer> {
         let mut reauthenticated = false;
         loop {
             let request = build(self.http.request(method.clone(), url.clone()));
             let request = self.auth.apply(request).await;
-            let outcome = request.send().await;
-            let wait = match outcome {
+            let (after, error) = match request.send().await {
                 Ok(response)
                     if response.status() == StatusCode::UNAUTHORIZED && !reauthenticated =>
                 {
@@ -161,10 +214,11 @@ impl Client {
                     continue;
                 }
                 Ok(response) if retryable(response.status()) => {
-                    let wait = retry_after(response.headers());
-                    let error = failure(&self.registry(), &method, &url, response).await;
-                    tracing::debug!("{error}; retrying");
-                    (wait, error)
+                    let after = retry_after(response.headers());
+                    (
+                        after,
+                        failure(&self.registry(), &method, &url, response).await,
+                    )
                 }
                 Ok(response)
                     if response.status().is_success()
@@ -176,25 +230,52 @@ impl Client {
                 Ok(response) => {
                     return Err(failure(&self.registry(), &method, &url, response).await);
                 }
-                Err(e) => {
-                    let error = Error::Unreachable {
+                Err(e) => (
+                    None,
+                    Error::Unreachable {
                         registry: self.registry(),
                         reason: describe_transport_error(&e),
-                    };
-                    tracing::debug!("{error}; retrying");
-                    (None, error)
-                }
+                    },
+                ),
             };
-            let (after, error) = wait;
-            let delay = after
-                .unwrap_or_else(|| backoff.next().unwrap_or(MAX_DELAY))
-                .min(MAX_DELAY);
-            if started.elapsed() + delay > self.budget {
-                return Err(error);
-            }
-            super::RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tokio::time::sleep(delay).await;
+            tracing::debug!("{error}; retrying");
+            retry.pause(after, error).await?;
         }
+    }
+}
+
+/// The attempts of one call: exponential backoff with full jitter, or the
+/// registry's `Retry-After`, until the call's time budget is spent.
+struct Retry {
+    deadline: Instant,
+    backoff: backon::ExponentialBackoff,
+}
+
+impl Retry {
+    fn new(budget: Duration) -> Retry {
+        Retry {
+            deadline: Instant::now() + budget,
+            backoff: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(MAX_DELAY)
+                .with_jitter()
+                .without_max_times()
+                .build(),
+        }
+    }
+
+    /// Waits before the next attempt, or gives `error` back if waiting
+    /// would pass the deadline.
+    async fn pause(&mut self, after: Option<Duration>, error: Error) -> Result<()> {
+        let delay = after
+            .unwrap_or_else(|| self.backoff.next().unwrap_or(MAX_DELAY))
+            .min(MAX_DELAY);
+        if Instant::now() + delay > self.deadline {
+            return Err(error);
+        }
+        super::RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
+        Ok(())
     }
 }
 
@@ -299,6 +380,15 @@ pub fn envelope(body: &[u8]) -> (Option<String>, String) {
     }
 }
 
+/// `host[:port]` of a URL, as messages name a registry.
+pub fn host_port(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    }
+}
+
 /// Reads a whole body, refusing more than `limit` bytes.
 pub async fn read_limited(mut response: Response, limit: u64) -> Result<Vec<u8>> {
     let declared = response.content_length();
@@ -311,7 +401,7 @@ pub async fn read_limited(mut response: Response, limit: u64) -> Result<Vec<u8>>
     }
     let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
     while let Some(chunk) = response.chunk().await.map_err(|e| Error::Unreachable {
-        registry: response.url().host_str().unwrap_or_default().to_string(),
+        registry: host_port(response.url()),
         reason: format!("reading a response: {}", describe_transport_error(&e)),
     })? {
         if body.len() as u64 + chunk.len() as u64 > limit {

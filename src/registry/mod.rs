@@ -31,7 +31,7 @@ use reqwest::{Method, StatusCode};
 use url::Url;
 
 use self::auth::{Auth, CredentialSources};
-use self::client::{Client, header, read_limited};
+use self::client::{Client, Timeouts, header, read_limited};
 use self::manifest::{MANIFEST_TYPE, Manifest, hash_of_digest, v1_digest};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
@@ -65,6 +65,7 @@ pub struct RemoteSettings {
     /// The disk cache directory (`chunks/`, `refs/` below it) and its cap.
     pub cache_dir: PathBuf,
     pub cache_size: u64,
+    pub timeouts: Timeouts,
 }
 
 /// Checks a registry URL: a scheme, a host, no path; `http://` only for
@@ -175,13 +176,15 @@ impl RegistryStore {
         let base = parse_remote(&settings.url, settings.insecure)?;
         check_scope(&settings.scope)?;
         let repo = format!("{PRODUCER}/{}", settings.scope);
-        let registry = base.host_str().unwrap_or_default().to_string();
-        let registry = match base.port() {
-            Some(port) => format!("{registry}:{port}"),
-            None => registry,
-        };
+        let registry = client::host_port(&base);
         let credentials = settings.credentials.resolve(&registry)?;
-        let client = Client::new(base, repo.clone(), Auth::new(credentials), runtime())?;
+        let client = Client::new(
+            base,
+            repo.clone(),
+            Auth::new(credentials),
+            settings.timeouts,
+            runtime(),
+        )?;
         let disk = DiskCache::open(&settings.cache_dir, settings.cache_size)?;
         let jobs = settings.jobs.max(1);
         let backend = Arc::new(RegistryBackend {
@@ -215,23 +218,18 @@ impl RegistryStore {
         let url = client.url(&format!("manifests/{reference}"));
         let name = reference.to_string();
         self.client.run(async move {
-            let response = client
-                .send(Method::GET, url, |r| {
-                    r.header(ACCEPT, header(MANIFEST_TYPE))
-                })
-                .await?;
-            if response.status() == StatusCode::NOT_FOUND {
+            let accept = |r: reqwest::RequestBuilder| r.header(ACCEPT, header(MANIFEST_TYPE));
+            let Some((headers, bytes)) = client.get_body(url, accept, MAX_MANIFEST, None).await?
+            else {
                 return Err(Error::RefMissing {
                     name,
                     store: client.describe(),
                 });
-            }
-            let claimed = response
-                .headers()
+            };
+            let claimed = headers
                 .get("docker-content-digest")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            let bytes = read_limited(response, MAX_MANIFEST).await?;
             let digest = v1_digest(&Hash::of(&bytes));
             let sha256 = sha256_digest(&bytes);
             let pinned = if name.starts_with("sha256:") {
@@ -257,9 +255,7 @@ impl RegistryStore {
         if let Some(bytes) = self.chunks.disk().and_then(|d| d.get(hash)) {
             return Ok(bytes);
         }
-        let bytes = self
-            .backend
-            .fetch_bounded(hash, size.unwrap_or(MAX_METADATA))?;
+        let bytes = self.backend.fetch_sized(hash, size, MAX_METADATA)?;
         let actual = Hash::of(&bytes);
         if actual != *hash {
             return Err(Error::Corrupt {
@@ -531,44 +527,48 @@ async fn expect_created(client: &Client, response: reqwest::Response, what: &str
 }
 
 impl RegistryBackend {
-    /// GETs blob `hash`, reading at most `limit` bytes.
-    fn fetch_bounded(&self, hash: &Hash, limit: u64) -> Result<Vec<u8>> {
+    /// GETs blob `hash`: exactly `size` bytes if known, else at most `limit`.
+    fn fetch_sized(&self, hash: &Hash, size: Option<u64>, limit: u64) -> Result<Vec<u8>> {
         let client = self.client.clone();
         let hash = *hash;
         self.client
-            .run(async move { get_blob(&client, hash, limit).await })
+            .run(async move { get_blob(&client, hash, size, limit).await })
     }
 
-    fn limit_of(&self, hash: &Hash) -> u64 {
+    /// The size the manifest gave blob `hash`, if it named it.
+    fn size_of(&self, hash: &Hash) -> Option<u64> {
         self.sizes
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(hash)
             .copied()
-            .unwrap_or(MAX_METADATA)
     }
 }
 
-async fn get_blob(client: &Client, hash: Hash, limit: u64) -> Result<Vec<u8>> {
+/// GETs blob `hash`: exactly `size` bytes when known, else at most `limit`.
+async fn get_blob(client: &Client, hash: Hash, size: Option<u64>, limit: u64) -> Result<Vec<u8>> {
     let url = client.url(&format!("blobs/{}", v1_digest(&hash)));
-    let response = client.send(Method::GET, url, |r| r).await?;
-    if response.status() == StatusCode::NOT_FOUND {
-        return Err(Error::ObjectMissing {
+    match client
+        .get_body(url, |r| r, size.unwrap_or(limit), size)
+        .await?
+    {
+        Some((_, bytes)) => Ok(bytes),
+        None => Err(Error::ObjectMissing {
             hash,
             store: client.describe(),
-        });
+        }),
     }
-    read_limited(response, limit).await
 }
 
 impl Backend for RegistryBackend {
     fn fetch(&self, hash: &Hash) -> Result<Vec<u8>> {
-        self.fetch_bounded(hash, self.limit_of(hash))
+        self.fetch_sized(hash, self.size_of(hash), MAX_METADATA)
     }
 
     fn fetch_many(&self, hashes: &[Hash], each: &(dyn Fn(Hash, Vec<u8>) + Sync)) -> Result<()> {
         let client = self.client.clone();
-        let wanted: Vec<(Hash, u64)> = hashes.iter().map(|h| (*h, self.limit_of(h))).collect();
+        let wanted: Vec<(Hash, Option<u64>)> =
+            hashes.iter().map(|h| (*h, self.size_of(h))).collect();
         let jobs = self.jobs;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Hash, Vec<u8>)>>(jobs);
         self.client.runtime_spawn(async move {
@@ -576,7 +576,7 @@ impl Backend for RegistryBackend {
                 .map(|(hash, limit)| {
                     let client = client.clone();
                     async move {
-                        get_blob(&client, hash, limit)
+                        get_blob(&client, hash, limit, MAX_METADATA)
                             .await
                             .map(|bytes| (hash, bytes))
                     }

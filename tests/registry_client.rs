@@ -1,0 +1,373 @@
+//! The registry client through the real binary, against a registry in the
+//! test process that can misbehave on demand (`fake_registry`): pulls and
+//! verifies equal the local store's, every fault gives the user a clear
+//! line and a documented exit code, nothing unverified is cached, and
+//! retries, `Retry-After`, timeouts and expiring tokens behave.
+
+mod common;
+mod fake_registry;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+use fake_registry::{FakeRegistry, Fault};
+use mache_cachefs::hash::Hash;
+use mache_cachefs::registry::manifest::v1_digest;
+use mache_cachefs::store::{Bundle, LocalStore};
+
+const SCOPE: &str = "team/repo";
+
+/// A pushed local bundle of a few sources with `_ast`, served by a fake.
+struct Setup {
+    dir: tempfile::TempDir,
+    db: PathBuf,
+    bundle: Bundle,
+    registry: FakeRegistry,
+}
+
+fn setup(without_sizes: bool) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    let sources = [
+        Src::at(
+            "src/main.go",
+            Some("go"),
+            b"package main\n\nfunc main() {}\n",
+        ),
+        Src::at("src/auth.go", Some("go"), b"package main // auth\n"),
+        Src::at("README.md", Some("markdown"), b"# readme\n"),
+        Src::at("empty.txt", Some("text"), b""),
+    ];
+    let nodes: [Node; 2] = [
+        (
+            "src/main.go/File",
+            "src/main.go",
+            "source_file",
+            [0, 30, 0, 0, 3, 0],
+        ),
+        (
+            "src/auth.go/File",
+            "src/auth.go",
+            "source_file",
+            [0, 21, 0, 0, 1, 0],
+        ),
+    ];
+    make_db(&db, &sources, Some(&nodes));
+    let store_dir = dir.path().join("store");
+    run_ok(&["push", "--db", s(&db), s(&store_dir)]);
+    let store = LocalStore::open(&store_dir).unwrap();
+    let bundle = store.resolve("latest").unwrap();
+    let registry = FakeRegistry::start();
+    registry.serve_bundle(&store, &bundle, SCOPE, "latest", without_sizes);
+    Setup {
+        dir,
+        db,
+        bundle,
+        registry,
+    }
+}
+
+impl Setup {
+    /// The binary with a cache of this test's own and the fake as remote.
+    fn remote_args(&self) -> Vec<String> {
+        vec![
+            "--remote".into(),
+            self.registry.url(),
+            "--scope".into(),
+            SCOPE.into(),
+        ]
+    }
+
+    fn run(&self, args: &[&str], extra: &[&str]) -> std::process::Output {
+        bin()
+            .env("XDG_CACHE_HOME", self.dir.path().join("cache"))
+            .args(args)
+            .args(self.remote_args())
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
+    fn pull(&self, name: &str, extra: &[&str]) -> (std::process::Output, PathBuf) {
+        let out = self.dir.path().join(name);
+        (self.run(&["pull", "--out-db", s(&out)], extra), out)
+    }
+
+    fn cached(&self, hash: &Hash) -> bool {
+        let hex = hash.to_hex();
+        self.dir
+            .path()
+            .join("cache/mache-cachefs/cache/chunks")
+            .join(&hex[..2])
+            .join(&hex[2..])
+            .is_file()
+    }
+
+    fn chunk(&self, i: usize) -> Hash {
+        self.bundle.lockfile.sources[i].chunk_hash
+    }
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_fails(out: &std::process::Output, code: i32, needle: &str) -> String {
+    let text = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "{text}");
+    assert!(text.contains(needle), "{needle:?} not in: {text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "one error line: {text}"
+    );
+    text
+}
+
+fn assert_ok(out: &std::process::Output) {
+    assert!(out.status.success(), "{}", stderr(out));
+}
+
+#[test]
+fn pull_and_verify_over_a_registry_equal_the_local_bundle_and_a_second_pull_is_cached() {
+    let t = setup(false);
+    let (out, restored) = t.pull("restored.db", &[]);
+    assert_ok(&out);
+    assert_eq!(dump_sources(&restored), dump_sources(&t.db));
+    assert_eq!(dump_ast(&restored), dump_ast(&t.db));
+    assert_ok(&t.run(&["verify", "--json"], &[]));
+    let blob_gets = t.registry.count("GET /v2/mache/team/repo/blobs/");
+    let (again, restored2) = t.pull("again.db", &[]);
+    assert_ok(&again);
+    assert_eq!(dump_sources(&restored2), dump_sources(&t.db));
+    assert_eq!(
+        t.registry.count("GET /v2/mache/team/repo/blobs/"),
+        blob_gets,
+        "every blob came from the disk cache"
+    );
+}
+
+#[test]
+fn a_bundle_pushed_as_the_go_mache_does_without_sizes_pulls_whole() {
+    let t = setup(true);
+    let (out, restored) = t.pull("restored.db", &[]);
+    assert_ok(&out);
+    assert_eq!(dump_sources(&restored), dump_sources(&t.db));
+}
+
+#[test]
+fn wrong_bytes_for_a_chunk_fail_with_exit_4_and_are_never_cached() {
+    let t = setup(false);
+    let victim = t.chunk(0);
+    t.registry.fault(&victim.to_hex(), &[Fault::WrongBytes]);
+    let (out, restored) = t.pull("restored.db", &[]);
+    let text = assert_fails(&out, 4, &victim.to_hex());
+    assert!(text.contains("corrupt"), "{text}");
+    assert!(!restored.exists());
+    assert!(!t.cached(&victim), "no corrupt byte cached");
+    let (out, restored) = t.pull("restored.db", &[]);
+    assert_ok(&out);
+    assert_eq!(dump_sources(&restored), dump_sources(&t.db));
+}
+
+#[test]
+fn a_truncated_body_and_server_errors_are_retried_until_the_bytes_are_whole() {
+    let t = setup(false);
+    let victim = t.chunk(1);
+    t.registry.fault(
+        &victim.to_hex(),
+        &[Fault::Truncate, Fault::Status(500), Fault::Status(503)],
+    );
+    let (out, restored) = t.pull("restored.db", &[]);
+    assert_ok(&out);
+    assert_eq!(dump_sources(&restored), dump_sources(&t.db));
+    assert_eq!(
+        t.registry.count(&format!(
+            "GET /v2/mache/team/repo/blobs/sha256:{}",
+            victim.to_hex()
+        )),
+        4
+    );
+}
+
+#[test]
+fn too_many_requests_waits_the_retry_after_it_is_told() {
+    let t = setup(false);
+    t.registry.fault("/manifests/latest", &[Fault::TooMany(1)]);
+    let started = Instant::now();
+    let (out, _) = t.pull("restored.db", &[]);
+    assert_ok(&out);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        t.registry.count("GET /v2/mache/team/repo/manifests/latest"),
+        2
+    );
+}
+
+#[test]
+fn a_stalled_registry_fails_within_the_retry_budget_with_exit_8() {
+    let t = setup(false);
+    let victim = t.chunk(0);
+    t.registry.fault(&victim.to_hex(), &[Fault::Stall; 20]);
+    let started = Instant::now();
+    let (out, restored) = t.pull(
+        "restored.db",
+        &["--read-timeout", "0.3", "--retry-budget", "2"],
+    );
+    let text = assert_fails(&out, 8, &format!("cannot reach {}", t.registry.name()));
+    assert!(
+        text.contains("timed out") || text.contains("bytes of"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!restored.exists());
+}
+
+#[test]
+fn a_persistent_server_error_names_the_code_and_message_and_exits_8() {
+    let t = setup(false);
+    t.registry
+        .fault("/manifests/latest", &[Fault::Status(502); 50]);
+    let (out, _) = t.pull("restored.db", &["--retry-budget", "1"]);
+    assert_fails(&out, 8, "502 UNAVAILABLE: injected failure");
+}
+
+#[test]
+fn expiring_bearer_tokens_are_fetched_again_and_the_work_completes() {
+    let t = setup(false);
+    t.registry.require_tokens(3);
+    let (out, restored) = t.pull("restored.db", &[]);
+    assert_ok(&out);
+    assert_eq!(dump_sources(&restored), dump_sources(&t.db));
+    assert!(
+        t.registry.tokens_issued() >= 2,
+        "issued {}",
+        t.registry.tokens_issued()
+    );
+}
+
+#[test]
+fn a_wrong_static_token_is_authentication_failed_exit_7_and_never_shown() {
+    let t = setup(false);
+    t.registry.require_static_token("right-token");
+    let token_file = t.dir.path().join("token");
+    std::fs::write(&token_file, "wrong-token\n").unwrap();
+    let (out, _) = t.pull("restored.db", &["--token-file", s(&token_file), "-vv"]);
+    let text = assert_fails(
+        &out,
+        7,
+        &format!("authentication failed for {}", t.registry.name()),
+    );
+    assert!(
+        !text.contains("wrong-token"),
+        "the token never shows: {text}"
+    );
+    std::fs::write(&token_file, "right-token\n").unwrap();
+    let (out, _) = t.pull("restored.db", &["--token-file", s(&token_file)]);
+    assert_ok(&out);
+}
+
+#[test]
+fn a_missing_ref_names_it_and_the_repository_with_exit_5() {
+    let t = setup(false);
+    let (out, _) = t.pull("restored.db", &["--ref", "v9"]);
+    assert_fails(
+        &out,
+        5,
+        &format!("no ref \"v9\" in {}/mache/{SCOPE}", t.registry.name()),
+    );
+}
+
+#[test]
+fn manifests_that_are_not_our_bundles_or_lie_about_it_are_invalid_input() {
+    let t = setup(false);
+    let good = String::from_utf8(t.registry.manifest(SCOPE, "latest")).unwrap();
+    let cases = [
+        (
+            good.replace(
+                "application/vnd.cloister.build-cache.v1.config+json",
+                "application/vnd.oci.image.config.v1+json",
+            ),
+            "not a mache bundle",
+        ),
+        (
+            good.replace(&v1_digest(&t.chunk(0)), &v1_digest(&t.chunk(1))),
+            "layer 0",
+        ),
+        (
+            "{\"not\": \"a manifest\"}".to_string(),
+            "not an OCI manifest",
+        ),
+    ];
+    for (i, (bytes, needle)) in cases.into_iter().enumerate() {
+        let tag = format!("bad{i}");
+        t.registry.set_manifest(SCOPE, &tag, bytes.into_bytes());
+        let (out, _) = t.pull("restored.db", &["--ref", &tag]);
+        assert_fails(&out, 3, needle);
+    }
+    // A config blob that is not a lockfile.
+    let junk = b"not a lockfile".to_vec();
+    let junk_digest = v1_digest(&Hash::of(&junk));
+    t.registry.set_blob(&junk_digest, junk);
+    let size = format!("\"size\": {}", t.bundle.lockfile_bytes.len());
+    let lying = good
+        .replace(&v1_digest(&t.bundle.lockfile_hash), &junk_digest)
+        .replacen(&size, "\"size\": 14", 1);
+    t.registry.set_manifest(SCOPE, "junk", lying.into_bytes());
+    let (out, _) = t.pull("restored.db", &["--ref", "junk"]);
+    assert_fails(&out, 3, "config blob is not a mache lockfile");
+}
+
+#[test]
+fn bad_registry_urls_and_scopes_are_refused_before_any_request() {
+    let t = setup(false);
+    for (url, scope, needle) in [
+        ("127.0.0.1:5000", SCOPE, "give its scheme"),
+        ("http://127.0.0.1:5000/v2/x", SCOPE, "only scheme://host"),
+        ("http://registry.example.com", SCOPE, "loopback"),
+        ("http://127.0.0.1:5000", "Team/Repo", "invalid scope"),
+    ] {
+        let out = bin()
+            .args(["verify", "--remote", url, "--scope", scope])
+            .output()
+            .unwrap();
+        assert_fails(&out, 3, needle);
+    }
+    assert_eq!(t.registry.count("/v2/"), 0);
+}
+
+#[test]
+fn with_the_registry_gone_a_bundle_resolved_before_comes_from_the_cache() {
+    let t = setup(false);
+    assert_ok(&t.run(&["verify"], &[]));
+    let url = t.registry.url();
+    drop(t.registry);
+    let out = bin()
+        .env("XDG_CACHE_HOME", t.dir.path().join("cache"))
+        .args([
+            "verify",
+            "--remote",
+            &url,
+            "--scope",
+            SCOPE,
+            "--retry-budget",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("from the disk cache"),
+        "{}",
+        stderr(&out)
+    );
+}
