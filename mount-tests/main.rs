@@ -3,7 +3,10 @@
 //! getfattr. Each test has its own mountpoint and cache, and unmounts when
 //! it ends, pass or fail.
 
+#[path = "../tests/fake_registry/mod.rs"]
+mod fake_registry;
 mod harness;
+mod registry;
 mod sharing;
 
 use std::collections::BTreeMap;
@@ -366,6 +369,38 @@ fn an_io_error_behind_the_mount_reaches_the_reader_as_eio() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     let last = m.status()["last_error"].as_str().unwrap().to_string();
     assert!(last.contains(&small), "{last}");
+}
+
+#[test]
+fn ls_and_stat_of_the_root_build_nothing_and_cp_and_sqlite3_read_mache_db_whole() {
+    let sample = sample();
+    let m = TestMount::daemon(&sample.store, &[]);
+    run(Command::new("ls").arg("-la").arg(&m.mnt));
+    run(Command::new("stat").arg(m.path("mache.db")));
+    run(Command::new("find")
+        .arg(&m.mnt)
+        .args(["-maxdepth", "1", "-size", "+0"]));
+    let status = m.status();
+    assert_eq!(status["chunks_fetched"], 0, "{status:#}");
+    assert_eq!(status["mache_db"]["state"], "absent", "{status:#}");
+
+    let copy = m.dir.path().join("copy.db");
+    run(Command::new("cp").arg(m.path("mache.db")).arg(&copy));
+    let count = |db: &Path| {
+        stdout(
+            Command::new("sqlite3")
+                .arg(db)
+                .arg("SELECT count(*) FROM _source"),
+        )
+        .trim()
+        .to_string()
+    };
+    let expected = sample.files().len().to_string();
+    assert_eq!(count(&copy), expected);
+    assert_eq!(count(&m.path("mache.db")), expected);
+    let size = std::fs::metadata(m.path("mache.db")).unwrap().len();
+    assert_eq!(size, std::fs::metadata(&copy).unwrap().len());
+    assert!(size > 0);
 }
 
 #[test]

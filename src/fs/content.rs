@@ -56,6 +56,10 @@ impl ChunkSource for Metered {
         self.inner.warm(hashes)
     }
 
+    fn remote_status(&self) -> Option<crate::store::RemoteStatus> {
+        self.inner.remote_status()
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }

@@ -224,11 +224,13 @@ impl Filesystem for FuseFs {
         self.answer(
             self.fs.open_may_block(ino.0),
             reply,
-            move |fs| fs.open(ino.0, write).map(|()| ino.0),
-            move |reply, ino| {
-                if no_open {
+            move |fs| fs.open(ino.0, write).map(|()| (ino.0, fs.db_ready())),
+            move |reply, (ino, db_ready)| {
+                if no_open && db_ready {
                     // Stateless from now on: no more OPEN/RELEASE requests,
-                    // and the kernel keeps page caches across opens.
+                    // and the kernel keeps page caches across opens. Not
+                    // before `mache.db` is built: its open builds it, and
+                    // a `stat` before that does not know its size.
                     reply.error(Errno::ENOSYS);
                 } else if ino == super::tree::STATUS {
                     // A new snapshot at each open; bypass the page cache.

@@ -266,9 +266,13 @@ impl CacheFs {
         match self.tree.node(ino) {
             Some(Node::Source(i)) => self.content.known_size(i as usize, View::Source).is_none(),
             Some(Node::Ast(i)) => self.content.known_size(i as usize, View::AstJson).is_none(),
-            Some(Node::MacheDb) => self.synth.ready().is_none(),
             _ => false,
         }
+    }
+
+    /// Whether the db is built (so opens need no longer reach us).
+    pub fn db_ready(&self) -> bool {
+        self.synth.ready().is_some()
     }
 
     /// Whether listing or looking up in directory `ino` might fetch a chunk.
@@ -276,8 +280,8 @@ impl CacheFs {
         ino == tree::ROOT && !self.has_index && self.ast_dir.get().is_none()
     }
 
-    /// The attributes of `ino`. May fetch a chunk (a size not in the index)
-    /// or build the db (its size is not known before).
+    /// The attributes of `ino`. May fetch a chunk (a size not in the
+    /// index); never builds the db.
     pub fn attr(&self, ino: u64) -> Result<Attr> {
         let (kind, size, nlink, volatile) = match self.node(ino)? {
             Node::Dir(_) => {
@@ -296,7 +300,13 @@ impl CacheFs {
                 1,
                 false,
             ),
-            Node::MacheDb => (Kind::File, self.db()?.size, 1, false),
+            // Its size is known once it is built (by the first open or
+            // read), never by a `stat`: until then 0, and not to be cached,
+            // so the `stat` after an open sees the real size.
+            Node::MacheDb => match self.synth.ready() {
+                Some(db) => (Kind::File, db.size, 1, false),
+                None => (Kind::File, 0, 1, true),
+            },
             Node::LockToml => (Kind::File, self.lock_toml().len() as u64, 1, false),
             Node::Status => (Kind::File, self.status_snapshot(true).len() as u64, 1, true),
             Node::Absent => return Err(refused(Refusal::NoEntry)),
@@ -574,6 +584,7 @@ impl CacheFs {
                 chunks_total: self.prefetch.total.load(Ordering::Relaxed),
                 finished: self.prefetch.finished.load(Ordering::Relaxed),
             },
+            remote: self.metered.remote_status(),
         }
     }
 

@@ -159,6 +159,10 @@ pub struct Status {
     pub cache: CacheStatus,
     pub mache_db: DbStatus,
     pub prefetch: PrefetchStatus,
+    /// The registry behind the mount (`null` for a local store): requests,
+    /// bytes, retries, failures, and the disk cache's hits, misses and
+    /// evictions.
+    pub remote: Option<crate::store::RemoteStatus>,
 }
 
 /// What the tree holds.

@@ -18,6 +18,7 @@
 //! runs a future on the client's own runtime and waits for it.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -63,6 +64,16 @@ pub struct Client {
     auth: std::sync::Arc<Auth>,
     runtime: tokio::runtime::Handle,
     budget: Duration,
+    counters: std::sync::Arc<Counters>,
+}
+
+/// What a client has done, for the status file.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub bytes: AtomicU64,
+    pub retries: AtomicU64,
+    pub failures: AtomicU64,
 }
 
 /// The result of [`Client::send`]: a response whose status was not a failure.
@@ -92,6 +103,7 @@ impl Client {
             auth: std::sync::Arc::new(auth),
             runtime,
             budget: timeouts.budget,
+            counters: std::sync::Arc::default(),
         })
     }
 
@@ -123,6 +135,11 @@ impl Client {
         })
     }
 
+    /// What this client (and its clones) did so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     /// Runs `future` on the client's runtime and waits for it. For
     /// synchronous callers only (never from inside the runtime).
     pub fn run<T: Send + 'static>(&self, future: impl Future<Output = T> + Send + 'static) -> T {
@@ -148,14 +165,35 @@ impl Client {
         url: Url,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Answer> {
-        self.send_with(&mut Retry::new(self.budget), method, url, &build)
-            .await
+        let result = self
+            .send_with(&mut Retry::new(self.budget), method, url, &build)
+            .await;
+        self.count_failure(&result);
+        result
+    }
+
+    fn count_failure<T>(&self, result: &Result<T>) {
+        if result.is_err() {
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// GETs a whole body of at most `limit` bytes (exactly `exact` when
     /// given): `None` for a `404`. A body cut short (a dropped connection,
     /// fewer bytes than promised) is retried like a failed request.
     pub async fn get_body(
+        &self,
+        url: Url,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+        limit: u64,
+        exact: Option<u64>,
+    ) -> Result<Option<(HeaderMap, Vec<u8>)>> {
+        let result = self.get_body_once(url, build, limit, exact).await;
+        self.count_failure(&result);
+        result
+    }
+
+    async fn get_body_once(
         &self,
         url: Url,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
@@ -171,7 +209,13 @@ impl Client {
                 return Ok(None);
             }
             let headers = response.headers().clone();
-            let error = match read_limited(response, limit).await {
+            let body = read_limited(response, limit).await;
+            if let Ok(body) = &body {
+                self.counters
+                    .bytes
+                    .fetch_add(body.len() as u64, Ordering::Relaxed);
+            }
+            let error = match body {
                 Ok(body) if exact.is_none_or(|n| body.len() as u64 == n) => {
                     return Ok(Some((headers, body)));
                 }
@@ -188,7 +232,7 @@ impl Client {
                 Err(e) => return Err(e),
             };
             tracing::debug!("{error}; retrying");
-            retry.pause(None, error).await?;
+            retry.pause(None, error, &self.counters).await?;
         }
     }
 
@@ -203,6 +247,7 @@ impl Client {
         loop {
             let request = build(self.http.request(method.clone(), url.clone()));
             let request = self.auth.apply(request).await;
+            self.counters.requests.fetch_add(1, Ordering::Relaxed);
             let (after, error) = match request.send().await {
                 Ok(response)
                     if response.status() == StatusCode::UNAUTHORIZED && !reauthenticated =>
@@ -239,7 +284,7 @@ impl Client {
                 ),
             };
             tracing::debug!("{error}; retrying");
-            retry.pause(after, error).await?;
+            retry.pause(after, error, &self.counters).await?;
         }
     }
 }
@@ -266,14 +311,19 @@ impl Retry {
 
     /// Waits before the next attempt, or gives `error` back if waiting
     /// would pass the deadline.
-    async fn pause(&mut self, after: Option<Duration>, error: Error) -> Result<()> {
+    async fn pause(
+        &mut self,
+        after: Option<Duration>,
+        error: Error,
+        counters: &Counters,
+    ) -> Result<()> {
         let delay = after
             .unwrap_or_else(|| self.backoff.next().unwrap_or(MAX_DELAY))
             .min(MAX_DELAY);
         if Instant::now() + delay > self.deadline {
             return Err(error);
         }
-        super::RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counters.retries.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(delay).await;
         Ok(())
     }

@@ -22,7 +22,7 @@ pub mod manifest;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use futures_util::StreamExt;
@@ -38,17 +38,18 @@ use crate::hash::Hash;
 use crate::lockfile::binary;
 use crate::store::local::check_ref_name;
 use crate::store::sizes::SizeIndex;
-use crate::store::{Backend, Bundle, BundleStore, ChunkSource, DiskCache, LocalStore, Verified};
+use crate::store::{
+    Backend, Bundle, BundleStore, ChunkSource, DiskCache, LocalStore, RemoteCounters, Verified,
+};
 
 /// The producer part of every repository name.
 pub const PRODUCER: &str = "mache";
+/// The name of the one-layer-per-source layout of SPEC §6.
+pub const LAYOUT_V1: &str = "build-cache/v1";
 /// Largest manifest we read (providers accept at least 16 MiB).
 const MAX_MANIFEST: u64 = 64 << 20;
 /// Largest lockfile or sizes index we read.
 const MAX_METADATA: u64 = 1 << 30;
-
-/// Retries made by every registry client of this process (for the status file).
-pub static RETRIES: AtomicU64 = AtomicU64::new(0);
 
 /// How to reach a registry repository.
 #[derive(Debug, Clone)]
@@ -602,6 +603,18 @@ impl Backend for RegistryBackend {
 
     fn locate(&self, hash: &Hash) -> String {
         format!("{}/blobs/{}", self.client.describe(), v1_digest(hash))
+    }
+
+    fn counters(&self) -> Option<RemoteCounters> {
+        let c = self.client.counters();
+        Some(RemoteCounters {
+            remote: self.client.describe(),
+            layout: LAYOUT_V1.to_string(),
+            requests: c.requests.load(Ordering::Relaxed),
+            bytes_fetched: c.bytes.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+        })
     }
 }
 

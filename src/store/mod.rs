@@ -55,6 +55,36 @@ pub trait Backend: Send + Sync {
     fn locate(&self, hash: &Hash) -> String {
         format!("{}/{hash}", self.describe())
     }
+
+    /// Request counters of a remote backend; `None` for a local one.
+    fn counters(&self) -> Option<RemoteCounters> {
+        None
+    }
+}
+
+/// What a remote backend has done so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RemoteCounters {
+    /// The repository, e.g. `registry.example.com/mache/team`.
+    pub remote: String,
+    /// The transport layout, e.g. `build-cache/v1`.
+    pub layout: String,
+    /// HTTP requests sent (each attempt counts).
+    pub requests: u64,
+    /// Body bytes received.
+    pub bytes_fetched: u64,
+    /// Attempts made again after a failure.
+    pub retries: u64,
+    /// Calls that failed for good.
+    pub failures: u64,
+}
+
+/// A remote source's counters and its disk cache's, for the status file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RemoteStatus {
+    #[serde(flatten)]
+    pub counters: RemoteCounters,
+    pub disk_cache: Option<disk_cache::DiskStats>,
 }
 
 /// A content-addressed source of verified chunk bytes.
@@ -74,6 +104,11 @@ pub trait ChunkSource: Send + Sync {
 
     /// A short name for messages (the store's path, a registry URL).
     fn describe(&self) -> String;
+
+    /// For a remote source: its requests and its disk cache.
+    fn remote_status(&self) -> Option<RemoteStatus> {
+        None
+    }
 }
 
 /// A place bundles live: resolves refs, lists them, gives the chunk source.

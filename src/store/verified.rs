@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Backend, ChunkSource, DiskCache};
+use super::{Backend, ChunkSource, DiskCache, RemoteStatus};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 
@@ -132,6 +132,13 @@ impl ChunkSource for Verified {
 
     fn describe(&self) -> String {
         self.backend.describe()
+    }
+
+    fn remote_status(&self) -> Option<RemoteStatus> {
+        Some(RemoteStatus {
+            counters: self.backend.counters()?,
+            disk_cache: self.disk.as_ref().map(DiskCache::stats),
+        })
     }
 }
 

@@ -46,6 +46,8 @@ struct State {
     log: Vec<String>,
     auth: Option<TokenAuth>,
     static_token: Option<String>,
+    /// Down: every connection is closed at once, unanswered.
+    down: bool,
 }
 
 /// A running fake registry; stops when dropped.
@@ -171,6 +173,11 @@ impl FakeRegistry {
     /// Requires this static bearer token.
     pub fn require_static_token(&self, token: &str) {
         self.state().static_token = Some(token.to_string());
+    }
+
+    /// Takes the registry down (connections closed unanswered) or back up.
+    pub fn set_down(&self, down: bool) {
+        self.state().down = down;
     }
 
     /// Tokens issued so far.
@@ -306,6 +313,9 @@ fn authorized(
 }
 
 fn handle(stream: TcpStream, addr: SocketAddr, state: &Mutex<State>, stop: &AtomicBool) {
+    if state.lock().unwrap().down {
+        return;
+    }
     let Some(request) = read_request(&stream) else {
         return;
     };

@@ -1,0 +1,146 @@
+//! Mounts of a bundle on a registry (the test suite's own registry, which
+//! can go down on demand): lazy, verified, cached on disk, and resilient.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::fake_registry::FakeRegistry;
+use crate::harness::{TestMount, run, sample, stdout};
+
+const SCOPE: &str = "team/sample";
+
+/// The shared sample served by a fresh fake registry.
+fn served() -> FakeRegistry {
+    let sample = sample();
+    let store = mache_cachefs::store::LocalStore::open(&sample.store).unwrap();
+    let registry = FakeRegistry::start();
+    registry.serve_bundle(&store, &sample.bundle(), SCOPE, "latest", false);
+    registry
+}
+
+/// Mounts the registry's bundle at `m` with `--daemon`.
+fn mount_remote(m: &mut TestMount, registry: &FakeRegistry, extra: &[&str]) {
+    let output = m
+        .command()
+        .args([
+            "mount",
+            "--daemon",
+            "--remote",
+            &registry.url(),
+            "--scope",
+            SCOPE,
+        ])
+        .args(extra)
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "mount failed: {stderr}");
+    m.daemon = stderr
+        .split("daemon pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|pid| pid.parse().ok());
+}
+
+fn blob_gets(registry: &FakeRegistry) -> usize {
+    registry.count(&format!("GET /v2/mache/{SCOPE}/blobs/"))
+}
+
+#[test]
+fn a_registry_bundle_mounts_without_fetching_reads_whole_and_a_second_mount_is_cached() {
+    let sample = sample();
+    let registry = served();
+    let mut first = TestMount::dirs();
+    mount_remote(&mut first, &registry, &[]);
+    // Mounting reads the manifest and two blobs: the lockfile and the sizes index.
+    let at_mount = blob_gets(&registry);
+    assert_eq!(at_mount, 2, "config and sizes index only");
+    run(Command::new("find").arg(first.path("sources")));
+    run(Command::new("ls").arg("-lR").arg(first.path("sources")));
+    assert_eq!(blob_gets(&registry), at_mount, "listing fetches no chunk");
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(&sample.tree)
+        .arg(first.path("sources"))
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    let status = first.status();
+    assert_eq!(status["remote"]["layout"], "build-cache/v1");
+    assert!(
+        status["remote"]["requests"].as_u64().unwrap() > 100,
+        "{status:#}"
+    );
+    assert_eq!(status["remote"]["failures"], 0);
+    first.unmount();
+
+    // A second mount with the same cache reads every file from disk.
+    let fetched = blob_gets(&registry);
+    let mut second = TestMount::dirs();
+    second.cache_home = first.cache_home.clone();
+    mount_remote(&mut second, &registry, &[]);
+    let tar = stdout(Command::new("sh").arg("-c").arg(format!(
+        "tar -cf - -C {} . | wc -c",
+        second.path("sources").display()
+    )));
+    assert!(tar.trim().parse::<u64>().unwrap() > 1_000_000, "{tar}");
+    assert_eq!(
+        blob_gets(&registry),
+        fetched,
+        "zero blob requests the second time"
+    );
+    let hits = second.status()["remote"]["disk_cache"]["hits"]
+        .as_u64()
+        .unwrap();
+    assert!(hits > 1000, "{hits}");
+}
+
+#[test]
+fn with_the_registry_down_uncached_files_fail_fast_cached_ones_work_and_recovery_needs_no_remount()
+{
+    let sample = sample();
+    let registry = served();
+    let mut m = TestMount::dirs();
+    mount_remote(
+        &mut m,
+        &registry,
+        &["--retry-budget", "2", "--read-timeout", "1"],
+    );
+    let files = sample.files();
+    let (cached, uncached) = (&files[0].0, &files[files.len() - 1].0);
+    let original = |rel: &str| std::fs::read(sample.tree.join(rel)).unwrap();
+    let read = |rel: &str| std::fs::read(m.path("sources").join(rel));
+    assert_eq!(read(cached).unwrap(), original(cached));
+
+    registry.set_down(true);
+    let started = Instant::now();
+    let err = read(uncached).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        read(cached).unwrap(),
+        original(cached),
+        "cached files still read"
+    );
+    let status = m.status();
+    assert!(
+        status["remote"]["failures"].as_u64().unwrap() >= 1,
+        "{status:#}"
+    );
+
+    registry.set_down(false);
+    assert_eq!(
+        read(uncached).unwrap(),
+        original(uncached),
+        "back without a remount"
+    );
+}
