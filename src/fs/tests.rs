@@ -220,8 +220,10 @@ fn listing_and_stat_read_no_chunk_with_a_sizes_index() {
     let src = fs.attr(fs.tree().resolve("sources/src").unwrap()).unwrap();
     assert_eq!((src.perm, src.kind, src.nlink), (0o555, Kind::Dir, 2));
     assert!(!fs.attr_may_block(tree::FIRST_FILE));
-    assert!(fs.attr_may_block(tree::MACHE_DB));
-    assert_eq!(fs.listing_attr(tree::MACHE_DB).unwrap().size, 0);
+    assert!(!fs.attr_may_block(tree::MACHE_DB));
+    let db = fs.attr(tree::MACHE_DB).unwrap();
+    assert_eq!((db.size, db.volatile), (0, true), "a stat builds nothing");
+    assert_eq!(fs.status().mache_db.state, "absent");
     assert_eq!(source.fetches(), 0);
 }
 
