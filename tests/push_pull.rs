@@ -408,3 +408,56 @@ fn a_repush_of_unchanged_sources_keeps_the_bundle_and_force_writes_a_new_one() {
     assert_eq!(forced["kept"], false);
     assert_ne!(forced["lockfile"], first["lockfile"]);
 }
+
+#[test]
+fn refs_lists_tags_and_tag_and_untag_move_them_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    make_db(&db, &[Src::at("a.go", Some("go"), b"package a\n")], None);
+    let store = dir.path().join("store");
+    let first: serde_json::Value = serde_json::from_str(&run_ok(&[
+        "push",
+        "--db",
+        s(&db),
+        s(&store),
+        "--json",
+        "--tag",
+        "v1",
+    ]))
+    .unwrap();
+    let lockfile = first["lockfile"].as_str().unwrap().to_string();
+    run_ok(&["tag", "v1", "stable", s(&store)]);
+    run_ok(&["tag", &lockfile, "pinned", s(&store)]);
+    let refs: serde_json::Value =
+        serde_json::from_str(&run_ok(&["refs", s(&store), "--json"])).unwrap();
+    let names: Vec<&str> = refs["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["latest", "pinned", "stable", "v1"]);
+    assert!(
+        refs["refs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["lockfile"] == lockfile && r["sources"] == 1)
+    );
+    run_ok(&["untag", "stable", s(&store)]);
+    run_fails(&["untag", "stable", s(&store)], 5, "no ref \"stable\"");
+    run_fails(
+        &["untag", "latest", s(&store)],
+        2,
+        "latest cannot be removed",
+    );
+    run_fails(&["tag", "nope", "x", s(&store)], 5, "no ref \"nope\"");
+    run_fails(&["tag", "v1", "bad/name", s(&store)], 3, "invalid ref name");
+    let out = dir.path().join("r.db");
+    run_ok(&["pull", "--out-db", s(&out), s(&store), "--ref", "pinned"]);
+    assert!(
+        list_files(&store.join("refs"))
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("tmp"))
+    );
+}

@@ -65,6 +65,15 @@ pub enum Command {
     /// Runs in the foreground until Ctrl-C/SIGTERM, or with --daemon in the
     /// background (stop it with `mache-cachefs unmount`).
     Mount(super::mount::MountArgs),
+    /// List the tags of a store or a registry repository, and the bundle each
+    /// names (lockfile hash, sources, time).
+    Refs(RefsArgs),
+    /// Point tag NEW at the bundle SRC names (a tag or blake3:<lockfile hash>).
+    ///
+    /// An existing NEW moves. The store's files are not touched otherwise.
+    Tag(TagArgs),
+    /// Remove a tag from a store. The bundle's objects stay until `gc`.
+    Untag(UntagArgs),
     /// Unmount a mount (also one whose daemon died).
     Unmount(super::mount::UnmountArgs),
 }
@@ -75,7 +84,13 @@ impl Command {
     pub fn prints_to_stdout(&self) -> bool {
         matches!(
             self,
-            Command::Push(_) | Command::Pull(_) | Command::Verify(_) | Command::Inspect(_)
+            Command::Push(_)
+                | Command::Pull(_)
+                | Command::Verify(_)
+                | Command::Inspect(_)
+                | Command::Refs(_)
+                | Command::Tag(_)
+                | Command::Untag(_)
         )
     }
 }
@@ -195,6 +210,47 @@ pub struct InspectArgs {
     #[arg(long = "ref", value_name = "REF")]
     pub reference: Option<String>,
     /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RefsArgs {
+    /// Store directory (default: the configured store or remote).
+    #[arg(value_name = "STORE")]
+    pub store: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// The bundle: a tag or blake3:<lockfile hash>.
+    #[arg(value_name = "SRC")]
+    pub source: String,
+    /// The tag to set (letters, digits, . _ -).
+    #[arg(value_name = "NEW")]
+    pub name: String,
+    /// Store directory (default: the configured store).
+    #[arg(value_name = "STORE")]
+    pub store: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UntagArgs {
+    /// The tag to remove (not `latest`).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Store directory (default: the configured store).
+    #[arg(value_name = "STORE")]
+    pub store: Option<PathBuf>,
+    /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
 }

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::args::{Cli, Command, InspectArgs, PullArgs, PushArgs, RemoteArgs, VerifyArgs};
+use super::args::{
+    Cli, Command, InspectArgs, PullArgs, PushArgs, RefsArgs, RemoteArgs, TagArgs, UntagArgs,
+    VerifyArgs,
+};
 use super::output;
 use crate::bundle::{self, Existing, PushOptions};
 use crate::config::{self, ProcessEnv, Settings};
@@ -28,6 +31,9 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Inspect(args) => inspect(&settings, args),
         Command::Mount(args) => super::mount::mount(&settings, args, cli.quiet),
         Command::Unmount(args) => super::mount::unmount(args, cli.quiet),
+        Command::Refs(args) => refs(&settings, args),
+        Command::Tag(args) => tag(&settings, args),
+        Command::Untag(args) => untag(&settings, args),
     }
 }
 
@@ -171,5 +177,35 @@ fn inspect(settings: &Settings, args: InspectArgs) -> Result<()> {
     let target = args.target.unwrap_or_else(|| settings.store.clone());
     let inspection = bundle::inspect_target(&target, args.reference.as_deref())?;
     output::inspect(&inspection, args.json);
+    Ok(())
+}
+
+fn refs(settings: &Settings, args: RefsArgs) -> Result<()> {
+    let store = open_store(settings, args.store, &args.remote)?;
+    let mut listed = Vec::new();
+    for (name, _) in store.refs()? {
+        let bundle = store.resolve(&name)?;
+        listed.push(output::RefLine {
+            name,
+            lockfile: bundle.lockfile_hash.to_prefixed(),
+            sources: bundle.lockfile.sources.len(),
+            generated_at_ms: bundle.lockfile.meta.generated_at_ms,
+        });
+    }
+    output::refs(&store.describe(), &listed, args.json);
+    Ok(())
+}
+
+fn tag(settings: &Settings, args: TagArgs) -> Result<()> {
+    let store = LocalStore::open(store_dir(settings, args.store))?;
+    let hash = store.tag(&args.source, &args.name)?;
+    output::tagged(&args.name, &hash, false, args.json);
+    Ok(())
+}
+
+fn untag(settings: &Settings, args: UntagArgs) -> Result<()> {
+    let store = LocalStore::open(store_dir(settings, args.store))?;
+    let hash = store.untag(&args.name)?;
+    output::tagged(&args.name, &hash, true, args.json);
     Ok(())
 }

@@ -181,3 +181,44 @@ pub fn inspect(i: &Inspection, as_json: bool) {
         opt(i.ast_chunks)
     );
 }
+
+/// One tag, as `refs` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RefLine {
+    pub name: String,
+    pub lockfile: String,
+    pub sources: usize,
+    pub generated_at_ms: u64,
+}
+
+/// The report of `refs`.
+pub fn refs(store: &str, refs: &[RefLine], as_json: bool) {
+    if as_json {
+        return print_json(&json!({ "store": store, "refs": refs }));
+    }
+    if refs.is_empty() {
+        println!("no tags in {store}");
+    }
+    for r in refs {
+        println!(
+            "{:<24} {}  {:>7} sources  {}",
+            r.name,
+            r.lockfile,
+            r.sources,
+            httpdate::fmt_http_date(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.generated_at_ms)
+            )
+        );
+    }
+}
+
+/// The report of `tag` (`removed` false) and `untag` (true).
+pub fn tagged(name: &str, lockfile: &crate::hash::Hash, removed: bool, as_json: bool) {
+    let lockfile = lockfile.to_prefixed();
+    match (removed, as_json) {
+        (false, true) => print_json(&json!({ "tag": name, "lockfile": lockfile })),
+        (true, true) => print_json(&json!({ "untagged": name, "lockfile": lockfile })),
+        (false, false) => println!("{name} -> {lockfile}"),
+        (true, false) => println!("removed tag {name} (it named {lockfile})"),
+    }
+}

@@ -451,6 +451,40 @@ impl LocalStore {
         }
     }
 
+    /// Points tag `name` at the bundle `reference` names (atomically; an
+    /// existing tag moves). Returns the lockfile hash.
+    pub fn tag(&self, reference: &str, name: &str) -> Result<Hash> {
+        check_ref_name(name)?;
+        let bundle = self.resolve(reference)?;
+        let text = format!("{}\n", bundle.lockfile_hash.to_prefixed());
+        fs::create_dir_all(self.root.join("refs"))
+            .map_err(|e| Error::io(format!("creating {}", self.root.join("refs").display()), e))?;
+        self.replace_file(&format!("refs/{name}"), text.as_bytes())?;
+        self.sync()?;
+        Ok(bundle.lockfile_hash)
+    }
+
+    /// Removes tag `name` (the bundle stays until `gc`). `latest` is not
+    /// removed: every push moves it, and a mount without `--ref` reads it.
+    pub fn untag(&self, name: &str) -> Result<Hash> {
+        check_ref_name(name)?;
+        if name == LATEST {
+            return Err(Error::Usage(
+                "latest cannot be removed: every push moves it (tag another bundle as latest instead)"
+                    .into(),
+            ));
+        }
+        let path = self.root.join("refs").join(name);
+        let hash = match fs::read_to_string(&path) {
+            Ok(text) => Hash::from_prefixed(text.trim())?,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(self.ref_missing(name)),
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        fs::remove_file(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+        self.sync()?;
+        Ok(hash)
+    }
+
     /// Every ref in the store and the lockfile it names.
     pub fn refs(&self) -> Result<Vec<(String, Hash)>> {
         let dir = self.root.join("refs");
@@ -468,6 +502,12 @@ impl LocalStore {
             {
                 refs.push((name, hash));
             }
+        }
+        if !refs.iter().any(|(name, _)| name == LATEST)
+            && let Ok(bytes) = fs::read(self.root.join(LOCK_BIN))
+        {
+            // A store written by the Go mache: its lockfile is `latest`.
+            refs.push((LATEST.to_string(), Hash::of(&bytes)));
         }
         refs.sort();
         Ok(refs)
