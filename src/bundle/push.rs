@@ -67,6 +67,7 @@ const WINDOW: usize = 512;
 pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
     let started = Instant::now();
     crate::store::local::check_ref_name(&opts.tag)?;
+    let _writing = store.lock_shared()?;
     let generated_at_ms = generated_at_ms()?;
     let source_root = match &opts.source_root {
         Some(root) => root.clone(),

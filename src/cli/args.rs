@@ -74,6 +74,15 @@ pub enum Command {
     Tag(TagArgs),
     /// Remove a tag from a store. The bundle's objects stay until `gc`.
     Untag(UntagArgs),
+    /// Remove what no tag reaches from a store, or trim the disk cache.
+    ///
+    /// A store: objects, lockfiles and sizes files no tag reaches (nor the
+    /// top-level mache.lock.bin, nor a tag `serve` keeps), older than the
+    /// grace period. Safe beside pushes (it waits for them) and serve.
+    /// With --cache: the disk cache of registry chunks down to its cap, least
+    /// recently used first, and built mache.db files and logs no mount used
+    /// for --older-than (never one a mount has open).
+    Gc(GcArgs),
     /// Unmount a mount (also one whose daemon died).
     Unmount(super::mount::UnmountArgs),
 }
@@ -91,6 +100,7 @@ impl Command {
                 | Command::Refs(_)
                 | Command::Tag(_)
                 | Command::Untag(_)
+                | Command::Gc(_)
         )
     }
 }
@@ -250,6 +260,32 @@ pub struct UntagArgs {
     /// Store directory (default: the configured store).
     #[arg(value_name = "STORE")]
     pub store: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Store directory (default: the configured store).
+    #[arg(value_name = "STORE", conflicts_with = "cache")]
+    pub store: Option<PathBuf>,
+    /// Say what would go, and how many bytes, without removing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep anything modified less than this many seconds ago (uploads
+    /// and pushes in flight write objects before the tag that reaches them).
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub grace: u64,
+    /// Trim the disk cache and built dbs instead of a store.
+    #[arg(long)]
+    pub cache: bool,
+    /// With --cache: the cap to trim to (default: the configured cache_size, else 10 GiB).
+    #[arg(long, value_name = "SIZE", value_parser = super::mount::parse_size, requires = "cache")]
+    pub max_size: Option<u64>,
+    /// With --cache: remove built dbs and logs unused for this many days.
+    #[arg(long, value_name = "DAYS", default_value_t = 7, requires = "cache")]
+    pub older_than: u64,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::args::{
-    Cli, Command, InspectArgs, PullArgs, PushArgs, RefsArgs, RemoteArgs, TagArgs, UntagArgs,
-    VerifyArgs,
+    Cli, Command, GcArgs, InspectArgs, PullArgs, PushArgs, RefsArgs, RemoteArgs, TagArgs,
+    UntagArgs, VerifyArgs,
 };
 use super::output;
 use crate::bundle::{self, Existing, PushOptions};
@@ -34,6 +34,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Refs(args) => refs(&settings, args),
         Command::Tag(args) => tag(&settings, args),
         Command::Untag(args) => untag(&settings, args),
+        Command::Gc(args) => gc(&settings, args),
     }
 }
 
@@ -207,5 +208,24 @@ fn untag(settings: &Settings, args: UntagArgs) -> Result<()> {
     let store = LocalStore::open(store_dir(settings, args.store))?;
     let hash = store.untag(&args.name)?;
     output::tagged(&args.name, &hash, true, args.json);
+    Ok(())
+}
+
+fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
+    if args.cache {
+        let cap = args
+            .max_size
+            .or(settings.cache_size)
+            .unwrap_or(DEFAULT_CAPACITY);
+        let unused = std::time::Duration::from_secs(args.older_than.saturating_mul(86_400));
+        let report =
+            crate::store::gc::collect_cache(&settings.cache_dir, cap, unused, args.dry_run)?;
+        output::gc_cache(&settings.cache_dir, &report, args.json);
+        return Ok(());
+    }
+    let store = LocalStore::open(store_dir(settings, args.store))?;
+    let grace = std::time::Duration::from_secs(args.grace);
+    let report = crate::store::gc::collect(&store, grace, args.dry_run)?;
+    output::gc(&store.describe(), &report, args.json);
     Ok(())
 }

@@ -222,3 +222,46 @@ pub fn tagged(name: &str, lockfile: &crate::hash::Hash, removed: bool, as_json: 
         (true, false) => println!("removed tag {name} (it named {lockfile})"),
     }
 }
+
+/// The report of `gc`.
+pub fn gc(store: &str, r: &crate::store::gc::GcReport, as_json: bool) {
+    if as_json {
+        let mut value = serde_json::to_value(r).expect("a gc report serializes");
+        value["store"] = json!(store);
+        return print_json(&value);
+    }
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    println!(
+        "{store}: {verb} {} objects, {} lockfiles and sizes files, {} other files: {} freed",
+        r.objects_removed,
+        r.lockfiles_removed,
+        r.other_files_removed,
+        mb(r.bytes_freed)
+    );
+    println!(
+        "kept {} live objects of {} tagged bundles; {} unreachable files are younger than the grace period",
+        r.live_objects, r.roots, r.kept_young
+    );
+}
+
+/// The report of `gc --cache`.
+pub fn gc_cache(dir: &Path, r: &crate::store::gc::CacheGcReport, as_json: bool) {
+    if as_json {
+        let mut value = serde_json::to_value(r).expect("a gc report serializes");
+        value["cache_dir"] = json!(dir.display().to_string());
+        return print_json(&value);
+    }
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    println!(
+        "{}: {verb} {} cached chunks and {} built dbs and logs: {} freed; {} in the chunk cache (cap {})",
+        dir.display(),
+        r.chunks_removed,
+        r.files_removed,
+        mb(r.bytes_freed),
+        mb(r.chunk_bytes),
+        mb(r.capacity)
+    );
+    if r.in_use > 0 {
+        println!("kept {} dbs that a mount has open", r.in_use);
+    }
+}

@@ -170,6 +170,14 @@ impl Synth {
 
 fn open_built(path: &Path, reused: bool, build_seconds: f64) -> Result<BuiltDb> {
     let file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    // Held while mounted: `gc --cache` leaves a locked db alone, and one
+    // used recently (its mtime, refreshed here) too.
+    if let Err(e) = file.lock_shared() {
+        tracing::warn!("locking {}: {e}", path.display());
+    }
+    if let Ok(writable) = File::options().write(true).open(path) {
+        let _ = writable.set_modified(std::time::SystemTime::now());
+    }
     let size = file
         .metadata()
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?

@@ -210,6 +210,38 @@ impl DiskCache {
     }
 }
 
+/// What [`trim`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    pub removed: usize,
+    pub bytes_freed: u64,
+    pub bytes_left: u64,
+}
+
+/// Trims the cache at `root` to `cap` bytes, least recently used first
+/// (without removing anything when `dry_run`). For `gc --cache`, with no
+/// cache open in this process.
+pub fn trim(root: &Path, cap: u64, dry_run: bool) -> Trimmed {
+    let mut found = scan(&root.join("chunks"));
+    found.sort_by_key(|(_, _, used)| *used);
+    let mut left: u64 = found.iter().map(|(_, len, _)| *len).sum();
+    let mut trimmed = Trimmed::default();
+    for (hash, len, _) in found {
+        if left <= cap {
+            break;
+        }
+        let hex = hash.to_hex();
+        let path = root.join("chunks").join(&hex[..2]).join(&hex[2..]);
+        if dry_run || fs::remove_file(path).is_ok() {
+            trimmed.removed += 1;
+            trimmed.bytes_freed += len;
+            left -= len;
+        }
+    }
+    trimmed.bytes_left = left;
+    trimmed
+}
+
 /// Every cached chunk below `chunks`: its hash, length and last use.
 fn scan(chunks: &Path) -> Vec<(Hash, u64, SystemTime)> {
     let mut found = Vec::new();

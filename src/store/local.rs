@@ -51,6 +51,12 @@ pub struct LocalStore {
     root: PathBuf,
 }
 
+/// A held lock on a store; released when dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: fs::File,
+}
+
 /// Bytes to store, with their BLAKE3 computed on construction: an object
 /// can never be stored under the wrong name, and nobody hashes it twice.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +151,46 @@ impl LocalStore {
     /// The store for messages: its path.
     pub fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+
+    /// Takes the store's lock shared, for as long as the returned guard
+    /// lives: writers (push) hold it while they write, so `gc`, which takes
+    /// it exclusively, never runs between a writer's check that an object
+    /// is present and the lockfile that makes it reachable.
+    pub fn lock_shared(&self) -> Result<StoreLock> {
+        self.lock(false)
+    }
+
+    /// Takes the store's lock exclusively (gc), waiting for writers.
+    pub fn lock_exclusive(&self) -> Result<StoreLock> {
+        self.lock(true)
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<StoreLock> {
+        let path = self.root.join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let locked = if exclusive {
+            match file.try_lock() {
+                Ok(()) => Ok(()),
+                Err(fs::TryLockError::WouldBlock) => {
+                    tracing::warn!(
+                        "{}: waiting for pushes in progress to finish",
+                        self.describe()
+                    );
+                    file.lock()
+                }
+                Err(fs::TryLockError::Error(e)) => Err(e),
+            }
+        } else {
+            file.lock_shared()
+        };
+        locked.map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
+        Ok(StoreLock { _file: file })
     }
 
     /// Where object `hash` lives.

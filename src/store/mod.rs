@@ -16,6 +16,7 @@
 //! traits and never learns which store it reads.
 
 pub mod disk_cache;
+pub mod gc;
 pub mod local;
 pub mod sizes;
 mod verified;

@@ -1,0 +1,338 @@
+//! Garbage collection of a local store: what no tag reaches goes.
+//!
+//! Roots: every `refs/<tag>` and the top-level `mache.lock.bin` (a store
+//! the Go mache writes has only that), and every tag `serve` keeps for a
+//! repository (`repositories/<name>/_tags/<tag>`: a manifest, whose config,
+//! layers and sizes blob it reaches). From each root lockfile, its chunks
+//! and its sizes index are live. Everything else is garbage: objects,
+//! lockfiles and sizes files, `pushed/` records of gone lockfiles, `sha256/`
+//! aliases of gone objects, and untagged manifest markers.
+//!
+//! Safe beside writers: gc holds the store's lock exclusively, which push
+//! holds shared for its whole run, so no push can find an object present
+//! and then lose it before its lockfile lands. Writers that do not take the
+//! lock (uploads to `serve` before their manifest, the Go mache) are
+//! covered by the grace period: nothing modified more recently than that
+//! is removed (default one hour, longer than any push or upload session
+//! takes; a bundle's objects are written before the tag that makes them
+//! reachable). A root lockfile that cannot be read stops gc before anything
+//! is removed: an unreadable root would make everything look like garbage.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::LocalStore;
+use super::local::LOCK_BIN;
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::lockfile::binary;
+
+/// The default grace period.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+
+/// What a collection removed (or, dry, would remove).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub roots: usize,
+    pub live_objects: usize,
+    pub objects_removed: usize,
+    pub lockfiles_removed: usize,
+    pub other_files_removed: usize,
+    pub bytes_freed: u64,
+    /// Garbage younger than the grace period, left for a later run.
+    pub kept_young: usize,
+}
+
+/// Collects `store`: removes what no tag reaches and is older than `grace`.
+pub fn collect(store: &LocalStore, grace: Duration, dry_run: bool) -> Result<GcReport> {
+    let _exclusive = store.lock_exclusive()?;
+    let root = store.root();
+    let mut report = GcReport {
+        dry_run,
+        ..GcReport::default()
+    };
+    let (lockfiles, mut objects) = live_set(store)?;
+    report.roots = lockfiles.len();
+    for hash in &lockfiles {
+        let lockfile = binary::decode(&read_lockfile(store, hash)?).map_err(|e| {
+            Error::BadLockfile(format!(
+                "lockfile {hash} that a tag names does not decode ({e}); refusing to collect"
+            ))
+        })?;
+        objects.extend(lockfile.sources.iter().map(|s| s.chunk_hash));
+        objects.insert(*hash);
+    }
+    report.live_objects = objects.len();
+    let cutoff = SystemTime::now()
+        .checked_sub(grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut sweep = Sweep {
+        cutoff,
+        dry_run,
+        report: &mut report,
+    };
+    for (path, name) in files_below(&root.join("objects"), 2) {
+        if Hash::from_hex(&name).is_ok_and(|h| !objects.contains(&h)) {
+            sweep.remove(&path, Kind::Object);
+        }
+    }
+    for (path, name) in files_below(&root.join("lockfiles"), 1) {
+        let stem = name.split('.').next().unwrap_or_default();
+        if Hash::from_hex(stem).is_ok_and(|h| !lockfiles.contains(&h)) {
+            sweep.remove(&path, Kind::Lockfile);
+        }
+    }
+    for (path, _) in files_below(&root.join("pushed"), 1) {
+        let names = fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| Hash::from_prefixed(text.trim()).ok());
+        if names.is_none_or(|h| !lockfiles.contains(&h)) {
+            sweep.remove(&path, Kind::Other);
+        }
+    }
+    for (path, _) in files_below(&root.join("sha256"), 1) {
+        let names = fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| Hash::from_prefixed(text.trim()).ok());
+        if names.is_none_or(|h| !objects.contains(&h)) {
+            sweep.remove(&path, Kind::Other);
+        }
+    }
+    for (path, name) in files_below(&root.join("repositories"), usize::MAX) {
+        let marker = path.parent().is_some_and(|p| p.ends_with("_manifests"));
+        if marker && Hash::from_hex(&name).is_ok_and(|h| !objects.contains(&h)) {
+            sweep.remove(&path, Kind::Other);
+        }
+    }
+    Ok(report)
+}
+
+/// The root lockfiles, and the objects serve's tags reach directly
+/// (manifests, their configs, layers and sizes blobs).
+fn live_set(store: &LocalStore) -> Result<(HashSet<Hash>, HashSet<Hash>)> {
+    let mut lockfiles: HashSet<Hash> = store.refs()?.into_iter().map(|(_, h)| h).collect();
+    if let Ok(bytes) = fs::read(store.root().join(LOCK_BIN)) {
+        lockfiles.insert(Hash::of(&bytes));
+    }
+    let mut objects = HashSet::new();
+    for (path, _) in files_below(&store.root().join("repositories"), usize::MAX) {
+        if !path.parent().is_some_and(|p| p.ends_with("_tags")) {
+            continue;
+        }
+        let text = fs::read_to_string(&path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let manifest_hash = digest_hash(store, text.trim()).ok_or_else(|| {
+            Error::BadLockfile(format!(
+                "tag file {} is malformed; refusing to collect",
+                path.display()
+            ))
+        })?;
+        objects.insert(manifest_hash);
+        let bytes = fs::read(store.object_path(&manifest_hash)).map_err(|e| {
+            Error::io(
+                format!("reading the manifest that {} names", path.display()),
+                e,
+            )
+        })?;
+        let manifest: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::BadManifest(format!(
+                "{} names a manifest that is not JSON ({e}); refusing to collect",
+                path.display()
+            ))
+        })?;
+        for digest in manifest_digests(&manifest) {
+            if let Some(hash) = digest_hash(store, &digest) {
+                objects.insert(hash);
+                if manifest["config"]["digest"] == digest.as_str()
+                    && manifest["config"]["mediaType"] == crate::registry::manifest::CONFIG_TYPE
+                {
+                    lockfiles.insert(hash);
+                }
+            }
+        }
+    }
+    Ok((lockfiles, objects))
+}
+
+/// Every digest a manifest names: config, layers, our sizes annotation.
+fn manifest_digests(manifest: &serde_json::Value) -> Vec<String> {
+    let mut digests: Vec<String> = std::iter::once(&manifest["config"])
+        .chain(manifest["layers"].as_array().into_iter().flatten())
+        .filter_map(|d| d["digest"].as_str().map(str::to_string))
+        .collect();
+    if let Some(sizes) = manifest["annotations"][crate::registry::manifest::SIZES_KEY].as_str() {
+        digests.push(sizes.to_string());
+    }
+    digests
+}
+
+/// The BLAKE3 object a `sha256:` digest names: the hex itself when such an
+/// object exists (build-cache/v1), else through the `sha256/` alias.
+fn digest_hash(store: &LocalStore, digest: &str) -> Option<Hash> {
+    let hex = digest.strip_prefix("sha256:")?;
+    let hash = Hash::from_hex(hex).ok()?;
+    if store.object_path(&hash).is_file() {
+        return Some(hash);
+    }
+    let alias = fs::read_to_string(store.root().join("sha256").join(hex)).ok()?;
+    Hash::from_prefixed(alias.trim()).ok()
+}
+
+fn read_lockfile(store: &LocalStore, hash: &Hash) -> Result<Vec<u8>> {
+    let by_hash = store
+        .root()
+        .join("lockfiles")
+        .join(format!("{}.bin", hash.to_hex()));
+    for path in [
+        by_hash,
+        store.root().join(LOCK_BIN),
+        store.object_path(hash),
+    ] {
+        if let Ok(bytes) = fs::read(&path)
+            && Hash::of(&bytes) == *hash
+        {
+            return Ok(bytes);
+        }
+    }
+    Err(Error::BadLockfile(format!(
+        "lockfile {hash} that a tag names is missing; refusing to collect"
+    )))
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Object,
+    Lockfile,
+    Other,
+}
+
+/// Removes garbage older than the cutoff, counting what it does.
+struct Sweep<'a> {
+    cutoff: SystemTime,
+    dry_run: bool,
+    report: &'a mut GcReport,
+}
+
+impl Sweep<'_> {
+    fn remove(&mut self, path: &Path, kind: Kind) {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            return;
+        };
+        if meta.modified().is_ok_and(|t| t > self.cutoff) {
+            self.report.kept_young += 1;
+            return;
+        }
+        if !self.dry_run {
+            if let Err(e) = fs::remove_file(path) {
+                tracing::warn!("gc: removing {}: {e}", path.display());
+                return;
+            }
+        }
+        self.report.bytes_freed += meta.len();
+        match kind {
+            Kind::Object => self.report.objects_removed += 1,
+            Kind::Lockfile => self.report.lockfiles_removed += 1,
+            Kind::Other => self.report.other_files_removed += 1,
+        }
+    }
+}
+
+/// Regular files below `dir`, at most `depth` levels down, with their names.
+fn files_below(dir: &Path, depth: usize) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), 0usize, String::new())];
+    while let Some((dir, level, prefix)) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() && level + 1 < depth {
+                // objects/<ab>/<cdef…>: a name is its directory's prefix and its own.
+                let prefix = if depth == 2 {
+                    name.clone()
+                } else {
+                    String::new()
+                };
+                stack.push((entry.path(), level + 1, prefix));
+            } else if kind.is_file() {
+                out.push((entry.path(), format!("{prefix}{name}")));
+            }
+        }
+    }
+    out
+}
+
+/// What `gc --cache` removed (or, dry, would remove).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CacheGcReport {
+    pub dry_run: bool,
+    pub chunks_removed: usize,
+    /// Built dbs and logs.
+    pub files_removed: usize,
+    pub bytes_freed: u64,
+    /// Bytes left in the chunk cache, and its cap.
+    pub chunk_bytes: u64,
+    pub capacity: u64,
+    /// Built dbs kept because a mount has them open.
+    pub in_use: usize,
+}
+
+/// Trims the cache directory: the chunk cache to `cap` (least recently used
+/// first), and built dbs and logs not used for `unused`, except dbs a mount
+/// has open (mounts hold a shared lock on theirs).
+pub fn collect_cache(
+    cache_dir: &Path,
+    cap: u64,
+    unused: Duration,
+    dry_run: bool,
+) -> Result<CacheGcReport> {
+    let trimmed = super::disk_cache::trim(cache_dir, cap, dry_run);
+    let mut report = CacheGcReport {
+        dry_run,
+        chunks_removed: trimmed.removed,
+        bytes_freed: trimmed.bytes_freed,
+        chunk_bytes: trimmed.bytes_left,
+        capacity: cap,
+        ..CacheGcReport::default()
+    };
+    let cutoff = SystemTime::now()
+        .checked_sub(unused)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let old = |meta: &fs::Metadata| meta.modified().is_ok_and(|t| t < cutoff);
+    let mut candidates = files_below(&cache_dir.join("dbs"), 1);
+    candidates.push((cache_dir.join("mount.log"), String::new()));
+    for (path, _) in candidates {
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
+        if !old(&meta) {
+            continue;
+        }
+        if path.extension().is_some_and(|e| e == "db") && in_use(&path) {
+            report.in_use += 1;
+            continue;
+        }
+        if dry_run || fs::remove_file(&path).is_ok() {
+            report.files_removed += 1;
+            report.bytes_freed += meta.len();
+        }
+    }
+    Ok(report)
+}
+
+/// Whether a mount holds `db` open (its shared lock blocks ours).
+fn in_use(db: &Path) -> bool {
+    match fs::File::open(db) {
+        Ok(file) => matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
