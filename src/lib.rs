@@ -7,6 +7,7 @@
 //! - [`store`]: where chunk bytes come from, behind one small trait.
 //! - [`bundle`]: push, pull and inspect, built from the pieces above.
 //! - [`cache`], [`fs`]: the lazy, verified, read-only FUSE mount of a bundle.
+//! - [`serve`]: a build-cache/v1 registry (OCI Distribution) over a store.
 //! - [`config`]: default locations and the config file.
 
 pub mod bundle;
@@ -20,6 +21,7 @@ pub mod hash;
 pub mod lockfile;
 pub mod machedb;
 pub mod rows;
+pub mod serve;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::args::{Cli, Command, InspectArgs, PullArgs, PushArgs, VerifyArgs};
+use super::args::{Cli, Command, InspectArgs, PullArgs, PushArgs, ServeArgs, VerifyArgs};
 use super::output;
 use crate::bundle::{self, Existing, PushOptions};
 use crate::config::{self, ProcessEnv, Settings};
@@ -23,6 +23,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Inspect(args) => inspect(&settings, args),
         Command::Mount(args) => super::mount::mount(&settings, args, cli.quiet),
         Command::Unmount(args) => super::mount::unmount(args, cli.quiet),
+        Command::Serve(args) => serve(&settings, args),
     }
 }
 
@@ -78,5 +79,28 @@ fn inspect(settings: &Settings, args: InspectArgs) -> Result<()> {
     let target = args.target.unwrap_or_else(|| settings.store.clone());
     let inspection = bundle::inspect_target(&target, args.reference.as_deref())?;
     output::inspect(&inspection, args.json);
+    Ok(())
+}
+
+fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
+    let token = args
+        .token_file
+        .as_deref()
+        .map(crate::serve::Token::read)
+        .transpose()?;
+    let options = crate::serve::ServeOptions {
+        store: store_dir(settings, args.store),
+        listen: args.listen,
+        token,
+        limits: crate::serve::Limits {
+            max_blob: args.max_blob_size,
+            max_manifest: args.max_manifest_size,
+        },
+    };
+    crate::serve::run(options, |addr| {
+        // The one line on stdout; tests and scripts read the port from it.
+        println!("listening on http://{addr}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    })?;
     Ok(())
 }
