@@ -665,3 +665,75 @@ fn listening_beyond_loopback_without_a_token_warns_once() {
     assert_eq!(warnings.len(), 1, "{log}");
     assert!(warnings[0].contains("--token-file"), "{log}");
 }
+
+#[test]
+fn a_bundle_copied_from_one_server_to_another_pulls_verified_from_the_second_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    make_db(
+        &db,
+        &[
+            Src::at("src/a.go", Some("go"), b"package a\n"),
+            Src::at("src/b.go", Some("go"), b"package b\n"),
+        ],
+        None,
+    );
+    let store_a = dir.path().join("a");
+    run_ok(&["push", "--db", s(&db), s(&store_a)]);
+    let from_dir = dir.path().join("from");
+    let to_dir = dir.path().join("to");
+    std::fs::create_dir_all(&from_dir).unwrap();
+    std::fs::create_dir_all(&to_dir).unwrap();
+    let from = Server::start(&from_dir, &store_a, &[]);
+    let to = Server::start(&to_dir, &dir.path().join("b"), &[]);
+
+    let manifest = from.get(&format!("/v2/{NAME}/manifests/latest"));
+    let parsed = manifest.json();
+    let mut digests = vec![parsed["config"]["digest"].as_str().unwrap().to_string()];
+    for layer in parsed["layers"].as_array().unwrap() {
+        digests.push(layer["digest"].as_str().unwrap().to_string());
+    }
+    digests.push(
+        parsed["annotations"]["dev.mache-cachefs.sizes"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    for digest in &digests {
+        let blob = from.get(&format!("/v2/{NAME}/blobs/{digest}"));
+        assert_eq!(blob.status, 200, "{digest}");
+        assert_eq!(
+            push_blob(&to.addr, NAME, digest, &blob.body).status,
+            201,
+            "{digest}"
+        );
+    }
+    let path = format!("/v2/{NAME}/manifests/latest");
+    let put = to.request("PUT", &path, &[], &manifest.body);
+    assert_eq!(put.status, 201, "{}", put.text());
+    assert_eq!(
+        put.header("Docker-Content-Digest"),
+        manifest.header("Docker-Content-Digest")
+    );
+    assert_eq!(to.get(&path).body, manifest.body);
+
+    let store_b = dir.path().join("b");
+    let lockfile = &digests[0]["sha256:".len()..];
+    let sizes = format!("lockfiles/{lockfile}.sizes.json");
+    assert_eq!(
+        std::fs::read(store_b.join(&sizes)).unwrap(),
+        std::fs::read(store_a.join(&sizes)).unwrap()
+    );
+    let restored = dir.path().join("restored.db");
+    let reference = format!("blake3:{lockfile}");
+    run_ok(&[
+        "pull",
+        s(&store_b),
+        "--ref",
+        &reference,
+        "--out-db",
+        s(&restored),
+    ]);
+    assert_eq!(dump_sources(&restored), dump_sources(&db));
+    run_ok(&["verify", s(&store_b), "--ref", &reference]);
+}

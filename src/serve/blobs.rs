@@ -32,12 +32,12 @@ pub async fn get(
     let digest = Digest::parse(digest)?;
     let registry = app.registry.clone();
     let (hash, path, len) = blocking(move || {
-        let hash = registry
-            .resolve_blob(&digest)?
+        let store = registry.store();
+        let found = registry.resolve_blob(&digest)?;
+        let (hash, len) = found
+            .and_then(|hash| Some((hash, store.object_len(&hash)?)))
             .ok_or_else(|| RegistryError::new(Code::BlobUnknown, format!("no blob {digest}")))?;
-        let path = registry.store().object_path(&hash);
-        let len = registry.store().object_len(&hash).unwrap_or_default();
-        Ok((hash, path, len))
+        Ok((hash, store.object_path(&hash), len))
     })
     .await?;
     let range = match headers.get(header::RANGE) {

@@ -130,8 +130,9 @@ impl Registry {
         let Some(text) = self.read_text(&relative)? else {
             return Ok(None);
         };
-        let digest = Digest::parse(text.trim()).map_err(|_| {
-            Error::BadLockfile(format!("tag file {relative} in the store is malformed"))
+        let digest = Digest::parse(text.trim()).map_err(|_| Error::MalformedStoreFile {
+            path: relative.into(),
+            reason: "a tag holds sha256:<64 hex digits>".to_string(),
         })?;
         Ok(Some(digest.as_blake3()))
     }
@@ -161,9 +162,12 @@ impl Registry {
         let Some(text) = self.read_text(relative)? else {
             return Ok(None);
         };
-        Hash::from_prefixed(text.trim()).map(Some).map_err(|_| {
-            Error::BadLockfile(format!("index file {relative} in the store is malformed"))
-        })
+        Hash::from_prefixed(text.trim())
+            .map(Some)
+            .map_err(|_| Error::MalformedStoreFile {
+                path: relative.into(),
+                reason: "an index entry holds blake3:<64 hex digits>".to_string(),
+            })
     }
 
     fn read_text(&self, relative: &str) -> Result<Option<String>> {

@@ -133,9 +133,13 @@ pub fn is_tag(reference: &str) -> bool {
 
 /// Everything a handler may need from the request.
 pub struct Request {
+    /// The HTTP method.
     pub method: Method,
+    /// The request headers.
     pub headers: HeaderMap,
+    /// The decoded query parameters (`digest`, `mount`, …).
     pub query: HashMap<String, String>,
+    /// The body, not yet read.
     pub body: Body,
 }
 
