@@ -20,12 +20,12 @@ use super::digest::{Computed, Digest};
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::oci::{self, CONFIG_TYPE, MANIFEST_TYPE, Manifest, SIZES_ANNOTATION};
 use super::registry::Registry;
-use super::routes::{Request, is_tag};
+use super::routes::Request;
 use super::{App, blocking};
 use crate::error::Error;
 use crate::hash::Hash;
 use crate::lockfile::binary;
-use crate::store::local::LOCK_BIN;
+use crate::store::local::{LOCK_BIN, check_ref_name};
 use crate::store::{Bundle, SizeIndex};
 
 /// What a manifest reference names.
@@ -35,12 +35,15 @@ enum Reference {
 }
 
 impl Reference {
-    /// A digest (anything with a `:`) or a tag; `None` for neither.
+    /// A digest (anything with a `:`) or a tag; `None` for neither. The
+    /// OCI tag grammar, `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`, is exactly
+    /// the store's ref names.
     fn parse(text: &str) -> RegistryResult<Option<Reference>> {
         if text.contains(':') {
             return Digest::parse(text).map(|d| Some(Reference::Digest(d)));
         }
-        Ok(is_tag(text).then(|| Reference::Tag(text.to_string())))
+        let tag = check_ref_name(text).is_ok();
+        Ok(tag.then(|| Reference::Tag(text.to_string())))
     }
 }
 
@@ -355,4 +358,28 @@ pub async fn tags(app: &App, name: &str) -> RegistryResult<Response> {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body))
         .expect("valid response headers"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_oci_tags_or_digests() {
+        for tag in ["latest", "v1.2", "_x", "A-b_c.d", &"a".repeat(128)] {
+            assert!(
+                matches!(Reference::parse(tag), Ok(Some(Reference::Tag(t))) if t == tag),
+                "{tag}"
+            );
+        }
+        for neither in ["", ".x", "-x", "a/b", &"a".repeat(129)] {
+            assert!(matches!(Reference::parse(neither), Ok(None)), "{neither}");
+        }
+        let digest = format!("sha256:{}", "0".repeat(64));
+        assert!(matches!(
+            Reference::parse(&digest),
+            Ok(Some(Reference::Digest(_)))
+        ));
+        assert!(Reference::parse("sha256:0").is_err());
+    }
 }

@@ -73,19 +73,7 @@ impl Uploads {
     /// in `tmp/` (including those of requests cut off mid-write).
     pub fn shut_down(&self, registry: &Registry) {
         self.sessions.lock().expect("sessions lock").clear();
-        let tmp = registry.store().root().join("tmp");
-        let Ok(entries) = std::fs::read_dir(&tmp) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(&self.prefix)
-            {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+        registry.store().remove_temp_files(&self.prefix);
     }
 
     fn insert(&self, name: String, staging: Staging) -> String {

@@ -519,6 +519,20 @@ impl LocalStore {
         Ok(true)
     }
 
+    /// Removes every file in `tmp/` whose name starts with `prefix`: what
+    /// one writer (named by the prefix it gave [`temp_file`](Self::temp_file))
+    /// left unfinished.
+    pub fn remove_temp_files(&self, prefix: &str) {
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(prefix) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// Atomically writes `bytes` at `relative` (a path inside the store,
     /// its directories created as needed), unless the file already holds
     /// exactly them: for the indexes and tags kept beside the objects.
