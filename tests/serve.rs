@@ -745,3 +745,42 @@ fn a_bundle_copied_from_one_server_to_another_pulls_verified_from_the_second_sto
     assert_eq!(dump_sources(&restored), dump_sources(&db));
     run_ok(&["verify", s(&store_b), "--ref", &reference]);
 }
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish_before_exiting_0() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path(), &[]);
+    let start = server.request("POST", &format!("/v2/{NAME}/blobs/uploads/"), &[], b"");
+    let location = start.header("Location").unwrap().to_string();
+    let body = vec![2u8; 10_000];
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\
+         Expect: 100-continue\r\nConnection: close\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    // "100 Continue" comes once the handler reads the body: it is running.
+    let mut interim = Vec::new();
+    while !interim.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).unwrap();
+        interim.push(byte[0]);
+    }
+    assert!(interim.starts_with(b"HTTP/1.1 100"), "{interim:?}");
+    server.signal();
+    server.wait_for_log("shutting down");
+    stream.write_all(&body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let reply = parse_reply(&raw, false);
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(reply.header("Range"), Some("0-9999"));
+    let store = server.store.clone();
+    let status = server.wait();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(files_in(&store, "tmp"), Vec::<PathBuf>::new());
+    assert_eq!(files_in(&store, "objects"), Vec::<PathBuf>::new());
+}

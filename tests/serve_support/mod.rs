@@ -90,6 +90,31 @@ impl Server {
         self.terminate().expect("the server was running")
     }
 
+    /// Sends SIGTERM and returns at once.
+    pub fn signal(&self) {
+        let child = self.child.as_ref().expect("the server is running");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    }
+
+    /// Waits for the exit (after [`signal`](Self::signal)).
+    pub fn wait(mut self) -> ExitStatus {
+        self.child.take().unwrap().wait().unwrap()
+    }
+
+    /// Waits until the log has a line containing `needle` (or panics
+    /// after 10 s): the server's own word that it got somewhere.
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.log().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{needle:?} never logged: {}",
+                self.log()
+            );
+            std::thread::yield_now();
+        }
+    }
+
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -173,7 +198,8 @@ pub fn request(
     parse_reply(&raw, method == "HEAD")
 }
 
-fn parse_reply(raw: &[u8], head_only: bool) -> Reply {
+/// Parses a whole response as read from the socket.
+pub fn parse_reply(raw: &[u8], head_only: bool) -> Reply {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
