@@ -62,6 +62,10 @@ pub enum Error {
         "invalid ref name {0:?} (letters, digits, '.', '_', '-'; at most 128; not starting with '.' or '-')"
     )]
     BadRefName(String),
+    /// A file the store keeps beside its objects (an index, a tag) that
+    /// does not hold what it should.
+    #[error("malformed {path} in the store: {reason}")]
+    MalformedStoreFile { path: PathBuf, reason: String },
     #[error("not a store: {0} (no objects/ directory and no mache.lock.bin)")]
     NotAStore(PathBuf),
     /// The store directory does not exist yet: nothing was ever pushed there.
@@ -189,7 +193,7 @@ impl Error {
             Remote(_) | Unreachable { .. } | RegistryError { .. } => Class::Remote,
             AuthFailed { .. } => Class::Auth,
             Sqlite { source, .. } => sqlite_class(source),
-            RootMismatch { .. } | Corrupt { .. } => Class::Integrity,
+            RootMismatch { .. } | Corrupt { .. } | MalformedStoreFile { .. } => Class::Integrity,
             ChunkMissing { .. } | ObjectMissing { .. } | RefMissing { .. } | NothingPushed(_) => {
                 Class::NotFound
             }

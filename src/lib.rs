@@ -8,6 +8,7 @@
 //!   [`registry`] is the second kind of store, over HTTP.
 //! - [`bundle`]: push, pull and inspect, built from the pieces above.
 //! - [`cache`], [`fs`]: the lazy, verified, read-only FUSE mount of a bundle.
+//! - [`serve`]: a build-cache/v1 registry (OCI Distribution) over a store.
 //! - [`config`]: default locations and the config file.
 
 pub mod bundle;
@@ -22,6 +23,7 @@ pub mod lockfile;
 pub mod machedb;
 pub mod registry;
 pub mod rows;
+pub mod serve;
 pub mod store;
 
 pub use error::{Error, Result};

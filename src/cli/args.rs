@@ -85,6 +85,15 @@ pub enum Command {
     Gc(GcArgs),
     /// Unmount a mount (also one whose daemon died).
     Unmount(super::mount::UnmountArgs),
+    /// Serve a store as a build-cache/v1 registry (OCI Distribution over HTTP).
+    ///
+    /// Blobs and manifests pushed to it land in the store's own layout, so a
+    /// bundle pushed over HTTP mounts from the store; bundles pushed locally
+    /// are served at once under any repository name (GET
+    /// /v2/<producer>/<scope>/manifests/latest). Prints `listening on
+    /// http://IP:PORT` once ready; runs until SIGTERM or Ctrl-C. See
+    /// docs/SERVE.md.
+    Serve(ServeArgs),
 }
 
 impl Command {
@@ -169,6 +178,28 @@ pub struct PushArgs {
     /// Also upload the bundle to a registry (it is always written to STORE).
     #[command(flatten)]
     pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Store directory, created if missing (default: the configured store).
+    #[arg(value_name = "STORE")]
+    pub store: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:5000", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Require `Authorization: Bearer <token>` on every request, the token
+    /// being the first line of FILE.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Largest blob accepted, e.g. 4GiB, 512M, or bytes.
+    #[arg(long, value_name = "SIZE", default_value = crate::serve::DEFAULT_MAX_BLOB,
+          value_parser = super::mount::parse_size)]
+    pub max_blob_size: u64,
+    /// Largest manifest accepted (at least 16MiB to be a conformant provider).
+    #[arg(long, value_name = "SIZE", default_value = crate::serve::DEFAULT_MAX_MANIFEST,
+          value_parser = super::mount::parse_size)]
+    pub max_manifest_size: u64,
 }
 
 #[derive(Debug, Args)]

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::args::{
-    Cli, Command, GcArgs, InspectArgs, PullArgs, PushArgs, RefsArgs, RemoteArgs, TagArgs,
-    UntagArgs, VerifyArgs,
+    Cli, Command, GcArgs, InspectArgs, PullArgs, PushArgs, RefsArgs, RemoteArgs, ServeArgs,
+    TagArgs, UntagArgs, VerifyArgs,
 };
 use super::output;
 use crate::bundle::{self, Existing, PushOptions};
@@ -35,6 +35,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Tag(args) => tag(&settings, args),
         Command::Untag(args) => untag(&settings, args),
         Command::Gc(args) => gc(&settings, args),
+        Command::Serve(args) => serve(&settings, args),
     }
 }
 
@@ -227,5 +228,28 @@ fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
     let grace = std::time::Duration::from_secs(args.grace);
     let report = crate::store::gc::collect(&store, grace, args.dry_run)?;
     output::gc(&store.describe(), &report, args.json);
+    Ok(())
+}
+
+fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
+    let token = args
+        .token_file
+        .as_deref()
+        .map(crate::serve::Token::read)
+        .transpose()?;
+    let options = crate::serve::ServeOptions {
+        store: store_dir(settings, args.store),
+        listen: args.listen,
+        token,
+        limits: crate::serve::Limits {
+            max_blob: args.max_blob_size,
+            max_manifest: args.max_manifest_size,
+        },
+    };
+    crate::serve::run(options, |addr| {
+        // The one line on stdout; tests and scripts read the port from it.
+        println!("listening on http://{addr}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    })?;
     Ok(())
 }

@@ -227,11 +227,11 @@ impl Sweep<'_> {
             self.report.kept_young += 1;
             return;
         }
-        if !self.dry_run {
-            if let Err(e) = fs::remove_file(path) {
-                tracing::warn!("gc: removing {}: {e}", path.display());
-                return;
-            }
+        if !self.dry_run
+            && let Err(e) = fs::remove_file(path)
+        {
+            tracing::warn!("gc: removing {}: {e}", path.display());
+            return;
         }
         self.report.bytes_freed += meta.len();
         match kind {

@@ -558,6 +558,88 @@ impl LocalStore {
         refs.sort();
         Ok(refs)
     }
+
+    /// A new, empty file in `tmp/` named `<prefix><random>`, for a writer
+    /// that fills it bit by bit (an upload) and then hands it to
+    /// [`publish_file`](Self::publish_file). Dropping it deletes it.
+    pub fn temp_file(&self, prefix: &str) -> Result<NamedTempFile> {
+        let tmp_dir = self.root.join("tmp");
+        shareable_temp_file(&tmp_dir, prefix, "").map_err(|e| {
+            Error::io(
+                format!("creating a temporary file in {}", tmp_dir.display()),
+                e,
+            )
+        })
+    }
+
+    /// Makes a complete file written in `tmp/` visible as object `hash`
+    /// (`len` bytes), as [`publish`](Self::publish) does for staged objects.
+    /// The caller has checked that its bytes hash to `hash`. Returns whether
+    /// the object is new; one already present is verified (without reading
+    /// it into memory) and the file is dropped.
+    pub fn publish_file(&self, hash: &Hash, temp: TempPath, len: u64) -> Result<bool> {
+        if self.check_object(hash)? {
+            return Ok(false);
+        }
+        let report = self.publish(vec![Staged {
+            hash: *hash,
+            temp,
+            len,
+        }])?;
+        Ok(report.new == 1)
+    }
+
+    /// Whether object `hash` is present and sound, hashing the file where it
+    /// lies (memory-mapped) rather than reading it into memory: `Ok(false)`
+    /// if absent, `Err(Corrupt)` if present with other bytes.
+    pub fn check_object(&self, hash: &Hash) -> Result<bool> {
+        let path = self.object_path(hash);
+        if !path.is_file() {
+            return Ok(false);
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher
+            .update_mmap(&path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let actual = Hash(*hasher.finalize().as_bytes());
+        if actual != *hash {
+            return Err(Error::Corrupt {
+                path,
+                expected: *hash,
+                actual,
+            });
+        }
+        Ok(true)
+    }
+
+    /// Removes every file in `tmp/` whose name starts with `prefix`: what
+    /// one writer (named by the prefix it gave [`temp_file`](Self::temp_file))
+    /// left unfinished.
+    pub fn remove_temp_files(&self, prefix: &str) {
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(prefix) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Atomically writes `bytes` at `relative` (a path inside the store,
+    /// its directories created as needed), unless the file already holds
+    /// exactly them: for the indexes and tags kept beside the objects.
+    pub fn write_file(&self, relative: &str, bytes: &[u8]) -> Result<()> {
+        if self.file_holds(relative, bytes) {
+            return Ok(());
+        }
+        let path = self.root.join(relative);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
+        self.replace_file(relative, bytes)
+    }
 }
 
 impl Backend for LocalStore {

@@ -1,0 +1,385 @@
+//! Manifests and tags: `PUT`, `GET` and `HEAD` of `…/manifests/<ref>`, and
+//! `GET …/tags/list`.
+//!
+//! A manifest is stored as a blob (by BLAKE3) and returned byte for byte;
+//! its digest is `sha256:<BLAKE3>`, and a `GET` by digest accepts its true
+//! SHA-256 too. A repository serves only the manifests pushed to it, plus
+//! every bundle of the store's own refs (`refs/<tag>`, or the Go mache's
+//! `mache.lock.bin` as `latest`): for a tag the repository does not have,
+//! a build-cache/v1 manifest is synthesized from the store's bundle
+//! ([`oci::synthesize`]) and stored, so that what it names (config, sizes
+//! index, the manifest itself) can be fetched like anything pushed.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::Response;
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use super::digest::{Computed, Digest};
+use super::errors::{Code, RegistryError, RegistryResult};
+use super::oci::{self, CONFIG_TYPE, MANIFEST_TYPE, Manifest, SIZES_ANNOTATION};
+use super::registry::Registry;
+use super::routes::Request;
+use super::{App, blocking};
+use crate::error::Error;
+use crate::hash::Hash;
+use crate::lockfile::binary;
+use crate::store::local::{LOCK_BIN, check_ref_name};
+use crate::store::{Bundle, SizeIndex};
+
+/// What a manifest reference names.
+enum Reference {
+    Tag(String),
+    Digest(Digest),
+}
+
+impl Reference {
+    /// A digest (anything with a `:`) or a tag; `None` for neither. The
+    /// OCI tag grammar, `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`, is exactly
+    /// the store's ref names.
+    fn parse(text: &str) -> RegistryResult<Option<Reference>> {
+        if text.contains(':') {
+            return Digest::parse(text).map(|d| Some(Reference::Digest(d)));
+        }
+        let tag = check_ref_name(text).is_ok();
+        Ok(tag.then(|| Reference::Tag(text.to_string())))
+    }
+}
+
+/// `GET`/`HEAD <name>/manifests/<tag or digest>`.
+pub async fn get(
+    app: &App,
+    name: &str,
+    reference: &str,
+    method: &Method,
+) -> RegistryResult<Response> {
+    let unknown = || {
+        RegistryError::new(
+            Code::ManifestUnknown,
+            format!("no manifest {reference:?} in {name}"),
+        )
+    };
+    let parsed = Reference::parse(reference)?.ok_or_else(unknown)?;
+    let registry = app.registry.clone();
+    let owned_name = name.to_string();
+    let found = blocking(move || find(&registry, &owned_name, parsed)).await?;
+    let (hash, bytes) = found.ok_or_else(unknown)?;
+    let response = Response::builder()
+        .header(header::CONTENT_TYPE, MANIFEST_TYPE)
+        .header(header::CONTENT_LENGTH, bytes.len())
+        .header("Docker-Content-Digest", Digest::of_hash(&hash).to_string());
+    let body = match *method {
+        Method::HEAD => Body::empty(),
+        _ => Body::from(bytes),
+    };
+    Ok(response.body(body).expect("valid response headers"))
+}
+
+/// The manifest a reference names in repository `name`, and its BLAKE3.
+fn find(
+    registry: &Registry,
+    name: &str,
+    reference: Reference,
+) -> RegistryResult<Option<(Hash, Vec<u8>)>> {
+    let hash = match reference {
+        Reference::Digest(digest) => held_manifest(registry, name, &digest)?,
+        Reference::Tag(tag) => match registry.tag(name, &tag)? {
+            Some(hash) => Some(hash),
+            None => return from_store(registry, name, &tag),
+        },
+    };
+    match hash {
+        Some(hash) => Ok(Some((hash, registry.read_blob(&hash)?))),
+        None => Ok(None),
+    }
+}
+
+/// The manifest `digest` names (by its BLAKE3 or its SHA-256), if the
+/// repository holds it.
+fn held_manifest(registry: &Registry, name: &str, digest: &Digest) -> RegistryResult<Option<Hash>> {
+    let direct = digest.as_blake3();
+    if registry.has_manifest(name, &direct) {
+        return Ok(Some(direct));
+    }
+    let indexed = registry.resolve_blob(digest)?;
+    Ok(indexed.filter(|hash| registry.has_manifest(name, hash)))
+}
+
+/// The synthesized manifest of the store's own bundle `tag`, stored with
+/// its config and sizes index; `None` if the store has no such ref.
+fn from_store(
+    registry: &Registry,
+    name: &str,
+    tag: &str,
+) -> RegistryResult<Option<(Hash, Vec<u8>)>> {
+    let bundle = match registry.store().resolve(tag) {
+        Ok(bundle) => bundle,
+        Err(Error::RefMissing { .. } | Error::NothingPushed(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let chunk_lens = chunk_lens(registry, &bundle, tag)?;
+    let sizes = bundle.sizes.as_ref().map(SizeIndex::to_json);
+    let sizes_hash = sizes.as_deref().map(Hash::of);
+    let manifest = oci::synthesize(&bundle, &chunk_lens, sizes_hash.as_ref());
+    let hash = Hash::of(&manifest);
+    let mut blobs = vec![bundle.lockfile_bytes.as_slice(), manifest.as_slice()];
+    blobs.extend(sizes.as_deref());
+    registry.put_blobs(&blobs)?;
+    registry.add_manifest(name, &hash)?;
+    Ok(Some((hash, manifest)))
+}
+
+/// Each source's chunk length: from the sizes index when there is one,
+/// else the object's length on disk.
+fn chunk_lens(registry: &Registry, bundle: &Bundle, tag: &str) -> RegistryResult<Vec<u64>> {
+    let sources = &bundle.lockfile.sources;
+    sources
+        .iter()
+        .enumerate()
+        .map(|(i, source)| {
+            let known = bundle.sizes.as_ref().map(|s| s.entries[i].chunk_len);
+            known
+                .or_else(|| registry.store().object_len(&source.chunk_hash))
+                .ok_or_else(|| {
+                    RegistryError::new(
+                        Code::ManifestUnknown,
+                        format!(
+                            "bundle {tag:?} of the store names chunk {} (source {:?}), which is not in the store",
+                            source.chunk_hash, source.path
+                        ),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// `PUT <name>/manifests/<tag or digest>`.
+pub async fn put(
+    app: &App,
+    name: &str,
+    reference: &str,
+    request: Request,
+) -> RegistryResult<Response> {
+    let reference = Reference::parse(reference)?.ok_or_else(|| {
+        RegistryError::new(
+            Code::ManifestInvalid,
+            format!("invalid tag {reference:?}: [A-Za-z0-9_] then up to 127 of [A-Za-z0-9._-]"),
+        )
+    })?;
+    let bytes = read_limited(request.body, app.limits.max_manifest).await?;
+    let manifest = parse(&bytes, &request.headers)?;
+    let registry = app.registry.clone();
+    let owned_name = name.to_string();
+    let hash =
+        blocking(move || store(&registry, &owned_name, reference, &bytes, &manifest)).await?;
+    let digest = Digest::of_hash(&hash);
+    Ok(Response::builder()
+        .status(StatusCode::CREATED)
+        .header(header::LOCATION, format!("/v2/{name}/manifests/{digest}"))
+        .header("Docker-Content-Digest", digest.to_string())
+        .header(header::CONTENT_LENGTH, 0)
+        .body(Body::empty())
+        .expect("valid response headers"))
+}
+
+/// Reads a whole (small) body, refusing one past `limit` bytes.
+async fn read_limited(body: Body, limit: u64) -> RegistryResult<Vec<u8>> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(frame) = stream.next().await {
+        let frame = frame.map_err(|e| {
+            RegistryError::new(
+                Code::ManifestInvalid,
+                format!("manifest body cut short: {e}"),
+            )
+        })?;
+        if (bytes.len() + frame.len()) as u64 > limit {
+            return Err(RegistryError::new(
+                Code::BlobTooLarge,
+                format!(
+                    "manifest is larger than the {limit} bytes this server accepts (--max-manifest-size)"
+                ),
+            ));
+        }
+        bytes.extend_from_slice(&frame);
+    }
+    Ok(bytes)
+}
+
+/// Parses a manifest body: JSON, of the OCI image manifest media type (in
+/// the body, or else in the `Content-Type`), schema version 2.
+fn parse(bytes: &[u8], headers: &HeaderMap) -> RegistryResult<Manifest> {
+    #[derive(Deserialize)]
+    struct MediaType {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    let invalid = |e: serde_json::Error| {
+        RegistryError::new(Code::ManifestInvalid, format!("manifest is not valid: {e}"))
+    };
+    let declared = serde_json::from_slice::<MediaType>(bytes).map_err(invalid)?;
+    let media_type = declared.media_type.or_else(|| {
+        let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+        Some(
+            value
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        )
+    });
+    if media_type.as_deref() != Some(MANIFEST_TYPE) {
+        return Err(RegistryError::new(
+            Code::ManifestMediatypeRefused,
+            format!(
+                "manifest media type {} is refused: only {MANIFEST_TYPE} is accepted",
+                media_type.map_or("(none)".to_string(), |t| format!("{t:?}"))
+            ),
+        ));
+    }
+    let manifest: Manifest = serde_json::from_slice(bytes).map_err(invalid)?;
+    if manifest.schema_version != 2 {
+        return Err(RegistryError::new(
+            Code::ManifestInvalid,
+            format!(
+                "manifest schemaVersion is {}, expected 2",
+                manifest.schema_version
+            ),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// Checks a parsed manifest against the store and records it: the blobs
+/// it names must be here; a build-cache/v1 config is also recorded as a
+/// lockfile. Returns the manifest's BLAKE3.
+fn store(
+    registry: &Registry,
+    name: &str,
+    reference: Reference,
+    bytes: &[u8],
+    manifest: &Manifest,
+) -> RegistryResult<Hash> {
+    let computed = Computed::of(bytes);
+    if let Reference::Digest(digest) = &reference {
+        computed.check(digest, Code::DigestInvalid)?;
+    }
+    let config = registry
+        .resolve_blob(&descriptor_digest(&manifest.config.digest, "config")?)?
+        .ok_or_else(|| {
+            RegistryError::new(
+                Code::ManifestConfigMissing,
+                format!(
+                    "config blob {} is not here: push it before the manifest",
+                    manifest.config.digest
+                ),
+            )
+        })?;
+    for (i, layer) in manifest.layers.iter().enumerate() {
+        let digest = descriptor_digest(&layer.digest, "layer")?;
+        if registry.resolve_blob(&digest)?.is_none() {
+            return Err(RegistryError::new(
+                Code::ManifestLayerMissing,
+                format!(
+                    "layer {i} blob {} is not here: push every layer before the manifest",
+                    layer.digest
+                ),
+            ));
+        }
+    }
+    if manifest.config.media_type == CONFIG_TYPE {
+        record_lockfile(registry, &config, manifest)?;
+    }
+    registry.put_blobs(&[bytes])?;
+    registry.add_manifest(name, &computed.blake3)?;
+    if let Reference::Tag(tag) = &reference {
+        registry.set_tag(name, tag, &computed.blake3)?;
+    }
+    Ok(computed.blake3)
+}
+
+fn descriptor_digest(text: &str, what: &str) -> RegistryResult<Digest> {
+    Digest::parse(text).map_err(|e| {
+        RegistryError::new(
+            Code::ManifestInvalid,
+            format!("manifest {what}: {}", e.message),
+        )
+    })
+}
+
+/// A build-cache/v1 config must be a lockfile; it is copied to
+/// `lockfiles/<hash>.bin` (with the sizes index our annotation names, when
+/// that blob is here and describes it), so the store can mount the bundle.
+fn record_lockfile(registry: &Registry, config: &Hash, manifest: &Manifest) -> RegistryResult<()> {
+    let bytes = registry.read_blob(config)?;
+    let lockfile = binary::decode(&bytes).map_err(|e| {
+        RegistryError::new(
+            Code::ManifestInvalid,
+            format!(
+                "config blob {} is not a build-cache/v1 lockfile: {e}",
+                manifest.config.digest
+            ),
+        )
+    })?;
+    let sizes = manifest
+        .annotations
+        .get(SIZES_ANNOTATION)
+        .and_then(|text| Digest::parse(text).ok())
+        .map(|digest| registry.resolve_blob(&digest))
+        .transpose()?
+        .flatten()
+        .map(|hash| registry.read_blob(&hash))
+        .transpose()?
+        .filter(|json| SizeIndex::from_json(json, config, lockfile.sources.len()).is_ok());
+    registry.record_lockfile(config, &bytes, sizes.as_deref())?;
+    Ok(())
+}
+
+/// `GET <name>/tags/list`: the repository's tags and the store's refs,
+/// sorted, without repeats.
+pub async fn tags(app: &App, name: &str) -> RegistryResult<Response> {
+    let registry = app.registry.clone();
+    let owned_name = name.to_string();
+    let tags = blocking(move || {
+        let mut tags = registry.tags(&owned_name)?;
+        tags.extend(registry.store().refs()?.into_iter().map(|(tag, _)| tag));
+        if registry.store().root().join(LOCK_BIN).is_file() {
+            tags.push(crate::store::local::LATEST.to_string());
+        }
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    })
+    .await?;
+    let body = serde_json::json!({ "name": name, "tags": tags }).to_string();
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .expect("valid response headers"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_oci_tags_or_digests() {
+        for tag in ["latest", "v1.2", "_x", "A-b_c.d", &"a".repeat(128)] {
+            assert!(
+                matches!(Reference::parse(tag), Ok(Some(Reference::Tag(t))) if t == tag),
+                "{tag}"
+            );
+        }
+        for neither in ["", ".x", "-x", "a/b", &"a".repeat(129)] {
+            assert!(matches!(Reference::parse(neither), Ok(None)), "{neither}");
+        }
+        let digest = format!("sha256:{}", "0".repeat(64));
+        assert!(matches!(
+            Reference::parse(&digest),
+            Ok(Some(Reference::Digest(_)))
+        ));
+        assert!(Reference::parse("sha256:0").is_err());
+    }
+}

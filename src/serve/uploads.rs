@@ -1,0 +1,379 @@
+//! Blob uploads: monolithic (`POST …/blobs/uploads/?digest=`), in one or
+//! more chunks (`POST`, `PATCH`…, `PUT ?digest=`), and cross-repository
+//! mounts (`POST ?mount=`).
+//!
+//! Bytes are streamed into a file in the store's `tmp/`, hashed with BLAKE3
+//! and SHA-256 as they arrive (both on blocking threads, a batch of frames at
+//! a time), and become an object only once the whole blob matches its
+//! digest. Until then nothing is visible. An upload session lives in memory:
+//! a failed `PATCH` ends it, a session idle for an hour is dropped when the
+//! next one starts, and the server removes every upload file of its own when
+//! it shuts down.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use futures_util::StreamExt;
+use tempfile::TempPath;
+
+use super::digest::{Digest, DualHasher};
+use super::errors::{Code, RegistryError, RegistryResult};
+use super::registry::Registry;
+use super::routes::Request;
+use super::{App, blocking};
+use crate::error::Error;
+
+/// Body bytes gathered before one blocking write-and-hash.
+const FLUSH_BYTES: usize = 1 << 20;
+/// A session unused for this long is abandoned (the store's own sweep
+/// treats temporary files of this age as debris too).
+const STALE_SESSION: Duration = Duration::from_secs(3600);
+
+/// The upload sessions of one server.
+#[derive(Debug)]
+pub struct Uploads {
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// Names this process's upload files in `tmp/`.
+    prefix: String,
+}
+
+#[derive(Debug)]
+struct Session {
+    name: String,
+    last_used: Mutex<Instant>,
+    /// `None` once a failed `PATCH` has dropped the bytes.
+    staging: tokio::sync::Mutex<Option<Staging>>,
+}
+
+/// An upload being written in `tmp/`; dropping it deletes the file.
+#[derive(Debug)]
+struct Staging {
+    file: File,
+    temp: TempPath,
+    hasher: DualHasher,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        Uploads {
+            sessions: Mutex::default(),
+            prefix: format!(".upload-{}-", std::process::id()),
+        }
+    }
+}
+
+impl Uploads {
+    /// Ends every session and removes every upload file this process left
+    /// in `tmp/` (including those of requests cut off mid-write).
+    pub fn shut_down(&self, registry: &Registry) {
+        self.sessions.lock().expect("sessions lock").clear();
+        registry.store().remove_temp_files(&self.prefix);
+    }
+
+    fn insert(&self, name: String, staging: Staging) -> String {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let session = Arc::new(Session {
+            name,
+            last_used: Mutex::new(Instant::now()),
+            staging: tokio::sync::Mutex::new(Some(staging)),
+        });
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        sessions.retain(|_, s| s.last_used.lock().expect("session lock").elapsed() < STALE_SESSION);
+        sessions.insert(id.clone(), session);
+        id
+    }
+
+    fn get(&self, name: &str, id: &str) -> RegistryResult<Arc<Session>> {
+        let sessions = self.sessions.lock().expect("sessions lock");
+        match sessions.get(id) {
+            Some(session) if session.name == name => {
+                *session.last_used.lock().expect("session lock") = Instant::now();
+                Ok(session.clone())
+            }
+            _ => Err(unknown_upload(id)),
+        }
+    }
+
+    fn remove(&self, id: &str) {
+        self.sessions.lock().expect("sessions lock").remove(id);
+    }
+}
+
+fn unknown_upload(id: &str) -> RegistryError {
+    RegistryError::new(
+        Code::BlobUploadUnknown,
+        format!("no upload {id:?} (never started, finished, cancelled or interrupted)"),
+    )
+}
+
+impl Staging {
+    fn create(registry: &Registry, prefix: &str) -> crate::Result<Staging> {
+        let (file, temp) = registry.store().temp_file(prefix)?.into_parts();
+        Ok(Staging {
+            file,
+            temp,
+            hasher: DualHasher::default(),
+        })
+    }
+
+    fn len(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    fn write(&mut self, frames: &[Bytes]) -> crate::Result<()> {
+        for frame in frames {
+            self.file
+                .write_all(frame)
+                .map_err(|e| Error::io(format!("writing upload {}", self.temp.display()), e))?;
+            self.hasher.update(frame);
+        }
+        Ok(())
+    }
+
+    /// Checks the bytes against `claimed` and publishes them as an object.
+    /// On a mismatch the file is deleted and nothing is published.
+    fn publish(self, registry: &Registry, claimed: &Digest) -> RegistryResult<()> {
+        let computed = self.hasher.finish();
+        computed.check(claimed, Code::BlobDigestMismatch)?;
+        drop(self.file);
+        registry.publish_upload(self.temp, &computed)?;
+        Ok(())
+    }
+}
+
+/// Streams `body` onto `staging`, refusing to pass `limit` bytes in all.
+/// Errors drop the staging (and so its file).
+async fn receive(mut staging: Staging, body: Body, limit: u64) -> RegistryResult<Staging> {
+    let mut stream = body.into_data_stream();
+    let mut pending: Vec<Bytes> = Vec::new();
+    let mut pending_len = 0;
+    while let Some(frame) = stream.next().await {
+        let frame = frame.map_err(|e| {
+            RegistryError::new(
+                Code::BlobUploadInvalid,
+                format!("upload body cut short: {e}"),
+            )
+        })?;
+        pending_len += frame.len();
+        if staging.len() + pending_len as u64 > limit {
+            return Err(too_large(limit));
+        }
+        pending.push(frame);
+        if pending_len >= FLUSH_BYTES {
+            staging = flush(staging, std::mem::take(&mut pending)).await?;
+            pending_len = 0;
+        }
+    }
+    flush(staging, pending).await
+}
+
+async fn flush(mut staging: Staging, frames: Vec<Bytes>) -> RegistryResult<Staging> {
+    if frames.is_empty() {
+        return Ok(staging);
+    }
+    blocking(move || {
+        staging.write(&frames)?;
+        Ok(staging)
+    })
+    .await
+}
+
+fn too_large(limit: u64) -> RegistryError {
+    RegistryError::new(
+        Code::BlobTooLarge,
+        format!("blob is larger than the {limit} bytes this server accepts (--max-blob-size)"),
+    )
+}
+
+/// Refuses at once a body whose announced length is past the limit.
+fn check_announced(headers: &HeaderMap, already: u64, limit: u64) -> RegistryResult<()> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if already.saturating_add(announced) > limit {
+        return Err(too_large(limit));
+    }
+    Ok(())
+}
+
+/// `POST <name>/blobs/uploads/`: a monolithic upload with `?digest=`, a
+/// mount of a blob already here with `?mount=`, else a new session.
+pub async fn start(app: &App, name: String, request: Request) -> RegistryResult<Response> {
+    if let Some(digest) = request.query.get("digest") {
+        let digest = Digest::parse(digest)?;
+        check_announced(&request.headers, 0, app.limits.max_blob)?;
+        let staging = new_staging(app).await?;
+        let staging = receive(staging, request.body, app.limits.max_blob).await?;
+        return publish(app, &name, staging, digest).await;
+    }
+    if let Some(mounted) = mounted_blob(app, &request.query).await? {
+        return Ok(created(&name, &mounted));
+    }
+    let staging = new_staging(app).await?;
+    let id = app.uploads.insert(name.clone(), staging);
+    Ok(accepted(&name, &id, 0, StatusCode::ACCEPTED))
+}
+
+/// `?mount=<digest>`: the digest, if that blob is already here.
+async fn mounted_blob(
+    app: &App,
+    query: &HashMap<String, String>,
+) -> RegistryResult<Option<Digest>> {
+    let Some(mount) = query.get("mount") else {
+        return Ok(None);
+    };
+    let digest = Digest::parse(mount)?;
+    let registry = app.registry.clone();
+    blocking(move || Ok(registry.resolve_blob(&digest)?.map(|_| digest))).await
+}
+
+async fn new_staging(app: &App) -> RegistryResult<Staging> {
+    let registry = app.registry.clone();
+    let prefix = app.uploads.prefix.clone();
+    blocking(move || Ok(Staging::create(&registry, &prefix)?)).await
+}
+
+/// `PATCH <name>/blobs/uploads/<id>`: appends the body.
+pub async fn patch(app: &App, name: &str, id: &str, request: Request) -> RegistryResult<Response> {
+    let session = app.uploads.get(name, id)?;
+    let mut slot = session.staging.lock().await;
+    let staging = slot.take().ok_or_else(|| unknown_upload(id))?;
+    let offset = staging.len();
+    let checked = check_content_range(&request.headers, offset)
+        .and_then(|()| check_announced(&request.headers, offset, app.limits.max_blob));
+    let received = match checked {
+        Ok(()) => receive(staging, request.body, app.limits.max_blob).await,
+        Err(err) => {
+            *slot = Some(staging);
+            return Err(err);
+        }
+    };
+    match received {
+        Ok(staging) => {
+            let len = staging.len();
+            *slot = Some(staging);
+            Ok(accepted(name, id, len, StatusCode::ACCEPTED))
+        }
+        Err(err) => {
+            app.uploads.remove(id);
+            Err(err)
+        }
+    }
+}
+
+/// A `Content-Range: <first>-<last>` on a `PATCH` must continue where the
+/// upload stands.
+fn check_content_range(headers: &HeaderMap, offset: u64) -> RegistryResult<()> {
+    let Some(value) = headers.get(header::CONTENT_RANGE) else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or_default();
+    let first = text
+        .trim()
+        .trim_start_matches("bytes ")
+        .split_once('-')
+        .and_then(|(first, _)| first.trim().parse::<u64>().ok());
+    if first == Some(offset) {
+        return Ok(());
+    }
+    Err(RegistryError::new(
+        Code::RangeInvalid,
+        format!("Content-Range {text:?} does not continue the upload, which has {offset} bytes"),
+    )
+    .with_header(
+        header::RANGE,
+        range_value(offset).parse().expect("ascii header"),
+    ))
+}
+
+/// `PUT <name>/blobs/uploads/<id>?digest=`: appends any body, checks the
+/// whole blob against the digest and publishes it. The session ends either
+/// way.
+pub async fn finish(app: &App, name: &str, id: &str, request: Request) -> RegistryResult<Response> {
+    let digest = request.query.get("digest").ok_or_else(|| {
+        RegistryError::new(
+            Code::DigestInvalid,
+            "completing an upload needs ?digest=sha256:<hex>",
+        )
+    })?;
+    let digest = Digest::parse(digest)?;
+    let session = app.uploads.get(name, id)?;
+    app.uploads.remove(id);
+    let staging = session
+        .staging
+        .lock()
+        .await
+        .take()
+        .ok_or_else(|| unknown_upload(id))?;
+    check_announced(&request.headers, staging.len(), app.limits.max_blob)?;
+    let staging = receive(staging, request.body, app.limits.max_blob).await?;
+    publish(app, name, staging, digest).await
+}
+
+async fn publish(
+    app: &App,
+    name: &str,
+    staging: Staging,
+    digest: Digest,
+) -> RegistryResult<Response> {
+    let registry = app.registry.clone();
+    blocking(move || staging.publish(&registry, &digest)).await?;
+    Ok(created(name, &digest))
+}
+
+/// `GET <name>/blobs/uploads/<id>`: how far the upload is.
+pub async fn status(app: &App, name: &str, id: &str) -> RegistryResult<Response> {
+    let session = app.uploads.get(name, id)?;
+    let len = match session.staging.lock().await.as_ref() {
+        Some(staging) => staging.len(),
+        None => return Err(unknown_upload(id)),
+    };
+    Ok(accepted(name, id, len, StatusCode::NO_CONTENT))
+}
+
+/// `DELETE <name>/blobs/uploads/<id>`: abandons the upload.
+pub fn cancel(app: &App, name: &str, id: &str) -> RegistryResult<Response> {
+    app.uploads.get(name, id)?;
+    app.uploads.remove(id);
+    Ok(Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(Body::empty())
+        .expect("valid response"))
+}
+
+/// The `Range` of an upload holding `len` bytes: `0-<last byte>` (`0-0`
+/// when empty, as the distribution registry answers).
+fn range_value(len: u64) -> String {
+    format!("0-{}", len.saturating_sub(1))
+}
+
+/// 202/204 for a session: where to send the rest, and how much is here.
+fn accepted(name: &str, id: &str, len: u64, status: StatusCode) -> Response {
+    Response::builder()
+        .status(status)
+        .header(header::LOCATION, format!("/v2/{name}/blobs/uploads/{id}"))
+        .header("Docker-Upload-UUID", id)
+        .header(header::RANGE, range_value(len))
+        .header(header::CONTENT_LENGTH, 0)
+        .body(Body::empty())
+        .expect("valid response")
+}
+
+/// 201 for a blob now here.
+fn created(name: &str, digest: &Digest) -> Response {
+    Response::builder()
+        .status(StatusCode::CREATED)
+        .header(header::LOCATION, format!("/v2/{name}/blobs/{digest}"))
+        .header("Docker-Content-Digest", digest.to_string())
+        .header(header::CONTENT_LENGTH, 0)
+        .body(Body::empty())
+        .expect("valid response")
+}

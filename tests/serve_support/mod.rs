@@ -1,0 +1,287 @@
+//! Helpers for the `serve` tests: the real server on a free port (stopped
+//! with SIGTERM when dropped) and a minimal HTTP/1.1 client over a plain
+//! `TcpStream`, so the tests exercise the wire and nothing of ours sits
+//! between them and the server.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::common::{bin, s};
+
+/// A running `mache-cachefs -v serve`, its log in a file.
+pub struct Server {
+    child: Option<Child>,
+    /// `IP:PORT`, read from the server's "listening on" line.
+    pub addr: String,
+    /// The store it serves.
+    pub store: PathBuf,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts the server on `store` with `extra` flags (and `--listen
+    /// 127.0.0.1:0` unless they say otherwise), its log at
+    /// `<dir>/serve.log`, and waits for its "listening on" line.
+    pub fn start(dir: &Path, store: &Path, extra: &[&str]) -> Server {
+        let log = dir.join("serve.log");
+        let listen: &[&str] = match extra.contains(&"--listen") {
+            true => &[],
+            false => &["--listen", "127.0.0.1:0"],
+        };
+        let mut child = bin()
+            .args(["-v", "serve", s(store)])
+            .args(listen)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the server starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| {
+                panic!(
+                    "no listening line (got {line:?}); log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_string();
+        Server {
+            child: Some(child),
+            addr,
+            store: store.to_path_buf(),
+            log,
+        }
+    }
+
+    /// The port, for clients that want it alone.
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Sends one request to the server.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        request(&self.addr, method, path, headers, body)
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, &[], b"")
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.terminate().expect("the server was running")
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn signal(&self) {
+        let child = self.child.as_ref().expect("the server is running");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    }
+
+    /// Waits for the exit (after [`signal`](Self::signal)).
+    pub fn wait(mut self) -> ExitStatus {
+        self.child.take().unwrap().wait().unwrap()
+    }
+
+    /// Waits until the log has a line containing `needle` (or panics
+    /// after 10 s): the server's own word that it got somewhere.
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.log().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{needle:?} never logged: {}",
+                self.log()
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        Some(child.wait().unwrap())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// A response as the wire carried it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    /// Header names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The first error of an OCI error envelope: `(code, message)`.
+    pub fn error(&self) -> (String, String) {
+        let json = self.json();
+        let error = &json["errors"][0];
+        (
+            error["code"].as_str().unwrap_or_default().to_string(),
+            error["message"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+}
+
+/// One HTTP/1.1 request on its own connection (`Connection: close`).
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut stream = TcpStream::connect(addr).expect("connects to the server");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    parse_reply(&raw, method == "HEAD")
+}
+
+/// Parses a whole response as read from the socket.
+pub fn parse_reply(raw: &[u8], head_only: bool) -> Reply {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+    let head = std::str::from_utf8(&raw[..split]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let rest = &raw[split + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let body = match (head_only, chunked) {
+        (true, _) => Vec::new(),
+        (false, true) => dechunk(rest),
+        (false, false) => rest.to_vec(),
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size_text = std::str::from_utf8(&rest[..line_end]).unwrap();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+/// `sha256:<BLAKE3 hex>`: a build-cache/v1 digest.
+pub fn b3_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", blake3::hash(bytes).to_hex())
+}
+
+/// `sha256:<SHA-256 hex>`: a standard OCI digest.
+pub fn sha_digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// Pushes `bytes` in one `POST …/blobs/uploads/?digest=`.
+pub fn push_blob(addr: &str, name: &str, digest: &str, bytes: &[u8]) -> Reply {
+    let path = format!("/v2/{name}/blobs/uploads/?digest={digest}");
+    request(addr, "POST", &path, &[], bytes)
+}
+
+/// A manifest naming `config` and `layers` (digest, size) of generic types.
+pub fn manifest_of(config: (&str, usize), layers: &[(&str, usize)]) -> Vec<u8> {
+    let descriptor = |media: &str, (digest, size): (&str, usize)| serde_json::json!({"mediaType": media, "digest": digest, "size": size});
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": descriptor("application/vnd.oci.empty.v1+json", config),
+        "layers": layers
+            .iter()
+            .map(|l| descriptor("application/octet-stream", *l))
+            .collect::<Vec<_>>(),
+    });
+    serde_json::to_vec(&manifest).unwrap()
+}
+
+/// Files under `dir/sub`, relative to it, sorted.
+pub fn files_in(dir: &Path, sub: &str) -> Vec<PathBuf> {
+    crate::common::list_files(&dir.join(sub))
+}
