@@ -3,10 +3,14 @@
 //! getfattr. Each test has its own mountpoint and cache, and unmounts when
 //! it ends, pass or fail.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "../tests/fake_registry/mod.rs"]
 mod fake_registry;
 mod harness;
 mod registry;
+#[path = "../tests/serve_support/mod.rs"]
+mod serve_support;
 mod sharing;
 
 use std::collections::BTreeMap;

@@ -18,18 +18,11 @@ fn served() -> FakeRegistry {
     registry
 }
 
-/// Mounts the registry's bundle at `m` with `--daemon`.
-fn mount_remote(m: &mut TestMount, registry: &FakeRegistry, extra: &[&str]) {
+/// Mounts the bundle of the registry at `url` at `m` with `--daemon`.
+fn mount_url(m: &mut TestMount, url: &str, extra: &[&str]) {
     let output = m
         .command()
-        .args([
-            "mount",
-            "--daemon",
-            "--remote",
-            &registry.url(),
-            "--scope",
-            SCOPE,
-        ])
+        .args(["mount", "--daemon", "--remote", url, "--scope", SCOPE])
         .args(extra)
         .arg(&m.mnt)
         .output()
@@ -41,6 +34,11 @@ fn mount_remote(m: &mut TestMount, registry: &FakeRegistry, extra: &[&str]) {
         .nth(1)
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|pid| pid.parse().ok());
+}
+
+/// Mounts the fake registry's bundle at `m`.
+fn mount_remote(m: &mut TestMount, registry: &FakeRegistry, extra: &[&str]) {
+    mount_url(m, &registry.url(), extra);
 }
 
 fn blob_gets(registry: &FakeRegistry) -> usize {
@@ -143,4 +141,36 @@ fn with_the_registry_down_uncached_files_fail_fast_cached_ones_work_and_recovery
         original(uncached),
         "back without a remount"
     );
+}
+
+#[test]
+fn a_bundle_served_by_serve_mounts_and_reads_whole_with_or_without_a_sizes_index() {
+    let sample = sample();
+    for go_layout in [false, true] {
+        let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let store = sample.copy_store(scratch.path());
+        if go_layout {
+            // As the Go mache writes a store: objects and mache.lock.bin.
+            for extra in ["refs", "lockfiles", "pushed"] {
+                let _ = std::fs::remove_dir_all(store.join(extra));
+            }
+        }
+        let server = crate::serve_support::Server::start(scratch.path(), &store, &[]);
+        let mut m = TestMount::dirs();
+        mount_url(&mut m, &format!("http://{}", server.addr), &[]);
+        let diff = Command::new("diff")
+            .arg("-r")
+            .arg(&sample.tree)
+            .arg(m.path("sources"))
+            .output()
+            .unwrap();
+        assert!(
+            diff.status.success(),
+            "go layout {go_layout}: {}",
+            String::from_utf8_lossy(&diff.stdout)
+        );
+        let status = m.status();
+        assert_eq!(status["sizes_index"], !go_layout, "{status:#}");
+        assert_eq!(status["remote"]["failures"], 0, "{status:#}");
+    }
 }

@@ -342,9 +342,10 @@ impl RegistryStore {
         self.chunks.disk()?.get(&hash)
     }
 
-    /// Uploads a bundle of the local store and tags it: every blob the
-    /// registry lacks (HEAD first), the config, the sizes index, then the
-    /// manifest, by tag, unless the tag already names it.
+    /// Uploads a bundle of the local store and tags it `tag` and `latest`
+    /// (as a local push does): every blob the registry lacks (HEAD first),
+    /// the config, the sizes index, then the manifest, by each tag that
+    /// does not already name it.
     pub fn upload(&self, local: &LocalStore, bundle: &Bundle, tag: &str) -> Result<UploadReport> {
         check_ref_name(tag)?;
         let chunk_lens: Vec<u64> = match &bundle.sizes {
@@ -391,7 +392,12 @@ impl RegistryStore {
         }
         let mut report = self.upload_blobs(local, blobs)?;
         report.manifest_digest = digest.clone();
-        report.manifest_unchanged = self.put_manifest(tag, manifest_bytes, &digest)?;
+        // As a local push: the tag, and `latest`.
+        report.manifest_unchanged = true;
+        for name in [tag, crate::store::local::LATEST] {
+            let unchanged = self.put_manifest(name, manifest_bytes.clone(), &digest)?;
+            report.manifest_unchanged &= unchanged;
+        }
         Ok(report)
     }
 

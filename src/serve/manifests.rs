@@ -262,6 +262,7 @@ fn store(
     bytes: &[u8],
     manifest: &Manifest,
 ) -> RegistryResult<Hash> {
+    let _writing = registry.lock_shared()?;
     let computed = Computed::of(bytes);
     if let Reference::Digest(digest) = &reference {
         computed.check(digest, Code::DigestInvalid)?;

@@ -169,6 +169,14 @@ async fn serve(
         );
     }
     on_listening(addr);
+    // Small answers (HEAD, manifests, small chunks) go out at once: with
+    // Nagle's algorithm each would wait for the client's delayed ACK (40 ms).
+    let listener =
+        axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY: {e}");
+            }
+        });
     let server = axum::serve(listener, router(app)).with_graceful_shutdown(stopped(stop.clone()));
     let grace = async {
         stopped(stop).await;

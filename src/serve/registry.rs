@@ -117,6 +117,12 @@ impl Registry {
         marker.is_file() && self.store.object_len(hash).is_some()
     }
 
+    /// Holds the store's lock shared while a manifest is checked and
+    /// tagged, so `gc` cannot take a blob the check just found.
+    pub fn lock_shared(&self) -> Result<crate::store::local::StoreLock> {
+        self.store.lock_shared()
+    }
+
     /// Points `tag` of repository `name` at manifest `hash`.
     pub fn set_tag(&self, name: &str, tag: &str, hash: &Hash) -> Result<()> {
         let text = format!("{}\n", Digest::of_hash(hash));

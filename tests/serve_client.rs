@@ -1,0 +1,182 @@
+//! Our client against our own build-cache/v1 provider: push to `serve`,
+//! then pull, verify and refs through it, re-push unchanged with nothing
+//! uploaded, and the conformance vectors' bundle pulled as a registry bundle.
+
+mod common;
+mod serve_support;
+
+use std::path::Path;
+
+use common::*;
+use serve_support::Server;
+
+const SCOPE: &str = "team/repo";
+
+fn remote(server: &Server) -> Vec<String> {
+    vec![
+        "--remote".into(),
+        format!("http://{}", server.addr),
+        "--scope".into(),
+        SCOPE.into(),
+    ]
+}
+
+/// Runs the binary with this test's cache and the server as remote.
+fn run_remote(dir: &Path, server: &Server, args: &[&str]) -> std::process::Output {
+    bin()
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .args(args)
+        .args(remote(server))
+        .output()
+        .unwrap()
+}
+
+fn ok_json(out: std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn sample_db(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let db = dir.join(format!("mache{extra}.db"));
+    let b = format!("package b // {extra}\n");
+    let sources = [
+        Src::at("src/a.go", Some("go"), b"package a\n"),
+        Src::at("src/b.go", Some("go"), b.as_bytes()),
+        Src::at("docs/readme.md", Some("markdown"), b"# hello\n"),
+        Src::at("empty", Some("text"), b""),
+    ];
+    let nodes: [Node; 1] = [(
+        "src/a.go/File",
+        "src/a.go",
+        "source_file",
+        [0, 10, 0, 0, 1, 0],
+    )];
+    make_db(&db, &sources, Some(&nodes));
+    db
+}
+
+#[test]
+fn push_to_serve_then_pull_verify_and_refs_through_it_and_an_unchanged_repush_uploads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &dir.path().join("served"), &[]);
+    let db = sample_db(dir.path(), "");
+    let local = dir.path().join("local");
+    let first = ok_json(run_remote(
+        dir.path(),
+        &server,
+        &["push", "--db", s(&db), s(&local), "--tag", "v1", "--json"],
+    ));
+    assert_eq!(
+        first["remote"]["uploaded"], 6,
+        "4 chunks, the lockfile, the sizes index: {first:#}"
+    );
+    assert_eq!(first["remote"]["present"], 0);
+
+    let again = ok_json(run_remote(
+        dir.path(),
+        &server,
+        &["push", "--db", s(&db), s(&local), "--tag", "v1", "--json"],
+    ));
+    assert_eq!(again["remote"]["uploaded"], 0, "{again:#}");
+    assert_eq!(again["remote"]["manifest_unchanged"], true);
+    assert_eq!(again["remote"]["manifest"], first["remote"]["manifest"]);
+
+    let out = dir.path().join("pulled.db");
+    ok_json(run_remote(
+        dir.path(),
+        &server,
+        &["pull", "--out-db", s(&out), "--ref", "v1", "--json"],
+    ));
+    assert_eq!(dump_sources(&out), dump_sources(&db));
+    assert_eq!(dump_ast(&out), dump_ast(&db));
+    let verified = ok_json(run_remote(
+        dir.path(),
+        &server,
+        &["verify", "--ref", "v1", "--json"],
+    ));
+    assert_eq!(verified["sources"], 4);
+
+    let refs = ok_json(run_remote(dir.path(), &server, &["refs", "--json"]));
+    let names: Vec<&str> = refs["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"v1") && names.contains(&"latest"),
+        "{refs:#}"
+    );
+    assert!(
+        refs["refs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["lockfile"] == first["lockfile"])
+    );
+
+    // A changed file uploads its chunk, the lockfile and the sizes index only.
+    let changed = sample_db(dir.path(), "changed");
+    let second = ok_json(run_remote(
+        dir.path(),
+        &server,
+        &[
+            "push",
+            "--db",
+            s(&changed),
+            s(&local),
+            "--tag",
+            "v2",
+            "--json",
+        ],
+    ));
+    assert_eq!(second["remote"]["uploaded"], 3, "{second:#}");
+    assert_eq!(second["remote"]["present"], 3);
+    // What serve stored is a bundle of its store too.
+    run_ok(&[
+        "verify",
+        s(&dir.path().join("served")),
+        "--ref",
+        second["lockfile"].as_str().unwrap(),
+    ]);
+}
+
+#[test]
+fn the_conformance_vectors_bundle_pulls_through_our_client() {
+    let dir = tempfile::tempdir().unwrap();
+    // The vectors as a store the Go mache wrote: objects and mache.lock.bin.
+    let served = dir.path().join("served");
+    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/build-cache-v1");
+    let lockfile = std::fs::read(vectors.join("lockfile-config.bin")).unwrap();
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::write(served.join("mache.lock.bin"), &lockfile).unwrap();
+    for chunk in ["chunk-001.bin", "chunk-002.bin"] {
+        let bytes = std::fs::read(vectors.join(chunk)).unwrap();
+        let hex = blake3::hash(&bytes).to_hex().to_string();
+        let path = served.join("objects").join(&hex[..2]).join(&hex[2..]);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    let server = Server::start(dir.path(), &served, &[]);
+    let served_manifest = server.get(&format!("/v2/mache/{SCOPE}/manifests/latest"));
+    assert_eq!(
+        served_manifest.body,
+        std::fs::read(vectors.join("manifest.json")).unwrap(),
+        "the vector manifest, byte for byte"
+    );
+    // The vectors' chunks are stand-ins whose input hashes do not match, so
+    // the restore is checked by chunk hashes only.
+    let out = dir.path().join("vectors.db");
+    ok_json(run_remote(
+        dir.path(),
+        &server,
+        &["pull", "--out-db", s(&out), "--verify=false", "--json"],
+    ));
+    let rows = dump_sources(&out);
+    let paths: Vec<&str> = rows.iter().map(|r| r.1.as_deref().unwrap()).collect();
+    assert_eq!(paths, ["src/auth.go", "src/main.go"]);
+}
