@@ -180,3 +180,50 @@ fn the_conformance_vectors_bundle_pulls_through_our_client() {
     let paths: Vec<&str> = rows.iter().map(|r| r.1.as_deref().unwrap()).collect();
     assert_eq!(paths, ["src/auth.go", "src/main.go"]);
 }
+
+#[test]
+fn a_bundle_of_20000_sources_in_one_layer_per_source_pushes_and_pulls_through_serve() {
+    // 20,000 layers make a manifest of about 6 MB: past the 4 MiB that the
+    // distribution registry accepts, within what providers must (16 MiB).
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("big.db");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-sample-db.py");
+    let made = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--synthetic", "20000"])
+        .arg(&db)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let server = Server::start(dir.path(), &dir.path().join("served"), &[]);
+    let pushed = ok_json(run_remote(
+        dir.path(),
+        &server,
+        &[
+            "push",
+            "--db",
+            s(&db),
+            s(&dir.path().join("local")),
+            "--json",
+        ],
+    ));
+    assert_eq!(pushed["sources"], 20000);
+    let manifest = server.get(&format!("/v2/mache/{SCOPE}/manifests/latest"));
+    assert!(
+        manifest.body.len() > 4 << 20,
+        "{} bytes",
+        manifest.body.len()
+    );
+    let out = dir.path().join("pulled.db");
+    let pulled = ok_json(run_remote(
+        dir.path(),
+        &server,
+        &["pull", "--out-db", s(&out), "--json"],
+    ));
+    assert_eq!(pulled["sources"], 20000);
+    assert_eq!(dump_sources(&out).len(), 20000);
+}

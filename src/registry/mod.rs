@@ -47,7 +47,7 @@ pub const PRODUCER: &str = "mache";
 /// The name of the one-layer-per-source layout of SPEC §6.
 pub const LAYOUT_V1: &str = "build-cache/v1";
 /// Largest manifest we read (providers accept at least 16 MiB).
-const MAX_MANIFEST: u64 = 64 << 20;
+const MAX_MANIFEST: u64 = 128 << 20;
 /// Largest lockfile or sizes index we read.
 const MAX_METADATA: u64 = 1 << 30;
 
@@ -346,7 +346,13 @@ impl RegistryStore {
     /// (as a local push does): every blob the registry lacks (HEAD first),
     /// the config, the sizes index, then the manifest, by each tag that
     /// does not already name it.
-    pub fn upload(&self, local: &LocalStore, bundle: &Bundle, tag: &str) -> Result<UploadReport> {
+    pub fn upload(
+        &self,
+        local: &LocalStore,
+        bundle: &Bundle,
+        tag: &str,
+        progress: bool,
+    ) -> Result<UploadReport> {
         check_ref_name(tag)?;
         let chunk_lens: Vec<u64> = match &bundle.sizes {
             Some(index) => index.entries.iter().map(|e| e.chunk_len).collect(),
@@ -390,7 +396,7 @@ impl RegistryStore {
         if let Some(json) = sizes_json {
             blobs.push(Blob::Bytes(json));
         }
-        let mut report = self.upload_blobs(local, blobs)?;
+        let mut report = self.upload_blobs(local, blobs, progress)?;
         report.manifest_digest = digest.clone();
         // As a local push: the tag, and `latest`.
         report.manifest_unchanged = true;
@@ -401,10 +407,16 @@ impl RegistryStore {
         Ok(report)
     }
 
-    fn upload_blobs(&self, local: &LocalStore, blobs: Vec<Blob>) -> Result<UploadReport> {
+    fn upload_blobs(
+        &self,
+        local: &LocalStore,
+        blobs: Vec<Blob>,
+        progress: bool,
+    ) -> Result<UploadReport> {
         let client = self.client.clone();
         let local = local.clone();
         let jobs = self.jobs;
+        let bar = progress.then(|| crate::bundle::progress(blobs.len(), "uploading"));
         self.client.run(async move {
             let mut results = futures_util::stream::iter(blobs)
                 .map(|blob| upload_blob(&client, &local, blob))
@@ -418,6 +430,12 @@ impl RegistryStore {
                     }
                     None => report.present += 1,
                 }
+                if let Some(bar) = &bar {
+                    bar.inc(1);
+                }
+            }
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
             }
             Ok(report)
         })

@@ -44,8 +44,9 @@ use uploads::Uploads;
 
 /// Default `--max-blob-size`: 4 GiB.
 pub const DEFAULT_MAX_BLOB: &str = "4GiB";
-/// Default `--max-manifest-size`: 32 MiB (providers must take at least 16).
-pub const DEFAULT_MAX_MANIFEST: &str = "32MiB";
+/// Default `--max-manifest-size`: 128 MiB (providers must take at least 16;
+/// one layer per source for 100,000 sources is about 35 MB).
+pub const DEFAULT_MAX_MANIFEST: &str = "128MiB";
 /// How long in-flight requests may take to finish once a shutdown signal
 /// arrives.
 const GRACE: Duration = Duration::from_secs(10);
