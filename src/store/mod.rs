@@ -8,7 +8,7 @@
 //!   and concurrent requests for one chunk make one fetch. It is the one
 //!   [`ChunkSource`] that reads, prefetch and the `mache.db` build all use;
 //! - a [`BundleStore`] resolves refs to bundles (lockfile + sizes index),
-//!   lists refs, and hands out its chunk source. [`open`] is the one factory
+//!   lists refs, and hands out its chunk source. The CLI's `open_store` is the one factory
 //!   that builds it from the settings: the local store ([`local`]) or a
 //!   registry ([`crate::registry`]).
 //!
