@@ -391,6 +391,16 @@ fn is_alive(proc_dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// `diff -r` of the sample's tree against `mounted` (a `sources/` directory).
+pub fn diff_against_tree(sample: &Sample, mounted: &Path) -> Output {
+    Command::new("diff")
+        .arg("-r")
+        .arg(&sample.tree)
+        .arg(mounted)
+        .output()
+        .unwrap()
+}
+
 /// Where a store keeps object `hash`.
 pub fn object_of(store: &Path, hash: &mache_cachefs::Hash) -> PathBuf {
     let hex = hash.to_hex();

@@ -322,12 +322,7 @@ fn a_corrupt_object_is_eio_for_its_file_only() {
     let err = std::fs::read(m.path("sources").join(&victim.path)).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
 
-    let diff = Command::new("diff")
-        .arg("-r")
-        .arg(&sample.tree)
-        .arg(m.path("sources"))
-        .output()
-        .unwrap();
+    let diff = crate::harness::diff_against_tree(sample, &m.path("sources"));
     let out = String::from_utf8_lossy(&diff.stdout);
     let errs = String::from_utf8_lossy(&diff.stderr);
     assert!(

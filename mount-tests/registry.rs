@@ -57,12 +57,7 @@ fn a_registry_bundle_mounts_without_fetching_reads_whole_and_a_second_mount_is_c
     run(Command::new("find").arg(first.path("sources")));
     run(Command::new("ls").arg("-lR").arg(first.path("sources")));
     assert_eq!(blob_gets(&registry), at_mount, "listing fetches no chunk");
-    let diff = Command::new("diff")
-        .arg("-r")
-        .arg(&sample.tree)
-        .arg(first.path("sources"))
-        .output()
-        .unwrap();
+    let diff = crate::harness::diff_against_tree(sample, &first.path("sources"));
     assert!(
         diff.status.success(),
         "{}",
@@ -158,12 +153,7 @@ fn a_bundle_served_by_serve_mounts_and_reads_whole_with_or_without_a_sizes_index
         let server = crate::serve_support::Server::start(scratch.path(), &store, &[]);
         let mut m = TestMount::dirs();
         mount_url(&mut m, &format!("http://{}", server.addr), &[]);
-        let diff = Command::new("diff")
-            .arg("-r")
-            .arg(&sample.tree)
-            .arg(m.path("sources"))
-            .output()
-            .unwrap();
+        let diff = crate::harness::diff_against_tree(sample, &m.path("sources"));
         assert!(
             diff.status.success(),
             "go layout {go_layout}: {}",

@@ -181,12 +181,7 @@ fn gc_cache_trims_the_chunk_cache_to_its_cap_least_recently_used_first() {
             .args(extra)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        json_of(out)
     };
     let dry = run_gc(&["--dry-run"]);
     assert_eq!(

@@ -378,12 +378,7 @@ fn a_repush_of_unchanged_sources_keeps_the_bundle_and_force_writes_a_new_one() {
             .args(extra)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        json_of(out)
     };
     let first = push("1000", &[]);
     assert_eq!(first["kept"], false);

@@ -31,15 +31,6 @@ fn run_remote(dir: &Path, server: &Server, args: &[&str]) -> std::process::Outpu
         .unwrap()
 }
 
-fn ok_json(out: std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn sample_db(dir: &Path, extra: &str) -> std::path::PathBuf {
     let db = dir.join(format!("mache{extra}.db"));
     let b = format!("package b // {extra}\n");
@@ -65,7 +56,7 @@ fn push_to_serve_then_pull_verify_and_refs_through_it_and_an_unchanged_repush_up
     let server = Server::start(dir.path(), &dir.path().join("served"), &[]);
     let db = sample_db(dir.path(), "");
     let local = dir.path().join("local");
-    let first = ok_json(run_remote(
+    let first = json_of(run_remote(
         dir.path(),
         &server,
         &["push", "--db", s(&db), s(&local), "--tag", "v1", "--json"],
@@ -76,7 +67,7 @@ fn push_to_serve_then_pull_verify_and_refs_through_it_and_an_unchanged_repush_up
     );
     assert_eq!(first["remote"]["present"], 0);
 
-    let again = ok_json(run_remote(
+    let again = json_of(run_remote(
         dir.path(),
         &server,
         &["push", "--db", s(&db), s(&local), "--tag", "v1", "--json"],
@@ -86,21 +77,21 @@ fn push_to_serve_then_pull_verify_and_refs_through_it_and_an_unchanged_repush_up
     assert_eq!(again["remote"]["manifest"], first["remote"]["manifest"]);
 
     let out = dir.path().join("pulled.db");
-    ok_json(run_remote(
+    json_of(run_remote(
         dir.path(),
         &server,
         &["pull", "--out-db", s(&out), "--ref", "v1", "--json"],
     ));
     assert_eq!(dump_sources(&out), dump_sources(&db));
     assert_eq!(dump_ast(&out), dump_ast(&db));
-    let verified = ok_json(run_remote(
+    let verified = json_of(run_remote(
         dir.path(),
         &server,
         &["verify", "--ref", "v1", "--json"],
     ));
     assert_eq!(verified["sources"], 4);
 
-    let refs = ok_json(run_remote(dir.path(), &server, &["refs", "--json"]));
+    let refs = json_of(run_remote(dir.path(), &server, &["refs", "--json"]));
     let names: Vec<&str> = refs["refs"]
         .as_array()
         .unwrap()
@@ -121,7 +112,7 @@ fn push_to_serve_then_pull_verify_and_refs_through_it_and_an_unchanged_repush_up
 
     // A changed file uploads its chunk, the lockfile and the sizes index only.
     let changed = sample_db(dir.path(), "changed");
-    let second = ok_json(run_remote(
+    let second = json_of(run_remote(
         dir.path(),
         &server,
         &[
@@ -171,7 +162,7 @@ fn the_conformance_vectors_bundle_pulls_through_our_client() {
     // The vectors' chunks are stand-ins whose input hashes do not match, so
     // the restore is checked by chunk hashes only.
     let out = dir.path().join("vectors.db");
-    ok_json(run_remote(
+    json_of(run_remote(
         dir.path(),
         &server,
         &["pull", "--out-db", s(&out), "--verify=false", "--json"],
@@ -200,7 +191,7 @@ fn a_bundle_of_20000_sources_in_one_layer_per_source_pushes_and_pulls_through_se
         String::from_utf8_lossy(&made.stderr)
     );
     let server = Server::start(dir.path(), &dir.path().join("served"), &[]);
-    let pushed = ok_json(run_remote(
+    let pushed = json_of(run_remote(
         dir.path(),
         &server,
         &[
@@ -219,7 +210,7 @@ fn a_bundle_of_20000_sources_in_one_layer_per_source_pushes_and_pulls_through_se
         manifest.body.len()
     );
     let out = dir.path().join("pulled.db");
-    let pulled = ok_json(run_remote(
+    let pulled = json_of(run_remote(
         dir.path(),
         &server,
         &["pull", "--out-db", s(&out), "--json"],

@@ -87,22 +87,9 @@ pub fn collect(store: &LocalStore, grace: Duration, dry_run: bool) -> Result<GcR
             sweep.remove(&path, Kind::Lockfile);
         }
     }
-    for (path, _) in files_below(&root.join("pushed"), 1) {
-        let names = fs::read_to_string(&path)
-            .ok()
-            .and_then(|text| Hash::from_prefixed(text.trim()).ok());
-        if names.is_none_or(|h| !lockfiles.contains(&h)) {
-            sweep.remove(&path, Kind::Other);
-        }
-    }
-    for (path, _) in files_below(&root.join("sha256"), 1) {
-        let names = fs::read_to_string(&path)
-            .ok()
-            .and_then(|text| Hash::from_prefixed(text.trim()).ok());
-        if names.is_none_or(|h| !objects.contains(&h)) {
-            sweep.remove(&path, Kind::Other);
-        }
-    }
+    // Records that name a hash: `pushed/` a lockfile, `sha256/` an object.
+    sweep.pointers(&root.join("pushed"), &lockfiles);
+    sweep.pointers(&root.join("sha256"), &objects);
     for (path, name) in files_below(&root.join("repositories"), usize::MAX) {
         let marker = path.parent().is_some_and(|p| p.ends_with("_manifests"));
         if marker && Hash::from_hex(&name).is_ok_and(|h| !objects.contains(&h)) {
@@ -219,6 +206,18 @@ struct Sweep<'a> {
 }
 
 impl Sweep<'_> {
+    /// Removes the files of `dir` that name (as `blake3:<hex>`) no hash of `live`.
+    fn pointers(&mut self, dir: &Path, live: &HashSet<Hash>) {
+        for (path, _) in files_below(dir, 1) {
+            let names = fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| Hash::from_prefixed(text.trim()).ok());
+            if names.is_none_or(|h| !live.contains(&h)) {
+                self.remove(&path, Kind::Other);
+            }
+        }
+    }
+
     fn remove(&mut self, path: &Path, kind: Kind) {
         let Ok(meta) = fs::symlink_metadata(path) else {
             return;

@@ -55,6 +55,17 @@ pub fn run_fails(args: &[&str], code: i32, needle: &str) -> String {
     stderr
 }
 
+/// Asserts that a finished command succeeded and parses its stdout as JSON.
+pub fn json_of(out: Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "failed with {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+}
+
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
