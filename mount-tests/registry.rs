@@ -1,6 +1,7 @@
 //! Mounts of a bundle on a registry (the test suite's own registry, which
 //! can go down on demand): lazy, verified, cached on disk, and resilient.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -138,19 +139,43 @@ fn with_the_registry_down_uncached_files_fail_fast_cached_ones_work_and_recovery
     );
 }
 
+/// Pushes `db` to `server` (through a local store in `dir`) as `mache/<SCOPE>:latest`.
+fn push_to(server: &crate::serve_support::Server, db: &Path, dir: &Path) {
+    run(Command::new(crate::harness::BIN)
+        .args(["-q", "push", "--db"])
+        .arg(db)
+        .arg(dir.join("local"))
+        .args([
+            "--remote",
+            &format!("http://{}", server.addr),
+            "--scope",
+            SCOPE,
+        ])
+        .env("XDG_CACHE_HOME", dir.join("push-cache")));
+}
+
 #[test]
-fn a_bundle_served_by_serve_mounts_and_reads_whole_with_or_without_a_sizes_index() {
+fn a_bundle_pushed_to_serve_mounts_and_reads_whole_and_so_does_a_go_store_it_serves() {
     let sample = sample();
     for go_layout in [false, true] {
         let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let store = sample.copy_store(scratch.path());
-        if go_layout {
-            // As the Go mache writes a store: objects and mache.lock.bin.
+        let server = if go_layout {
+            // A store as the Go mache writes it (objects and mache.lock.bin),
+            // served as it is: no sizes index.
+            let store = sample.copy_store(scratch.path());
             for extra in ["refs", "lockfiles", "pushed"] {
                 let _ = std::fs::remove_dir_all(store.join(extra));
             }
-        }
-        let server = crate::serve_support::Server::start(scratch.path(), &store, &[]);
+            crate::serve_support::Server::start(scratch.path(), &store, &[])
+        } else {
+            let server = crate::serve_support::Server::start(
+                scratch.path(),
+                &scratch.path().join("served"),
+                &[],
+            );
+            push_to(&server, &sample.db, scratch.path());
+            server
+        };
         let mut m = TestMount::dirs();
         mount_url(&mut m, &format!("http://{}", server.addr), &[]);
         let diff = crate::harness::diff_against_tree(sample, &m.path("sources"));
@@ -163,4 +188,30 @@ fn a_bundle_served_by_serve_mounts_and_reads_whole_with_or_without_a_sizes_index
         assert_eq!(status["sizes_index"], !go_layout, "{status:#}");
         assert_eq!(status["remote"]["failures"], 0, "{status:#}");
     }
+}
+
+#[test]
+fn a_100000_source_bundle_pushes_to_serve_and_mounts_with_find_fetching_no_chunk() {
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let db = scratch.path().join("synthetic.db");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-sample-db.py");
+    run(Command::new("python3")
+        .arg(&script)
+        .args(["--synthetic", "100000"])
+        .arg(&db));
+    let server =
+        crate::serve_support::Server::start(scratch.path(), &scratch.path().join("served"), &[]);
+    push_to(&server, &db, scratch.path());
+    let mut m = TestMount::dirs();
+    mount_url(&mut m, &format!("http://{}", server.addr), &[]);
+    let files = stdout(
+        Command::new("find")
+            .arg(m.path("sources"))
+            .args(["-type", "f"]),
+    );
+    assert_eq!(files.lines().count(), 100_000);
+    let status = m.status();
+    assert_eq!(status["chunks_fetched"], 0, "{status:#}");
+    let first = files.lines().next().unwrap();
+    assert!(std::fs::read(first).is_ok(), "{first} reads");
 }
