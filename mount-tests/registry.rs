@@ -141,8 +141,12 @@ fn with_the_registry_down_uncached_files_fail_fast_cached_ones_work_and_recovery
 
 /// Pushes `db` to `server` (through a local store in `dir`) as `mache/<SCOPE>:latest`.
 fn push_to(server: &crate::serve_support::Server, db: &Path, dir: &Path) {
+    push_layout(server, db, dir, "auto");
+}
+
+fn push_layout(server: &crate::serve_support::Server, db: &Path, dir: &Path, layout: &str) {
     run(Command::new(crate::harness::BIN)
-        .args(["-q", "push", "--db"])
+        .args(["-q", "push", "--layout", layout, "--db"])
         .arg(db)
         .arg(dir.join("local"))
         .args([
@@ -214,4 +218,31 @@ fn a_100000_source_bundle_pushes_to_serve_and_mounts_with_find_fetching_no_chunk
     assert_eq!(status["chunks_fetched"], 0, "{status:#}");
     let first = files.lines().next().unwrap();
     assert!(std::fs::read(first).is_ok(), "{first} reads");
+}
+
+#[test]
+fn a_packed_bundle_mounts_reads_whole_with_range_reads_and_read_ahead() {
+    let sample = sample();
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let server =
+        crate::serve_support::Server::start(scratch.path(), &scratch.path().join("served"), &[]);
+    push_layout(&server, &sample.db, scratch.path(), "packed");
+    let mut m = TestMount::dirs();
+    mount_url(&mut m, &format!("http://{}", server.addr), &[]);
+    run(Command::new("find").arg(m.path("sources")));
+    assert_eq!(m.status()["chunks_fetched"], 0, "listing fetches nothing");
+    let diff = crate::harness::diff_against_tree(sample, &m.path("sources"));
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    let status = m.status();
+    assert_eq!(status["remote"]["layout"], "packed/1", "{status:#}");
+    let requests = status["remote"]["requests"].as_u64().unwrap();
+    let files = sample.files().len() as u64;
+    assert!(
+        requests < files / 2,
+        "read-ahead: {requests} requests for {files} files"
+    );
 }

@@ -218,3 +218,73 @@ fn a_bundle_of_20000_sources_in_one_layer_per_source_pushes_and_pulls_through_se
     assert_eq!(pulled["sources"], 20000);
     assert_eq!(dump_sources(&out).len(), 20000);
 }
+
+#[test]
+fn the_packed_layout_round_trips_reuses_its_packs_and_an_unchanged_repush_uploads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &dir.path().join("served"), &[]);
+    let db = sample_db(dir.path(), "");
+    let local = dir.path().join("local");
+    let push = |db: &Path| {
+        json_of(run_remote(
+            dir.path(),
+            &server,
+            &[
+                "push",
+                "--db",
+                s(db),
+                s(&local),
+                "--layout",
+                "packed",
+                "--json",
+            ],
+        ))
+    };
+    let first = push(&db);
+    assert_eq!(first["remote"]["layout"], "packed/1");
+    assert_eq!(
+        first["remote"]["uploaded"], 3,
+        "one pack, the lockfile, the index: {first:#}"
+    );
+    let manifest = server
+        .get(&format!("/v2/mache/{SCOPE}/manifests/latest"))
+        .json();
+    assert_eq!(
+        manifest["layers"].as_array().unwrap().len(),
+        2,
+        "{manifest:#}"
+    );
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.mache-cachefs.lockfile.v1"
+    );
+
+    let again = push(&db);
+    assert_eq!(again["remote"]["uploaded"], 0, "{again:#}");
+    assert_eq!(again["remote"]["manifest_unchanged"], true);
+
+    let changed = sample_db(dir.path(), "changed");
+    let second = push(&changed);
+    assert_eq!(
+        second["remote"]["uploaded"], 3,
+        "a pack of the one new chunk, lockfile, index: {second:#}"
+    );
+    let manifest = server
+        .get(&format!("/v2/mache/{SCOPE}/manifests/latest"))
+        .json();
+    assert_eq!(
+        manifest["layers"].as_array().unwrap().len(),
+        3,
+        "the old pack is kept: {manifest:#}"
+    );
+
+    let out = dir.path().join("pulled.db");
+    json_of(run_remote(
+        dir.path(),
+        &server,
+        &["pull", "--out-db", s(&out), "--json"],
+    ));
+    assert_eq!(dump_sources(&out), dump_sources(&changed));
+    assert_eq!(dump_ast(&out), dump_ast(&changed));
+    json_of(run_remote(dir.path(), &server, &["verify", "--json"]));
+}

@@ -178,6 +178,11 @@ pub struct PushArgs {
     /// Also upload the bundle to a registry (it is always written to STORE).
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// The registry layout: build-cache/v1 (one layer per source, BLAKE3
+    /// digests), packed (packs and an index, SHA-256 digests, for standard
+    /// registries), or auto: v1 where the registry takes its digests.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub layout: crate::registry::Layout,
 }
 
 #[derive(Debug, Args)]

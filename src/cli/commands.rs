@@ -139,7 +139,7 @@ fn push(settings: &Settings, args: PushArgs, progress: bool) -> Result<()> {
             let bundle = store.resolve(&report.lockfile_hash.to_prefixed())?;
             Some((
                 registry.describe(),
-                registry.upload(&store, &bundle, &opts.tag, opts.progress)?,
+                registry.upload(&store, &bundle, &opts.tag, args.layout, opts.progress)?,
             ))
         }
         None => None,

@@ -22,6 +22,7 @@ pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport
         let remote = uploaded.map(|(repo, u)| {
             json!({
                 "repository": repo,
+                "layout": u.layout,
                 "uploaded": u.uploaded,
                 "uploaded_bytes": u.uploaded_bytes,
                 "present": u.present,
@@ -82,7 +83,8 @@ pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport
             "tagged"
         };
         println!(
-            "registry {repo}: {} uploaded ({}), {} already present; manifest {} {manifest} {}",
+            "registry {repo} ({}): {} uploaded ({}), {} already present; manifest {} {manifest} {}",
+            u.layout,
             u.uploaded,
             mb(u.uploaded_bytes),
             u.present,

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::packed;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::lockfile::Lockfile;
@@ -27,6 +28,8 @@ pub const PATH_KEY: &str = "org.cloister.build-cache.path";
 pub const KIND_KEY: &str = "org.cloister.build-cache.kind";
 /// Our annotation naming the sizes-index blob.
 pub const SIZES_KEY: &str = "dev.mache-cachefs.sizes";
+/// Our annotation naming a packed bundle's layout.
+pub const LAYOUT_KEY: &str = "dev.mache-cachefs.layout";
 
 /// An OCI content descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,19 +143,92 @@ impl Manifest {
                 manifest.schema_version, manifest.media_type
             )));
         }
-        if manifest.config.media_type != CONFIG_TYPE {
+        let (layers, last): (&str, Option<&str>) = match manifest.config.media_type.as_str() {
+            CONFIG_TYPE => (CHUNK_TYPE, None),
+            packed::CONFIG_TYPE => (packed::PACK_TYPE, Some(packed::INDEX_TYPE)),
+            other => {
+                return Err(Error::BadManifest(format!(
+                    "not a mache bundle: its config is {other:?}, not {CONFIG_TYPE} or {}",
+                    packed::CONFIG_TYPE
+                )));
+            }
+        };
+        let (body, tail) = match last {
+            Some(_) => manifest
+                .layers
+                .split_last()
+                .map(|(tail, body)| (body, Some(tail)))
+                .ok_or_else(|| {
+                    Error::BadManifest("a packed bundle without its pack index".into())
+                })?,
+            None => (&manifest.layers[..], None),
+        };
+        if let Some(layer) = body.iter().find(|l| l.media_type != layers) {
             return Err(Error::BadManifest(format!(
-                "not a mache bundle: its config is {:?}, not {CONFIG_TYPE}",
-                manifest.config.media_type
-            )));
-        }
-        if let Some(layer) = manifest.layers.iter().find(|l| l.media_type != CHUNK_TYPE) {
-            return Err(Error::BadManifest(format!(
-                "layer {} has media type {:?}, not {CHUNK_TYPE}",
+                "layer {} has media type {:?}, not {layers}",
                 layer.digest, layer.media_type
             )));
         }
+        if let (Some(tail), Some(wanted)) = (tail, last)
+            && tail.media_type != wanted
+        {
+            return Err(Error::BadManifest(format!(
+                "the last layer is {:?}, not the pack index ({wanted})",
+                tail.media_type
+            )));
+        }
         Ok(manifest)
+    }
+
+    /// Whether this is a packed bundle (else build-cache/v1).
+    pub fn is_packed(&self) -> bool {
+        self.config.media_type == packed::CONFIG_TYPE
+    }
+
+    /// A packed bundle's packs (`digest`, size) and its index layer.
+    pub fn packs(&self) -> (Vec<(String, u64)>, Option<&Descriptor>) {
+        match self.layers.split_last() {
+            Some((index, packs)) if self.is_packed() => (
+                packs.iter().map(|l| (l.digest.clone(), l.size)).collect(),
+                Some(index),
+            ),
+            _ => (Vec::new(), None),
+        }
+    }
+
+    /// The manifest of a packed bundle: the lockfile as config, the packs,
+    /// then the pack index, all by true SHA-256.
+    pub fn for_packed(
+        lockfile: &Lockfile,
+        lockfile_bytes: &[u8],
+        packs: &[(String, u64)],
+        index: (String, u64),
+    ) -> Manifest {
+        let layer = |media_type: &str, (digest, size): (String, u64)| Descriptor {
+            media_type: media_type.to_string(),
+            digest,
+            size,
+            annotations: BTreeMap::new(),
+        };
+        let mut layers: Vec<Descriptor> = packs
+            .iter()
+            .cloned()
+            .map(|p| layer(packed::PACK_TYPE, p))
+            .collect();
+        layers.push(layer(packed::INDEX_TYPE, index));
+        let mut manifest = Manifest::for_bundle(lockfile, lockfile_bytes, &[], None);
+        manifest.config = layer(
+            packed::CONFIG_TYPE,
+            (
+                super::sha256_digest(lockfile_bytes),
+                lockfile_bytes.len() as u64,
+            ),
+        );
+        manifest.layers = layers;
+        manifest
+            .annotations
+            .insert(LAYOUT_KEY.to_string(), super::LAYOUT_PACKED.to_string());
+        manifest
     }
 
     /// Checks that the layers are the lockfile's chunks, in order.

@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod client;
 pub mod manifest;
+pub mod packed;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ use crate::store::{
 pub const PRODUCER: &str = "mache";
 /// The name of the one-layer-per-source layout of SPEC §6.
 pub const LAYOUT_V1: &str = "build-cache/v1";
+/// The name of the packed layout, for registries that check SHA-256.
+pub const LAYOUT_PACKED: &str = "packed/1";
 /// Largest manifest we read (providers accept at least 16 MiB).
 const MAX_MANIFEST: u64 = 128 << 20;
 /// Largest lockfile or sizes index we read.
@@ -156,12 +159,131 @@ pub struct RegistryStore {
 struct RegistryBackend {
     client: Client,
     sizes: RwLock<HashMap<Hash, u64>>,
+    /// For packed bundles: where each chunk is, and each pack's chunks by offset.
+    packed: RwLock<PackedChunks>,
     jobs: usize,
 }
+
+/// The chunks of the packed bundles resolved so far.
+#[derive(Default)]
+struct PackedChunks {
+    locations: HashMap<Hash, packed::Location>,
+    /// Per pack digest: `(offset, len, hash)`, sorted by offset.
+    members: HashMap<String, Vec<(u64, u64, Hash)>>,
+}
+
+impl PackedChunks {
+    fn add(&mut self, locations: HashMap<Hash, packed::Location>) {
+        for (hash, location) in locations {
+            let members = self.members.entry(location.pack.clone()).or_default();
+            members.push((location.offset, location.len, hash));
+            self.locations.insert(hash, location);
+        }
+        for members in self.members.values_mut() {
+            members.sort_unstable();
+            members.dedup();
+        }
+    }
+
+    /// A window of consecutive `members` of one pack (`all` its chunks).
+    fn window_of(&self, members: Vec<(u64, u64, Hash)>, all: &[(u64, u64, Hash)]) -> Window {
+        let location = self.locations[&members[0].2].clone();
+        Window {
+            location,
+            members,
+            pack: all.to_vec(),
+        }
+    }
+
+    /// The chunks one read of `hash` brings: it and the ones right after it
+    /// in its pack, up to [`READ_AHEAD`] bytes (Nydus's `amplify_io`).
+    fn window(&self, hash: &Hash) -> Option<Window> {
+        let location = self.locations.get(hash)?.clone();
+        let members = self.members.get(&location.pack)?;
+        let start = members.partition_point(|m| m.0 < location.offset);
+        let mut window = Vec::new();
+        let mut end = location.offset;
+        for &(offset, len, member) in &members[start..] {
+            if offset < end || (!window.is_empty() && offset + len - location.offset > READ_AHEAD) {
+                break;
+            }
+            window.push((offset, len, member));
+            end = offset + len;
+        }
+        Some(Window {
+            location,
+            members: window,
+            pack: members.clone(),
+        })
+    }
+}
+
+/// One request of a batch fetch: a blob (build-cache/v1), or a range of
+/// consecutive chunks of a pack.
+enum Request {
+    Blob(Hash, Option<u64>),
+    Range(Window),
+}
+
+/// A batch's ranges are cut at this size.
+const MAX_RANGE: u64 = 8 << 20;
+
+impl RegistryBackend {
+    /// Groups `hashes` into requests: packed chunks of one pack that lie
+    /// next to each other share a `Range` request (up to [`MAX_RANGE`]).
+    fn plan_requests(&self, hashes: &[Hash]) -> Vec<Request> {
+        let packed = self.packed.read().unwrap_or_else(|e| e.into_inner());
+        let mut by_pack: HashMap<&str, Vec<(u64, u64, Hash)>> = HashMap::new();
+        let mut requests = Vec::new();
+        for hash in hashes {
+            match packed.locations.get(hash) {
+                Some(l) => by_pack
+                    .entry(&l.pack)
+                    .or_default()
+                    .push((l.offset, l.len, *hash)),
+                None => requests.push(Request::Blob(*hash, self.size_of(hash))),
+            }
+        }
+        for (pack, mut wanted) in by_pack {
+            wanted.sort_unstable();
+            wanted.dedup();
+            let all = packed.members.get(pack).cloned().unwrap_or_default();
+            let mut run: Vec<(u64, u64, Hash)> = Vec::new();
+            for member in wanted {
+                let joins = run.last().is_some_and(|last| {
+                    last.0 + last.1 == member.0 && member.0 + member.1 - run[0].0 <= MAX_RANGE
+                });
+                if !joins && !run.is_empty() {
+                    requests.push(Request::Range(
+                        packed.window_of(std::mem::take(&mut run), &all),
+                    ));
+                }
+                run.push(member);
+            }
+            if !run.is_empty() {
+                requests.push(Request::Range(packed.window_of(run, &all)));
+            }
+        }
+        requests
+    }
+}
+
+/// One read of a packed chunk: where it is, the chunks the read brings, and
+/// all chunks of its pack (what a registry that ignores `Range` sends).
+struct Window {
+    location: packed::Location,
+    members: Vec<(u64, u64, Hash)>,
+    pack: Vec<(u64, u64, Hash)>,
+}
+
+/// How far a cold read of a packed chunk reads ahead in its pack.
+pub const READ_AHEAD: u64 = 1 << 20;
 
 /// What an upload did.
 #[derive(Debug, Clone, Default)]
 pub struct UploadReport {
+    /// The layout pushed.
+    pub layout: &'static str,
     pub uploaded: usize,
     pub uploaded_bytes: u64,
     pub present: usize,
@@ -191,6 +313,7 @@ impl RegistryStore {
         let backend = Arc::new(RegistryBackend {
             client: client.clone(),
             sizes: RwLock::new(HashMap::new()),
+            packed: RwLock::new(PackedChunks::default()),
             jobs,
         });
         let chunks = Arc::new(Verified::new(backend.clone(), Some(disk)));
@@ -274,6 +397,9 @@ impl RegistryStore {
     /// A bundle from its manifest: the lockfile (the config), its layers
     /// checked against it, and our sizes index if the manifest names one.
     fn bundle_of(&self, manifest: &Manifest) -> Result<Bundle> {
+        if manifest.is_packed() {
+            return self.packed_bundle_of(manifest);
+        }
         let lockfile_hash = hash_of_digest(&manifest.config.digest)?;
         let lockfile_bytes = self.get_metadata_blob(&lockfile_hash, Some(manifest.config.size))?;
         let lockfile = binary::decode_supported(&lockfile_bytes).map_err(|e| {
@@ -300,6 +426,55 @@ impl RegistryStore {
             lockfile,
             sizes,
         })
+    }
+
+    /// A packed bundle: the lockfile and the pack index, each checked with
+    /// SHA-256 (their digests) and the index against the manifest and the
+    /// lockfile; the chunks' locations go to the backend.
+    fn packed_bundle_of(&self, manifest: &Manifest) -> Result<Bundle> {
+        let lockfile_bytes = self.get_sha256_blob(&manifest.config.digest, manifest.config.size)?;
+        let lockfile_hash = Hash::of(&lockfile_bytes);
+        let lockfile = binary::decode_supported(&lockfile_bytes).map_err(|e| {
+            Error::BadManifest(format!("its config blob is not a mache lockfile: {e}"))
+        })?;
+        let (packs, index) = manifest.packs();
+        let index = index.expect("a parsed packed manifest has its index");
+        let index_bytes = self.get_sha256_blob(&index.digest, index.size)?;
+        let located = packed::PackIndex::check(&index_bytes, &packs, &lockfile, &lockfile_hash)?;
+        self.backend
+            .packed
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(located.locations);
+        Ok(Bundle {
+            lockfile_hash,
+            lockfile_bytes,
+            lockfile,
+            sizes: located.sizes,
+        })
+    }
+
+    /// GETs a blob named by its true SHA-256 and checks it.
+    fn get_sha256_blob(&self, digest: &str, size: u64) -> Result<Vec<u8>> {
+        let client = self.client.clone();
+        let url = client.url(&format!("blobs/{digest}"));
+        let found = self
+            .client
+            .run(async move { client.get_body(url, |r| r, size, Some(size)).await })?;
+        let Some((_, bytes)) = found else {
+            return Err(Error::Remote(format!(
+                "{}: blob {digest} is missing",
+                self.client.describe()
+            )));
+        };
+        let actual = sha256_digest(&bytes);
+        if actual != digest {
+            return Err(Error::BadManifest(format!(
+                "blob {digest} of {} has the SHA-256 {actual}",
+                self.client.describe()
+            )));
+        }
+        Ok(bytes)
     }
 
     /// The sizes index blob, or `None` (with a warning) if it cannot be used:
@@ -343,34 +518,197 @@ impl RegistryStore {
     }
 
     /// Uploads a bundle of the local store and tags it `tag` and `latest`
-    /// (as a local push does): every blob the registry lacks (HEAD first),
-    /// the config, the sizes index, then the manifest, by each tag that
-    /// does not already name it.
+    /// (as a local push does), in `layout`: every blob the registry lacks
+    /// (HEAD first), the config and index blobs, then the manifest, by each
+    /// tag that does not already name it. `Layout::Auto` picks build-cache/v1
+    /// when the registry takes its digests, else the packed layout.
     pub fn upload(
         &self,
         local: &LocalStore,
         bundle: &Bundle,
         tag: &str,
+        layout: Layout,
         progress: bool,
     ) -> Result<UploadReport> {
         check_ref_name(tag)?;
-        let chunk_lens: Vec<u64> = match &bundle.sizes {
-            Some(index) => index.entries.iter().map(|e| e.chunk_len).collect(),
-            None => bundle
-                .lockfile
-                .sources
-                .iter()
-                .map(|s| {
-                    local
-                        .object_len(&s.chunk_hash)
-                        .ok_or_else(|| Error::ChunkMissing {
-                            hash: s.chunk_hash,
-                            path: s.path.clone(),
-                            store: local.describe(),
-                        })
-                })
-                .collect::<Result<_>>()?,
+        let chunk_lens = chunk_lens(local, bundle)?;
+        let (packed, probe) = match layout {
+            Layout::V1 => (false, Probe::Present),
+            Layout::Packed => (true, Probe::Present),
+            Layout::Auto => match self.probe_v1_digests(&bundle.lockfile_bytes)? {
+                Probe::Refused => (true, Probe::Refused),
+                probe => (false, probe),
+            },
         };
+        let mut report = if packed {
+            self.upload_packed(local, bundle, &chunk_lens, tag, progress)?
+        } else {
+            self.upload_v1(local, bundle, &chunk_lens, tag, progress)?
+        };
+        if let Probe::Sent(bytes) = probe {
+            // The probe uploaded the lockfile; the push then found it there.
+            report.uploaded += 1;
+            report.uploaded_bytes += bytes;
+            report.present = report.present.saturating_sub(1);
+        }
+        report.layout = if packed { LAYOUT_PACKED } else { LAYOUT_V1 };
+        Ok(report)
+    }
+
+    /// Whether the registry takes build-cache/v1 digests (BLAKE3 behind
+    /// `sha256:`): tried with the lockfile, which a v1 push uploads anyway.
+    /// A registry that checks SHA-256 answers `400 DIGEST_INVALID`.
+    fn probe_v1_digests(&self, lockfile_bytes: &[u8]) -> Result<Probe> {
+        let client = self.client.clone();
+        let bytes = lockfile_bytes.to_vec();
+        let digest = v1_digest(&Hash::of(&bytes));
+        let probe = self.client.run(async move {
+            if has_blob(&client, &digest).await? {
+                return Ok(Probe::Present);
+            }
+            let len = bytes.len() as u64;
+            match put_blob(&client, &digest, bytes).await {
+                Ok(()) => Ok(Probe::Sent(len)),
+                Err(Error::RegistryError {
+                    status: 400, code, ..
+                }) if code == "DIGEST_INVALID" => Ok(Probe::Refused),
+                Err(e) => Err(e),
+            }
+        })?;
+        if probe == Probe::Refused {
+            tracing::warn!(
+                "{} checks digests as SHA-256: pushing in the packed layout",
+                self.client.registry()
+            );
+        }
+        Ok(probe)
+    }
+
+    /// The packed layout: the packs of the bundle the tag named that hold
+    /// needed chunks are kept; only the other chunks are packed and sent.
+    fn upload_packed(
+        &self,
+        local: &LocalStore,
+        bundle: &Bundle,
+        chunk_lens: &[u64],
+        tag: &str,
+        progress: bool,
+    ) -> Result<UploadReport> {
+        let chunks = packed::distinct_chunks(&bundle.lockfile, chunk_lens);
+        let previous = self.previous_packs(tag);
+        // Old packs still used, in their old order, then the new ones.
+        let mut kept: Vec<(String, u64)> = Vec::new();
+        let mut fresh: Vec<(Hash, u64)> = Vec::new();
+        for (hash, len) in &chunks {
+            match previous.get(hash) {
+                Some(location) => {
+                    if !kept.iter().any(|(d, _)| *d == location.pack) {
+                        kept.push((location.pack.clone(), location.pack_size));
+                    }
+                }
+                None => fresh.push((*hash, *len)),
+            }
+        }
+        let plan = packed::plan(&fresh);
+        let blobs = plan
+            .iter()
+            .map(|pack| Blob::Pack(pack.iter().map(|(h, _)| *h).collect()))
+            .collect();
+        // Packs are up to 32 MiB in memory each: fewer at once.
+        let (mut report, new_packs) =
+            self.upload_blobs(local, blobs, self.jobs.min(4), progress)?;
+        let mut packs = kept.clone();
+        packs.extend(new_packs.iter().cloned());
+        let number = |digest: &str| {
+            packs
+                .iter()
+                .position(|(d, _)| d == digest)
+                .expect("a listed pack")
+        };
+        let mut located: HashMap<Hash, (usize, u64, u64)> = HashMap::new();
+        for (hash, location) in &previous {
+            if let Some(i) = packs.iter().position(|(d, _)| *d == location.pack) {
+                located.insert(*hash, (i, location.offset, location.len));
+            }
+        }
+        for (pack, (digest, _)) in plan.iter().zip(&new_packs) {
+            let mut offset = 0;
+            for (hash, len) in pack {
+                located.insert(*hash, (number(digest), offset, *len));
+                offset += len;
+            }
+        }
+        let index = packed::PackIndex {
+            format: packed::INDEX_FORMAT.to_string(),
+            lockfile: bundle.lockfile_hash.to_prefixed(),
+            packs: packs.iter().map(|(d, _)| d.clone()).collect(),
+            chunks: chunks
+                .iter()
+                .map(|(hash, _)| {
+                    let (pack, offset, len) = located[hash];
+                    (hash.to_hex(), pack, offset, len)
+                })
+                .collect(),
+            sizes: bundle
+                .sizes
+                .as_ref()
+                .and_then(|s| serde_json::from_slice(&s.to_json()).ok()),
+        };
+        let index_bytes = serde_json::to_vec(&index).expect("a pack index serializes");
+        let metadata = vec![
+            Blob::Sha256(bundle.lockfile_bytes.clone()),
+            Blob::Sha256(index_bytes.clone()),
+        ];
+        let (more, _) = self.upload_blobs(local, metadata, 2, false)?;
+        report.uploaded += more.uploaded;
+        report.uploaded_bytes += more.uploaded_bytes;
+        report.present += more.present + kept.len();
+        let manifest = Manifest::for_packed(
+            &bundle.lockfile,
+            &bundle.lockfile_bytes,
+            &packs,
+            (sha256_digest(&index_bytes), index_bytes.len() as u64),
+        );
+        let bytes = manifest.to_bytes();
+        let digest = sha256_digest(&bytes);
+        self.tag_manifest(report, tag, bytes, &digest)
+    }
+
+    /// Where the packed bundle `tag` names keeps each chunk; empty when
+    /// there is no such bundle (or it is not packed, or cannot be read).
+    fn previous_packs(&self, tag: &str) -> HashMap<Hash, packed::Location> {
+        let found = self.get_manifest(tag).and_then(|(bytes, _)| {
+            let manifest = Manifest::parse(&bytes)?;
+            if !manifest.is_packed() {
+                return Ok(HashMap::new());
+            }
+            let bundle = self.packed_bundle_of(&manifest)?;
+            let (packs, index) = manifest.packs();
+            let index = index.expect("a parsed packed manifest has its index");
+            let index_bytes = self.get_sha256_blob(&index.digest, index.size)?;
+            packed::PackIndex::check(
+                &index_bytes,
+                &packs,
+                &bundle.lockfile,
+                &bundle.lockfile_hash,
+            )
+            .map(|p| p.locations)
+        });
+        found.unwrap_or_else(|e| {
+            tracing::debug!("no packs to reuse from {tag}: {e}");
+            HashMap::new()
+        })
+    }
+
+    /// build-cache/v1: one layer per source.
+    fn upload_v1(
+        &self,
+        local: &LocalStore,
+        bundle: &Bundle,
+        chunk_lens: &[u64],
+        tag: &str,
+        progress: bool,
+    ) -> Result<UploadReport> {
         let sizes_json = bundle.sizes.as_ref().map(SizeIndex::to_json);
         let sizes_blob = sizes_json
             .as_ref()
@@ -378,7 +716,7 @@ impl RegistryStore {
         let manifest = Manifest::for_bundle(
             &bundle.lockfile,
             &bundle.lockfile_bytes,
-            &chunk_lens,
+            chunk_lens,
             sizes_blob.as_ref().map(|(h, len)| (h, *len)),
         );
         let manifest_bytes = manifest.to_bytes();
@@ -396,40 +734,55 @@ impl RegistryStore {
         if let Some(json) = sizes_json {
             blobs.push(Blob::Bytes(json));
         }
-        let mut report = self.upload_blobs(local, blobs, progress)?;
-        report.manifest_digest = digest.clone();
-        // As a local push: the tag, and `latest`.
+        let (report, _) = self.upload_blobs(local, blobs, self.jobs, progress)?;
+        self.tag_manifest(report, tag, manifest_bytes, &digest)
+    }
+
+    /// PUTs the manifest by `tag` and `latest` (as a local push moves both),
+    /// each unless it already names it.
+    fn tag_manifest(
+        &self,
+        mut report: UploadReport,
+        tag: &str,
+        manifest_bytes: Vec<u8>,
+        digest: &str,
+    ) -> Result<UploadReport> {
+        report.manifest_digest = digest.to_string();
         report.manifest_unchanged = true;
         for name in [tag, crate::store::local::LATEST] {
-            let unchanged = self.put_manifest(name, manifest_bytes.clone(), &digest)?;
+            let unchanged = self.put_manifest(name, manifest_bytes.clone(), digest)?;
             report.manifest_unchanged &= unchanged;
         }
         Ok(report)
     }
 
+    /// Uploads `blobs` (`--jobs` at once) and returns, in their order, each
+    /// one's digest and size, with the counts.
     fn upload_blobs(
         &self,
         local: &LocalStore,
         blobs: Vec<Blob>,
+        jobs: usize,
         progress: bool,
-    ) -> Result<UploadReport> {
+    ) -> Result<(UploadReport, Vec<(String, u64)>)> {
         let client = self.client.clone();
         let local = local.clone();
-        let jobs = self.jobs;
         let bar = progress.then(|| crate::bundle::progress(blobs.len(), "uploading"));
         self.client.run(async move {
             let mut results = futures_util::stream::iter(blobs)
                 .map(|blob| upload_blob(&client, &local, blob))
-                .buffer_unordered(jobs);
+                .buffered(jobs);
             let mut report = UploadReport::default();
+            let mut digests = Vec::new();
             while let Some(result) = results.next().await {
-                match result? {
-                    Some(bytes) => {
-                        report.uploaded += 1;
-                        report.uploaded_bytes += bytes;
-                    }
-                    None => report.present += 1,
+                let (digest, size, sent) = result?;
+                if sent {
+                    report.uploaded += 1;
+                    report.uploaded_bytes += size;
+                } else {
+                    report.present += 1;
                 }
+                digests.push((digest, size));
                 if let Some(bar) = &bar {
                     bar.inc(1);
                 }
@@ -437,7 +790,7 @@ impl RegistryStore {
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
-            Ok(report)
+            Ok((report, digests))
         })
     }
 
@@ -447,7 +800,9 @@ impl RegistryStore {
         let client = self.client.clone();
         let tag = tag.to_string();
         let digest = digest.to_string();
+        // A registry may name a manifest by either form (serve by BLAKE3).
         let sha256 = sha256_digest(&bytes);
+        let blake3 = v1_digest(&Hash::of(&bytes));
         self.client.run(async move {
             let url = client.url(&format!("manifests/{tag}"));
             let current = client
@@ -460,7 +815,9 @@ impl RegistryStore {
                 .get("docker-content-digest")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            if current.status().is_success() && named.is_some_and(|d| d == digest || d == sha256) {
+            if current.status().is_success()
+                && named.is_some_and(|d| d == digest || d == sha256 || d == blake3)
+            {
                 return Ok(true);
             }
             let response = client
@@ -475,35 +832,117 @@ impl RegistryStore {
     }
 }
 
-/// A blob to upload: an object of the local store, or bytes.
-enum Blob {
-    Object(Hash),
-    Bytes(Vec<u8>),
+/// The length of every source's chunk: from the sizes index, else a stat.
+fn chunk_lens(local: &LocalStore, bundle: &Bundle) -> Result<Vec<u64>> {
+    match &bundle.sizes {
+        Some(index) => Ok(index.entries.iter().map(|e| e.chunk_len).collect()),
+        None => bundle
+            .lockfile
+            .sources
+            .iter()
+            .map(|s| {
+                local
+                    .object_len(&s.chunk_hash)
+                    .ok_or_else(|| Error::ChunkMissing {
+                        hash: s.chunk_hash,
+                        path: s.path.clone(),
+                        store: local.describe(),
+                    })
+            })
+            .collect(),
+    }
 }
 
-/// Uploads one blob unless the registry has it: `Some(bytes sent)` or
-/// `None` when it was there.
-async fn upload_blob(client: &Client, local: &LocalStore, blob: Blob) -> Result<Option<u64>> {
-    let hash = match &blob {
-        Blob::Object(hash) => *hash,
-        Blob::Bytes(bytes) => Hash::of(bytes),
-    };
-    let digest = v1_digest(&hash);
+/// What trying a build-cache/v1 digest on a registry found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// The blob was there already (so the registry takes such digests).
+    Present,
+    /// It was uploaded (this many bytes).
+    Sent(u64),
+    /// Refused: the registry checks SHA-256.
+    Refused,
+}
+
+/// Which layout a push uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// build-cache/v1 if the registry takes its digests, else packed.
+    Auto,
+    /// build-cache/v1: one layer per source, BLAKE3 digests (SPEC §6).
+    V1,
+    /// Packs of chunks and a pack index, true SHA-256 digests.
+    Packed,
+}
+
+/// A blob to upload.
+enum Blob {
+    /// An object of the local store, under its build-cache/v1 digest.
+    Object(Hash),
+    /// Bytes under their build-cache/v1 digest.
+    Bytes(Vec<u8>),
+    /// Bytes under their true SHA-256.
+    Sha256(Vec<u8>),
+    /// Objects of the local store concatenated, under the pack's SHA-256.
+    Pack(Vec<Hash>),
+}
+
+/// Reads verified objects of the local store off the async threads.
+async fn read_objects(local: &LocalStore, hashes: Vec<Hash>) -> Result<Vec<u8>> {
+    let local = local.clone();
+    tokio::task::spawn_blocking(move || {
+        let chunks = local.chunks();
+        let mut bytes = Vec::new();
+        for hash in &hashes {
+            bytes.extend_from_slice(&chunks.get_verified(hash)?);
+        }
+        Ok(bytes)
+    })
+    .await
+    .expect("reading local objects does not panic")
+}
+
+/// Whether the registry has blob `digest`.
+async fn has_blob(client: &Client, digest: &str) -> Result<bool> {
     let head = client
         .send(Method::HEAD, client.url(&format!("blobs/{digest}")), |r| r)
         .await?;
-    if head.status().is_success() {
-        return Ok(None);
-    }
-    let bytes = match blob {
-        Blob::Bytes(bytes) => bytes,
+    Ok(head.status().is_success())
+}
+
+/// Uploads one blob unless the registry has it: its digest and size, and
+/// whether it was sent.
+async fn upload_blob(
+    client: &Client,
+    local: &LocalStore,
+    blob: Blob,
+) -> Result<(String, u64, bool)> {
+    let (digest, bytes) = match blob {
         Blob::Object(hash) => {
-            let local = local.clone();
-            tokio::task::spawn_blocking(move || local.chunks().get_verified(&hash))
-                .await
-                .expect("reading a local object does not panic")?
+            let digest = v1_digest(&hash);
+            if has_blob(client, &digest).await? {
+                let size = local.object_len(&hash).unwrap_or_default();
+                return Ok((digest, size, false));
+            }
+            (digest, read_objects(local, vec![hash]).await?)
+        }
+        Blob::Bytes(bytes) => (v1_digest(&Hash::of(&bytes)), bytes),
+        Blob::Sha256(bytes) => (sha256_digest(&bytes), bytes),
+        Blob::Pack(hashes) => {
+            let bytes = read_objects(local, hashes).await?;
+            (sha256_digest(&bytes), bytes)
         }
     };
+    let size = bytes.len() as u64;
+    if has_blob(client, &digest).await? {
+        return Ok((digest, size, false));
+    }
+    put_blob(client, &digest, bytes).await?;
+    Ok((digest, size, true))
+}
+
+/// Uploads `bytes` as blob `digest`: POST, then PUT to the `Location`.
+async fn put_blob(client: &Client, digest: &str, bytes: Vec<u8>) -> Result<()> {
     let start = client
         .send(Method::POST, client.url("blobs/uploads/"), |r| {
             r.header(CONTENT_TYPE, header("application/octet-stream"))
@@ -529,16 +968,14 @@ async fn upload_blob(client: &Client, local: &LocalStore, blob: Blob) -> Result<
             ))
         })?;
     let mut url = client.location(location)?;
-    url.query_pairs_mut().append_pair("digest", &digest);
-    let len = bytes.len() as u64;
+    url.query_pairs_mut().append_pair("digest", digest);
     let response = client
         .send(Method::PUT, url, |r| {
             r.header(CONTENT_TYPE, header("application/octet-stream"))
                 .body(bytes.clone())
         })
         .await?;
-    expect_created(client, response, "PUT blob").await?;
-    Ok(Some(len))
+    expect_created(client, response, "PUT blob").await
 }
 
 /// Fails unless the response is a success.
@@ -570,6 +1007,68 @@ impl RegistryBackend {
     }
 }
 
+/// GETs the bytes of `members` (consecutive chunks of one pack) with one
+/// `Range` request. A registry that ignores `Range` answers the whole pack:
+/// then every chunk of it is returned, to be verified and cached at once.
+async fn get_pack_range(client: &Client, window: Window) -> Result<Vec<(Hash, Vec<u8>)>> {
+    let Window {
+        location,
+        members,
+        pack,
+    } = window;
+    let start = members.first().map_or(location.offset, |m| m.0);
+    let end = members
+        .last()
+        .map_or(location.offset + location.len, |m| m.0 + m.1);
+    let url = client.url(&format!("blobs/{}", location.pack));
+    let range = format!("bytes={start}-{}", end.max(start + 1) - 1);
+    let found = client
+        .get_body(
+            url,
+            |r| r.header(reqwest::header::RANGE, header(&range)),
+            location.pack_size,
+            None,
+        )
+        .await?;
+    let Some((headers, body)) = found else {
+        return Err(Error::Remote(format!(
+            "{}: pack {} is missing",
+            client.describe(),
+            location.pack
+        )));
+    };
+    let whole = !headers.contains_key(reqwest::header::CONTENT_RANGE);
+    let (base, members) = if whole {
+        if body.len() as u64 != location.pack_size {
+            return Err(Error::Unreachable {
+                registry: client.registry(),
+                reason: format!(
+                    "pack {} came with {} of {} bytes",
+                    location.pack,
+                    body.len(),
+                    location.pack_size
+                ),
+            });
+        }
+        (0, pack)
+    } else {
+        if body.len() as u64 != end - start {
+            return Err(Error::Unreachable {
+                registry: client.registry(),
+                reason: format!("a range of {} bytes came with {}", end - start, body.len()),
+            });
+        }
+        (start, members)
+    };
+    Ok(members
+        .into_iter()
+        .map(|(offset, len, hash)| {
+            let from = (offset - base) as usize;
+            (hash, body[from..from + len as usize].to_vec())
+        })
+        .collect())
+}
+
 /// GETs blob `hash`: exactly `size` bytes when known, else at most `limit`.
 async fn get_blob(client: &Client, hash: Hash, size: Option<u64>, limit: u64) -> Result<Vec<u8>> {
     let url = client.url(&format!("blobs/{}", v1_digest(&hash)));
@@ -587,23 +1086,54 @@ async fn get_blob(client: &Client, hash: Hash, size: Option<u64>, limit: u64) ->
 
 impl Backend for RegistryBackend {
     fn fetch(&self, hash: &Hash) -> Result<Vec<u8>> {
-        self.fetch_sized(hash, self.size_of(hash), MAX_METADATA)
+        let found = self.fetch_around(hash)?;
+        found
+            .into_iter()
+            .find(|(h, _)| h == hash)
+            .map(|(_, bytes)| bytes)
+            .ok_or_else(|| Error::ObjectMissing {
+                hash: *hash,
+                store: self.client.describe(),
+            })
+    }
+
+    fn fetch_around(&self, hash: &Hash) -> Result<Vec<(Hash, Vec<u8>)>> {
+        let window = self
+            .packed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .window(hash);
+        match window {
+            Some(window) => {
+                let client = self.client.clone();
+                self.client
+                    .run(async move { get_pack_range(&client, window).await })
+            }
+            None => Ok(vec![(
+                *hash,
+                self.fetch_sized(hash, self.size_of(hash), MAX_METADATA)?,
+            )]),
+        }
     }
 
     fn fetch_many(&self, hashes: &[Hash], each: &(dyn Fn(Hash, Vec<u8>) + Sync)) -> Result<()> {
+        let requests = self.plan_requests(hashes);
         let client = self.client.clone();
-        let wanted: Vec<(Hash, Option<u64>)> =
-            hashes.iter().map(|h| (*h, self.size_of(h))).collect();
         let jobs = self.jobs;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Hash, Vec<u8>)>>(jobs);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<(Hash, Vec<u8>)>>>(jobs);
         self.client.runtime_spawn(async move {
-            let mut fetched = futures_util::stream::iter(wanted)
-                .map(|(hash, limit)| {
+            let mut fetched = futures_util::stream::iter(requests)
+                .map(|request| {
                     let client = client.clone();
                     async move {
-                        get_blob(&client, hash, limit, MAX_METADATA)
-                            .await
-                            .map(|bytes| (hash, bytes))
+                        match request {
+                            Request::Blob(hash, size) => {
+                                get_blob(&client, hash, size, MAX_METADATA)
+                                    .await
+                                    .map(|bytes| vec![(hash, bytes)])
+                            }
+                            Request::Range(window) => get_pack_range(&client, window).await,
+                        }
                     }
                 })
                 .buffer_unordered(jobs);
@@ -615,8 +1145,9 @@ impl Backend for RegistryBackend {
             }
         });
         for result in rx {
-            let (hash, bytes) = result?;
-            each(hash, bytes);
+            for (hash, bytes) in result? {
+                each(hash, bytes);
+            }
         }
         Ok(())
     }
@@ -633,7 +1164,16 @@ impl Backend for RegistryBackend {
         let c = self.client.counters();
         Some(RemoteCounters {
             remote: self.client.describe(),
-            layout: LAYOUT_V1.to_string(),
+            layout: match self
+                .packed
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .locations
+                .is_empty()
+            {
+                true => LAYOUT_V1.to_string(),
+                false => LAYOUT_PACKED.to_string(),
+            },
             requests: c.requests.load(Ordering::Relaxed),
             bytes_fetched: c.bytes.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
@@ -695,7 +1235,11 @@ impl BundleStore for RegistryStore {
         for tag in tags {
             let (bytes, _) = self.get_manifest(&tag)?;
             if let Ok(manifest) = Manifest::parse(&bytes) {
-                refs.push((tag, hash_of_digest(&manifest.config.digest)?));
+                let lockfile = match manifest.is_packed() {
+                    true => self.packed_bundle_of(&manifest)?.lockfile_hash,
+                    false => hash_of_digest(&manifest.config.digest)?,
+                };
+                refs.push((tag, lockfile));
             }
         }
         refs.sort();

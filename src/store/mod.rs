@@ -39,6 +39,13 @@ pub trait Backend: Send + Sync {
     /// length refuses to read more than that.
     fn fetch(&self, hash: &Hash) -> Result<Vec<u8>>;
 
+    /// Fetches `hash` and, where one request can bring them cheaply, the
+    /// objects stored next to it (read-ahead): `(hash, bytes)` pairs, the
+    /// one asked for among them. Unverified, like [`fetch`](Self::fetch).
+    fn fetch_around(&self, hash: &Hash) -> Result<Vec<(Hash, Vec<u8>)>> {
+        Ok(vec![(*hash, self.fetch(hash)?)])
+    }
+
     /// Fetches many objects, calling `each` with every one as it arrives
     /// (in any order). The default fetches them one by one; a remote
     /// backend overlaps the requests.

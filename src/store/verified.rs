@@ -64,8 +64,21 @@ impl Verified {
         if let Some(bytes) = self.disk.as_ref().and_then(|disk| disk.get(hash)) {
             return Ok(bytes);
         }
-        let bytes = self.backend.fetch(hash)?;
-        self.admit(hash, bytes)
+        let mut wanted = None;
+        for (neighbour, bytes) in self.backend.fetch_around(hash)? {
+            if neighbour == *hash {
+                wanted = Some(self.admit(hash, bytes));
+            } else if self.disk.is_some() && self.admit(&neighbour, bytes).is_err() {
+                // A bad neighbour is never cached; its own read will fail.
+                tracing::warn!("read-ahead: {neighbour} did not verify");
+            }
+        }
+        wanted.unwrap_or_else(|| {
+            Err(Error::ObjectMissing {
+                hash: *hash,
+                store: self.backend.describe(),
+            })
+        })
     }
 }
 

@@ -1,0 +1,196 @@
+//! The packed layout, for standard registries: true SHA-256 digests on the
+//! wire, and chunks in **packs** instead of one layer per source.
+//!
+//! Registries that check digests as SHA-256 (the CNCF distribution registry,
+//! GHCR, ECR) refuse build-cache/v1's BLAKE3-behind-`sha256:` digests, and
+//! cap manifests at about 4 MiB, which one layer per source passes at about
+//! 13,000 sources. So a packed bundle is:
+//!
+//! - **packs**: blobs of concatenated chunks (each distinct chunk once, in
+//!   lockfile order of first use), up to [`PACK_TARGET`] bytes each (a chunk
+//!   larger than that gets a pack of its own). 32 MiB keeps a manifest of
+//!   100,000 sources at a few dozen layers, and bounds what a registry that
+//!   ignores `Range` makes a cold read download (the whole pack, once);
+//! - a **pack index** blob (JSON, [`INDEX_FORMAT`]): the packs in order, and
+//!   for each distinct chunk its BLAKE3, pack, offset and length; and the
+//!   sizes index, so a mount can `stat` every file without a chunk;
+//! - the binary lockfile as the **config** blob.
+//!
+//! The manifest lists the packs, then the index, as layers. A lazy read is
+//! an HTTP `Range` GET of a chunk's bytes from its pack, BLAKE3-checked
+//! against the lockfile before anything is cached or served. A re-push
+//! reuses the packs of the bundle the tag named that still hold needed
+//! chunks, and packs only the new chunks: an unchanged re-push uploads
+//! nothing, a small change uploads a small pack.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::lockfile::Lockfile;
+use crate::store::sizes::SizeIndex;
+
+/// Packs are cut at this many bytes.
+pub const PACK_TARGET: u64 = 32 << 20;
+/// The pack index's format tag.
+pub const INDEX_FORMAT: &str = "mache-cachefs.packindex/1";
+/// The config (binary lockfile) media type of the packed layout.
+pub const CONFIG_TYPE: &str = "application/vnd.mache-cachefs.lockfile.v1";
+/// The pack layer media type.
+pub const PACK_TYPE: &str = "application/vnd.mache-cachefs.pack.v1";
+/// The pack index layer media type.
+pub const INDEX_TYPE: &str = "application/vnd.mache-cachefs.packindex.v1+json";
+
+/// Where a chunk is: which pack (its digest and size), offset and length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub pack: String,
+    pub pack_size: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// The pack index as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PackIndex {
+    pub format: String,
+    /// `blake3:<lockfile hash>`.
+    pub lockfile: String,
+    /// Pack digests (`sha256:…`), in the manifest's layer order.
+    pub packs: Vec<String>,
+    /// `[blake3 hex, pack number, offset, length]` per distinct chunk.
+    pub chunks: Vec<(String, usize, u64, u64)>,
+    /// The sizes index (`lockfiles/<hash>.sizes.json`), if the push had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sizes: Option<serde_json::Value>,
+}
+
+/// A pack index checked against its manifest and lockfile.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub locations: HashMap<Hash, Location>,
+    pub sizes: Option<SizeIndex>,
+}
+
+impl PackIndex {
+    /// Checks an index against the manifest's packs (`digest`, size) and
+    /// the lockfile: every chunk of the lockfile is located once, inside
+    /// its pack. A lying index is an error, never a wrong read.
+    pub fn check(
+        bytes: &[u8],
+        packs: &[(String, u64)],
+        lockfile: &Lockfile,
+        lockfile_hash: &Hash,
+    ) -> Result<Packed> {
+        let bad = |reason: String| Error::BadManifest(format!("pack index: {reason}"));
+        let index: PackIndex = serde_json::from_slice(bytes)
+            .map_err(|e| bad(format!("not JSON of {INDEX_FORMAT}: {e}")))?;
+        if index.format != INDEX_FORMAT {
+            return Err(bad(format!("unknown format {:?}", index.format)));
+        }
+        if index.lockfile != lockfile_hash.to_prefixed() {
+            return Err(bad(format!(
+                "describes lockfile {}, not {}",
+                index.lockfile,
+                lockfile_hash.to_prefixed()
+            )));
+        }
+        let listed: Vec<&String> = packs.iter().map(|(d, _)| d).collect();
+        if index.packs.iter().collect::<Vec<_>>() != listed {
+            return Err(bad("its packs are not the manifest's pack layers".into()));
+        }
+        let mut locations = HashMap::with_capacity(index.chunks.len());
+        for (hex, pack, offset, len) in &index.chunks {
+            let hash = Hash::from_hex(hex).map_err(|_| bad(format!("bad chunk hash {hex:?}")))?;
+            let (digest, pack_size) = packs.get(*pack).ok_or_else(|| {
+                bad(format!(
+                    "chunk {hex} is in pack {pack}, of {} packs",
+                    packs.len()
+                ))
+            })?;
+            if offset.checked_add(*len).is_none_or(|end| end > *pack_size) {
+                return Err(bad(format!(
+                    "chunk {hex} at {offset}+{len} lies past the end of its pack ({pack_size} bytes)"
+                )));
+            }
+            let location = Location {
+                pack: digest.clone(),
+                pack_size: *pack_size,
+                offset: *offset,
+                len: *len,
+            };
+            if locations.insert(hash, location).is_some() {
+                return Err(bad(format!("chunk {hex} is listed twice")));
+            }
+        }
+        if let Some(source) = lockfile
+            .sources
+            .iter()
+            .find(|s| !locations.contains_key(&s.chunk_hash))
+        {
+            return Err(bad(format!(
+                "does not locate the chunk of {:?} ({})",
+                source.path, source.chunk_hash
+            )));
+        }
+        let sizes = index.sizes.and_then(|value| {
+            let json = serde_json::to_vec(&value).ok()?;
+            SizeIndex::from_json(&json, lockfile_hash, lockfile.sources.len())
+                .inspect_err(|e| tracing::warn!("ignoring the pack index's sizes: {e}"))
+                .ok()
+        });
+        Ok(Packed { locations, sizes })
+    }
+}
+
+/// The chunks of a bundle, distinct, in lockfile order, with their lengths.
+pub fn distinct_chunks(lockfile: &Lockfile, lens: &[u64]) -> Vec<(Hash, u64)> {
+    let mut seen = HashSet::new();
+    lockfile
+        .sources
+        .iter()
+        .zip(lens)
+        .filter(|(s, _)| seen.insert(s.chunk_hash))
+        .map(|(s, len)| (s.chunk_hash, *len))
+        .collect()
+}
+
+/// Cuts `chunks` into packs of about [`PACK_TARGET`] bytes, in order.
+pub fn plan(chunks: &[(Hash, u64)]) -> Vec<Vec<(Hash, u64)>> {
+    let mut packs: Vec<Vec<(Hash, u64)>> = Vec::new();
+    let mut size = 0;
+    for &(hash, len) in chunks {
+        if packs.is_empty() || (size > 0 && size + len > PACK_TARGET) {
+            packs.push(Vec::new());
+            size = 0;
+        }
+        packs
+            .last_mut()
+            .expect("a pack was opened")
+            .push((hash, len));
+        size += len;
+    }
+    packs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_are_cut_at_the_target_and_a_big_chunk_gets_its_own() {
+        let h = |i: u8| Hash::of(&[i]);
+        let chunks = [
+            (h(1), PACK_TARGET / 2),
+            (h(2), PACK_TARGET / 2),
+            (h(3), 1),
+            (h(4), PACK_TARGET * 2),
+            (h(5), 1),
+        ];
+        let packs = plan(&chunks);
+        let shape: Vec<usize> = packs.iter().map(Vec::len).collect();
+        assert_eq!(shape, [2, 1, 1, 1]);
+    }
+}
