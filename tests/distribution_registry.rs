@@ -117,6 +117,53 @@ fn a_blake3_digest_behind_sha256_is_refused_with_digest_invalid() {
     assert_eq!(registry.uploads(), 2);
 }
 
+#[test]
+fn a_single_post_with_digest_only_opens_a_session() {
+    // 2.8.2 has no one-request monolithic upload: `POST …/uploads/?digest=`
+    // with the bytes answers 202 with a session and stores nothing, so a
+    // client must be ready to PUT the bytes to the Location.
+    let scratch = tempfile::tempdir().unwrap();
+    let registry = Distribution::start(scratch.path());
+    let bytes = b"monolithic";
+    let digest = sha256_digest(bytes);
+    let post = registry.request(
+        "POST",
+        &format!("/v2/{REPO}/blobs/uploads/?digest={digest}"),
+        &[("Content-Type", "application/octet-stream")],
+        bytes,
+    );
+    assert_eq!(post.status, 202, "{}", post.text());
+    let location = post.header("location").expect("a Location").to_string();
+    let blob = format!("/v2/{REPO}/blobs/{digest}");
+    assert_eq!(registry.request("HEAD", &blob, &[], b"").status, 404);
+    let put = registry.request("PUT", &format!("{location}&digest={digest}"), &[], bytes);
+    assert_eq!(put.status, 201, "{}", put.text());
+    assert_eq!(registry.get(&blob).body, bytes);
+}
+
+#[test]
+fn a_blob_put_labelled_as_a_form_loses_its_body() {
+    // The registry reads `digest` with Go's FormValue, which parses a
+    // `application/x-www-form-urlencoded` body as the form: the bytes are
+    // gone and the digest no longer matches (curl --data-binary does this).
+    let scratch = tempfile::tempdir().unwrap();
+    let registry = Distribution::start(scratch.path());
+    let bytes = b"not a form";
+    let digest = sha256_digest(bytes);
+    let post = registry.request("POST", &format!("/v2/{REPO}/blobs/uploads/"), &[], b"");
+    let location = post.header("location").expect("a Location").to_string();
+    let put = registry.request(
+        "PUT",
+        &format!("{location}&digest={digest}"),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        bytes,
+    );
+    assert_eq!(put.status, 400, "{}", put.text());
+    assert_eq!(put.error_codes(), ["DIGEST_INVALID"], "{}", put.text());
+    // As application/octet-stream (or with no Content-Type) it is taken.
+    assert_eq!(registry.upload(REPO, &digest, bytes).status, 201);
+}
+
 /// An OCI manifest of exactly `size` bytes: `config`, `layer` repeated as
 /// often as fits, and a padding annotation to make up the rest.
 fn manifest_of_size(size: usize, config: &str, layer: &str) -> Vec<u8> {

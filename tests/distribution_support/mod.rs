@@ -23,7 +23,7 @@
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -537,10 +537,11 @@ pub fn try_http(
         scope.spawn(move || {
             // A failed write (the server answered early and closed) shows
             // up on the read side as a short or missing answer.
+            // The write side stays open: Go's server takes a half-close
+            // for a client gone and may cancel the request (a 499).
             let _ = writer
                 .write_all(head.as_bytes())
                 .and_then(|()| writer.write_all(body));
-            let _ = writer.shutdown(Shutdown::Write);
         });
         let mut raw = Vec::new();
         let mut buf = [0u8; 64 * 1024];
