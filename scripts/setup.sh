@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what mache-cachefs needs to build, test, benchmark and mount,
-# when it is missing: Debian packages (fuse3, sqlite3, attr, python3, ...)
+# when it is missing: Debian packages (fuse3, sqlite3, attr, python3,
+# docker-registry, ...)
 # and the Rust components clippy and rustfmt. Safe to run again.
 set -euo pipefail
 
@@ -19,6 +20,9 @@ have jq || need+=(jq)
 have mountpoint || need+=(util-linux)
 have runuser || need+=(util-linux)
 have useradd || need+=(passwd)
+# A real OCI registry (CNCF distribution) and bcrypt htpasswd entries for its tests.
+have docker-registry || need+=(docker-registry)
+have htpasswd || need+=(apache2-utils)
 
 if ((${#need[@]})); then
   sudo=""
