@@ -5,6 +5,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/distribution_support/mod.rs"]
+mod distribution_support;
 #[path = "../tests/fake_registry/mod.rs"]
 mod fake_registry;
 mod harness;

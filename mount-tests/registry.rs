@@ -246,3 +246,43 @@ fn a_packed_bundle_mounts_reads_whole_with_range_reads_and_read_ahead() {
         "read-ahead: {requests} requests for {files} files"
     );
 }
+
+#[test]
+fn a_bundle_on_the_distribution_registry_mounts_and_a_second_mount_makes_no_blob_request() {
+    let sample = sample();
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let registry =
+        crate::distribution_support::Distribution::start(&scratch.path().join("registry"));
+    run(Command::new(crate::harness::BIN)
+        .args(["-q", "push", "--db"])
+        .arg(&sample.db)
+        .arg(scratch.path().join("local"))
+        .args(["--remote", &registry.url(), "--scope", SCOPE])
+        .env("XDG_CACHE_HOME", scratch.path().join("push-cache")));
+    let mut first = TestMount::dirs();
+    mount_url(&mut first, &registry.url(), &[]);
+    let diff = crate::harness::diff_against_tree(sample, &first.path("sources"));
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    assert_eq!(first.status()["remote"]["layout"], "packed/1");
+    first.unmount();
+
+    registry.settle();
+    let gets = registry.blob_gets();
+    let mut second = TestMount::dirs();
+    second.cache_home = first.cache_home.clone();
+    mount_url(&mut second, &registry.url(), &[]);
+    let diff = crate::harness::diff_against_tree(sample, &second.path("sources"));
+    assert!(diff.status.success());
+    registry.settle();
+    // Mounting reads the lockfile and the pack index; no chunk comes over
+    // the network the second time.
+    assert_eq!(
+        registry.blob_gets() - gets,
+        2,
+        "only the config and the index"
+    );
+}

@@ -535,9 +535,13 @@ impl RegistryStore {
         let (packed, probe) = match layout {
             Layout::V1 => (false, Probe::Present),
             Layout::Packed => (true, Probe::Present),
-            Layout::Auto => match self.probe_v1_digests(&bundle.lockfile_bytes)? {
-                Probe::Refused => (true, Probe::Refused),
-                probe => (false, probe),
+            // The layout of the bundle the tag names, else a probe.
+            Layout::Auto => match self.layout_of(tag) {
+                Some(packed) => (packed, Probe::Present),
+                None => match self.probe_v1_digests(&bundle.lockfile_bytes)? {
+                    Probe::Refused => (true, Probe::Refused),
+                    probe => (false, probe),
+                },
             },
         };
         let mut report = if packed {
@@ -553,6 +557,12 @@ impl RegistryStore {
         }
         report.layout = if packed { LAYOUT_PACKED } else { LAYOUT_V1 };
         Ok(report)
+    }
+
+    /// Whether the bundle `tag` names is packed; `None` if there is none.
+    fn layout_of(&self, tag: &str) -> Option<bool> {
+        let (bytes, _) = self.get_manifest(tag).ok()?;
+        Manifest::parse(&bytes).ok().map(|m| m.is_packed())
     }
 
     /// Whether the registry takes build-cache/v1 digests (BLAKE3 behind

@@ -1,0 +1,181 @@
+//! Our client against a real CNCF distribution registry (Debian's
+//! `docker-registry`), started per test on 127.0.0.1: it refuses
+//! build-cache/v1 digests, so push picks the packed layout by itself; pull,
+//! verify, re-push (unchanged: no upload; 1% changed: a small one), a
+//! bundle past the 4 MiB manifest limit, and basic auth with credentials
+//! from a docker `config.json`.
+
+mod common;
+mod distribution_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
+use distribution_support::Distribution;
+
+const SCOPE: &str = "team/repo";
+
+/// A synthetic db of `n` sources (`make-sample-db.py --synthetic`).
+fn synthetic(dir: &Path, n: usize, seed: u32) -> PathBuf {
+    let db = dir.join(format!("synth-{n}-{seed}.db"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-sample-db.py");
+    let made = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--synthetic", &n.to_string(), "--seed", &seed.to_string()])
+        .arg(&db)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    db
+}
+
+/// Asserts the restored rows equal the original's under the documented
+/// mapping (a NULL language restores as ''), without printing megabytes.
+fn assert_restored(restored: &Path, original: &Path) {
+    let normal = |db: &Path| {
+        dump_sources(db)
+            .into_iter()
+            .map(|(id, path, language, content)| {
+                (id, path, Some(language.unwrap_or_default()), content)
+            })
+            .collect::<Vec<_>>()
+    };
+    let (got, want) = (normal(restored), normal(original));
+    assert_eq!(got.len(), want.len(), "row counts");
+    let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+    assert_eq!(differing, 0, "{differing} rows differ");
+    assert!(dump_ast(restored) == dump_ast(original), "_ast rows differ");
+}
+
+fn remote(registry: &Distribution, dir: &Path, args: &[&str]) -> Output {
+    bin()
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .env("DOCKER_CONFIG", dir.join("docker"))
+        .args(args)
+        .args(["--remote", &registry.url(), "--scope", SCOPE])
+        .output()
+        .unwrap()
+}
+
+fn push(registry: &Distribution, dir: &Path, db: &Path) -> serde_json::Value {
+    let local = dir.join("local");
+    json_of(remote(
+        registry,
+        dir,
+        &["push", "--db", s(db), s(&local), "--json"],
+    ))
+}
+
+#[test]
+fn push_picks_the_packed_layout_pull_restores_and_re_pushes_upload_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Distribution::start(&dir.path().join("registry"));
+    let db = synthetic(dir.path(), 3000, 1);
+    let first = push(&registry, dir.path(), &db);
+    assert_eq!(first["remote"]["layout"], "packed/1", "{first:#}");
+    let first_bytes = first["remote"]["uploaded_bytes"].as_u64().unwrap();
+
+    let out = dir.path().join("pulled.db");
+    json_of(remote(
+        &registry,
+        dir.path(),
+        &["pull", "--out-db", s(&out), "--json"],
+    ));
+    assert_restored(&out, &db);
+    json_of(remote(&registry, dir.path(), &["verify", "--json"]));
+
+    // Unchanged: not one blob upload reaches the registry.
+    registry.settle();
+    let uploads = registry.uploads();
+    let again = push(&registry, dir.path(), &db);
+    registry.settle();
+    assert_eq!(again["remote"]["uploaded"], 0, "{again:#}");
+    assert_eq!(again["remote"]["manifest_unchanged"], true);
+    assert_eq!(
+        registry.uploads(),
+        uploads,
+        "zero uploads in the registry's log"
+    );
+
+    // 1% of the files changed: a new pack of those, the lockfile, the index.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "UPDATE _source SET content = CAST(content || x'0a' AS BLOB) WHERE rowid % 100 = 0",
+    )
+    .unwrap();
+    drop(conn);
+    let changed = push(&registry, dir.path(), &db);
+    let changed_bytes = changed["remote"]["uploaded_bytes"].as_u64().unwrap();
+    assert!(
+        changed_bytes * 20 <= first_bytes,
+        "1% changed uploaded {changed_bytes} bytes of the first push's {first_bytes}"
+    );
+    let out = dir.path().join("pulled-changed.db");
+    json_of(remote(
+        &registry,
+        dir.path(),
+        &["pull", "--out-db", s(&out), "--json"],
+    ));
+    assert_restored(&out, &db);
+}
+
+#[test]
+fn a_bundle_of_20000_sources_fits_the_registrys_manifest_limit_in_the_packed_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Distribution::start(&dir.path().join("registry"));
+    let db = synthetic(dir.path(), 20_000, 2);
+    let pushed = push(&registry, dir.path(), &db);
+    assert_eq!(pushed["sources"], 20_000);
+    let out = dir.path().join("pulled.db");
+    let pulled = json_of(remote(
+        &registry,
+        dir.path(),
+        &["pull", "--out-db", s(&out), "--json"],
+    ));
+    assert_eq!(pulled["sources"], 20_000);
+}
+
+#[test]
+fn basic_auth_with_credentials_from_a_docker_config_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Distribution::start_with_htpasswd(&dir.path().join("registry"), "ci", "s3cret");
+    let db = synthetic(dir.path(), 200, 3);
+    let write_config = |password: &str| {
+        let auth = base64_of(&format!("ci:{password}"));
+        let config = format!(
+            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
+            registry.name()
+        );
+        std::fs::create_dir_all(dir.path().join("docker")).unwrap();
+        std::fs::write(dir.path().join("docker/config.json"), config).unwrap();
+    };
+    write_config("wrong");
+    let local = dir.path().join("local");
+    let out = remote(&registry, dir.path(), &["push", "--db", s(&db), s(&local)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(
+        stderr.contains(&format!("authentication failed for {}", registry.name())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong"), "no secret shown: {stderr}");
+    write_config("s3cret");
+    push(&registry, dir.path(), &db);
+    let pulled = dir.path().join("pulled.db");
+    json_of(remote(
+        &registry,
+        dir.path(),
+        &["pull", "--out-db", s(&pulled), "--json"],
+    ));
+    assert_restored(&pulled, &db);
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
