@@ -24,7 +24,7 @@ pub mod packed;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
@@ -161,6 +161,9 @@ struct RegistryBackend {
     sizes: RwLock<HashMap<Hash, u64>>,
     /// For packed bundles: where each chunk is, and each pack's chunks by offset.
     packed: RwLock<PackedChunks>,
+    /// Per pack, the span `(start, end)` a next read continuing the last
+    /// one starts in: such reads read ahead.
+    recent: Mutex<HashMap<String, (u64, u64)>>,
     jobs: usize,
 }
 
@@ -197,14 +200,17 @@ impl PackedChunks {
 
     /// The chunks one read of `hash` brings: it and the ones right after it
     /// in its pack, up to [`READ_AHEAD`] bytes (Nydus's `amplify_io`).
-    fn window(&self, hash: &Hash) -> Option<Window> {
+    /// Only when `sequential` (the read continues the previous one in this
+    /// pack): a random read takes its own chunk alone.
+    fn window(&self, hash: &Hash, sequential: impl Fn(&packed::Location) -> bool) -> Option<Window> {
         let location = self.locations.get(hash)?.clone();
         let members = self.members.get(&location.pack)?;
         let start = members.partition_point(|m| m.0 < location.offset);
+        let ahead = if sequential(&location) { READ_AHEAD } else { 0 };
         let mut window = Vec::new();
         let mut end = location.offset;
         for &(offset, len, member) in &members[start..] {
-            if offset < end || (!window.is_empty() && offset + len - location.offset > READ_AHEAD) {
+            if offset < end || (!window.is_empty() && offset + len - location.offset > ahead) {
                 break;
             }
             window.push((offset, len, member));
@@ -314,6 +320,7 @@ impl RegistryStore {
             client: client.clone(),
             sizes: RwLock::new(HashMap::new()),
             packed: RwLock::new(PackedChunks::default()),
+            recent: Mutex::new(HashMap::new()),
             jobs,
         });
         let chunks = Arc::new(Verified::new(backend.clone(), Some(disk)));
@@ -1108,13 +1115,24 @@ impl Backend for RegistryBackend {
     }
 
     fn fetch_around(&self, hash: &Hash) -> Result<Vec<(Hash, Vec<u8>)>> {
-        let window = self
-            .packed
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .window(hash);
+        let window = {
+            let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let sequential = |l: &packed::Location| {
+                recent.get(&l.pack).is_some_and(|&(start, end)| (start..=end).contains(&l.offset))
+            };
+            self.packed
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .window(hash, sequential)
+        };
         match window {
             Some(window) => {
+                if let (Some(first), Some(last)) = (window.members.first(), window.members.last()) {
+                    self.recent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(window.location.pack.clone(), (first.0 + first.1, last.0 + last.1));
+                }
                 let client = self.client.clone();
                 self.client
                     .run(async move { get_pack_range(&client, window).await })
