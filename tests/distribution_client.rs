@@ -8,31 +8,13 @@
 mod common;
 mod distribution_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use common::*;
 use distribution_support::Distribution;
 
 const SCOPE: &str = "team/repo";
-
-/// A synthetic db of `n` sources (`make-sample-db.py --synthetic`).
-fn synthetic(dir: &Path, n: usize, seed: u32) -> PathBuf {
-    let db = dir.join(format!("synth-{n}-{seed}.db"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-sample-db.py");
-    let made = std::process::Command::new("python3")
-        .arg(&script)
-        .args(["--synthetic", &n.to_string(), "--seed", &seed.to_string()])
-        .arg(&db)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    db
-}
 
 /// Asserts the restored rows equal the original's under the documented
 /// mapping (a NULL language restores as ''), without printing megabytes.
@@ -75,7 +57,7 @@ fn push(registry: &Distribution, dir: &Path, db: &Path) -> serde_json::Value {
 fn push_picks_the_packed_layout_pull_restores_and_re_pushes_upload_only_what_changed() {
     let dir = tempfile::tempdir().unwrap();
     let registry = Distribution::start(&dir.path().join("registry"));
-    let db = synthetic(dir.path(), 3000, 1);
+    let db = synthetic_db(dir.path(), 3000, 1);
     let first = push(&registry, dir.path(), &db);
     assert_eq!(first["remote"]["layout"], "packed/1", "{first:#}");
     let first_bytes = first["remote"]["uploaded_bytes"].as_u64().unwrap();
@@ -128,7 +110,7 @@ fn push_picks_the_packed_layout_pull_restores_and_re_pushes_upload_only_what_cha
 fn a_bundle_of_20000_sources_fits_the_registrys_manifest_limit_in_the_packed_layout() {
     let dir = tempfile::tempdir().unwrap();
     let registry = Distribution::start(&dir.path().join("registry"));
-    let db = synthetic(dir.path(), 20_000, 2);
+    let db = synthetic_db(dir.path(), 20_000, 2);
     let pushed = push(&registry, dir.path(), &db);
     assert_eq!(pushed["sources"], 20_000);
     let out = dir.path().join("pulled.db");
@@ -144,7 +126,7 @@ fn a_bundle_of_20000_sources_fits_the_registrys_manifest_limit_in_the_packed_lay
 fn basic_auth_with_credentials_from_a_docker_config_json() {
     let dir = tempfile::tempdir().unwrap();
     let registry = Distribution::start_with_htpasswd(&dir.path().join("registry"), "ci", "s3cret");
-    let db = synthetic(dir.path(), 200, 3);
+    let db = synthetic_db(dir.path(), 200, 3);
     let write_config = |password: &str| {
         let auth = base64_of(&format!("ci:{password}"));
         let config = format!(

@@ -177,19 +177,7 @@ fn a_bundle_of_20000_sources_in_one_layer_per_source_pushes_and_pulls_through_se
     // 20,000 layers make a manifest of about 6 MB: past the 4 MiB that the
     // distribution registry accepts, within what providers must (16 MiB).
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("big.db");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-sample-db.py");
-    let made = std::process::Command::new("python3")
-        .arg(&script)
-        .args(["--synthetic", "20000"])
-        .arg(&db)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let db = synthetic_db(dir.path(), 20_000, 1);
     let server = Server::start(dir.path(), &dir.path().join("served"), &[]);
     let pushed = json_of(run_remote(
         dir.path(),

@@ -202,7 +202,11 @@ impl PackedChunks {
     /// in its pack, up to [`READ_AHEAD`] bytes (Nydus's `amplify_io`).
     /// Only when `sequential` (the read continues the previous one in this
     /// pack): a random read takes its own chunk alone.
-    fn window(&self, hash: &Hash, sequential: impl Fn(&packed::Location) -> bool) -> Option<Window> {
+    fn window(
+        &self,
+        hash: &Hash,
+        sequential: impl Fn(&packed::Location) -> bool,
+    ) -> Option<Window> {
         let location = self.locations.get(hash)?.clone();
         let members = self.members.get(&location.pack)?;
         let start = members.partition_point(|m| m.0 < location.offset);
@@ -1118,7 +1122,9 @@ impl Backend for RegistryBackend {
         let window = {
             let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             let sequential = |l: &packed::Location| {
-                recent.get(&l.pack).is_some_and(|&(start, end)| (start..=end).contains(&l.offset))
+                recent
+                    .get(&l.pack)
+                    .is_some_and(|&(start, end)| (start..=end).contains(&l.offset))
             };
             self.packed
                 .read()
@@ -1131,7 +1137,10 @@ impl Backend for RegistryBackend {
                     self.recent
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert(window.location.pack.clone(), (first.0 + first.1, last.0 + last.1));
+                        .insert(
+                            window.location.pack.clone(),
+                            (first.0 + first.1, last.0 + last.1),
+                        );
                 }
                 let client = self.client.clone();
                 self.client

@@ -126,6 +126,25 @@ pub fn make_db(path: &Path, sources: &[Src], ast: Option<&[Node]>) {
     }
 }
 
+/// A synthetic db of `n` sources (`scripts/make-sample-db.py --synthetic`)
+/// in `dir`.
+pub fn synthetic_db(dir: &Path, n: usize, seed: u32) -> PathBuf {
+    let db = dir.join(format!("synth-{n}-{seed}.db"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-sample-db.py");
+    let made = Command::new("python3")
+        .arg(&script)
+        .args(["--synthetic", &n.to_string(), "--seed", &seed.to_string()])
+        .arg(&db)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    db
+}
+
 /// Every `_source` row, ordered by id, with content as bytes.
 pub type SourceDump = Vec<(String, Option<String>, Option<String>, Vec<u8>)>;
 
