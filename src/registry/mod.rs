@@ -847,7 +847,7 @@ impl RegistryStore {
                         .body(bytes.clone())
                 })
                 .await?;
-            expect_created(&client, response, "PUT manifest").await?;
+            expect_created(&client, response).await?;
             Ok(false)
         })
     }
@@ -996,16 +996,15 @@ async fn put_blob(client: &Client, digest: &str, bytes: Vec<u8>) -> Result<()> {
                 .body(bytes.clone())
         })
         .await?;
-    expect_created(client, response, "PUT blob").await
+    expect_created(client, response).await
 }
 
 /// Fails unless the response is a success.
-async fn expect_created(client: &Client, response: reqwest::Response, what: &str) -> Result<()> {
+async fn expect_created(client: &Client, response: reqwest::Response) -> Result<()> {
     if response.status().is_success() {
         return Ok(());
     }
     let url = response.url().clone();
-    let _ = what;
     Err(client::failure(&client.registry(), &Method::PUT, &url, response).await)
 }
 
