@@ -266,11 +266,17 @@ impl TestMount {
     /// Mounts `store` at this mountpoint with `--daemon`; returns once it
     /// answers (the daemon mode guarantees it).
     pub fn mount_daemon(&mut self, store: &Path, extra: &[&str]) {
+        let store = store.to_str().expect("a UTF-8 store path");
+        self.mount_daemon_from(&["--store", store], extra);
+    }
+
+    /// Mounts the bundle `source` names (`--store DIR` or `--remote URL
+    /// --scope S`) with `--daemon`; returns once it answers.
+    pub fn mount_daemon_from(&mut self, source: &[&str], extra: &[&str]) {
         let output = self
             .command()
             .arg("mount")
-            .arg("--store")
-            .arg(store)
+            .args(source)
             .arg("--daemon")
             .args(extra)
             .arg(&self.mnt)

@@ -10,6 +10,8 @@ mod distribution_support;
 #[path = "../tests/fake_registry/mod.rs"]
 mod fake_registry;
 mod harness;
+#[path = "../tests/http_wire/mod.rs"]
+mod http_wire;
 mod registry;
 #[path = "../tests/serve_support/mod.rs"]
 mod serve_support;

@@ -21,20 +21,7 @@ fn served() -> FakeRegistry {
 
 /// Mounts the bundle of the registry at `url` at `m` with `--daemon`.
 fn mount_url(m: &mut TestMount, url: &str, extra: &[&str]) {
-    let output = m
-        .command()
-        .args(["mount", "--daemon", "--remote", url, "--scope", SCOPE])
-        .args(extra)
-        .arg(&m.mnt)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "mount failed: {stderr}");
-    m.daemon = stderr
-        .split("daemon pid ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|pid| pid.parse().ok());
+    m.mount_daemon_from(&["--remote", url, "--scope", SCOPE], extra);
 }
 
 /// Mounts the fake registry's bundle at `m`.

@@ -7,6 +7,7 @@
 
 mod common;
 mod distribution_support;
+mod http_wire;
 
 use std::path::Path;
 use std::process::Output;

@@ -6,6 +6,7 @@
 //! installed (`scripts/setup.sh`); without them they fail, never skip.
 
 mod distribution_support;
+mod http_wire;
 
 use distribution_support::*;
 

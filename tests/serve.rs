@@ -6,6 +6,7 @@
 //! clients; and SIGTERM in the middle of an upload.
 
 mod common;
+mod http_wire;
 mod serve_support;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 //! uploaded, and the conformance vectors' bundle pulled as a registry bundle.
 
 mod common;
+mod http_wire;
 mod serve_support;
 
 use std::path::Path;

@@ -346,9 +346,9 @@ impl RegistryStore {
         self.chunks.disk()
     }
 
-    /// Fetches the manifest `reference` names: its bytes and its digest
-    /// (checked against the registry's `Docker-Content-Digest`).
-    fn get_manifest(&self, reference: &str) -> Result<(Vec<u8>, String)> {
+    /// Fetches the manifest `reference` names, its bytes checked against
+    /// the digest asked for or the registry's `Docker-Content-Digest`.
+    fn get_manifest(&self, reference: &str) -> Result<Vec<u8>> {
         let client = self.client.clone();
         let url = client.url(&format!("manifests/{reference}"));
         let name = reference.to_string();
@@ -381,7 +381,7 @@ impl RegistryStore {
                     client.describe()
                 )));
             }
-            Ok((bytes, digest))
+            Ok(bytes)
         })
     }
 
@@ -572,7 +572,7 @@ impl RegistryStore {
 
     /// Whether the bundle `tag` names is packed; `None` if there is none.
     fn layout_of(&self, tag: &str) -> Option<bool> {
-        let (bytes, _) = self.get_manifest(tag).ok()?;
+        let bytes = self.get_manifest(tag).ok()?;
         Manifest::parse(&bytes).ok().map(|m| m.is_packed())
     }
 
@@ -698,7 +698,7 @@ impl RegistryStore {
     /// Where the packed bundle `tag` names keeps each chunk; empty when
     /// there is no such bundle (or it is not packed, or cannot be read).
     fn previous_packs(&self, tag: &str) -> HashMap<Hash, packed::Location> {
-        let found = self.get_manifest(tag).and_then(|(bytes, _)| {
+        let found = self.get_manifest(tag).and_then(|bytes| {
             let manifest = Manifest::parse(&bytes)?;
             if !manifest.is_packed() {
                 return Ok(HashMap::new());
@@ -1228,13 +1228,12 @@ impl BundleStore for RegistryStore {
         if !reference.starts_with("sha256:") {
             check_ref_name(reference)?;
         }
-        let (bytes, _digest) = match self.get_manifest(reference) {
-            Ok(found) => found,
+        let bytes = match self.get_manifest(reference) {
+            Ok(bytes) => bytes,
             Err(e @ Error::Unreachable { .. }) => match self.recall(reference) {
                 Some(bytes) => {
                     tracing::warn!("{e}; using {reference} as last resolved, from the disk cache");
-                    let digest = v1_digest(&Hash::of(&bytes));
-                    (bytes, digest)
+                    bytes
                 }
                 None => return Err(e),
             },
@@ -1269,7 +1268,7 @@ impl BundleStore for RegistryStore {
         })?;
         let mut refs = Vec::new();
         for tag in tags {
-            let (bytes, _) = self.get_manifest(&tag)?;
+            let bytes = self.get_manifest(&tag)?;
             if let Ok(manifest) = Manifest::parse(&bytes) {
                 let lockfile = match manifest.is_packed() {
                     true => self.packed_bundle_of(&manifest)?.lockfile_hash,

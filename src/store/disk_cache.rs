@@ -244,24 +244,14 @@ pub fn trim(root: &Path, cap: u64, dry_run: bool) -> Trimmed {
 
 /// Every cached chunk below `chunks`: its hash, length and last use.
 fn scan(chunks: &Path) -> Vec<(Hash, u64, SystemTime)> {
-    let mut found = Vec::new();
-    let Ok(fanout) = fs::read_dir(chunks) else {
-        return found;
-    };
-    for dir in fanout.flatten() {
-        let prefix = dir.file_name().to_string_lossy().into_owned();
-        let Ok(files) = fs::read_dir(dir.path()) else {
-            continue;
-        };
-        for file in files.flatten() {
-            let name = format!("{prefix}{}", file.file_name().to_string_lossy());
-            if let (Ok(hash), Ok(meta)) = (Hash::from_hex(&name), file.metadata()) {
-                let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                found.push((hash, meta.len(), used));
-            }
-        }
-    }
-    found
+    super::local::fanout_files(chunks)
+        .into_iter()
+        .filter_map(|(hash, file)| {
+            let meta = file.metadata().ok()?;
+            let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            Some((hash, meta.len(), used))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -76,9 +76,9 @@ pub fn collect(store: &LocalStore, grace: Duration, dry_run: bool) -> Result<GcR
         dry_run,
         report: &mut report,
     };
-    for (path, name) in files_below(&root.join("objects"), 2) {
-        if Hash::from_hex(&name).is_ok_and(|h| !objects.contains(&h)) {
-            sweep.remove(&path, Kind::Object);
+    for (hash, file) in super::local::fanout_files(&root.join("objects")) {
+        if !objects.contains(&hash) {
+            sweep.remove(&file.path(), Kind::Object);
         }
     }
     for (path, name) in files_below(&root.join("lockfiles"), 1) {
@@ -244,26 +244,20 @@ impl Sweep<'_> {
 /// Regular files below `dir`, at most `depth` levels down, with their names.
 fn files_below(dir: &Path, depth: usize) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
-    let mut stack = vec![(dir.to_path_buf(), 0usize, String::new())];
-    while let Some((dir, level, prefix)) = stack.pop() {
+    let mut stack = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((dir, level)) = stack.pop() {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
         for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
             let Ok(kind) = entry.file_type() else {
                 continue;
             };
             if kind.is_dir() && level + 1 < depth {
-                // objects/<ab>/<cdef…>: a name is its directory's prefix and its own.
-                let prefix = if depth == 2 {
-                    name.clone()
-                } else {
-                    String::new()
-                };
-                stack.push((entry.path(), level + 1, prefix));
+                stack.push((entry.path(), level + 1));
             } else if kind.is_file() {
-                out.push((entry.path(), format!("{prefix}{name}")));
+                let name = entry.file_name().to_string_lossy().into_owned();
+                out.push((entry.path(), name));
             }
         }
     }

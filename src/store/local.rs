@@ -724,6 +724,29 @@ pub fn shareable_temp_file(
         .tempfile_in(dir)
 }
 
+/// Every file of a `<hex[0..2]>/<hex[2..]>` fan-out directory (a store's
+/// `objects/`, the disk cache's `chunks/`) whose name is a hash, with its
+/// hash; other files are left out.
+pub fn fanout_files(dir: &Path) -> Vec<(Hash, fs::DirEntry)> {
+    let mut found = Vec::new();
+    let Ok(fanout) = fs::read_dir(dir) else {
+        return found;
+    };
+    for sub in fanout.flatten() {
+        let prefix = sub.file_name().to_string_lossy().into_owned();
+        let Ok(files) = fs::read_dir(sub.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let name = format!("{prefix}{}", file.file_name().to_string_lossy());
+            if let Ok(hash) = Hash::from_hex(&name) {
+                found.push((hash, file));
+            }
+        }
+    }
+    found
+}
+
 /// Reads a whole file, with the path in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))

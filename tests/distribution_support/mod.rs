@@ -22,8 +22,7 @@
 //! panics: the tests fail loudly rather than skip.
 #![allow(dead_code)]
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +30,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+#[allow(unused_imports)] // each test crate uses a part of it
+pub use crate::http_wire::*;
 
 /// How long the registry gets to answer `GET /v2/` after it starts.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,7 +45,6 @@ const POLL: Duration = Duration::from_millis(10);
 /// Fresh ports tried when the one picked was taken before the registry bound it.
 const PORT_ATTEMPTS: usize = 5;
 /// A read or write on a test connection that takes longer than this fails.
-const IO_TIMEOUT: Duration = Duration::from_secs(120);
 /// The query marking the harness's own requests, left out of the counts.
 const MARK: &str = "harness=";
 
@@ -451,192 +452,11 @@ fn parse_access_line(line: &str) -> Option<(String, String, u16)> {
     Some((method.to_string(), uri, status))
 }
 
-/// A response as the wire carried it.
-#[derive(Debug)]
-pub struct HttpReply {
-    pub status: u16,
-    /// Header names lowercased, in order.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpReply {
-    /// The first header called `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body as text.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The body as JSON.
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-
-    /// The codes of an OCI error envelope, in order.
-    pub fn error_codes(&self) -> Vec<String> {
-        self.json()["errors"]
-            .as_array()
-            .map(|errors| {
-                errors
-                    .iter()
-                    .filter_map(|e| e["code"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-/// One HTTP/1.1 request to `addr` on its own connection, no credentials
-/// added; panics on an I/O error.
-pub fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> HttpReply {
-    try_http(addr, method, path, headers, body)
-        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
-}
-
-/// One HTTP/1.1 request (`Connection: close`). The body is written from
-/// another thread while this one reads, so an answer the server sends
-/// before taking the whole body (a 400 for a body too large) is still
-/// read; an `Err` means no whole answer came (a refused connection, a
-/// reset before the answer).
-pub fn try_http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<HttpReply> {
-    let stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut writer = stream.try_clone()?;
-    let mut reader = stream;
-    std::thread::scope(|scope| {
-        scope.spawn(move || {
-            // A failed write (the server answered early and closed) shows
-            // up on the read side as a short or missing answer.
-            // The write side stays open: Go's server takes a half-close
-            // for a client gone and may cancel the request (a 499).
-            let _ = writer
-                .write_all(head.as_bytes())
-                .and_then(|()| writer.write_all(body));
-        });
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 64 * 1024];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // A reset after a whole answer arrived still counts.
-                    return match parse_reply(&raw, method == "HEAD") {
-                        Some(reply) if complete(&reply, &raw) => Ok(reply),
-                        _ => Err(e),
-                    };
-                }
-            }
-        }
-        parse_reply(&raw, method == "HEAD").ok_or_else(|| {
-            std::io::Error::new(
-                ErrorKind::UnexpectedEof,
-                format!(
-                    "no whole answer: {:?}",
-                    String::from_utf8_lossy(&raw[..raw.len().min(500)])
-                ),
-            )
-        })
-    })
-}
-
-/// Whether `raw` held the whole body `reply` announced.
-fn complete(reply: &HttpReply, raw: &[u8]) -> bool {
-    match reply.header("content-length").map(str::parse::<usize>) {
-        Some(Ok(length)) => reply.body.len() >= length,
-        _ => !raw.is_empty() && reply.header("transfer-encoding").is_none(),
-    }
-}
-
-/// Parses a whole response as read from the socket; `None` if the head
-/// (or a chunked body) is incomplete.
-pub fn parse_reply(raw: &[u8], head_only: bool) -> Option<HttpReply> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let rest = &raw[split + 4..];
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-    let body = match (head_only, chunked) {
-        (true, _) => Vec::new(),
-        (false, true) => dechunk(rest)?,
-        (false, false) => rest.to_vec(),
-    };
-    Some(HttpReply {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Some(body);
-        }
-        body.extend_from_slice(rest.get(..size)?);
-        rest = rest.get(size + 2..)?;
-    }
-}
-
 /// `Basic base64(user:password)`.
 pub fn basic_auth(user: &str, password: &str) -> String {
     use base64::Engine;
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     format!("Basic {encoded}")
-}
-
-/// `sha256:<SHA-256 hex>`: the digest a registry checks.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
-/// `sha256:<BLAKE3 hex>`: a BLAKE3 hash passed off as SHA-256.
-pub fn blake3_as_sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", blake3::hash(bytes).to_hex())
 }
 
 /// An OCI image manifest naming `config` and `layers` (`(media type,

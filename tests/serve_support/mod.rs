@@ -4,8 +4,7 @@
 //! between them and the server.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 
@@ -134,45 +133,10 @@ impl Drop for Server {
 }
 
 /// A response as the wire carried it.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    /// Header names lowercased.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Reply {
-    /// The first header called `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body as text.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The body as JSON.
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-
-    /// The first error of an OCI error envelope: `(code, message)`.
-    pub fn error(&self) -> (String, String) {
-        let json = self.json();
-        let error = &json["errors"][0];
-        (
-            error["code"].as_str().unwrap_or_default().to_string(),
-            error["message"].as_str().unwrap_or_default().to_string(),
-        )
-    }
-}
+pub use crate::http_wire::HttpReply as Reply;
+/// `sha256:<BLAKE3 hex>` (a build-cache/v1 digest) and `sha256:<SHA-256 hex>`.
+#[allow(unused_imports)] // each test crate uses a part of it
+pub use crate::http_wire::{blake3_as_sha256_digest as b3_digest, sha256_digest as sha_digest};
 
 /// One HTTP/1.1 request on its own connection (`Connection: close`).
 pub fn request(
@@ -182,82 +146,13 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Reply {
-    let mut stream = TcpStream::connect(addr).expect("connects to the server");
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    parse_reply(&raw, method == "HEAD")
+    crate::http_wire::http(addr, method, path, headers, body)
 }
 
 /// Parses a whole response as read from the socket.
 pub fn parse_reply(raw: &[u8], head_only: bool) -> Reply {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
-    let head = std::str::from_utf8(&raw[..split]).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let rest = &raw[split + 4..];
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-    let body = match (head_only, chunked) {
-        (true, _) => Vec::new(),
-        (false, true) => dechunk(rest),
-        (false, false) => rest.to_vec(),
-    };
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut rest: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size_text = std::str::from_utf8(&rest[..line_end]).unwrap();
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return body;
-        }
-        body.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
-}
-
-/// `sha256:<BLAKE3 hex>`: a build-cache/v1 digest.
-pub fn b3_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", blake3::hash(bytes).to_hex())
-}
-
-/// `sha256:<SHA-256 hex>`: a standard OCI digest.
-pub fn sha_digest(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+    crate::http_wire::parse_reply(raw, head_only)
+        .unwrap_or_else(|| panic!("no whole answer in {:?}", String::from_utf8_lossy(raw)))
 }
 
 /// Pushes `bytes` in one `POST …/blobs/uploads/?digest=`.
