@@ -1,0 +1,396 @@
+//! Fetching chunks from a registry: whole blobs (build-cache/v1) or
+//! `Range` reads of packs, with read-ahead for sequential reads and
+//! batched ranges for prefetch. Bytes only: [`Verified`](crate::store::Verified)
+//! checks them.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, RwLock};
+
+use futures_util::StreamExt;
+
+use super::client::{Client, header};
+use super::manifest::v1_digest;
+use super::packed;
+use super::{LAYOUT_PACKED, LAYOUT_V1, MAX_METADATA};
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::store::{Backend, RemoteCounters};
+
+/// The blobs of a repository, fetched by digest, each bounded by the size
+/// its manifest gives.
+pub(super) struct RegistryBackend {
+    client: Client,
+    sizes: RwLock<HashMap<Hash, u64>>,
+    /// For packed bundles: where each chunk is, and each pack's chunks by offset.
+    packed: RwLock<PackedChunks>,
+    /// Per pack, the span `(start, end)` a next read continuing the last
+    /// one starts in: such reads read ahead.
+    recent: Mutex<HashMap<String, (u64, u64)>>,
+    jobs: usize,
+}
+
+impl RegistryBackend {
+    pub(super) fn new(client: Client, jobs: usize) -> RegistryBackend {
+        RegistryBackend {
+            client,
+            sizes: RwLock::new(HashMap::new()),
+            packed: RwLock::new(PackedChunks::default()),
+            recent: Mutex::new(HashMap::new()),
+            jobs,
+        }
+    }
+
+    /// Records the sizes a build-cache/v1 manifest gives its layers.
+    pub(super) fn learn_sizes(&self, sizes: Vec<(Hash, u64)>) {
+        self.sizes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(sizes);
+    }
+
+    /// Records where a packed bundle keeps its chunks.
+    pub(super) fn learn_packs(&self, locations: HashMap<Hash, packed::Location>) {
+        self.packed
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(locations);
+    }
+}
+
+/// The chunks of the packed bundles resolved so far.
+#[derive(Default)]
+struct PackedChunks {
+    locations: HashMap<Hash, packed::Location>,
+    /// Per pack digest: `(offset, len, hash)`, sorted by offset.
+    members: HashMap<String, Vec<(u64, u64, Hash)>>,
+}
+
+impl PackedChunks {
+    fn add(&mut self, locations: HashMap<Hash, packed::Location>) {
+        for (hash, location) in locations {
+            let members = self.members.entry(location.pack.clone()).or_default();
+            members.push((location.offset, location.len, hash));
+            self.locations.insert(hash, location);
+        }
+        for members in self.members.values_mut() {
+            members.sort_unstable();
+            members.dedup();
+        }
+    }
+
+    /// A window of consecutive `members` of one pack (`all` its chunks).
+    fn window_of(&self, members: Vec<(u64, u64, Hash)>, all: &[(u64, u64, Hash)]) -> Window {
+        let location = self.locations[&members[0].2].clone();
+        Window {
+            location,
+            members,
+            pack: all.to_vec(),
+        }
+    }
+
+    /// The chunks one read of `hash` brings: it and the ones right after it
+    /// in its pack, up to [`READ_AHEAD`] bytes (Nydus's `amplify_io`).
+    /// Only when `sequential` (the read continues the previous one in this
+    /// pack): a random read takes its own chunk alone.
+    fn window(
+        &self,
+        hash: &Hash,
+        sequential: impl Fn(&packed::Location) -> bool,
+    ) -> Option<Window> {
+        let location = self.locations.get(hash)?.clone();
+        let members = self.members.get(&location.pack)?;
+        let start = members.partition_point(|m| m.0 < location.offset);
+        let ahead = if sequential(&location) { READ_AHEAD } else { 0 };
+        let mut window = Vec::new();
+        let mut end = location.offset;
+        for &(offset, len, member) in &members[start..] {
+            if offset < end || (!window.is_empty() && offset + len - location.offset > ahead) {
+                break;
+            }
+            window.push((offset, len, member));
+            end = offset + len;
+        }
+        Some(Window {
+            location,
+            members: window,
+            pack: members.clone(),
+        })
+    }
+}
+
+/// One request of a batch fetch: a blob (build-cache/v1), or a range of
+/// consecutive chunks of a pack.
+enum Request {
+    Blob(Hash, Option<u64>),
+    Range(Window),
+}
+
+/// A batch's ranges are cut at this size.
+const MAX_RANGE: u64 = 8 << 20;
+
+impl RegistryBackend {
+    /// Groups `hashes` into requests: packed chunks of one pack that lie
+    /// next to each other share a `Range` request (up to [`MAX_RANGE`]).
+    fn plan_requests(&self, hashes: &[Hash]) -> Vec<Request> {
+        let packed = self.packed.read().unwrap_or_else(|e| e.into_inner());
+        let mut by_pack: HashMap<&str, Vec<(u64, u64, Hash)>> = HashMap::new();
+        let mut requests = Vec::new();
+        for hash in hashes {
+            match packed.locations.get(hash) {
+                Some(l) => by_pack
+                    .entry(&l.pack)
+                    .or_default()
+                    .push((l.offset, l.len, *hash)),
+                None => requests.push(Request::Blob(*hash, self.size_of(hash))),
+            }
+        }
+        for (pack, mut wanted) in by_pack {
+            wanted.sort_unstable();
+            wanted.dedup();
+            let all = packed.members.get(pack).cloned().unwrap_or_default();
+            let mut run: Vec<(u64, u64, Hash)> = Vec::new();
+            for member in wanted {
+                let joins = run.last().is_some_and(|last| {
+                    last.0 + last.1 == member.0 && member.0 + member.1 - run[0].0 <= MAX_RANGE
+                });
+                if !joins && !run.is_empty() {
+                    requests.push(Request::Range(
+                        packed.window_of(std::mem::take(&mut run), &all),
+                    ));
+                }
+                run.push(member);
+            }
+            if !run.is_empty() {
+                requests.push(Request::Range(packed.window_of(run, &all)));
+            }
+        }
+        requests
+    }
+}
+
+/// One read of a packed chunk: where it is, the chunks the read brings, and
+/// all chunks of its pack (what a registry that ignores `Range` sends).
+struct Window {
+    location: packed::Location,
+    members: Vec<(u64, u64, Hash)>,
+    pack: Vec<(u64, u64, Hash)>,
+}
+
+/// How far a cold read of a packed chunk reads ahead in its pack.
+pub const READ_AHEAD: u64 = 1 << 20;
+
+impl RegistryBackend {
+    /// GETs blob `hash`: exactly `size` bytes if known, else at most `limit`.
+    pub(super) fn fetch_sized(
+        &self,
+        hash: &Hash,
+        size: Option<u64>,
+        limit: u64,
+    ) -> Result<Vec<u8>> {
+        let client = self.client.clone();
+        let hash = *hash;
+        self.client
+            .run(async move { get_blob(&client, hash, size, limit).await })
+    }
+
+    /// The size the manifest gave blob `hash`, if it named it.
+    fn size_of(&self, hash: &Hash) -> Option<u64> {
+        self.sizes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .copied()
+    }
+}
+
+/// GETs the bytes of `members` (consecutive chunks of one pack) with one
+/// `Range` request. A registry that ignores `Range` answers the whole pack:
+/// then every chunk of it is returned, to be verified and cached at once.
+async fn get_pack_range(client: &Client, window: Window) -> Result<Vec<(Hash, Vec<u8>)>> {
+    let Window {
+        location,
+        members,
+        pack,
+    } = window;
+    let start = members.first().map_or(location.offset, |m| m.0);
+    let end = members
+        .last()
+        .map_or(location.offset + location.len, |m| m.0 + m.1);
+    let url = client.url(&format!("blobs/{}", location.pack));
+    let range = format!("bytes={start}-{}", end.max(start + 1) - 1);
+    let found = client
+        .get_body(
+            url,
+            |r| r.header(reqwest::header::RANGE, header(&range)),
+            location.pack_size,
+            None,
+        )
+        .await?;
+    let Some((headers, body)) = found else {
+        return Err(Error::Remote(format!(
+            "{}: pack {} is missing",
+            client.describe(),
+            location.pack
+        )));
+    };
+    let whole = !headers.contains_key(reqwest::header::CONTENT_RANGE);
+    let (base, members) = if whole {
+        if body.len() as u64 != location.pack_size {
+            return Err(Error::Unreachable {
+                registry: client.registry(),
+                reason: format!(
+                    "pack {} came with {} of {} bytes",
+                    location.pack,
+                    body.len(),
+                    location.pack_size
+                ),
+            });
+        }
+        (0, pack)
+    } else {
+        if body.len() as u64 != end - start {
+            return Err(Error::Unreachable {
+                registry: client.registry(),
+                reason: format!("a range of {} bytes came with {}", end - start, body.len()),
+            });
+        }
+        (start, members)
+    };
+    Ok(members
+        .into_iter()
+        .map(|(offset, len, hash)| {
+            let from = (offset - base) as usize;
+            (hash, body[from..from + len as usize].to_vec())
+        })
+        .collect())
+}
+
+/// GETs blob `hash`: exactly `size` bytes when known, else at most `limit`.
+async fn get_blob(client: &Client, hash: Hash, size: Option<u64>, limit: u64) -> Result<Vec<u8>> {
+    let url = client.url(&format!("blobs/{}", v1_digest(&hash)));
+    match client
+        .get_body(url, |r| r, size.unwrap_or(limit), size)
+        .await?
+    {
+        Some((_, bytes)) => Ok(bytes),
+        None => Err(Error::ObjectMissing {
+            hash,
+            store: client.describe(),
+        }),
+    }
+}
+
+impl Backend for RegistryBackend {
+    fn fetch(&self, hash: &Hash) -> Result<Vec<u8>> {
+        let found = self.fetch_around(hash)?;
+        found
+            .into_iter()
+            .find(|(h, _)| h == hash)
+            .map(|(_, bytes)| bytes)
+            .ok_or_else(|| Error::ObjectMissing {
+                hash: *hash,
+                store: self.client.describe(),
+            })
+    }
+
+    fn fetch_around(&self, hash: &Hash) -> Result<Vec<(Hash, Vec<u8>)>> {
+        let window = {
+            let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let sequential = |l: &packed::Location| {
+                recent
+                    .get(&l.pack)
+                    .is_some_and(|&(start, end)| (start..=end).contains(&l.offset))
+            };
+            self.packed
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .window(hash, sequential)
+        };
+        match window {
+            Some(window) => {
+                if let (Some(first), Some(last)) = (window.members.first(), window.members.last()) {
+                    self.recent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(
+                            window.location.pack.clone(),
+                            (first.0 + first.1, last.0 + last.1),
+                        );
+                }
+                let client = self.client.clone();
+                self.client
+                    .run(async move { get_pack_range(&client, window).await })
+            }
+            None => Ok(vec![(
+                *hash,
+                self.fetch_sized(hash, self.size_of(hash), MAX_METADATA)?,
+            )]),
+        }
+    }
+
+    fn fetch_many(&self, hashes: &[Hash], each: &(dyn Fn(Hash, Vec<u8>) + Sync)) -> Result<()> {
+        let requests = self.plan_requests(hashes);
+        let client = self.client.clone();
+        let jobs = self.jobs;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<(Hash, Vec<u8>)>>>(jobs);
+        self.client.runtime_spawn(async move {
+            let mut fetched = futures_util::stream::iter(requests)
+                .map(|request| {
+                    let client = client.clone();
+                    async move {
+                        match request {
+                            Request::Blob(hash, size) => {
+                                get_blob(&client, hash, size, MAX_METADATA)
+                                    .await
+                                    .map(|bytes| vec![(hash, bytes)])
+                            }
+                            Request::Range(window) => get_pack_range(&client, window).await,
+                        }
+                    }
+                })
+                .buffer_unordered(jobs);
+            while let Some(result) = fetched.next().await {
+                let failed = result.is_err();
+                if tx.send(result).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        for result in rx {
+            for (hash, bytes) in result? {
+                each(hash, bytes);
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.client.describe()
+    }
+
+    fn locate(&self, hash: &Hash) -> String {
+        format!("{}/blobs/{}", self.client.describe(), v1_digest(hash))
+    }
+
+    fn counters(&self) -> Option<RemoteCounters> {
+        let c = self.client.counters();
+        Some(RemoteCounters {
+            remote: self.client.describe(),
+            layout: match self
+                .packed
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .locations
+                .is_empty()
+            {
+                true => LAYOUT_V1.to_string(),
+                false => LAYOUT_PACKED.to_string(),
+            },
+            requests: c.requests.load(Ordering::Relaxed),
+            bytes_fetched: c.bytes.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+        })
+    }
+}

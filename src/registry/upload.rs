@@ -1,0 +1,511 @@
+//! Pushing a bundle of the local store to a registry, in either layout:
+//! HEAD before each upload, blobs before the manifest, the manifest last.
+
+use std::collections::HashMap;
+
+use futures_util::StreamExt;
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::{Method, StatusCode};
+
+use super::client::{self, Client, header};
+use super::manifest::{MANIFEST_TYPE, Manifest, v1_digest};
+use super::{LAYOUT_PACKED, LAYOUT_V1, RegistryStore, packed, sha256_digest};
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::store::local::check_ref_name;
+use crate::store::sizes::SizeIndex;
+use crate::store::{Bundle, BundleStore, LocalStore};
+
+/// What an upload did.
+#[derive(Debug, Clone, Default)]
+pub struct UploadReport {
+    /// The layout pushed.
+    pub layout: &'static str,
+    pub uploaded: usize,
+    pub uploaded_bytes: u64,
+    pub present: usize,
+    /// The manifest's digest, and whether the tag already named it.
+    pub manifest_digest: String,
+    pub manifest_unchanged: bool,
+}
+
+impl RegistryStore {
+    /// Uploads a bundle of the local store and tags it `tag` and `latest`
+    /// (as a local push does), in `layout`: every blob the registry lacks
+    /// (HEAD first), the config and index blobs, then the manifest, by each
+    /// tag that does not already name it. `Layout::Auto` picks build-cache/v1
+    /// when the registry takes its digests, else the packed layout.
+    pub fn upload(
+        &self,
+        local: &LocalStore,
+        bundle: &Bundle,
+        tag: &str,
+        layout: Layout,
+        progress: bool,
+    ) -> Result<UploadReport> {
+        check_ref_name(tag)?;
+        let chunk_lens = chunk_lens(local, bundle)?;
+        let (packed, probe) = match layout {
+            Layout::V1 => (false, Probe::Present),
+            Layout::Packed => (true, Probe::Present),
+            // The layout of the bundle the tag names, else a probe.
+            Layout::Auto => match self.layout_of(tag) {
+                Some(packed) => (packed, Probe::Present),
+                None => match self.probe_v1_digests(&bundle.lockfile_bytes)? {
+                    Probe::Refused => (true, Probe::Refused),
+                    probe => (false, probe),
+                },
+            },
+        };
+        let mut report = if packed {
+            self.upload_packed(local, bundle, &chunk_lens, tag, progress)?
+        } else {
+            self.upload_v1(local, bundle, &chunk_lens, tag, progress)?
+        };
+        if let Probe::Sent(bytes) = probe {
+            // The probe uploaded the lockfile; the push then found it there.
+            report.uploaded += 1;
+            report.uploaded_bytes += bytes;
+            report.present = report.present.saturating_sub(1);
+        }
+        report.layout = if packed { LAYOUT_PACKED } else { LAYOUT_V1 };
+        Ok(report)
+    }
+
+    /// Whether the bundle `tag` names is packed; `None` if there is none.
+    fn layout_of(&self, tag: &str) -> Option<bool> {
+        let bytes = self.get_manifest(tag).ok()?;
+        Manifest::parse(&bytes).ok().map(|m| m.is_packed())
+    }
+
+    /// Whether the registry takes build-cache/v1 digests (BLAKE3 behind
+    /// `sha256:`): tried with the lockfile, which a v1 push uploads anyway.
+    /// A registry that checks SHA-256 answers `400 DIGEST_INVALID`.
+    fn probe_v1_digests(&self, lockfile_bytes: &[u8]) -> Result<Probe> {
+        let client = self.client.clone();
+        let bytes = lockfile_bytes.to_vec();
+        let digest = v1_digest(&Hash::of(&bytes));
+        let probe = self.client.run(async move {
+            if has_blob(&client, &digest).await? {
+                return Ok(Probe::Present);
+            }
+            let len = bytes.len() as u64;
+            match put_blob(&client, &digest, bytes).await {
+                Ok(()) => Ok(Probe::Sent(len)),
+                Err(Error::RegistryError {
+                    status: 400, code, ..
+                }) if code == "DIGEST_INVALID" => Ok(Probe::Refused),
+                Err(e) => Err(e),
+            }
+        })?;
+        if probe == Probe::Refused {
+            tracing::warn!(
+                "{} checks digests as SHA-256: pushing in the packed layout",
+                self.client.registry()
+            );
+        }
+        Ok(probe)
+    }
+
+    /// The packed layout: the packs of the bundle the tag named that hold
+    /// needed chunks are kept; only the other chunks are packed and sent.
+    fn upload_packed(
+        &self,
+        local: &LocalStore,
+        bundle: &Bundle,
+        chunk_lens: &[u64],
+        tag: &str,
+        progress: bool,
+    ) -> Result<UploadReport> {
+        let chunks = packed::distinct_chunks(&bundle.lockfile, chunk_lens);
+        let previous = self.previous_packs(tag);
+        // Old packs still used, in their old order, then the new ones.
+        let mut kept: Vec<(String, u64)> = Vec::new();
+        let mut fresh: Vec<(Hash, u64)> = Vec::new();
+        for (hash, len) in &chunks {
+            match previous.get(hash) {
+                Some(location) => {
+                    if !kept.iter().any(|(d, _)| *d == location.pack) {
+                        kept.push((location.pack.clone(), location.pack_size));
+                    }
+                }
+                None => fresh.push((*hash, *len)),
+            }
+        }
+        let plan = packed::plan(&fresh);
+        let blobs = plan
+            .iter()
+            .map(|pack| Blob::Pack(pack.iter().map(|(h, _)| *h).collect()))
+            .collect();
+        // Packs are up to 32 MiB in memory each: fewer at once.
+        let (mut report, new_packs) =
+            self.upload_blobs(local, blobs, self.jobs.min(4), progress)?;
+        let mut packs = kept.clone();
+        packs.extend(new_packs.iter().cloned());
+        let number = |digest: &str| {
+            packs
+                .iter()
+                .position(|(d, _)| d == digest)
+                .expect("a listed pack")
+        };
+        let mut located: HashMap<Hash, (usize, u64, u64)> = HashMap::new();
+        for (hash, location) in &previous {
+            if let Some(i) = packs.iter().position(|(d, _)| *d == location.pack) {
+                located.insert(*hash, (i, location.offset, location.len));
+            }
+        }
+        for (pack, (digest, _)) in plan.iter().zip(&new_packs) {
+            let mut offset = 0;
+            for (hash, len) in pack {
+                located.insert(*hash, (number(digest), offset, *len));
+                offset += len;
+            }
+        }
+        let index = packed::PackIndex {
+            format: packed::INDEX_FORMAT.to_string(),
+            lockfile: bundle.lockfile_hash.to_prefixed(),
+            packs: packs.iter().map(|(d, _)| d.clone()).collect(),
+            chunks: chunks
+                .iter()
+                .map(|(hash, _)| {
+                    let (pack, offset, len) = located[hash];
+                    (hash.to_hex(), pack, offset, len)
+                })
+                .collect(),
+            sizes: bundle
+                .sizes
+                .as_ref()
+                .and_then(|s| serde_json::from_slice(&s.to_json()).ok()),
+        };
+        let index_bytes = serde_json::to_vec(&index).expect("a pack index serializes");
+        let metadata = vec![
+            Blob::Sha256(bundle.lockfile_bytes.clone()),
+            Blob::Sha256(index_bytes.clone()),
+        ];
+        let (more, _) = self.upload_blobs(local, metadata, 2, false)?;
+        report.uploaded += more.uploaded;
+        report.uploaded_bytes += more.uploaded_bytes;
+        report.present += more.present + kept.len();
+        let manifest = Manifest::for_packed(
+            &bundle.lockfile,
+            &bundle.lockfile_bytes,
+            &packs,
+            (sha256_digest(&index_bytes), index_bytes.len() as u64),
+        );
+        let bytes = manifest.to_bytes();
+        let digest = sha256_digest(&bytes);
+        self.tag_manifest(report, tag, bytes, &digest)
+    }
+
+    /// Where the packed bundle `tag` names keeps each chunk; empty when
+    /// there is no such bundle (or it is not packed, or cannot be read).
+    fn previous_packs(&self, tag: &str) -> HashMap<Hash, packed::Location> {
+        let found = self.get_manifest(tag).and_then(|bytes| {
+            let manifest = Manifest::parse(&bytes)?;
+            if !manifest.is_packed() {
+                return Ok(HashMap::new());
+            }
+            let bundle = self.packed_bundle_of(&manifest)?;
+            let (packs, index) = manifest.packs();
+            let index = index.expect("a parsed packed manifest has its index");
+            let index_bytes = self.get_sha256_blob(&index.digest, index.size)?;
+            packed::PackIndex::check(
+                &index_bytes,
+                &packs,
+                &bundle.lockfile,
+                &bundle.lockfile_hash,
+            )
+            .map(|p| p.locations)
+        });
+        found.unwrap_or_else(|e| {
+            tracing::debug!("no packs to reuse from {tag}: {e}");
+            HashMap::new()
+        })
+    }
+
+    /// build-cache/v1: one layer per source.
+    fn upload_v1(
+        &self,
+        local: &LocalStore,
+        bundle: &Bundle,
+        chunk_lens: &[u64],
+        tag: &str,
+        progress: bool,
+    ) -> Result<UploadReport> {
+        let sizes_json = bundle.sizes.as_ref().map(SizeIndex::to_json);
+        let sizes_blob = sizes_json
+            .as_ref()
+            .map(|json| (Hash::of(json), json.len() as u64));
+        let manifest = Manifest::for_bundle(
+            &bundle.lockfile,
+            &bundle.lockfile_bytes,
+            chunk_lens,
+            sizes_blob.as_ref().map(|(h, len)| (h, *len)),
+        );
+        let manifest_bytes = manifest.to_bytes();
+        let digest = v1_digest(&Hash::of(&manifest_bytes));
+
+        // Every distinct blob: chunks, then the config and the sizes index.
+        let mut blobs: Vec<Blob> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for source in &bundle.lockfile.sources {
+            if seen.insert(source.chunk_hash) {
+                blobs.push(Blob::Object(source.chunk_hash));
+            }
+        }
+        blobs.push(Blob::Bytes(bundle.lockfile_bytes.clone()));
+        if let Some(json) = sizes_json {
+            blobs.push(Blob::Bytes(json));
+        }
+        let (report, _) = self.upload_blobs(local, blobs, self.jobs, progress)?;
+        self.tag_manifest(report, tag, manifest_bytes, &digest)
+    }
+
+    /// PUTs the manifest by `tag` and `latest` (as a local push moves both),
+    /// each unless it already names it.
+    fn tag_manifest(
+        &self,
+        mut report: UploadReport,
+        tag: &str,
+        manifest_bytes: Vec<u8>,
+        digest: &str,
+    ) -> Result<UploadReport> {
+        report.manifest_digest = digest.to_string();
+        report.manifest_unchanged = true;
+        for name in [tag, crate::store::local::LATEST] {
+            let unchanged = self.put_manifest(name, manifest_bytes.clone(), digest)?;
+            report.manifest_unchanged &= unchanged;
+        }
+        Ok(report)
+    }
+
+    /// Uploads `blobs` (`--jobs` at once) and returns, in their order, each
+    /// one's digest and size, with the counts.
+    fn upload_blobs(
+        &self,
+        local: &LocalStore,
+        blobs: Vec<Blob>,
+        jobs: usize,
+        progress: bool,
+    ) -> Result<(UploadReport, Vec<(String, u64)>)> {
+        let client = self.client.clone();
+        let local = local.clone();
+        let bar = progress.then(|| crate::bundle::progress(blobs.len(), "uploading"));
+        self.client.run(async move {
+            let mut results = futures_util::stream::iter(blobs)
+                .map(|blob| upload_blob(&client, &local, blob))
+                .buffered(jobs);
+            let mut report = UploadReport::default();
+            let mut digests = Vec::new();
+            while let Some(result) = results.next().await {
+                let (digest, size, sent) = result?;
+                if sent {
+                    report.uploaded += 1;
+                    report.uploaded_bytes += size;
+                } else {
+                    report.present += 1;
+                }
+                digests.push((digest, size));
+                if let Some(bar) = &bar {
+                    bar.inc(1);
+                }
+            }
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            Ok((report, digests))
+        })
+    }
+
+    /// PUTs the manifest by tag unless the tag already names these bytes;
+    /// returns whether it did.
+    fn put_manifest(&self, tag: &str, bytes: Vec<u8>, digest: &str) -> Result<bool> {
+        let client = self.client.clone();
+        let tag = tag.to_string();
+        let digest = digest.to_string();
+        // A registry may name a manifest by either form (serve by BLAKE3).
+        let sha256 = sha256_digest(&bytes);
+        let blake3 = v1_digest(&Hash::of(&bytes));
+        self.client.run(async move {
+            let url = client.url(&format!("manifests/{tag}"));
+            let current = client
+                .send(Method::HEAD, url.clone(), |r| {
+                    r.header(ACCEPT, header(MANIFEST_TYPE))
+                })
+                .await?;
+            let named = current
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            if current.status().is_success()
+                && named.is_some_and(|d| d == digest || d == sha256 || d == blake3)
+            {
+                return Ok(true);
+            }
+            let response = client
+                .send(Method::PUT, url, |r| {
+                    r.header(CONTENT_TYPE, header(MANIFEST_TYPE))
+                        .body(bytes.clone())
+                })
+                .await?;
+            expect_created(&client, response).await?;
+            Ok(false)
+        })
+    }
+}
+
+/// The length of every source's chunk: from the sizes index, else a stat.
+fn chunk_lens(local: &LocalStore, bundle: &Bundle) -> Result<Vec<u64>> {
+    match &bundle.sizes {
+        Some(index) => Ok(index.entries.iter().map(|e| e.chunk_len).collect()),
+        None => bundle
+            .lockfile
+            .sources
+            .iter()
+            .map(|s| {
+                local
+                    .object_len(&s.chunk_hash)
+                    .ok_or_else(|| Error::ChunkMissing {
+                        hash: s.chunk_hash,
+                        path: s.path.clone(),
+                        store: local.describe(),
+                    })
+            })
+            .collect(),
+    }
+}
+
+/// What trying a build-cache/v1 digest on a registry found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// The blob was there already (so the registry takes such digests).
+    Present,
+    /// It was uploaded (this many bytes).
+    Sent(u64),
+    /// Refused: the registry checks SHA-256.
+    Refused,
+}
+
+/// Which layout a push uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// build-cache/v1 if the registry takes its digests, else packed.
+    Auto,
+    /// build-cache/v1: one layer per source, BLAKE3 digests (SPEC §6).
+    V1,
+    /// Packs of chunks and a pack index, true SHA-256 digests.
+    Packed,
+}
+
+/// A blob to upload.
+enum Blob {
+    /// An object of the local store, under its build-cache/v1 digest.
+    Object(Hash),
+    /// Bytes under their build-cache/v1 digest.
+    Bytes(Vec<u8>),
+    /// Bytes under their true SHA-256.
+    Sha256(Vec<u8>),
+    /// Objects of the local store concatenated, under the pack's SHA-256.
+    Pack(Vec<Hash>),
+}
+
+/// Reads verified objects of the local store off the async threads.
+async fn read_objects(local: &LocalStore, hashes: Vec<Hash>) -> Result<Vec<u8>> {
+    let local = local.clone();
+    tokio::task::spawn_blocking(move || {
+        let chunks = local.chunks();
+        let mut bytes = Vec::new();
+        for hash in &hashes {
+            bytes.extend_from_slice(&chunks.get_verified(hash)?);
+        }
+        Ok(bytes)
+    })
+    .await
+    .expect("reading local objects does not panic")
+}
+
+/// Whether the registry has blob `digest`.
+async fn has_blob(client: &Client, digest: &str) -> Result<bool> {
+    let head = client
+        .send(Method::HEAD, client.url(&format!("blobs/{digest}")), |r| r)
+        .await?;
+    Ok(head.status().is_success())
+}
+
+/// Uploads one blob unless the registry has it: its digest and size, and
+/// whether it was sent.
+async fn upload_blob(
+    client: &Client,
+    local: &LocalStore,
+    blob: Blob,
+) -> Result<(String, u64, bool)> {
+    let (digest, bytes) = match blob {
+        Blob::Object(hash) => {
+            let digest = v1_digest(&hash);
+            if has_blob(client, &digest).await? {
+                let size = local.object_len(&hash).unwrap_or_default();
+                return Ok((digest, size, false));
+            }
+            (digest, read_objects(local, vec![hash]).await?)
+        }
+        Blob::Bytes(bytes) => (v1_digest(&Hash::of(&bytes)), bytes),
+        Blob::Sha256(bytes) => (sha256_digest(&bytes), bytes),
+        Blob::Pack(hashes) => {
+            let bytes = read_objects(local, hashes).await?;
+            (sha256_digest(&bytes), bytes)
+        }
+    };
+    let size = bytes.len() as u64;
+    if has_blob(client, &digest).await? {
+        return Ok((digest, size, false));
+    }
+    put_blob(client, &digest, bytes).await?;
+    Ok((digest, size, true))
+}
+
+/// Uploads `bytes` as blob `digest`: POST, then PUT to the `Location`.
+async fn put_blob(client: &Client, digest: &str, bytes: Vec<u8>) -> Result<()> {
+    let start = client
+        .send(Method::POST, client.url("blobs/uploads/"), |r| {
+            r.header(CONTENT_TYPE, header("application/octet-stream"))
+        })
+        .await?;
+    if start.status() != StatusCode::ACCEPTED {
+        return Err(client::failure(
+            &client.registry(),
+            &Method::POST,
+            &client.url("blobs/uploads/"),
+            start,
+        )
+        .await);
+    }
+    let location = start
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            Error::Remote(format!(
+                "{}: an upload answer without a Location",
+                client.registry()
+            ))
+        })?;
+    let mut url = client.location(location)?;
+    url.query_pairs_mut().append_pair("digest", digest);
+    let response = client
+        .send(Method::PUT, url, |r| {
+            r.header(CONTENT_TYPE, header("application/octet-stream"))
+                .body(bytes.clone())
+        })
+        .await?;
+    expect_created(client, response).await
+}
+
+/// Fails unless the response is a success.
+async fn expect_created(client: &Client, response: reqwest::Response) -> Result<()> {
+    if response.status().is_success() {
+        return Ok(());
+    }
+    let url = response.url().clone();
+    Err(client::failure(&client.registry(), &Method::PUT, &url, response).await)
+}
