@@ -271,8 +271,9 @@ impl TestMount {
     }
 
     /// Mounts the bundle `source` names (`--store DIR` or `--remote URL
-    /// --scope S`) with `--daemon`; returns once it answers.
-    pub fn mount_daemon_from(&mut self, source: &[&str], extra: &[&str]) {
+    /// --scope S`) with `--daemon`; returns once it answers, with what the
+    /// command printed on stderr.
+    pub fn mount_daemon_from(&mut self, source: &[&str], extra: &[&str]) -> String {
         let output = self
             .command()
             .arg("mount")
@@ -295,6 +296,7 @@ impl TestMount {
             "{} is not mounted after mount --daemon",
             self.mnt.display()
         );
+        stderr
     }
 
     /// Mounts `store` in the foreground as a child process and polls until
@@ -336,6 +338,23 @@ impl TestMount {
     pub fn status(&self) -> serde_json::Value {
         let bytes = std::fs::read(self.path(".cachefs/status")).expect("reading .cachefs/status");
         serde_json::from_slice(&bytes).expect("status is JSON")
+    }
+
+    /// Polls the status until `--prefetch` has finished and `mache.db` is
+    /// built; returns that status.
+    pub fn wait_for_prefetch(&self) -> serde_json::Value {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            let status = self.status();
+            if status["prefetch"]["finished"] == true && status["mache_db"]["state"] == "ready" {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prefetch did not finish: {status:#}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Where this test's mount keeps synthesized dbs.

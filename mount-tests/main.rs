@@ -752,18 +752,7 @@ fn prefetch_warms_every_chunk_and_builds_mache_db() {
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let store = sample.copy_store(scratch.path());
     let m = TestMount::daemon(&store, &["--prefetch"]);
-    let deadline = Instant::now() + READY_DEADLINE;
-    let status = loop {
-        let status = m.status();
-        if status["prefetch"]["finished"] == true && status["mache_db"]["state"] == "ready" {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "prefetch did not finish: {status:#}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = m.wait_for_prefetch();
     let distinct = sample.bundle().lockfile.distinct_chunks() as u64;
     assert_eq!(status["prefetch"]["chunks_total"], distinct, "{status:#}");
     assert_eq!(status["prefetch"]["chunks_warmed"], distinct, "{status:#}");

@@ -19,9 +19,10 @@ fn served() -> FakeRegistry {
     registry
 }
 
-/// Mounts the bundle of the registry at `url` at `m` with `--daemon`.
-fn mount_url(m: &mut TestMount, url: &str, extra: &[&str]) {
-    m.mount_daemon_from(&["--remote", url, "--scope", SCOPE], extra);
+/// Mounts the bundle of the registry at `url` at `m` with `--daemon`;
+/// returns what the command printed on stderr.
+fn mount_url(m: &mut TestMount, url: &str, extra: &[&str]) -> String {
+    m.mount_daemon_from(&["--remote", url, "--scope", SCOPE], extra)
 }
 
 /// Mounts the fake registry's bundle at `m`.
@@ -235,7 +236,8 @@ fn a_packed_bundle_mounts_reads_whole_with_range_reads_and_read_ahead() {
 }
 
 #[test]
-fn a_bundle_on_the_distribution_registry_mounts_and_a_second_mount_makes_no_blob_request() {
+fn a_bundle_on_the_distribution_registry_mounts_a_second_mount_makes_no_blob_request_and_a_third_comes_up_offline()
+ {
     let sample = sample();
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let registry =
@@ -246,8 +248,9 @@ fn a_bundle_on_the_distribution_registry_mounts_and_a_second_mount_makes_no_blob
         .arg(scratch.path().join("local"))
         .args(["--remote", &registry.url(), "--scope", SCOPE])
         .env("XDG_CACHE_HOME", scratch.path().join("push-cache")));
+    let url = registry.url();
     let mut first = TestMount::dirs();
-    mount_url(&mut first, &registry.url(), &[]);
+    mount_url(&mut first, &url, &[]);
     let diff = crate::harness::diff_against_tree(sample, &first.path("sources"));
     assert!(
         diff.status.success(),
@@ -265,11 +268,76 @@ fn a_bundle_on_the_distribution_registry_mounts_and_a_second_mount_makes_no_blob
     let diff = crate::harness::diff_against_tree(sample, &second.path("sources"));
     assert!(diff.status.success());
     registry.settle();
-    // Mounting reads the lockfile and the pack index; no chunk comes over
-    // the network the second time.
-    assert_eq!(
-        registry.blob_gets() - gets,
-        2,
-        "only the config and the index"
+    // The lockfile, the pack index and every chunk come from the disk
+    // cache: only the manifest is asked for, since the tag may have moved.
+    assert_eq!(registry.blob_gets() - gets, 0, "no blob the second time");
+    second.unmount();
+
+    // The registry gone: the bundle last resolved comes up from the cache.
+    drop(registry);
+    let mut third = TestMount::dirs();
+    third.cache_home = first.cache_home.clone();
+    let said = mount_url(&mut third, &url, &["--retry-budget", "1"]);
+    let diff = crate::harness::diff_against_tree(sample, &third.path("sources"));
+    assert!(
+        diff.status.success(),
+        "offline: {}",
+        String::from_utf8_lossy(&diff.stdout)
     );
+    assert!(said.contains("using latest as last resolved"), "{said}");
+}
+
+#[test]
+fn prefetch_from_the_distribution_registry_fetches_whole_packs_and_then_needs_no_registry() {
+    let sample = sample();
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let registry =
+        crate::distribution_support::Distribution::start(&scratch.path().join("registry"));
+    run(Command::new(crate::harness::BIN)
+        .args(["-q", "push", "--db"])
+        .arg(&sample.db)
+        .arg(scratch.path().join("local"))
+        .args(["--remote", &registry.url(), "--scope", SCOPE])
+        .env("XDG_CACHE_HOME", scratch.path().join("push-cache")));
+    registry.settle();
+    let before = registry.blob_gets();
+    let mut m = TestMount::dirs();
+    mount_url(&mut m, &registry.url(), &["--prefetch"]);
+    let status = m.wait_for_prefetch();
+    let distinct = sample.bundle().lockfile.distinct_chunks() as u64;
+    assert_eq!(status["prefetch"]["chunks_warmed"], distinct, "{status:#}");
+    registry.settle();
+    let gets = registry.blob_gets() - before;
+    let files = sample.files().len();
+    // The lockfile, the index, and the packs in ranges of up to 8 MiB (cut
+    // at chunk boundaries and between prefetch batches, so some are less).
+    let bundle = sample.bundle();
+    let sizes = bundle
+        .sizes
+        .as_ref()
+        .expect("our push writes a sizes index");
+    let bundle_bytes: u64 = sizes.entries.iter().map(|e| e.chunk_len).sum();
+    let most = 2 + bundle_bytes.div_ceil(4 << 20) as usize;
+    assert!(
+        gets <= most,
+        "{gets} blob requests for {files} files ({bundle_bytes} bytes)"
+    );
+
+    // Everything is on this machine now: the registry can go.
+    drop(registry);
+    let diff = crate::harness::diff_against_tree(sample, &m.path("sources"));
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    let count = stdout(
+        Command::new("sqlite3")
+            .arg(m.path("mache.db"))
+            .arg("select count(*) from _source"),
+    );
+    assert_eq!(count.trim(), files.to_string());
+    let after = m.status();
+    assert_eq!(after["errors"], 0, "{after:#}");
+    assert_eq!(after["remote"]["failures"], 0, "{after:#}");
 }

@@ -126,6 +126,9 @@ fn mount_foreground(
     notify: &mut Option<std::fs::File>,
 ) -> Result<()> {
     let (store, bundle) = open_bundle(settings, args)?;
+    if let (Some(why), Some(pipe)) = (&bundle.offline, notify.as_mut()) {
+        let _ = writeln!(pipe, "warning {why}");
+    }
     let source: Arc<dyn ChunkSource> = store.chunks();
     let fs_settings = FsSettings {
         reference: args.reference.clone(),
@@ -207,6 +210,12 @@ fn daemonize(settings: &Settings, args: &MountArgs, quiet: bool) -> Result<()> {
     std::fs::File::from(read_end)
         .read_to_string(&mut answer)
         .context("waiting for the mount daemon")?;
+    let mut lines = answer.lines().collect::<Vec<_>>();
+    for warning in lines.iter().filter_map(|l| l.strip_prefix("warning ")) {
+        eprintln!("mache-cachefs: warning: {warning}");
+    }
+    lines.retain(|l| !l.starts_with("warning "));
+    let answer = lines.join("\n");
     let answer = answer.trim();
     if answer != "ready" {
         let _ = child.wait();

@@ -128,6 +128,26 @@ impl Content {
         (learned < NO_AST).then_some(learned)
     }
 
+    /// The stored length of source `i`'s chunk, if the sizes index gives it.
+    pub fn chunk_len(&self, i: usize) -> Option<u64> {
+        self.index.as_ref().map(|index| index.entries[i].chunk_len)
+    }
+
+    /// Whether chunks come from a remote store, through its disk cache.
+    pub fn is_remote(&self) -> bool {
+        self.source.remote_status().is_some()
+    }
+
+    /// Fetches the chunks of sources `indices` into the store's disk cache,
+    /// many requests at once (a no-op for a local store).
+    pub fn warm_store(&self, indices: &[usize]) -> Result<()> {
+        let hashes: Vec<Hash> = indices
+            .iter()
+            .map(|&i| self.lockfile.sources[i].chunk_hash)
+            .collect();
+        self.source.warm(&hashes)
+    }
+
     /// The size of source `i`'s `view`, fetching its chunk if it is not known.
     pub fn size(&self, i: usize, view: View) -> Result<u64> {
         if let Some(size) = self.known_size(i, view) {

@@ -296,11 +296,13 @@ fn watch_signals(mut signals: Signals, mountpoint: &Path, stop: &AtomicBool) {
     }
 }
 
-/// Warms every distinct chunk with `parallelism` threads, then builds
-/// `mache.db`. User reads never queue behind this: they are served by their
-/// own threads and join a prefetch fetch of the same chunk if one is in flight.
-/// Warming stops early once the memory cache is full, since warming more
-/// would only evict what was warmed.
+/// Prefetches a bundle in the background: from a remote store, every
+/// distinct chunk into the disk cache first (whole packs, many requests at
+/// once); then chunks into memory with `parallelism` threads while the
+/// memory cache has room; then builds `mache.db` (from the disk cache, not
+/// the network a second time). User reads never queue behind this: they are
+/// served by their own threads and join a prefetch fetch of the same chunk
+/// if one is in flight.
 fn start_prefetch(
     fs: Arc<CacheFs>,
     parallelism: usize,
@@ -317,32 +319,77 @@ fn start_prefetch(
             fs.prefetch
                 .total
                 .store(firsts.len() as u64, Ordering::Relaxed);
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let capacity = fs.content().cache().stats().capacity;
-            std::thread::scope(|scope| {
-                for _ in 0..parallelism {
-                    scope.spawn(|| {
-                        while !stop.load(Ordering::Relaxed) {
-                            let n = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(&i) = firsts.get(n) else { break };
-                            if fs.content().cache().stats().bytes >= capacity / 10 * 9 {
-                                tracing::info!("prefetch: memory cache full; warmed {n} chunks");
-                                next.store(firsts.len(), Ordering::Relaxed);
-                                break;
-                            }
-                            if fs.content().warm(i).is_ok() {
-                                fs.prefetch.warmed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    });
-                }
-            });
+            if fs.content().is_remote() {
+                warm_disk_cache(&fs, &firsts, &stop);
+            }
+            warm_memory(&fs, &firsts, parallelism, &stop);
             if !stop.load(Ordering::Relaxed) {
                 let _ = fs.build_db();
             }
             fs.prefetch.finished.store(true, Ordering::Relaxed);
         })
         .expect("spawning the prefetch thread")
+}
+
+/// Bytes of chunks a prefetch asks a remote store for in one go: enough
+/// for every transfer at once to move a large range.
+const PREFETCH_BATCH: u64 = 64 << 20;
+/// What a chunk of unknown length counts as when cutting batches.
+const UNKNOWN_CHUNK_LEN: u64 = 64 << 10;
+
+/// Fetches the chunks of sources `firsts` into the disk cache, in batches so
+/// that progress shows and an unmount stops it between batches.
+fn warm_disk_cache(fs: &CacheFs, firsts: &[usize], stop: &AtomicBool) {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for (n, &i) in firsts.iter().enumerate() {
+        batch.push(i);
+        bytes += fs.content().chunk_len(i).unwrap_or(UNKNOWN_CHUNK_LEN);
+        if bytes < PREFETCH_BATCH && n + 1 < firsts.len() {
+            continue;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        match fs.content().warm_store(&batch) {
+            Ok(()) => {
+                fs.prefetch
+                    .warmed
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!("prefetch: {e}"),
+        }
+        batch.clear();
+        bytes = 0;
+    }
+}
+
+/// Loads the chunks of sources `firsts` into the memory cache with
+/// `parallelism` threads. Stops early once the memory cache is nearly full,
+/// since warming more would only evict what was warmed. Counts as progress
+/// only where no disk-cache phase did.
+fn warm_memory(fs: &CacheFs, firsts: &[usize], parallelism: usize, stop: &AtomicBool) {
+    let counts = !fs.content().is_remote();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let capacity = fs.content().cache().stats().capacity;
+    std::thread::scope(|scope| {
+        for _ in 0..parallelism {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&i) = firsts.get(n) else { break };
+                    if fs.content().cache().stats().bytes >= capacity / 10 * 9 {
+                        tracing::info!("prefetch: memory cache full; warmed {n} chunks");
+                        next.store(firsts.len(), Ordering::Relaxed);
+                        break;
+                    }
+                    if fs.content().warm(i).is_ok() && counts {
+                        fs.prefetch.warmed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
 }
 
 /// How a mount went away.

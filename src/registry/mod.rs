@@ -280,6 +280,7 @@ impl RegistryStore {
             lockfile_bytes,
             lockfile,
             sizes,
+            offline: None,
         })
     }
 
@@ -302,11 +303,21 @@ impl RegistryStore {
             lockfile_bytes,
             lockfile,
             sizes: located.sizes,
+            offline: None,
         })
     }
 
-    /// GETs a blob named by its true SHA-256 and checks it.
+    /// A blob named by its true SHA-256 (a packed bundle's lockfile or pack
+    /// index): from the disk cache if it holds it, else fetched, checked and
+    /// kept there (so a bundle resolved before resolves offline).
     fn get_sha256_blob(&self, digest: &str, size: u64) -> Result<Vec<u8>> {
+        let disk = self.chunks.disk();
+        if let Some(bytes) = disk
+            .and_then(|d| d.get_named(digest))
+            .filter(|bytes| sha256_digest(bytes) == digest)
+        {
+            return Ok(bytes);
+        }
         let client = self.client.clone();
         let url = client.url(&format!("blobs/{digest}"));
         let found = self
@@ -324,6 +335,9 @@ impl RegistryStore {
                 "blob {digest} of {} has the SHA-256 {actual}",
                 self.client.describe()
             )));
+        }
+        if let Some(disk) = disk {
+            disk.put_named(digest, &bytes);
         }
         Ok(bytes)
     }
@@ -379,22 +393,25 @@ impl BundleStore for RegistryStore {
         if !reference.starts_with("sha256:") {
             check_ref_name(reference)?;
         }
-        let bytes = match self.get_manifest(reference) {
-            Ok(bytes) => bytes,
+        let (bytes, offline) = match self.get_manifest(reference) {
+            Ok(bytes) => (bytes, None),
             Err(e @ Error::Unreachable { .. }) => match self.recall(reference) {
                 Some(bytes) => {
-                    tracing::warn!("{e}; using {reference} as last resolved, from the disk cache");
-                    bytes
+                    let why =
+                        format!("{e}; using {reference} as last resolved, from the disk cache");
+                    tracing::warn!("{why}");
+                    (bytes, Some(why))
                 }
                 None => return Err(e),
             },
             Err(e) => return Err(e),
         };
         let manifest = Manifest::parse(&bytes)?;
-        let bundle = self.bundle_of(&manifest)?;
-        if !reference.starts_with("sha256:") {
+        let mut bundle = self.bundle_of(&manifest)?;
+        if !reference.starts_with("sha256:") && offline.is_none() {
             self.remember(reference, &bytes);
         }
+        bundle.offline = offline;
         Ok(bundle)
     }
 

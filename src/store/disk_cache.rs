@@ -157,6 +157,31 @@ impl DiskCache {
         self.evict_to(self.capacity);
     }
 
+    /// Keeps verified bytes under their BLAKE3 and also findable by another
+    /// content name (a registry's `sha256:` digest), for [`get_named`](Self::get_named).
+    pub fn put_named(&self, name: &str, bytes: &[u8]) {
+        let hash = Hash::of(bytes);
+        self.put(&hash, bytes);
+        let path = self.root.join("names").join(name_file(name));
+        let written = fs::create_dir_all(self.root.join("names"))
+            .and_then(|()| tempfile::NamedTempFile::new_in(self.root.join("tmp")))
+            .and_then(|mut temp| {
+                temp.write_all(hash.to_hex().as_bytes())?;
+                temp.persist(&path).map_err(|e| e.error)?;
+                Ok(())
+            });
+        if let Err(e) = written {
+            tracing::debug!("disk cache: not naming {name}: {e}");
+        }
+    }
+
+    /// The verified bytes [`put_named`](Self::put_named) kept as `name`, if
+    /// still cached. The caller checks them against the name too.
+    pub fn get_named(&self, name: &str) -> Option<Vec<u8>> {
+        let text = fs::read_to_string(self.root.join("names").join(name_file(name))).ok()?;
+        self.get(&Hash::from_hex(text.trim()).ok()?)
+    }
+
     fn write(&self, hash: &Hash, bytes: &[u8]) -> std::io::Result<()> {
         let path = self.path_of(hash);
         let mut temp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))?;
@@ -208,6 +233,17 @@ impl DiskCache {
             capacity: self.capacity,
         }
     }
+}
+
+/// The file a content name is kept in: `sha256:ab…` as `sha256_ab…`
+/// (anything but lowercase letters and digits becomes `_`).
+fn name_file(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' => c,
+            _ => '_',
+        })
+        .collect()
 }
 
 /// What [`trim`] did.

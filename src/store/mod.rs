@@ -146,4 +146,7 @@ pub struct Bundle {
     pub lockfile: Lockfile,
     /// Sizes recorded by our push; `None` for bundles written by the Go mache.
     pub sizes: Option<SizeIndex>,
+    /// Set when the store could not be reached and the bundle is the one
+    /// the ref last resolved to, from the disk cache: why, for a warning.
+    pub offline: Option<String>,
 }
