@@ -13,6 +13,10 @@
 //! - **Shared safely** by several mounts and pulls at once: a chunk is
 //!   written to `tmp/` and renamed into place, so no reader sees a partial
 //!   file; another process's eviction is just a miss here.
+//! - **Named blobs**: a registry blob named by its SHA-256 (a packed
+//!   bundle's lockfile and pack index) is kept as a chunk plus a small
+//!   `names/<digest>` file naming its BLAKE3; trimming drops names whose
+//!   chunk is gone.
 //! - **Never in the way**: a full or read-only cache directory only costs
 //!   the caching (one warning); reads are still served from the network.
 
@@ -96,8 +100,7 @@ impl DiskCache {
 
     /// Where chunk `hash` is kept.
     pub fn path_of(&self, hash: &Hash) -> PathBuf {
-        let hex = hash.to_hex();
-        self.root.join("chunks").join(&hex[..2]).join(&hex[2..])
+        chunk_path(&self.root, hash)
     }
 
     /// Whether a copy of `hash` is on disk (not verified).
@@ -266,16 +269,39 @@ pub fn trim(root: &Path, cap: u64, dry_run: bool) -> Trimmed {
         if left <= cap {
             break;
         }
-        let hex = hash.to_hex();
-        let path = root.join("chunks").join(&hex[..2]).join(&hex[2..]);
-        if dry_run || fs::remove_file(path).is_ok() {
+        if dry_run || fs::remove_file(chunk_path(root, &hash)).is_ok() {
             trimmed.removed += 1;
             trimmed.bytes_freed += len;
             left -= len;
         }
     }
     trimmed.bytes_left = left;
+    if !dry_run {
+        forget_dangling_names(root);
+    }
     trimmed
+}
+
+/// Removes the names (see [`DiskCache::put_named`]) whose chunk is gone.
+fn forget_dangling_names(root: &Path) {
+    let Ok(names) = fs::read_dir(root.join("names")) else {
+        return;
+    };
+    for name in names.flatten() {
+        let target = fs::read_to_string(name.path())
+            .ok()
+            .and_then(|text| Hash::from_hex(text.trim()).ok());
+        let present = target.is_some_and(|hash| chunk_path(root, &hash).is_file());
+        if !present {
+            let _ = fs::remove_file(name.path());
+        }
+    }
+}
+
+/// Where the cache at `root` keeps chunk `hash`.
+fn chunk_path(root: &Path, hash: &Hash) -> PathBuf {
+    let hex = hash.to_hex();
+    root.join("chunks").join(&hex[..2]).join(&hex[2..])
 }
 
 /// Every cached chunk below `chunks`: its hash, length and last use.
@@ -312,6 +338,20 @@ mod tests {
         // A new process sees what is there, and the same cap.
         let again = DiskCache::open(dir.path(), 100).unwrap();
         assert_eq!(again.stats().bytes, 100);
+    }
+
+    #[test]
+    fn named_bytes_are_found_by_name_until_trimmed_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        cache.put_named("sha256:ab12", b"a pack index");
+        assert_eq!(cache.get_named("sha256:ab12").unwrap(), b"a pack index");
+        assert!(cache.get_named("sha256:cd34").is_none());
+        drop(cache);
+        trim(dir.path(), 0, false);
+        assert!(!dir.path().join("names/sha256_ab12").exists());
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        assert!(cache.get_named("sha256:ab12").is_none());
     }
 
     #[test]
