@@ -296,13 +296,13 @@ fn watch_signals(mut signals: Signals, mountpoint: &Path, stop: &AtomicBool) {
     }
 }
 
-/// Prefetches a bundle in the background: from a remote store, every
-/// distinct chunk into the disk cache first (whole packs, many requests at
-/// once); then chunks into memory with `parallelism` threads while the
-/// memory cache has room; then builds `mache.db` (from the disk cache, not
-/// the network a second time). User reads never queue behind this: they are
-/// served by their own threads and join a prefetch fetch of the same chunk
-/// if one is in flight.
+/// Prefetches a bundle in the background. From a remote store: every
+/// distinct chunk into the disk cache (whole packs, many requests at once),
+/// then `mache.db` built from the disk cache (not the network a second
+/// time), then chunks into memory while the memory cache has room. From a
+/// local store: chunks into memory, then `mache.db`. User reads never queue
+/// behind this: they are served by their own threads and join a prefetch
+/// fetch of the same chunk if one is in flight.
 fn start_prefetch(
     fs: Arc<CacheFs>,
     parallelism: usize,
@@ -319,12 +319,18 @@ fn start_prefetch(
             fs.prefetch
                 .total
                 .store(firsts.len() as u64, Ordering::Relaxed);
+            let build_db = || {
+                if !stop.load(Ordering::Relaxed) {
+                    let _ = fs.build_db();
+                }
+            };
             if fs.content().is_remote() {
                 warm_disk_cache(&fs, &firsts, &stop);
-            }
-            warm_memory(&fs, &firsts, parallelism, &stop);
-            if !stop.load(Ordering::Relaxed) {
-                let _ = fs.build_db();
+                build_db();
+                warm_memory(&fs, &firsts, parallelism, &stop);
+            } else {
+                warm_memory(&fs, &firsts, parallelism, &stop);
+                build_db();
             }
             fs.prefetch.finished.store(true, Ordering::Relaxed);
         })

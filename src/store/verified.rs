@@ -8,24 +8,68 @@
 //! cached or returned. Concurrent requests for one chunk wait for the first
 //! one's fetch instead of starting their own, whoever asks (a file, its AST
 //! view, prefetch, the `mache.db` build); a failed fetch is not shared, so
-//! each waiter then tries for itself.
+//! each waiter then tries for itself. A batch [`warm`](ChunkSource::warm)
+//! leads a flight for every chunk it fetches, so a read of a chunk that a
+//! prefetch is bringing waits for it rather than asking again.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::{Backend, ChunkSource, DiskCache, RemoteStatus};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 
-/// One fetch in progress: its result once done.
-type Flight = Arc<Mutex<Option<Arc<Vec<u8>>>>>;
+/// One fetch in progress, which others wait for.
+#[derive(Default)]
+struct Flight {
+    /// `None` while in flight; then the bytes, or `Some(None)` if it failed.
+    landed: Mutex<Option<Option<Arc<Vec<u8>>>>>,
+    wake: Condvar,
+}
+
+impl Flight {
+    fn land(&self, bytes: Option<Arc<Vec<u8>>>) {
+        *self.landed.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        self.wake.notify_all();
+    }
+
+    /// Blocks until the flight lands: its bytes, or `None` if it failed.
+    fn wait(&self) -> Option<Arc<Vec<u8>>> {
+        let mut landed = self.landed.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(bytes) = landed.as_ref() {
+                return bytes.clone();
+            }
+            landed = self.wake.wait(landed).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The fetch a caller leads: lands (as a failure unless `bytes` was set)
+/// and leaves the table when dropped, whatever happens in between.
+struct Lead<'a> {
+    flights: &'a Mutex<HashMap<Hash, Arc<Flight>>>,
+    hash: Hash,
+    flight: Arc<Flight>,
+    bytes: Option<Arc<Vec<u8>>>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.hash);
+        self.flight.land(self.bytes.take());
+    }
+}
 
 /// A backend whose bytes are verified, cached on disk if there is a cache,
 /// and fetched once however many ask at the same time.
 pub struct Verified {
     backend: Arc<dyn Backend>,
     disk: Option<DiskCache>,
-    flights: Mutex<HashMap<Hash, Flight>>,
+    flights: Mutex<HashMap<Hash, Arc<Flight>>>,
 }
 
 impl Verified {
@@ -42,6 +86,22 @@ impl Verified {
     /// The disk cache tier, if any.
     pub fn disk(&self) -> Option<&DiskCache> {
         self.disk.as_ref()
+    }
+
+    /// Joins the flight for `hash`, or starts one and leads it.
+    fn join_or_lead(&self, hash: &Hash) -> Result<Arc<Flight>, Lead<'_>> {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(flight) = flights.get(hash) {
+            return Ok(flight.clone());
+        }
+        let flight = Arc::new(Flight::default());
+        flights.insert(*hash, flight.clone());
+        Err(Lead {
+            flights: &self.flights,
+            hash: *hash,
+            flight,
+            bytes: None,
+        })
     }
 
     /// Checks bytes fetched from the backend, keeps them on disk, returns them.
@@ -84,35 +144,24 @@ impl Verified {
 
 impl ChunkSource for Verified {
     fn get_verified(&self, hash: &Hash) -> Result<Vec<u8>> {
-        let (flight, leader) = {
-            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-            match flights.get(hash) {
-                Some(flight) => (flight.clone(), false),
-                None => {
-                    let flight = Flight::default();
-                    flights.insert(*hash, flight.clone());
-                    (flight, true)
-                }
+        let mut lead = match self.join_or_lead(hash) {
+            Ok(flight) => {
+                return match flight.wait() {
+                    Some(bytes) => Ok(bytes.as_ref().clone()),
+                    None => self.fetch_verified(hash),
+                };
             }
+            Err(lead) => lead,
         };
-        if !leader {
-            // Wait for the leader (it holds the lock while fetching).
-            let done = flight.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            return match done {
-                Some(bytes) => Ok(bytes.as_ref().clone()),
-                None => self.fetch_verified(hash),
-            };
-        }
-        let mut slot = flight.lock().unwrap_or_else(|e| e.into_inner());
         let result = self.fetch_verified(hash);
-        if let Ok(bytes) = &result {
-            *slot = Some(Arc::new(bytes.clone()));
+        // Others hold the flight beside the table and this lead: share the
+        // bytes with them. (One joining after this check finds the chunk
+        // in the disk cache, or fetches it itself.)
+        if let Ok(bytes) = &result
+            && Arc::strong_count(&lead.flight) > 2
+        {
+            lead.bytes = Some(Arc::new(bytes.clone()));
         }
-        self.flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(hash);
-        drop(slot);
         result
     }
 
@@ -120,21 +169,36 @@ impl ChunkSource for Verified {
         let Some(disk) = &self.disk else {
             return Ok(());
         };
-        let missing: Vec<Hash> = hashes
-            .iter()
-            .filter(|h| !disk.contains(h))
-            .copied()
-            .collect();
-        if missing.is_empty() {
+        // Lead a flight for every chunk not cached and not already coming.
+        let mut leads = HashMap::new();
+        for hash in hashes {
+            if !disk.contains(hash)
+                && let Err(lead) = self.join_or_lead(hash)
+            {
+                leads.insert(*hash, lead);
+            }
+        }
+        if leads.is_empty() {
             return Ok(());
         }
+        let wanted: Vec<Hash> = leads.keys().copied().collect();
+        let leads = Mutex::new(leads);
         let failure = Mutex::new(None);
-        self.backend.fetch_many(&missing, &|hash, bytes| {
-            if let Err(e) = self.admit(&hash, bytes) {
-                failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(e);
+        self.backend.fetch_many(&wanted, &|hash, bytes| {
+            let admitted = self.admit(&hash, bytes);
+            let lead = leads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&hash);
+            match (admitted, lead) {
+                (Ok(bytes), Some(mut lead)) => lead.bytes = Some(Arc::new(bytes)),
+                (Ok(_), None) => {}
+                (Err(e), _) => {
+                    failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
+                }
             }
         })?;
         match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
@@ -182,6 +246,15 @@ mod tests {
 
         fn describe(&self) -> String {
             "counting".into()
+        }
+    }
+
+    /// Spins until `ready`, failing the test after ten seconds.
+    fn wait_until(what: &str, ready: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !ready() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            std::thread::yield_now();
         }
     }
 
@@ -239,11 +312,35 @@ mod tests {
                 let flights = source.flights.lock().unwrap();
                 flights.get(&hash).map_or(0, Arc::strong_count)
             };
-            while sharing() < 17 {
-                std::thread::yield_now();
-            }
+            wait_until("16 requests share one flight", || sharing() >= 17);
             backend.gate.store(true, Ordering::SeqCst);
         });
         assert_eq!(backend.fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_read_of_a_chunk_being_warmed_waits_for_that_fetch() {
+        let hash = Hash::of(b"prefetched");
+        let backend = counting(&[(&hash, b"prefetched")]);
+        backend.gate.store(false, Ordering::SeqCst);
+        let dir = tempfile::tempdir().unwrap();
+        let source = Verified::new(
+            backend.clone(),
+            Some(DiskCache::open(dir.path(), 1 << 20).unwrap()),
+        );
+        let sharing = || {
+            let flights = source.flights.lock().unwrap();
+            flights.get(&hash).map_or(0, Arc::strong_count)
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| source.warm(&[hash]).unwrap());
+            wait_until("the warm leads a flight", || sharing() >= 2);
+            s.spawn(|| assert_eq!(source.get_verified(&hash).unwrap(), b"prefetched"));
+            // The table, the warm's lead and the waiting read.
+            wait_until("the read joins it", || sharing() >= 3);
+            backend.gate.store(true, Ordering::SeqCst);
+        });
+        assert_eq!(backend.fetches.load(Ordering::SeqCst), 1);
+        assert!(source.flights.lock().unwrap().is_empty());
     }
 }
