@@ -12,7 +12,9 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 /// (keys: store, cache_dir, remote, scope, token_file).
 ///
 /// Exit codes: 0 ok, 1 failure, 2 usage, 3 invalid input, 4 verification
-/// failed, 5 not found, 6 environment (permissions, disk, /dev/fuse).
+/// failed, 5 no such ref, 6 environment (permissions, disk, /dev/fuse),
+/// 7 registry authentication, 8 registry failure, 9 incomplete bundle (a
+/// chunk or blob missing).
 #[derive(Debug, Parser)]
 #[command(name = "mache-cachefs", version, max_term_width = 100)]
 pub struct Cli {
@@ -50,7 +52,8 @@ pub enum Command {
     ///
     /// Every chunk is fetched and BLAKE3-checked, every source's input hash
     /// and the lockfile root recomputed. The exit code says it all: 0 intact,
-    /// 4 corrupt, 5 missing ref or chunk, 7 authentication, 8 registry failure.
+    /// 4 corrupt, 5 missing ref, 7 authentication, 8 registry failure, 9 a
+    /// missing chunk or blob.
     Verify(VerifyArgs),
     /// Show what a bundle is and how much of it a store holds.
     ///

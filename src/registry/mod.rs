@@ -313,10 +313,11 @@ impl RegistryStore {
             .client
             .run(async move { client.get_body(url, |r| r, size, Some(size)).await })?;
         let Some((_, bytes)) = found else {
-            return Err(Error::Remote(format!(
-                "{}: blob {digest} is missing",
-                self.client.describe()
-            )));
+            return Err(Error::BlobMissing {
+                what: "blob",
+                digest: digest.to_string(),
+                store: self.client.describe(),
+            });
         };
         let actual = sha256_digest(&bytes);
         if actual != digest {
