@@ -133,6 +133,7 @@ fn bundle_of(files: &[(&str, &[u8])], ast: bool, index: bool, source: &FakeSourc
             lockfile_hash,
             entries: sizes,
         }),
+        manifest: None,
     }
 }
 

@@ -8,6 +8,8 @@
 //! - `backend`: fetching chunks (a [`Backend`](crate::store::Backend),
 //!   verified and cached on disk by [`Verified`] in front of it);
 //! - `upload`: pushing a bundle of the local store;
+//! - `verify`: what `verify` checks besides the chunks (every blob there,
+//!   with its manifest's size);
 //! - this module: the settings, and resolving refs (manifest → lockfile →
 //!   sizes index or pack index, each verified).
 //!
@@ -24,6 +26,7 @@ pub mod client;
 pub mod manifest;
 pub mod packed;
 mod upload;
+mod verify;
 
 pub use self::upload::{Layout, UploadReport};
 
@@ -43,7 +46,7 @@ use crate::hash::Hash;
 use crate::lockfile::binary;
 use crate::store::local::check_ref_name;
 use crate::store::sizes::SizeIndex;
-use crate::store::{Bundle, BundleStore, ChunkSource, DiskCache, Verified};
+use crate::store::{BlobCheck, Bundle, BundleStore, ChunkSource, DiskCache, Verified};
 
 /// The producer part of every repository name.
 pub const PRODUCER: &str = "mache";
@@ -233,11 +236,17 @@ impl RegistryStore {
         })
     }
 
-    /// Fetches a small blob (config, sizes index) and verifies it.
+    /// A small blob (config, sizes index), verified: from the disk cache,
+    /// else from the registry.
     fn get_metadata_blob(&self, hash: &Hash, size: Option<u64>) -> Result<Vec<u8>> {
         if let Some(bytes) = self.chunks.disk().and_then(|d| d.get(hash)) {
             return Ok(bytes);
         }
+        self.fetch_metadata_blob(hash, size)
+    }
+
+    /// GETs a small blob from the registry, verifies it and caches it.
+    fn fetch_metadata_blob(&self, hash: &Hash, size: Option<u64>) -> Result<Vec<u8>> {
         let bytes = self.backend.fetch_sized(hash, size, MAX_METADATA)?;
         let actual = Hash::of(&bytes);
         if actual != *hash {
@@ -280,6 +289,7 @@ impl RegistryStore {
             lockfile_bytes,
             lockfile,
             sizes,
+            manifest: None,
         })
     }
 
@@ -302,6 +312,7 @@ impl RegistryStore {
             lockfile_bytes,
             lockfile,
             sizes: located.sizes,
+            manifest: None,
         })
     }
 
@@ -396,7 +407,10 @@ impl BundleStore for RegistryStore {
         if !reference.starts_with("sha256:") {
             self.remember(reference, &bytes);
         }
-        Ok(bundle)
+        Ok(Bundle {
+            manifest: Some(bytes),
+            ..bundle
+        })
     }
 
     fn refs(&self) -> Result<Vec<(String, Hash)>> {
@@ -435,6 +449,10 @@ impl BundleStore for RegistryStore {
 
     fn chunks(&self) -> Arc<dyn ChunkSource> {
         self.chunks.clone()
+    }
+
+    fn check_blobs(&self, bundle: &Bundle, progress: bool) -> Result<Option<BlobCheck>> {
+        self.check_manifest_blobs(bundle, progress)
     }
 
     fn describe(&self) -> String {

@@ -137,6 +137,7 @@ mod tests {
             lockfile: binary::decode_supported(&lockfile_bytes).unwrap(),
             lockfile_bytes,
             sizes: None,
+            manifest: None,
         }
     }
 

@@ -429,6 +429,7 @@ impl LocalStore {
             lockfile_bytes,
             lockfile,
             sizes,
+            manifest: None,
         })
     }
 

@@ -60,6 +60,27 @@ impl Verified {
         Ok(bytes)
     }
 
+    /// Fetches `hashes` from the backend in one batch (it overlaps the
+    /// requests) into the disk cache, each verified; the first failure.
+    fn fetch_into_disk(&self, hashes: &[Hash]) -> Result<()> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let failure = Mutex::new(None);
+        self.backend.fetch_many(hashes, &|hash, bytes| {
+            if let Err(e) = self.admit(&hash, bytes) {
+                failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e);
+            }
+        })?;
+        match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     fn fetch_verified(&self, hash: &Hash) -> Result<Vec<u8>> {
         if let Some(bytes) = self.disk.as_ref().and_then(|disk| disk.get(hash)) {
             return Ok(bytes);
@@ -125,20 +146,12 @@ impl ChunkSource for Verified {
             .filter(|h| !disk.contains(h))
             .copied()
             .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let failure = Mutex::new(None);
-        self.backend.fetch_many(&missing, &|hash, bytes| {
-            if let Err(e) = self.admit(&hash, bytes) {
-                failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(e);
-            }
-        })?;
-        match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(e),
+        self.fetch_into_disk(&missing)
+    }
+
+    fn refetch(&self, hashes: &[Hash]) -> Result<()> {
+        match self.disk {
+            Some(_) => self.fetch_into_disk(hashes),
             None => Ok(()),
         }
     }
@@ -221,6 +234,33 @@ mod tests {
         assert_eq!(source.get_verified(&hash).unwrap(), b"chunk");
         assert_eq!(backend.fetches.load(Ordering::SeqCst), 2);
         assert_eq!(source.disk().unwrap().stats().corrupt, 1);
+    }
+
+    #[test]
+    fn refetch_reads_the_backend_past_the_cache_and_finds_its_wrong_bytes() {
+        let hash = Hash::of(b"chunk");
+        let dir = tempfile::tempdir().unwrap();
+        let disk = || Some(DiskCache::open(dir.path(), 1 << 20).unwrap());
+        let backend = counting(&[(&hash, b"chunk")]);
+        let source = Verified::new(backend.clone(), disk());
+        source.warm(&[hash]).unwrap();
+        source.warm(&[hash]).unwrap();
+        assert_eq!(
+            backend.fetches.load(Ordering::SeqCst),
+            1,
+            "warm skips cached"
+        );
+        source.refetch(&[hash]).unwrap();
+        assert_eq!(
+            backend.fetches.load(Ordering::SeqCst),
+            2,
+            "refetch does not"
+        );
+        // The store's copy went bad: the good cached copy does not hide it.
+        let rotten = Verified::new(counting(&[(&hash, b"chunK")]), disk());
+        rotten.warm(&[hash]).unwrap();
+        let err = rotten.refetch(&[hash]).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { expected, .. } if expected == hash));
     }
 
     #[test]
