@@ -70,8 +70,8 @@ fn push_packed(registry: &Distribution, dir: &Path, n: usize) -> Vec<(String, u6
         .collect()
 }
 
-/// Requests logged since the first `since`, `(method, uri, status)`, for
-/// pack `digest`.
+/// The requests for pack `digest` logged after the first `since` ones:
+/// `(method, status)`.
 fn pack_requests(registry: &Distribution, since: usize, digest: &str) -> Vec<(String, u16)> {
     registry.settle();
     registry.requests_with_status()[since..]
@@ -81,6 +81,7 @@ fn pack_requests(registry: &Distribution, since: usize, digest: &str) -> Vec<(St
         .collect()
 }
 
+/// How many requests the registry has logged so far.
 fn logged(registry: &Distribution) -> usize {
     registry.settle();
     registry.requests_with_status().len()
