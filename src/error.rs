@@ -50,6 +50,31 @@ pub enum Error {
     },
     #[error("object {hash} is not in {store}")]
     ObjectMissing { hash: Hash, store: String },
+    /// A blob a registry manifest names (a pack, a chunk, the config) that
+    /// the registry does not have: the bundle is incomplete.
+    #[error("{what} {digest} is missing from {store}")]
+    BlobMissing {
+        what: &'static str,
+        digest: String,
+        store: String,
+    },
+    /// A blob a registry manifest names that the registry has with another size.
+    #[error("{what} {digest} in {store} is {actual} bytes, its manifest says {expected}")]
+    BlobSize {
+        what: &'static str,
+        digest: String,
+        store: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// A blob named by its SHA-256 whose bytes have another one.
+    #[error("{what} {digest} in {store} has the SHA-256 {actual}: corrupt")]
+    BlobDigest {
+        what: &'static str,
+        digest: String,
+        store: String,
+        actual: String,
+    },
     #[error("corrupt object {path}: expected blake3 {expected}, found {actual}")]
     Corrupt {
         path: PathBuf,
@@ -145,8 +170,11 @@ pub enum Class {
     Input,
     /// Bytes failed verification: corruption.
     Integrity,
-    /// Something named does not exist (ref, chunk, object).
+    /// The bundle named does not exist (a ref, a manifest, nothing pushed).
     NotFound,
+    /// The bundle exists but lacks some of its bytes (a chunk, an object,
+    /// a blob).
+    Incomplete,
     /// The environment refused: permissions, disk, missing device.
     Environment,
     /// The registry refused our credentials.
@@ -193,10 +221,13 @@ impl Error {
             Remote(_) | Unreachable { .. } | RegistryError { .. } => Class::Remote,
             AuthFailed { .. } => Class::Auth,
             Sqlite { source, .. } => sqlite_class(source),
-            RootMismatch { .. } | Corrupt { .. } | MalformedStoreFile { .. } => Class::Integrity,
-            ChunkMissing { .. } | ObjectMissing { .. } | RefMissing { .. } | NothingPushed(_) => {
-                Class::NotFound
-            }
+            RootMismatch { .. }
+            | Corrupt { .. }
+            | BlobSize { .. }
+            | BlobDigest { .. }
+            | MalformedStoreFile { .. } => Class::Integrity,
+            RefMissing { .. } | NothingPushed(_) => Class::NotFound,
+            ChunkMissing { .. } | ObjectMissing { .. } | BlobMissing { .. } => Class::Incomplete,
             Io { .. } | Mount(_) | Reported { .. } => Class::Environment,
             Refused(Refusal::NoEntry | Refusal::NoAttribute) => Class::NotFound,
             Refused(_) => Class::Environment,
@@ -214,6 +245,7 @@ impl Error {
             Class::Input => exit::INPUT,
             Class::Integrity => exit::INTEGRITY,
             Class::NotFound => exit::NOT_FOUND,
+            Class::Incomplete => exit::INCOMPLETE,
             Class::Environment => exit::ENVIRONMENT,
             Class::Auth => exit::AUTH,
             Class::Remote => exit::REMOTE,
@@ -265,9 +297,10 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// Invalid input: db, lockfile, config, ref name.
     pub const INPUT: u8 = 3;
-    /// Verification failed: corrupt object or root mismatch.
+    /// Verification failed: a corrupt object or blob, a root mismatch.
     pub const INTEGRITY: u8 = 4;
-    /// A ref, chunk or object does not exist.
+    /// The bundle named does not exist: no such ref (tag, manifest,
+    /// lockfile), or nothing pushed yet.
     pub const NOT_FOUND: u8 = 5;
     /// The environment refused: permissions, full disk, no /dev/fuse.
     pub const ENVIRONMENT: u8 = 6;
@@ -275,6 +308,8 @@ pub mod exit {
     pub const AUTH: u8 = 7;
     /// The registry failed or could not be reached, after retries.
     pub const REMOTE: u8 = 8;
+    /// The bundle is incomplete: a chunk, object or blob it names is missing.
+    pub const INCOMPLETE: u8 = 9;
 }
 
 #[cfg(test)]
@@ -314,6 +349,46 @@ mod tests {
             sqlite_error(rusqlite::ffi::SQLITE_CORRUPT).exit_code(),
             exit::INPUT
         );
+    }
+
+    #[test]
+    fn a_missing_ref_is_not_found_and_a_missing_chunk_or_blob_is_incomplete() {
+        let hash = Hash::of(b"x");
+        let store = || "s".to_string();
+        assert_eq!(
+            Error::RefMissing {
+                name: "v1".into(),
+                store: store()
+            }
+            .exit_code(),
+            exit::NOT_FOUND
+        );
+        for missing in [
+            Error::ObjectMissing {
+                hash,
+                store: store(),
+            },
+            Error::ChunkMissing {
+                hash,
+                path: "a.go".into(),
+                store: store(),
+            },
+            Error::BlobMissing {
+                what: "pack",
+                digest: "sha256:00".into(),
+                store: store(),
+            },
+        ] {
+            assert_eq!(missing.exit_code(), exit::INCOMPLETE, "{missing}");
+        }
+        let resized = Error::BlobSize {
+            what: "pack",
+            digest: "sha256:00".into(),
+            store: store(),
+            expected: 2,
+            actual: 1,
+        };
+        assert_eq!(resized.exit_code(), exit::INTEGRITY);
     }
 
     #[test]

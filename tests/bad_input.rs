@@ -180,7 +180,7 @@ fn missing_chunk_names_the_source_and_hash_and_leaves_no_db() {
     let hex = chunk_hex(b"package b\n");
     std::fs::remove_file(object_of(&store, &hex)).unwrap();
     let out = dir.path().join("restored.db");
-    let err = run_fails(&["pull", "--out-db", s(&out), s(&store)], 5, &hex);
+    let err = run_fails(&["pull", "--out-db", s(&out), s(&store)], 9, &hex);
     assert!(err.contains("b.go"), "{err}");
     assert!(!out.exists());
     assert_eq!(
@@ -190,7 +190,7 @@ fn missing_chunk_names_the_source_and_hash_and_leaves_no_db() {
             .count(),
         1
     );
-    run_fails(&["verify", s(&store)], 5, &hex);
+    run_fails(&["verify", s(&store)], 9, &hex);
     let inspect = run_ok(&["inspect", s(&store)]);
     assert!(inspect.contains("1 present, 1 missing"), "{inspect}");
 }

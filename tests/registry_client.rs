@@ -113,18 +113,6 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn assert_fails(out: &std::process::Output, code: i32, needle: &str) -> String {
-    let text = stderr(out);
-    assert_eq!(out.status.code(), Some(code), "{text}");
-    assert!(text.contains(needle), "{needle:?} not in: {text}");
-    assert_eq!(
-        text.lines().filter(|l| l.contains("error")).count(),
-        1,
-        "one error line: {text}"
-    );
-    text
-}
-
 fn assert_ok(out: &std::process::Output) {
     assert!(out.status.success(), "{}", stderr(out));
 }
@@ -348,26 +336,28 @@ fn bad_registry_urls_and_scopes_are_refused_before_any_request() {
 #[test]
 fn with_the_registry_gone_a_bundle_resolved_before_comes_from_the_cache() {
     let t = setup(false);
-    assert_ok(&t.run(&["verify"], &[]));
-    let url = t.registry.url();
+    let (out, _) = t.pull("first.db", &[]);
+    assert_ok(&out);
+    let (url, name) = (t.registry.url(), t.registry.name());
     drop(t.registry);
-    let out = bin()
-        .env("XDG_CACHE_HOME", t.dir.path().join("cache"))
-        .args([
-            "verify",
-            "--remote",
-            &url,
-            "--scope",
-            SCOPE,
-            "--retry-budget",
-            "1",
-        ])
-        .output()
-        .unwrap();
+    let offline = |command: &[&str]| {
+        bin()
+            .env("XDG_CACHE_HOME", t.dir.path().join("cache"))
+            .args(command)
+            .args(["--remote", &url, "--scope", SCOPE, "--retry-budget", "1"])
+            .output()
+            .unwrap()
+    };
+    let restored = t.dir.path().join("offline.db");
+    let out = offline(&["pull", "--out-db", s(&restored)]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("from the disk cache"),
         "{}",
         stderr(&out)
     );
+    assert_eq!(dump_sources(&restored), dump_sources(&t.db));
+    // verify asks the registry itself: the cache cannot vouch for it.
+    let out = offline(&["verify"]);
+    assert_fails(&out, 8, &format!("cannot reach {name}"));
 }

@@ -9,7 +9,9 @@ mod pull;
 mod push;
 
 pub use inspect::{Inspection, inspect_bundle, inspect_target};
-pub use pull::{Existing, PullReport, pull, restore_source, verify};
+pub use pull::{
+    Coverage, Existing, PullReport, QUICK_SAMPLE, VerifyReport, pull, restore_source, verify,
+};
 pub use push::{PushOptions, PushReport, push};
 
 use indicatif::{ProgressBar, ProgressStyle};

@@ -1,6 +1,8 @@
-//! Pull: a bundle in a store becomes a restored `mache.db`; verify: every
-//! chunk of a bundle is checked without writing anything.
+//! Pull: a bundle in a store becomes a restored `mache.db`; verify: the
+//! chunks of a bundle (every one, or an even sample) are read from the
+//! store itself and checked without writing anything.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -81,19 +83,37 @@ pub fn restore_source(
     Ok((decoded, bytes.len() as u64))
 }
 
-/// Calls `each` with every source's decoded chunk, in lockfile order,
-/// fetching a window at a time in parallel.
+/// Where [`for_each_restored`] takes chunks from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    /// Wherever is quickest: a cache in front of the store first.
+    Cached,
+    /// The store itself, past any cache ([`ChunkSource::refetch`]).
+    Fresh,
+}
+
+/// Calls `each` with every entry's decoded chunk, in order, fetching a
+/// window at a time in parallel.
 fn for_each_restored(
     source: &dyn ChunkSource,
-    lockfile: &Lockfile,
+    entries: &[SourceEntry],
+    fetch: Fetch,
     verify: bool,
     progress: bool,
     mut each: impl FnMut(&Decoded, u64) -> Result<()>,
 ) -> Result<()> {
-    let bar = progress.then(|| super::progress(lockfile.sources.len(), "restoring"));
-    for window in lockfile.sources.chunks(WINDOW) {
-        let hashes: Vec<Hash> = window.iter().map(|e| e.chunk_hash).collect();
-        source.warm(&hashes)?;
+    let bar = progress.then(|| super::progress(entries.len(), "restoring"));
+    for window in entries.chunks(WINDOW) {
+        let mut seen = HashSet::new();
+        let hashes: Vec<Hash> = window
+            .iter()
+            .map(|e| e.chunk_hash)
+            .filter(|h| seen.insert(*h))
+            .collect();
+        match fetch {
+            Fetch::Cached => source.warm(&hashes)?,
+            Fetch::Fresh => source.refetch(&hashes)?,
+        }
         let decoded: Vec<(Decoded, u64)> = window
             .par_iter()
             .map(|entry| restore_source(source, entry, verify))
@@ -147,10 +167,17 @@ pub fn pull(
         .into_temp_path();
     let mut writer = DbWriter::create(&temp, out_db)?;
     let mut report = PullReport::start(lockfile, verify);
-    for_each_restored(source, lockfile, verify, progress, |decoded, len| {
-        report.count(decoded, len);
-        writer.insert(&decoded.source, decoded.ast.as_deref())
-    })?;
+    for_each_restored(
+        source,
+        &lockfile.sources,
+        Fetch::Cached,
+        verify,
+        progress,
+        |decoded, len| {
+            report.count(decoded, len);
+            writer.insert(&decoded.source, decoded.ast.as_deref())
+        },
+    )?;
     writer.finish()?;
     temp.persist(out_db)
         .map_err(|e| Error::io(format!("writing --out-db {}", out_db.display()), e.error))?;
@@ -198,16 +225,114 @@ fn is_sqlite_db(path: &Path) -> bool {
         .is_ok_and(|()| &header == crate::machedb::SQLITE_HEADER)
 }
 
-/// Checks a whole bundle: the root, every chunk's hash, every source's
-/// input hash and chunk shape. Writes nothing.
-pub fn verify(source: &dyn ChunkSource, lockfile: &Lockfile, progress: bool) -> Result<PullReport> {
+/// How much of a bundle [`verify`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    /// Every chunk.
+    Full,
+    /// At most this many distinct chunks, spread evenly over the bundle in
+    /// lockfile order: the same ones on every run.
+    Sample(usize),
+}
+
+/// The chunks a quick verify reads.
+pub const QUICK_SAMPLE: usize = 64;
+
+/// What a verify checked.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    /// The sources checked (every one with [`Coverage::Full`]), counted as
+    /// a pull counts them.
+    pub checked: PullReport,
+    pub coverage: Coverage,
+    /// Sources in the bundle.
+    pub sources: usize,
+    /// Distinct chunks in the bundle.
+    pub chunks: usize,
+    /// Distinct chunks read from the store and verified.
+    pub chunks_verified: usize,
+}
+
+/// Checks a bundle without writing anything: the lockfile root, and for
+/// the chunks `coverage` picks, each one's hash (read from the store
+/// itself, past any cache), shape and source input hash. A sample takes
+/// each chunk's first source.
+pub fn verify(
+    source: &dyn ChunkSource,
+    lockfile: &Lockfile,
+    coverage: Coverage,
+    progress: bool,
+) -> Result<VerifyReport> {
     let started = Instant::now();
     lockfile.check_root()?;
-    let mut report = PullReport::start(lockfile, true);
-    for_each_restored(source, lockfile, true, progress, |decoded, len| {
-        report.count(decoded, len);
-        Ok(())
-    })?;
-    report.elapsed = started.elapsed();
-    Ok(report)
+    let mut seen = HashSet::new();
+    let first_uses: Vec<&SourceEntry> = lockfile
+        .sources
+        .iter()
+        .filter(|s| seen.insert(s.chunk_hash))
+        .collect();
+    let sampled: Vec<SourceEntry>;
+    let (entries, chunks_verified) = match coverage {
+        Coverage::Full => (&lockfile.sources[..], first_uses.len()),
+        Coverage::Sample(n) => {
+            sampled = spread(&first_uses, n)
+                .into_iter()
+                .map(|s| (*s).clone())
+                .collect();
+            (&sampled[..], sampled.len())
+        }
+    };
+    let mut checked = PullReport::start(lockfile, true);
+    for_each_restored(
+        source,
+        entries,
+        Fetch::Fresh,
+        true,
+        progress,
+        |decoded, len| {
+            checked.count(decoded, len);
+            Ok(())
+        },
+    )?;
+    checked.elapsed = started.elapsed();
+    Ok(VerifyReport {
+        checked,
+        coverage,
+        sources: lockfile.sources.len(),
+        chunks: first_uses.len(),
+        chunks_verified,
+    })
+}
+
+/// `n` of `items` spread evenly (item `i * len / n` for `i` below `n`), or
+/// all of them when there are no more than `n`.
+fn spread<T>(items: &[T], n: usize) -> Vec<&T> {
+    if items.len() <= n {
+        return items.iter().collect();
+    }
+    (0..n).map(|i| &items[i * items.len() / n]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_is_spread_evenly_from_the_first_item_and_is_all_of_a_few() {
+        let items: Vec<usize> = (0..10).collect();
+        assert_eq!(spread(&items, 4), [&0, &2, &5, &7]);
+        assert_eq!(spread(&items, 10).len(), 10);
+        assert_eq!(spread(&items[..3], 64), [&0, &1, &2]);
+        let many: Vec<usize> = (0..100_000).collect();
+        let sample = spread(&many, QUICK_SAMPLE);
+        assert_eq!(sample.len(), QUICK_SAMPLE);
+        assert!(
+            sample.windows(2).all(|w| w[1] - w[0] >= 1562),
+            "evenly apart"
+        );
+        assert!(
+            *sample[QUICK_SAMPLE - 1] >= 100_000 - 1563,
+            "reaches the end"
+        );
+    }
 }

@@ -12,7 +12,9 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 /// (keys: store, cache_dir, remote, scope, token_file).
 ///
 /// Exit codes: 0 ok, 1 failure, 2 usage, 3 invalid input, 4 verification
-/// failed, 5 not found, 6 environment (permissions, disk, /dev/fuse).
+/// failed, 5 no such ref, 6 environment (permissions, disk, /dev/fuse),
+/// 7 registry authentication, 8 registry failure, 9 incomplete bundle (a
+/// chunk or blob missing).
 #[derive(Debug, Parser)]
 #[command(name = "mache-cachefs", version, max_term_width = 100)]
 pub struct Cli {
@@ -46,11 +48,18 @@ pub enum Command {
     /// against its input hash, and the lockfile root is recomputed. The db is
     /// written to a temporary file and renamed, so a failed pull leaves nothing.
     Pull(PullArgs),
-    /// Check a whole bundle in a store or on a registry without restoring it.
+    /// Check a bundle in a store or on a registry without restoring it.
     ///
-    /// Every chunk is fetched and BLAKE3-checked, every source's input hash
-    /// and the lockfile root recomputed. The exit code says it all: 0 intact,
-    /// 4 corrupt, 5 missing ref or chunk, 7 authentication, 8 registry failure.
+    /// On a registry, by default (quick): the manifest, the lockfile and the
+    /// pack index or sizes index (fetched and verified), a HEAD of every
+    /// pack or chunk blob (there, with the manifest's size), and 64 chunks
+    /// spread evenly over the bundle, always the same ones; --full reads
+    /// every chunk. In a local store every chunk is read. Each chunk read
+    /// comes from the store itself (never the disk cache) and is
+    /// BLAKE3-checked with its source's input hash; the lockfile root is
+    /// recomputed. The exit code says it all: 0 intact,
+    /// 4 corrupt, 5 missing ref, 7 authentication, 8 registry failure, 9 a
+    /// missing chunk or blob.
     Verify(VerifyArgs),
     /// Show what a bundle is and how much of it a store holds.
     ///
@@ -240,6 +249,10 @@ pub struct VerifyArgs {
     /// Which bundle: a ref name or blake3:<lockfile hash>.
     #[arg(long = "ref", default_value = "latest", value_name = "REF")]
     pub reference: String,
+    /// Over a registry, read and check every chunk, not a sample. A local
+    /// store is always read whole: there this changes nothing.
+    #[arg(long)]
+    pub full: bool,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,

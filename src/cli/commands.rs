@@ -11,7 +11,7 @@ use super::args::{
     TagArgs, UntagArgs, VerifyArgs,
 };
 use super::output;
-use crate::bundle::{self, Existing, PushOptions};
+use crate::bundle::{self, Coverage, Existing, PushOptions};
 use crate::config::{self, ProcessEnv, Settings};
 use crate::error::Error;
 use crate::registry::auth::{CredentialSources, Secret};
@@ -168,10 +168,26 @@ fn pull(settings: &Settings, args: PullArgs, progress: bool) -> Result<()> {
 }
 
 fn verify(settings: &Settings, args: VerifyArgs, progress: bool) -> Result<()> {
+    let started = std::time::Instant::now();
     let store = open_store(settings, args.store, &args.remote)?;
     let bundle = store.resolve(&args.reference)?;
-    let report = bundle::verify(store.chunks().as_ref(), &bundle.lockfile, progress)?;
-    output::verify(&store.describe(), &args.reference, &report, args.json);
+    let blobs = store.check_blobs(&bundle, progress)?;
+    // Without blobs to check, reading every chunk is the only check.
+    let coverage = match (&blobs, args.full) {
+        (Some(_), false) => Coverage::Sample(bundle::QUICK_SAMPLE),
+        _ => Coverage::Full,
+    };
+    let chunks = store.chunks();
+    let report = bundle::verify(chunks.as_ref(), &bundle.lockfile, coverage, progress)?;
+    let verified = output::Verified {
+        store: store.describe(),
+        reference: &args.reference,
+        report: &report,
+        blobs: blobs.as_ref(),
+        remote: chunks.remote_status().map(|s| s.counters),
+        elapsed: started.elapsed(),
+    };
+    output::verify(&verified, args.json);
     Ok(())
 }
 

@@ -5,8 +5,9 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::bundle::{Inspection, PullReport, PushReport};
+use crate::bundle::{Coverage, Inspection, PullReport, PushReport, VerifyReport};
 use crate::registry::UploadReport;
+use crate::store::{BlobCheck, RemoteCounters};
 
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
@@ -127,21 +128,57 @@ pub fn pull(out_db: &Path, r: &PullReport, as_json: bool) {
     );
 }
 
+/// What `verify` found, for [`verify`].
+pub struct Verified<'a> {
+    pub store: String,
+    pub reference: &'a str,
+    pub report: &'a VerifyReport,
+    /// The blobs a registry was asked for; `None` for a local store.
+    pub blobs: Option<&'a BlobCheck>,
+    /// A registry's request counters.
+    pub remote: Option<RemoteCounters>,
+    /// The whole command's time, resolving and blob checks included.
+    pub elapsed: std::time::Duration,
+}
+
 /// The report of `verify`.
-pub fn verify(store: &str, reference: &str, r: &PullReport, as_json: bool) {
+pub fn verify(v: &Verified, as_json: bool) {
+    let r = v.report;
+    let mode = match r.coverage {
+        Coverage::Full => "full",
+        Coverage::Sample(_) => "quick",
+    };
     if as_json {
-        let mut value = pull_json(r);
-        value["store"] = json!(store);
-        value["ref"] = json!(reference);
+        let mut value = pull_json(&r.checked);
+        value["store"] = json!(v.store);
+        value["ref"] = json!(v.reference);
+        value["mode"] = json!(mode);
+        value["sources"] = json!(r.sources);
+        value["sources_checked"] = json!(r.checked.sources);
+        value["chunks"] = json!(r.chunks);
+        value["chunks_verified"] = json!(r.chunks_verified);
+        value["blobs_checked"] = json!(v.blobs.map_or(0, |b| b.blobs));
+        value["remote"] = json!(v.remote);
+        value["seconds"] = json!(v.elapsed.as_secs_f64());
         return print_json(&value);
     }
+    let blobs = v.blobs.map_or(String::new(), |b| {
+        format!("{} {} present, ", b.blobs, b.what)
+    });
+    let chunks = match r.coverage {
+        Coverage::Full => format!("all {} chunks verified (full)", r.chunks),
+        Coverage::Sample(_) => format!(
+            "{} of {} chunks sampled and verified (quick; --full reads every chunk)",
+            r.chunks_verified, r.chunks
+        ),
+    };
     println!(
-        "ok: {reference} in {}: {} sources, {} of chunks, root {} verified in {:.2}s",
-        store,
+        "verified {} of {}: {blobs}{chunks}; root {} of {} sources in {:.2}s",
+        v.reference,
+        v.store,
+        r.checked.root.to_prefixed(),
         r.sources,
-        mb(r.chunk_bytes),
-        r.root.to_prefixed(),
-        r.elapsed.as_secs_f64()
+        v.elapsed.as_secs_f64()
     );
 }
 

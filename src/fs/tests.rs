@@ -134,6 +134,7 @@ fn bundle_of(files: &[(&str, &[u8])], ast: bool, index: bool, source: &FakeSourc
             entries: sizes,
         }),
         offline: None,
+        manifest: None,
     }
 }
 

@@ -228,11 +228,11 @@ async fn get_pack_range(client: &Client, window: Window) -> Result<Vec<(Hash, Ve
         )
         .await?;
     let Some((headers, body)) = found else {
-        return Err(Error::Remote(format!(
-            "{}: pack {} is missing",
-            client.describe(),
-            location.pack
-        )));
+        return Err(Error::BlobMissing {
+            what: "pack",
+            digest: location.pack,
+            store: client.describe(),
+        });
     };
     let whole = !headers.contains_key(reqwest::header::CONTENT_RANGE);
     let (base, members) = if whole {

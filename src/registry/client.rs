@@ -172,6 +172,14 @@ impl Client {
         result
     }
 
+    /// HEADs blob `digest`: its headers if the registry has it, else `None`.
+    pub async fn head_blob(&self, digest: &str) -> Result<Option<HeaderMap>> {
+        let head = self
+            .send(Method::HEAD, self.url(&format!("blobs/{digest}")), |r| r)
+            .await?;
+        Ok(head.status().is_success().then(|| head.headers().clone()))
+    }
+
     fn count_failure<T>(&self, result: &Result<T>) {
         if result.is_err() {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);

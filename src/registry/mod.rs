@@ -8,6 +8,8 @@
 //! - `backend`: fetching chunks (a [`Backend`](crate::store::Backend),
 //!   verified and cached on disk by [`Verified`] in front of it);
 //! - `upload`: pushing a bundle of the local store;
+//! - `verify`: what `verify` checks besides the chunks (every blob there,
+//!   with its manifest's size);
 //! - this module: the settings, and resolving refs (manifest → lockfile →
 //!   sizes index or pack index, each verified).
 //!
@@ -24,6 +26,7 @@ pub mod client;
 pub mod manifest;
 pub mod packed;
 mod upload;
+mod verify;
 
 pub use self::upload::{Layout, UploadReport};
 
@@ -43,7 +46,7 @@ use crate::hash::Hash;
 use crate::lockfile::binary;
 use crate::store::local::check_ref_name;
 use crate::store::sizes::SizeIndex;
-use crate::store::{Bundle, BundleStore, ChunkSource, DiskCache, Verified};
+use crate::store::{BlobCheck, Bundle, BundleStore, ChunkSource, DiskCache, Verified};
 
 /// The producer part of every repository name.
 pub const PRODUCER: &str = "mache";
@@ -233,11 +236,17 @@ impl RegistryStore {
         })
     }
 
-    /// Fetches a small blob (config, sizes index) and verifies it.
+    /// A small blob (config, sizes index), verified: from the disk cache,
+    /// else from the registry.
     fn get_metadata_blob(&self, hash: &Hash, size: Option<u64>) -> Result<Vec<u8>> {
         if let Some(bytes) = self.chunks.disk().and_then(|d| d.get(hash)) {
             return Ok(bytes);
         }
+        self.fetch_metadata_blob(hash, size)
+    }
+
+    /// GETs a small blob from the registry, verifies it and caches it.
+    fn fetch_metadata_blob(&self, hash: &Hash, size: Option<u64>) -> Result<Vec<u8>> {
         let bytes = self.backend.fetch_sized(hash, size, MAX_METADATA)?;
         let actual = Hash::of(&bytes);
         if actual != *hash {
@@ -281,6 +290,7 @@ impl RegistryStore {
             lockfile,
             sizes,
             offline: None,
+            manifest: None,
         })
     }
 
@@ -288,14 +298,15 @@ impl RegistryStore {
     /// SHA-256 (their digests) and the index against the manifest and the
     /// lockfile; the chunks' locations go to the backend.
     fn packed_bundle_of(&self, manifest: &Manifest) -> Result<Bundle> {
-        let lockfile_bytes = self.get_sha256_blob(&manifest.config.digest, manifest.config.size)?;
+        let lockfile_bytes =
+            self.get_sha256_blob("lockfile", &manifest.config.digest, manifest.config.size)?;
         let lockfile_hash = Hash::of(&lockfile_bytes);
         let lockfile = binary::decode_supported(&lockfile_bytes).map_err(|e| {
             Error::BadManifest(format!("its config blob is not a mache lockfile: {e}"))
         })?;
         let (packs, index) = manifest.packs();
         let index = index.expect("a parsed packed manifest has its index");
-        let index_bytes = self.get_sha256_blob(&index.digest, index.size)?;
+        let index_bytes = self.get_sha256_blob("pack index", &index.digest, index.size)?;
         let located = packed::PackIndex::check(&index_bytes, &packs, &lockfile, &lockfile_hash)?;
         self.backend.learn_packs(located.locations);
         Ok(Bundle {
@@ -304,39 +315,50 @@ impl RegistryStore {
             lockfile,
             sizes: located.sizes,
             offline: None,
+            manifest: None,
         })
     }
 
     /// A blob named by its true SHA-256 (a packed bundle's lockfile or pack
-    /// index): from the disk cache if it holds it, else fetched, checked and
-    /// kept there (so a bundle resolved before resolves offline).
-    fn get_sha256_blob(&self, digest: &str, size: u64) -> Result<Vec<u8>> {
-        let disk = self.chunks.disk();
-        if let Some(bytes) = disk
+    /// index, `what`): from the disk cache if it holds it, else fetched
+    /// (checked and kept there, so a bundle resolved before resolves offline).
+    fn get_sha256_blob(&self, what: &'static str, digest: &str, size: u64) -> Result<Vec<u8>> {
+        if let Some(bytes) = self
+            .chunks
+            .disk()
             .and_then(|d| d.get_named(digest))
             .filter(|bytes| sha256_digest(bytes) == digest)
         {
             return Ok(bytes);
         }
+        self.fetch_sha256_blob(what, digest, size)
+    }
+
+    /// GETs a blob named by its true SHA-256 from the registry, checks it
+    /// and keeps it in the disk cache.
+    fn fetch_sha256_blob(&self, what: &'static str, digest: &str, size: u64) -> Result<Vec<u8>> {
         let client = self.client.clone();
         let url = client.url(&format!("blobs/{digest}"));
         let found = self
             .client
             .run(async move { client.get_body(url, |r| r, size, Some(size)).await })?;
         let Some((_, bytes)) = found else {
-            return Err(Error::Remote(format!(
-                "{}: blob {digest} is missing",
-                self.client.describe()
-            )));
+            return Err(Error::BlobMissing {
+                what,
+                digest: digest.to_string(),
+                store: self.client.describe(),
+            });
         };
         let actual = sha256_digest(&bytes);
         if actual != digest {
-            return Err(Error::BadManifest(format!(
-                "blob {digest} of {} has the SHA-256 {actual}",
-                self.client.describe()
-            )));
+            return Err(Error::BlobDigest {
+                what,
+                digest: digest.to_string(),
+                store: self.client.describe(),
+                actual,
+            });
         }
-        if let Some(disk) = disk {
+        if let Some(disk) = self.chunks.disk() {
             disk.put_named(digest, &bytes);
         }
         Ok(bytes)
@@ -412,6 +434,7 @@ impl BundleStore for RegistryStore {
             self.remember(reference, &bytes);
         }
         bundle.offline = offline;
+        bundle.manifest = Some(bytes);
         Ok(bundle)
     }
 
@@ -451,6 +474,10 @@ impl BundleStore for RegistryStore {
 
     fn chunks(&self) -> Arc<dyn ChunkSource> {
         self.chunks.clone()
+    }
+
+    fn check_blobs(&self, bundle: &Bundle, progress: bool) -> Result<Option<BlobCheck>> {
+        self.check_manifest_blobs(bundle, progress)
     }
 
     fn describe(&self) -> String {

@@ -208,7 +208,7 @@ impl RegistryStore {
             let bundle = self.packed_bundle_of(&manifest)?;
             let (packs, index) = manifest.packs();
             let index = index.expect("a parsed packed manifest has its index");
-            let index_bytes = self.get_sha256_blob(&index.digest, index.size)?;
+            let index_bytes = self.get_sha256_blob("pack index", &index.digest, index.size)?;
             packed::PackIndex::check(
                 &index_bytes,
                 &packs,
@@ -427,10 +427,7 @@ async fn read_objects(local: &LocalStore, hashes: Vec<Hash>) -> Result<Vec<u8>> 
 
 /// Whether the registry has blob `digest`.
 async fn has_blob(client: &Client, digest: &str) -> Result<bool> {
-    let head = client
-        .send(Method::HEAD, client.url(&format!("blobs/{digest}")), |r| r)
-        .await?;
-    Ok(head.status().is_success())
+    Ok(client.head_blob(digest).await?.is_some())
 }
 
 /// Uploads one blob unless the registry has it: its digest and size, and

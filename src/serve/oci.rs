@@ -138,6 +138,7 @@ mod tests {
             lockfile_bytes,
             sizes: None,
             offline: None,
+            manifest: None,
         }
     }
 

@@ -430,6 +430,7 @@ impl LocalStore {
             lockfile,
             sizes,
             offline: None,
+            manifest: None,
         })
     }
 

@@ -110,6 +110,14 @@ pub trait ChunkSource: Send + Sync {
         Ok(())
     }
 
+    /// Fetches the given chunks from the store itself even where a cache
+    /// holds them (in parallel, each verified, the cache refreshed), so the
+    /// gets that follow check what the store holds: what `verify` reads. A
+    /// no-op where there is no cache in front of the store.
+    fn refetch(&self, _hashes: &[Hash]) -> Result<()> {
+        Ok(())
+    }
+
     /// A short name for messages (the store's path, a registry URL).
     fn describe(&self) -> String;
 
@@ -131,6 +139,15 @@ pub trait BundleStore: Send + Sync {
     /// The verified chunk source for this store's bundles.
     fn chunks(&self) -> Arc<dyn ChunkSource>;
 
+    /// Checks, without reading them, that every blob `bundle` (as this
+    /// store resolved it) is made of is present with the size its manifest
+    /// gives, and re-reads its metadata from the store itself: a registry
+    /// HEADs each layer. `None` where a bundle has no such blobs (a local
+    /// store): there only reading every chunk checks it.
+    fn check_blobs(&self, _bundle: &Bundle, _progress: bool) -> Result<Option<BlobCheck>> {
+        Ok(None)
+    }
+
     /// A short name for messages.
     fn describe(&self) -> String;
 }
@@ -149,4 +166,16 @@ pub struct Bundle {
     /// Set when the store could not be reached and the bundle is the one
     /// the ref last resolved to, from the disk cache: why, for a warning.
     pub offline: Option<String>,
+    /// The registry manifest the bundle was resolved from, as received
+    /// (checked against its digest); `None` for a bundle of a local store.
+    pub manifest: Option<Vec<u8>>,
+}
+
+/// What [`BundleStore::check_blobs`] found: every blob present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobCheck {
+    /// Blobs found present with their manifest's size (one HEAD each).
+    pub blobs: usize,
+    /// What those blobs are, for messages: `packs` or `chunk blobs`.
+    pub what: &'static str,
 }

@@ -120,6 +120,51 @@ impl Verified {
         Ok(bytes)
     }
 
+    /// Fetches `hashes` from the backend in one batch (it overlaps the
+    /// requests) into the disk cache, each verified; the first failure.
+    /// Leads a flight for each, so reads of them wait for this fetch; one
+    /// another caller is already fetching is left to it unless `in_flight_too`.
+    fn fetch_into_disk(&self, hashes: &[Hash], in_flight_too: bool) -> Result<()> {
+        let mut leads = HashMap::new();
+        let mut wanted = Vec::new();
+        for hash in hashes {
+            match self.join_or_lead(hash) {
+                Err(lead) => {
+                    leads.insert(*hash, lead);
+                    wanted.push(*hash);
+                }
+                Ok(_) if in_flight_too => wanted.push(*hash),
+                Ok(_) => {}
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let leads = Mutex::new(leads);
+        let failure = Mutex::new(None);
+        self.backend.fetch_many(&wanted, &|hash, bytes| {
+            let admitted = self.admit(&hash, bytes);
+            let lead = leads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&hash);
+            match (admitted, lead) {
+                (Ok(bytes), Some(mut lead)) => lead.bytes = Some(Arc::new(bytes)),
+                (Ok(_), None) => {}
+                (Err(e), _) => {
+                    failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
+                }
+            }
+        })?;
+        match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     fn fetch_verified(&self, hash: &Hash) -> Result<Vec<u8>> {
         if let Some(bytes) = self.disk.as_ref().and_then(|disk| disk.get(hash)) {
             return Ok(bytes);
@@ -169,40 +214,17 @@ impl ChunkSource for Verified {
         let Some(disk) = &self.disk else {
             return Ok(());
         };
-        // Lead a flight for every chunk not cached and not already coming.
-        let mut leads = HashMap::new();
-        for hash in hashes {
-            if !disk.contains(hash)
-                && let Err(lead) = self.join_or_lead(hash)
-            {
-                leads.insert(*hash, lead);
-            }
-        }
-        if leads.is_empty() {
-            return Ok(());
-        }
-        let wanted: Vec<Hash> = leads.keys().copied().collect();
-        let leads = Mutex::new(leads);
-        let failure = Mutex::new(None);
-        self.backend.fetch_many(&wanted, &|hash, bytes| {
-            let admitted = self.admit(&hash, bytes);
-            let lead = leads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&hash);
-            match (admitted, lead) {
-                (Ok(bytes), Some(mut lead)) => lead.bytes = Some(Arc::new(bytes)),
-                (Ok(_), None) => {}
-                (Err(e), _) => {
-                    failure
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(e);
-                }
-            }
-        })?;
-        match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(e),
+        let missing: Vec<Hash> = hashes
+            .iter()
+            .filter(|h| !disk.contains(h))
+            .copied()
+            .collect();
+        self.fetch_into_disk(&missing, false)
+    }
+
+    fn refetch(&self, hashes: &[Hash]) -> Result<()> {
+        match self.disk {
+            Some(_) => self.fetch_into_disk(hashes, true),
             None => Ok(()),
         }
     }
@@ -294,6 +316,33 @@ mod tests {
         assert_eq!(source.get_verified(&hash).unwrap(), b"chunk");
         assert_eq!(backend.fetches.load(Ordering::SeqCst), 2);
         assert_eq!(source.disk().unwrap().stats().corrupt, 1);
+    }
+
+    #[test]
+    fn refetch_reads_the_backend_past_the_cache_and_finds_its_wrong_bytes() {
+        let hash = Hash::of(b"chunk");
+        let dir = tempfile::tempdir().unwrap();
+        let disk = || Some(DiskCache::open(dir.path(), 1 << 20).unwrap());
+        let backend = counting(&[(&hash, b"chunk")]);
+        let source = Verified::new(backend.clone(), disk());
+        source.warm(&[hash]).unwrap();
+        source.warm(&[hash]).unwrap();
+        assert_eq!(
+            backend.fetches.load(Ordering::SeqCst),
+            1,
+            "warm skips cached"
+        );
+        source.refetch(&[hash]).unwrap();
+        assert_eq!(
+            backend.fetches.load(Ordering::SeqCst),
+            2,
+            "refetch does not"
+        );
+        // The store's copy went bad: the good cached copy does not hide it.
+        let rotten = Verified::new(counting(&[(&hash, b"chunK")]), disk());
+        rotten.warm(&[hash]).unwrap();
+        let err = rotten.refetch(&[hash]).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { expected, .. } if expected == hash));
     }
 
     #[test]

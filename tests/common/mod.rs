@@ -55,6 +55,20 @@ pub fn run_fails(args: &[&str], code: i32, needle: &str) -> String {
     stderr
 }
 
+/// Asserts that a finished command failed with `code` and one error line
+/// containing `needle`; returns its stderr.
+pub fn assert_fails(out: &Output, code: i32, needle: &str) -> String {
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{text}");
+    assert!(text.contains(needle), "{needle:?} not in: {text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "one error line: {text}"
+    );
+    text
+}
+
 /// Asserts that a finished command succeeded and parses its stdout as JSON.
 pub fn json_of(out: Output) -> serde_json::Value {
     assert!(
