@@ -102,6 +102,13 @@ pub enum Error {
         code: String,
         message: String,
     },
+    /// A registry refused an uploaded blob because its bytes do not hash
+    /// to the digest they were announced under.
+    #[error(
+        "{registry} refused blob {digest}: the bytes sent do not hash to it \
+         (did the local store change during the push?)"
+    )]
+    DigestRefused { registry: String, digest: String },
 
     #[error("{0}")]
     Usage(String),
@@ -194,6 +201,7 @@ impl Error {
             AuthFailed { .. } => Class::Auth,
             Sqlite { source, .. } => sqlite_class(source),
             RootMismatch { .. } | Corrupt { .. } | MalformedStoreFile { .. } => Class::Integrity,
+            DigestRefused { .. } => Class::Integrity,
             ChunkMissing { .. } | ObjectMissing { .. } | RefMissing { .. } | NothingPushed(_) => {
                 Class::NotFound
             }

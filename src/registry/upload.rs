@@ -1,20 +1,35 @@
 //! Pushing a bundle of the local store to a registry, in either layout:
 //! HEAD before each upload, blobs before the manifest, the manifest last.
+//!
+//! A pack is never held whole in memory: a first pass over its objects
+//! computes its SHA-256 and size (the digest its upload is announced
+//! under), then its body streams the objects from the local store, each
+//! verified as it is read, the stream rebuilt for each attempt.
 
 use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
+use sha2::Digest as _;
 
-use super::client::{self, Client, header};
+use super::client::{self, BodyError, Client, header};
 use super::manifest::{MANIFEST_TYPE, Manifest, v1_digest};
 use super::{LAYOUT_PACKED, LAYOUT_V1, RegistryStore, packed, sha256_digest};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::store::local::check_ref_name;
 use crate::store::sizes::SizeIndex;
-use crate::store::{Bundle, BundleStore, LocalStore};
+use crate::store::{Bundle, BundleStore, ChunkSource, LocalStore};
+
+/// A streamed pack body is read from the local store in pieces of about
+/// this many bytes (a larger object is a piece of its own)...
+const STREAM_PIECE: u64 = 1 << 20;
+/// ...this many pieces ahead of what the connection has taken.
+const STREAM_AHEAD: usize = 2;
 
 /// What an upload did.
 #[derive(Debug, Clone, Default)]
@@ -83,14 +98,14 @@ impl RegistryStore {
     /// A registry that checks SHA-256 answers `400 DIGEST_INVALID`.
     fn probe_v1_digests(&self, lockfile_bytes: &[u8]) -> Result<Probe> {
         let client = self.client.clone();
-        let bytes = lockfile_bytes.to_vec();
+        let bytes = Bytes::copy_from_slice(lockfile_bytes);
         let digest = v1_digest(&Hash::of(&bytes));
         let probe = self.client.run(async move {
             if has_blob(&client, &digest).await? {
                 return Ok(Probe::Present);
             }
             let len = bytes.len() as u64;
-            match put_blob(&client, &digest, bytes).await {
+            match put_blob(&client, &digest, &Payload::Bytes(bytes)).await {
                 Ok(()) => Ok(Probe::Sent(len)),
                 Err(Error::RegistryError {
                     status: 400, code, ..
@@ -135,11 +150,10 @@ impl RegistryStore {
         let plan = packed::plan(&fresh);
         let blobs = plan
             .iter()
-            .map(|pack| Blob::Pack(pack.iter().map(|(h, _)| *h).collect()))
+            .map(|pack| Blob::Pack(pack.as_slice().into()))
             .collect();
-        // Packs are up to 32 MiB in memory each: fewer at once.
-        let (mut report, new_packs) =
-            self.upload_blobs(local, blobs, self.jobs.min(4), progress)?;
+        // A pack in flight holds a few pieces of it, not all of it.
+        let (mut report, new_packs) = self.upload_blobs(local, blobs, self.jobs, progress)?;
         let mut packs = kept.clone();
         packs.extend(new_packs.iter().cloned());
         let number = |digest: &str| {
@@ -406,23 +420,112 @@ enum Blob {
     Bytes(Vec<u8>),
     /// Bytes under their true SHA-256.
     Sha256(Vec<u8>),
-    /// Objects of the local store concatenated, under the pack's SHA-256.
-    Pack(Vec<Hash>),
+    /// Objects of the local store (hash, length) concatenated, under the
+    /// pack's SHA-256.
+    Pack(Arc<[(Hash, u64)]>),
 }
 
-/// Reads verified objects of the local store off the async threads.
-async fn read_objects(local: &LocalStore, hashes: Vec<Hash>) -> Result<Vec<u8>> {
-    let local = local.clone();
-    tokio::task::spawn_blocking(move || {
-        let chunks = local.chunks();
-        let mut bytes = Vec::new();
-        for hash in &hashes {
-            bytes.extend_from_slice(&chunks.get_verified(hash)?);
+/// The body of a blob upload, built again for each attempt.
+enum Payload {
+    /// Bytes in memory, shared (not copied) by the attempts.
+    Bytes(Bytes),
+    /// A pack of `size` bytes, streamed from the local store.
+    Pack {
+        local: LocalStore,
+        objects: Arc<[(Hash, u64)]>,
+        size: u64,
+    },
+}
+
+impl Payload {
+    fn len(&self) -> u64 {
+        match self {
+            Payload::Bytes(bytes) => bytes.len() as u64,
+            Payload::Pack { size, .. } => *size,
         }
-        Ok(bytes)
-    })
-    .await
-    .expect("reading local objects does not panic")
+    }
+
+    /// A fresh body: the bytes, or a stream reading the pack's objects in
+    /// pieces of about [`STREAM_PIECE`] bytes, [`STREAM_AHEAD`] pieces
+    /// ahead, each object verified as it is read. An object missing or
+    /// changed since the first pass ends the stream with that error, which
+    /// [`Client::send`] returns at once (see [`BodyError`]).
+    fn body(&self) -> reqwest::Body {
+        match self {
+            Payload::Bytes(bytes) => reqwest::Body::from(bytes.clone()),
+            Payload::Pack { local, objects, .. } => {
+                reqwest::Body::wrap_stream(pack_stream(local.clone(), objects.clone()))
+            }
+        }
+    }
+}
+
+/// The bytes of a pack's objects, read in pieces off the async threads.
+fn pack_stream(
+    local: LocalStore,
+    objects: Arc<[(Hash, u64)]>,
+) -> impl futures_util::Stream<Item = std::result::Result<Vec<u8>, BodyError>> + Send + 'static {
+    futures_util::stream::iter(pieces(&objects))
+        .map(move |range| {
+            let (local, objects) = (local.clone(), objects.clone());
+            off_thread(move || read_objects(local.chunks().as_ref(), &objects[range]))
+        })
+        .buffered(STREAM_AHEAD)
+        .map(|piece| piece.map_err(BodyError::new))
+}
+
+/// Cuts `objects` into runs of about [`STREAM_PIECE`] bytes.
+fn pieces(objects: &[(Hash, u64)]) -> Vec<Range<usize>> {
+    let mut pieces = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, (_, len)) in objects.iter().enumerate() {
+        size += len;
+        if size >= STREAM_PIECE || i + 1 == objects.len() {
+            pieces.push(start..i + 1);
+            (start, size) = (i + 1, 0);
+        }
+    }
+    pieces
+}
+
+/// Runs a blocking read of the local store off the async threads.
+async fn off_thread<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(read)
+        .await
+        .expect("reading local objects does not panic")
+}
+
+/// The verified objects `objects` concatenated.
+fn read_objects(chunks: &dyn ChunkSource, objects: &[(Hash, u64)]) -> Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(objects.iter().map(|(_, len)| *len as usize).sum());
+    for (hash, _) in objects {
+        bytes.extend_from_slice(&chunks.get_verified(hash)?);
+    }
+    Ok(bytes)
+}
+
+/// The first pass over a pack: its SHA-256 digest and size, from each
+/// object read, verified and hashed in turn (none kept). An object whose
+/// length is not the one planned (its offset in the pack index depends on
+/// it) is an error.
+fn hash_pack(chunks: &dyn ChunkSource, objects: &[(Hash, u64)]) -> Result<(String, u64)> {
+    let mut sha256 = sha2::Sha256::new();
+    let mut size = 0;
+    for (hash, len) in objects {
+        let bytes = chunks.get_verified(hash)?;
+        if bytes.len() as u64 != *len {
+            return Err(Error::BadChunk {
+                hash: *hash,
+                reason: format!(
+                    "it is {} bytes, the bundle's sizes index says {len}",
+                    bytes.len()
+                ),
+            });
+        }
+        sha256.update(&bytes);
+        size += len;
+    }
+    Ok((format!("sha256:{}", hex::encode(sha256.finalize())), size))
 }
 
 /// Whether the registry has blob `digest`.
@@ -440,32 +543,57 @@ async fn upload_blob(
     local: &LocalStore,
     blob: Blob,
 ) -> Result<(String, u64, bool)> {
-    let (digest, bytes) = match blob {
+    let (digest, payload) = match blob {
         Blob::Object(hash) => {
             let digest = v1_digest(&hash);
+            let len = local.object_len(&hash).unwrap_or_default();
             if has_blob(client, &digest).await? {
-                let size = local.object_len(&hash).unwrap_or_default();
-                return Ok((digest, size, false));
+                return Ok((digest, len, false));
             }
-            (digest, read_objects(local, vec![hash]).await?)
+            let local = local.clone();
+            let bytes =
+                off_thread(move || read_objects(local.chunks().as_ref(), &[(hash, len)])).await?;
+            (digest, Payload::Bytes(bytes.into()))
         }
-        Blob::Bytes(bytes) => (v1_digest(&Hash::of(&bytes)), bytes),
-        Blob::Sha256(bytes) => (sha256_digest(&bytes), bytes),
-        Blob::Pack(hashes) => {
-            let bytes = read_objects(local, hashes).await?;
-            (sha256_digest(&bytes), bytes)
+        Blob::Bytes(bytes) => (v1_digest(&Hash::of(&bytes)), Payload::Bytes(bytes.into())),
+        Blob::Sha256(bytes) => (sha256_digest(&bytes), Payload::Bytes(bytes.into())),
+        Blob::Pack(objects) => {
+            let (source, list) = (local.clone(), objects.clone());
+            let (digest, size) =
+                off_thread(move || hash_pack(source.chunks().as_ref(), &list)).await?;
+            let local = local.clone();
+            (
+                digest,
+                Payload::Pack {
+                    local,
+                    objects,
+                    size,
+                },
+            )
         }
     };
-    let size = bytes.len() as u64;
+    let size = payload.len();
     if has_blob(client, &digest).await? {
         return Ok((digest, size, false));
     }
-    put_blob(client, &digest, bytes).await?;
-    Ok((digest, size, true))
+    match put_blob(client, &digest, &payload).await {
+        // Our bytes, verified as they were read, did not hash to the digest
+        // the first pass found.
+        Err(Error::RegistryError {
+            status: 400, code, ..
+        }) if code == "DIGEST_INVALID" && matches!(payload, Payload::Pack { .. }) => {
+            Err(Error::DigestRefused {
+                registry: client.registry(),
+                digest,
+            })
+        }
+        Err(e) => Err(e),
+        Ok(()) => Ok((digest, size, true)),
+    }
 }
 
-/// Uploads `bytes` as blob `digest`: POST, then PUT to the `Location`.
-async fn put_blob(client: &Client, digest: &str, bytes: Vec<u8>) -> Result<()> {
+/// Uploads `payload` as blob `digest`: POST, then PUT to the `Location`.
+async fn put_blob(client: &Client, digest: &str, payload: &Payload) -> Result<()> {
     let start = client
         .send(Method::POST, client.url("blobs/uploads/"), |r| {
             r.header(CONTENT_TYPE, header("application/octet-stream"))
@@ -495,7 +623,8 @@ async fn put_blob(client: &Client, digest: &str, bytes: Vec<u8>) -> Result<()> {
     let response = client
         .send(Method::PUT, url, |r| {
             r.header(CONTENT_TYPE, header("application/octet-stream"))
-                .body(bytes.clone())
+                .header(CONTENT_LENGTH, payload.len())
+                .body(payload.body())
         })
         .await?;
     expect_created(client, response).await
@@ -508,4 +637,61 @@ async fn expect_created(client: &Client, response: reqwest::Response) -> Result<
     }
     let url = response.url().clone();
     Err(client::failure(&client.registry(), &Method::PUT, &url, response).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::Object;
+
+    #[test]
+    fn a_pack_streams_in_pieces_of_about_a_mebibyte_covering_every_object() {
+        let h = |i: u8| Hash::of(&[i]);
+        let objects = [
+            (h(1), 600 << 10),
+            (h(2), 600 << 10),
+            (h(3), 10),
+            (h(4), 3 << 20),
+            (h(5), 10),
+        ];
+        assert_eq!(pieces(&objects), [0..2, 2..4, 4..5]);
+        assert!(pieces(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_streamed_pack_is_what_the_first_pass_hashed_and_a_changed_object_stops_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(dir.path().join("store")).unwrap();
+        let made: Vec<Object> = (0..40u32)
+            .map(|i| Object::new(vec![i as u8; 100_000 + i as usize]))
+            .collect();
+        store.put_all(&made.iter().collect::<Vec<_>>()).unwrap();
+        let objects: Arc<[(Hash, u64)]> = made
+            .iter()
+            .map(|o| (o.hash(), o.bytes().len() as u64))
+            .collect();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let stream = |store: &LocalStore| {
+            let pieces = pack_stream(store.clone(), objects.clone());
+            runtime.block_on(pieces.collect::<Vec<_>>())
+        };
+
+        let (digest, size) = hash_pack(store.chunks().as_ref(), &objects).unwrap();
+        let streamed: Vec<u8> = stream(&store)
+            .into_iter()
+            .map(|piece| piece.unwrap())
+            .collect::<Vec<_>>()
+            .concat();
+        assert_eq!(streamed.len() as u64, size);
+        assert_eq!(sha256_digest(&streamed), digest);
+
+        let path = store.object_path(&objects[25].0);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"changed").unwrap();
+        let failed = stream(&store)
+            .into_iter()
+            .find_map(|piece| piece.err())
+            .expect("the changed object stops the stream");
+        assert!(failed.to_string().contains("corrupt object"), "{failed}");
+    }
 }
