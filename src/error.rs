@@ -58,6 +58,9 @@ pub enum Error {
     },
     #[error("no ref {name:?} in {store}")]
     RefMissing { name: String, store: String },
+    /// `push --base` names no bundle of the repository.
+    #[error("--base {name}: no such bundle in {store}")]
+    BaseMissing { name: String, store: String },
     #[error(
         "invalid ref name {0:?} (letters, digits, '.', '_', '-'; at most 128; not starting with '.' or '-')"
     )]
@@ -205,6 +208,7 @@ impl Error {
             ChunkMissing { .. } | ObjectMissing { .. } | RefMissing { .. } | NothingPushed(_) => {
                 Class::NotFound
             }
+            BaseMissing { .. } => Class::NotFound,
             Io { .. } | Mount(_) | Reported { .. } => Class::Environment,
             Refused(Refusal::NoEntry | Refusal::NoAttribute) => Class::NotFound,
             Refused(_) => Class::Environment,

@@ -25,7 +25,7 @@ pub mod manifest;
 pub mod packed;
 mod upload;
 
-pub use self::upload::{Layout, UploadReport};
+pub use self::upload::{Layout, UploadOptions, UploadReport};
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

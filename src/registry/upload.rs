@@ -17,7 +17,7 @@ use reqwest::{Method, StatusCode};
 use sha2::Digest as _;
 
 use super::client::{self, BodyError, Client, header};
-use super::manifest::{MANIFEST_TYPE, Manifest, v1_digest};
+use super::manifest::{MANIFEST_TYPE, Manifest, hash_of_digest, v1_digest};
 use super::{LAYOUT_PACKED, LAYOUT_V1, RegistryStore, packed, sha256_digest};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
@@ -31,41 +31,74 @@ const STREAM_PIECE: u64 = 1 << 20;
 /// ...this many pieces ahead of what the connection has taken.
 const STREAM_AHEAD: usize = 2;
 
+/// How to upload a bundle.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadOptions<'a> {
+    /// The tag to set, besides `latest`.
+    pub tag: &'a str,
+    pub layout: Layout,
+    /// Other bundles of the repository (tags or `sha256:` manifest digests)
+    /// whose packs the packed layout may reuse, besides those of the bundle
+    /// the tag names. Each must exist.
+    pub bases: &'a [String],
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
 /// What an upload did.
 #[derive(Debug, Clone, Default)]
 pub struct UploadReport {
     /// The layout pushed.
     pub layout: &'static str,
+    /// Blobs sent, and their bytes.
     pub uploaded: usize,
     pub uploaded_bytes: u64,
+    /// Blobs not sent: the registry had them, or (packs) an earlier bundle
+    /// lists them.
     pub present: usize,
+    /// Of those, packs of earlier bundles the manifest lists again (the
+    /// packed layout), and their bytes.
+    pub reused_packs: usize,
+    pub reused_bytes: u64,
     /// The manifest's digest, and whether the tag already named it.
     pub manifest_digest: String,
     pub manifest_unchanged: bool,
 }
 
 impl RegistryStore {
-    /// Uploads a bundle of the local store and tags it `tag` and `latest`
-    /// (as a local push does), in `layout`: every blob the registry lacks
-    /// (HEAD first), the config and index blobs, then the manifest, by each
-    /// tag that does not already name it. `Layout::Auto` picks build-cache/v1
-    /// when the registry takes its digests, else the packed layout.
+    /// Uploads a bundle of the local store and tags it `options.tag` and
+    /// `latest` (as a local push does), in `options.layout`: every blob the
+    /// registry lacks (HEAD first), the config and index blobs, then the
+    /// manifest, by each tag that does not already name it. `Layout::Auto`
+    /// keeps the layout of the bundle the tag (else the first base) names,
+    /// else picks build-cache/v1 when the registry takes its digests, else
+    /// the packed layout. A base that names nothing is an error
+    /// ([`Error::BaseMissing`]) before anything is sent.
     pub fn upload(
         &self,
         local: &LocalStore,
         bundle: &Bundle,
-        tag: &str,
-        layout: Layout,
-        progress: bool,
+        options: &UploadOptions,
     ) -> Result<UploadReport> {
-        check_ref_name(tag)?;
+        check_ref_name(options.tag)?;
+        let bases = options
+            .bases
+            .iter()
+            .map(|reference| self.base_manifest(reference))
+            .collect::<Result<Vec<_>>>()?;
+        // The bundle being replaced is only a hint: if it cannot be read,
+        // nothing of it is reused.
+        let replaced = self
+            .get_manifest(options.tag)
+            .and_then(|bytes| Manifest::parse(&bytes))
+            .inspect_err(|e| tracing::debug!("nothing to reuse from {}: {e}", options.tag))
+            .ok();
         let chunk_lens = chunk_lens(local, bundle)?;
-        let (packed, probe) = match layout {
+        let (packed, probe) = match options.layout {
             Layout::V1 => (false, Probe::Present),
             Layout::Packed => (true, Probe::Present),
-            // The layout of the bundle the tag names, else a probe.
-            Layout::Auto => match self.layout_of(tag) {
-                Some(packed) => (packed, Probe::Present),
+            Layout::Auto => match replaced.iter().chain(&bases).next() {
+                Some(manifest) => (manifest.is_packed(), Probe::Present),
                 None => match self.probe_v1_digests(&bundle.lockfile_bytes)? {
                     Probe::Refused => (true, Probe::Refused),
                     probe => (false, probe),
@@ -73,9 +106,22 @@ impl RegistryStore {
             },
         };
         let mut report = if packed {
-            self.upload_packed(local, bundle, &chunk_lens, tag, progress)?
+            let mut previous = replaced
+                .map(|manifest| {
+                    self.pack_locations(&manifest).unwrap_or_else(|e| {
+                        tracing::debug!("no packs to reuse from {}: {e}", options.tag);
+                        HashMap::new()
+                    })
+                })
+                .unwrap_or_default();
+            for base in &bases {
+                for (hash, location) in self.pack_locations(base)? {
+                    previous.entry(hash).or_insert(location);
+                }
+            }
+            self.upload_packed(local, bundle, &chunk_lens, &previous, options)?
         } else {
-            self.upload_v1(local, bundle, &chunk_lens, tag, progress)?
+            self.upload_v1(local, bundle, &chunk_lens, options)?
         };
         if let Probe::Sent(bytes) = probe {
             // The probe uploaded the lockfile; the push then found it there.
@@ -87,10 +133,21 @@ impl RegistryStore {
         Ok(report)
     }
 
-    /// Whether the bundle `tag` names is packed; `None` if there is none.
-    fn layout_of(&self, tag: &str) -> Option<bool> {
-        let bytes = self.get_manifest(tag).ok()?;
-        Manifest::parse(&bytes).ok().map(|m| m.is_packed())
+    /// The manifest of `--base reference` (a tag or a `sha256:` manifest
+    /// digest); [`Error::BaseMissing`] if the repository has none.
+    fn base_manifest(&self, reference: &str) -> Result<Manifest> {
+        if !reference.starts_with("sha256:") {
+            check_ref_name(reference)?;
+        } else if hash_of_digest(reference).is_err() {
+            return Err(Error::BadSetting(format!(
+                "--base {reference}: a manifest digest is sha256: and 64 hex digits"
+            )));
+        }
+        let bytes = self.get_manifest(reference).map_err(|e| match e {
+            Error::RefMissing { name, store } => Error::BaseMissing { name, store },
+            e => e,
+        })?;
+        Manifest::parse(&bytes)
     }
 
     /// Whether the registry takes build-cache/v1 digests (BLAKE3 behind
@@ -122,18 +179,18 @@ impl RegistryStore {
         Ok(probe)
     }
 
-    /// The packed layout: the packs of the bundle the tag named that hold
-    /// needed chunks are kept; only the other chunks are packed and sent.
+    /// The packed layout: the packs of earlier bundles (`previous`: where
+    /// each of their chunks is) that hold needed chunks are listed again;
+    /// only the other chunks are packed and sent.
     fn upload_packed(
         &self,
         local: &LocalStore,
         bundle: &Bundle,
         chunk_lens: &[u64],
-        tag: &str,
-        progress: bool,
+        previous: &HashMap<Hash, packed::Location>,
+        options: &UploadOptions,
     ) -> Result<UploadReport> {
         let chunks = packed::distinct_chunks(&bundle.lockfile, chunk_lens);
-        let previous = self.previous_packs(tag);
         // Old packs still used, in their old order, then the new ones.
         let mut kept: Vec<(String, u64)> = Vec::new();
         let mut fresh: Vec<(Hash, u64)> = Vec::new();
@@ -153,7 +210,8 @@ impl RegistryStore {
             .map(|pack| Blob::Pack(pack.as_slice().into()))
             .collect();
         // A pack in flight holds a few pieces of it, not all of it.
-        let (mut report, new_packs) = self.upload_blobs(local, blobs, self.jobs, progress)?;
+        let (mut report, new_packs) =
+            self.upload_blobs(local, blobs, self.jobs, options.progress)?;
         let mut packs = kept.clone();
         packs.extend(new_packs.iter().cloned());
         let number = |digest: &str| {
@@ -163,7 +221,7 @@ impl RegistryStore {
                 .expect("a listed pack")
         };
         let mut located: HashMap<Hash, (usize, u64, u64)> = HashMap::new();
-        for (hash, location) in &previous {
+        for (hash, location) in previous {
             if let Some(i) = packs.iter().position(|(d, _)| *d == location.pack) {
                 located.insert(*hash, (i, location.offset, location.len));
             }
@@ -192,49 +250,45 @@ impl RegistryStore {
                 .and_then(|s| serde_json::from_slice(&s.to_json()).ok()),
         };
         let index_bytes = serde_json::to_vec(&index).expect("a pack index serializes");
+        let index_descriptor = (sha256_digest(&index_bytes), index_bytes.len() as u64);
         let metadata = vec![
             Blob::Sha256(bundle.lockfile_bytes.clone()),
-            Blob::Sha256(index_bytes.clone()),
+            Blob::Sha256(index_bytes),
         ];
         let (more, _) = self.upload_blobs(local, metadata, 2, false)?;
         report.uploaded += more.uploaded;
         report.uploaded_bytes += more.uploaded_bytes;
         report.present += more.present + kept.len();
+        report.reused_packs = kept.len();
+        report.reused_bytes = kept.iter().map(|(_, size)| size).sum();
         let manifest = Manifest::for_packed(
             &bundle.lockfile,
             &bundle.lockfile_bytes,
             &packs,
-            (sha256_digest(&index_bytes), index_bytes.len() as u64),
+            index_descriptor,
         );
         let bytes = manifest.to_bytes();
         let digest = sha256_digest(&bytes);
-        self.tag_manifest(report, tag, bytes, &digest)
+        self.tag_manifest(report, options.tag, bytes, &digest)
     }
 
-    /// Where the packed bundle `tag` names keeps each chunk; empty when
-    /// there is no such bundle (or it is not packed, or cannot be read).
-    fn previous_packs(&self, tag: &str) -> HashMap<Hash, packed::Location> {
-        let found = self.get_manifest(tag).and_then(|bytes| {
-            let manifest = Manifest::parse(&bytes)?;
-            if !manifest.is_packed() {
-                return Ok(HashMap::new());
-            }
-            let bundle = self.packed_bundle_of(&manifest)?;
-            let (packs, index) = manifest.packs();
-            let index = index.expect("a parsed packed manifest has its index");
-            let index_bytes = self.get_sha256_blob(&index.digest, index.size)?;
-            packed::PackIndex::check(
-                &index_bytes,
-                &packs,
-                &bundle.lockfile,
-                &bundle.lockfile_hash,
-            )
-            .map(|p| p.locations)
-        });
-        found.unwrap_or_else(|e| {
-            tracing::debug!("no packs to reuse from {tag}: {e}");
-            HashMap::new()
-        })
+    /// Where the packed bundle of `manifest` keeps each chunk (empty for a
+    /// build-cache/v1 bundle), its lockfile and pack index checked.
+    fn pack_locations(&self, manifest: &Manifest) -> Result<HashMap<Hash, packed::Location>> {
+        if !manifest.is_packed() {
+            return Ok(HashMap::new());
+        }
+        let bundle = self.packed_bundle_of(manifest)?;
+        let (packs, index) = manifest.packs();
+        let index = index.expect("a parsed packed manifest has its index");
+        let index_bytes = self.get_sha256_blob(&index.digest, index.size)?;
+        packed::PackIndex::check(
+            &index_bytes,
+            &packs,
+            &bundle.lockfile,
+            &bundle.lockfile_hash,
+        )
+        .map(|p| p.locations)
     }
 
     /// build-cache/v1: one layer per source.
@@ -243,8 +297,7 @@ impl RegistryStore {
         local: &LocalStore,
         bundle: &Bundle,
         chunk_lens: &[u64],
-        tag: &str,
-        progress: bool,
+        options: &UploadOptions,
     ) -> Result<UploadReport> {
         let sizes_json = bundle.sizes.as_ref().map(SizeIndex::to_json);
         let sizes_blob = sizes_json
@@ -271,8 +324,8 @@ impl RegistryStore {
         if let Some(json) = sizes_json {
             blobs.push(Blob::Bytes(json));
         }
-        let (report, _) = self.upload_blobs(local, blobs, self.jobs, progress)?;
-        self.tag_manifest(report, tag, manifest_bytes, &digest)
+        let (report, _) = self.upload_blobs(local, blobs, self.jobs, options.progress)?;
+        self.tag_manifest(report, options.tag, manifest_bytes, &digest)
     }
 
     /// PUTs the manifest by `tag` and `latest` (as a local push moves both),
