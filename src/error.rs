@@ -83,6 +83,9 @@ pub enum Error {
     },
     #[error("no ref {name:?} in {store}")]
     RefMissing { name: String, store: String },
+    /// `push --base` names no bundle of the repository.
+    #[error("--base {name}: no such bundle in {store}")]
+    BaseMissing { name: String, store: String },
     #[error(
         "invalid ref name {0:?} (letters, digits, '.', '_', '-'; at most 128; not starting with '.' or '-')"
     )]
@@ -127,6 +130,13 @@ pub enum Error {
         code: String,
         message: String,
     },
+    /// A registry refused an uploaded blob because its bytes do not hash
+    /// to the digest they were announced under.
+    #[error(
+        "{registry} refused blob {digest}: the bytes sent do not hash to it \
+         (did the local store change during the push?)"
+    )]
+    DigestRefused { registry: String, digest: String },
 
     #[error("{0}")]
     Usage(String),
@@ -225,8 +235,9 @@ impl Error {
             | Corrupt { .. }
             | BlobSize { .. }
             | BlobDigest { .. }
+            | DigestRefused { .. }
             | MalformedStoreFile { .. } => Class::Integrity,
-            RefMissing { .. } | NothingPushed(_) => Class::NotFound,
+            RefMissing { .. } | NothingPushed(_) | BaseMissing { .. } => Class::NotFound,
             ChunkMissing { .. } | ObjectMissing { .. } | BlobMissing { .. } => Class::Incomplete,
             Io { .. } | Mount(_) | Reported { .. } => Class::Environment,
             Refused(Refusal::NoEntry | Refusal::NoAttribute) => Class::NotFound,

@@ -46,12 +46,24 @@ fn remote(registry: &Distribution, dir: &Path, args: &[&str]) -> Output {
 }
 
 fn push(registry: &Distribution, dir: &Path, db: &Path) -> serde_json::Value {
+    json_of(push_with(registry, dir, db, &[]))
+}
+
+/// `push --json` of `db` to the registry with `extra` arguments.
+fn push_with(registry: &Distribution, dir: &Path, db: &Path, extra: &[&str]) -> Output {
     let local = dir.join("local");
-    json_of(remote(
-        registry,
-        dir,
-        &["push", "--db", s(db), s(&local), "--json"],
-    ))
+    let mut args = vec!["push", "--db", s(db), s(&local), "--json"];
+    args.extend_from_slice(extra);
+    remote(registry, dir, &args)
+}
+
+/// Changes 1% of the files of `db` (every 100th row gets a newline more).
+fn change_one_percent(db: &Path) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch(
+        "UPDATE _source SET content = CAST(content || x'0a' AS BLOB) WHERE rowid % 100 = 0",
+    )
+    .unwrap();
 }
 
 #[test]
@@ -86,12 +98,7 @@ fn push_picks_the_packed_layout_pull_restores_and_re_pushes_upload_only_what_cha
     );
 
     // 1% of the files changed: a new pack of those, the lockfile, the index.
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch(
-        "UPDATE _source SET content = CAST(content || x'0a' AS BLOB) WHERE rowid % 100 = 0",
-    )
-    .unwrap();
-    drop(conn);
+    change_one_percent(&db);
     let changed = push(&registry, dir.path(), &db);
     let changed_bytes = changed["remote"]["uploaded_bytes"].as_u64().unwrap();
     assert!(
@@ -161,4 +168,130 @@ fn basic_auth_with_credentials_from_a_docker_config_json() {
 fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// The manifest `reference` names, as the registry serves it.
+fn manifest(registry: &Distribution, reference: &str) -> serde_json::Value {
+    let reply = registry.request(
+        "GET",
+        &format!("/v2/mache/{SCOPE}/manifests/{reference}"),
+        &[("Accept", distribution_support::OCI_MANIFEST)],
+        b"",
+    );
+    assert_eq!(reply.status, 200, "{reference}: {}", reply.text());
+    reply.json()
+}
+
+/// The pack layers of a packed manifest (every layer but the index).
+fn packs(manifest: &serde_json::Value) -> Vec<String> {
+    let layers = manifest["layers"].as_array().unwrap();
+    layers[..layers.len() - 1]
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The bytes of every blob the registry stores (manifests included).
+fn stored_blob_bytes(registry: &Distribution) -> u64 {
+    let blobs = registry.data_dir().join("docker/registry/v2/blobs");
+    list_files(&blobs)
+        .iter()
+        .map(|f| std::fs::metadata(blobs.join(f)).unwrap().len())
+        .sum()
+}
+
+#[test]
+fn a_new_tag_pushed_with_base_uploads_only_packs_the_base_lacks_and_lists_the_base_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Distribution::start(&dir.path().join("registry"));
+    let db = synthetic_db(dir.path(), 3000, 4);
+    let first = json_of(push_with(&registry, dir.path(), &db, &["--tag", "v1"]));
+    let first_bytes = first["remote"]["uploaded_bytes"].as_u64().unwrap();
+    registry.settle();
+    let (uploads, stored) = (registry.uploads(), stored_blob_bytes(&registry));
+
+    change_one_percent(&db);
+    let second = json_of(push_with(
+        &registry,
+        dir.path(),
+        &db,
+        &["--tag", "v2", "--base", "v1"],
+    ));
+    registry.settle();
+    let uploaded = &second["remote"];
+    let sent = uploaded["uploaded_bytes"].as_u64().unwrap();
+    assert!(
+        sent * 20 <= first_bytes,
+        "v2 uploaded {sent} bytes of v1's {first_bytes}: {second:#}"
+    );
+    // The registry saw as many uploads as reported, and grew by about as
+    // many bytes (plus the manifest).
+    assert_eq!(
+        registry.uploads() - uploads,
+        uploaded["uploaded"].as_u64().unwrap() as usize
+    );
+    let grown = stored_blob_bytes(&registry) - stored;
+    assert!(
+        grown >= sent && grown * 20 <= stored,
+        "the registry's blobs grew by {grown} bytes (of {stored}); the push reported {sent}"
+    );
+
+    // v2 lists the v1 packs it reuses (first, in v1's order), then its own.
+    let (v1, v2) = (
+        packs(&manifest(&registry, "v1")),
+        packs(&manifest(&registry, "v2")),
+    );
+    let reused = uploaded["reused_packs"].as_u64().unwrap() as usize;
+    assert!(reused >= 1, "{second:#}");
+    assert!(v2[..reused].iter().all(|p| v1.contains(p)), "{v1:?} {v2:?}");
+    assert!(
+        v2[reused..].iter().all(|p| !v1.contains(p)),
+        "{v1:?} {v2:?}"
+    );
+    let reused_bytes: u64 = manifest(&registry, "v2")["layers"].as_array().unwrap()[..reused]
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(uploaded["reused_bytes"].as_u64(), Some(reused_bytes));
+
+    let out = dir.path().join("pulled-v2.db");
+    json_of(remote(
+        &registry,
+        dir.path(),
+        &["pull", "--ref", "v2", "--out-db", s(&out), "--json"],
+    ));
+    assert_restored(&out, &db);
+}
+
+#[test]
+fn a_base_that_names_nothing_fails_before_any_upload_and_needs_a_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Distribution::start(&dir.path().join("registry"));
+    let db = synthetic_db(dir.path(), 100, 5);
+    let out = push_with(
+        &registry,
+        dir.path(),
+        &db,
+        &["--tag", "v2", "--base", "nosuch"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let repository = format!("{}/mache/{SCOPE}", registry.name());
+    assert!(
+        stderr.contains("nosuch") && stderr.contains(&repository),
+        "{stderr}"
+    );
+    registry.settle();
+    assert_eq!(registry.uploads(), 0, "no silent full upload");
+    assert_eq!(registry.count("PUT", "/manifests/"), 0);
+
+    // A local push has no bundle to reuse packs of.
+    let local = dir.path().join("local");
+    let out = bin()
+        .args(["push", "--db", s(&db), s(&local), "--base", "v1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--remote"));
 }

@@ -192,6 +192,14 @@ pub struct PushArgs {
     /// registries), or auto: v1 where the registry takes its digests.
     #[arg(long, value_enum, default_value = "auto")]
     pub layout: crate::registry::Layout,
+    /// An earlier bundle of the registry repository (a tag or a sha256:
+    /// manifest digest) whose packs this push may reuse, besides those of
+    /// the bundle the tag names: pushing a new tag uploads only packs of
+    /// chunks the base lacks. Repeatable; each must exist (exit 5). It
+    /// matters for the packed layout (build-cache/v1 skips every chunk the
+    /// registry has anyway). Needs a registry.
+    #[arg(long = "base", value_name = "REF")]
+    pub bases: Vec<String>,
 }
 
 #[derive(Debug, Args)]

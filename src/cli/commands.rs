@@ -16,7 +16,7 @@ use crate::config::{self, ProcessEnv, Settings};
 use crate::error::Error;
 use crate::registry::auth::{CredentialSources, Secret};
 use crate::registry::client::Timeouts;
-use crate::registry::{RegistryStore, RemoteSettings};
+use crate::registry::{RegistryStore, RemoteSettings, UploadOptions};
 use crate::store::disk_cache::DEFAULT_CAPACITY;
 use crate::store::{BundleStore, LocalStore};
 
@@ -133,13 +133,25 @@ fn push(settings: &Settings, args: PushArgs, progress: bool) -> Result<()> {
     let registry = remote_settings(settings, &args.remote, false)?
         .map(|remote| RegistryStore::open(&remote))
         .transpose()?;
+    if registry.is_none() && !args.bases.is_empty() {
+        return Err(Error::Usage(
+            "--base names a bundle of a registry: give --remote (or `remote` in the config)".into(),
+        )
+        .into());
+    }
     let report = bundle::push(&store, &opts)?;
     let uploaded = match &registry {
         Some(registry) => {
             let bundle = store.resolve(&report.lockfile_hash.to_prefixed())?;
+            let options = UploadOptions {
+                tag: &opts.tag,
+                layout: args.layout,
+                bases: &args.bases,
+                progress: opts.progress,
+            };
             Some((
                 registry.describe(),
-                registry.upload(&store, &bundle, &opts.tag, args.layout, opts.progress)?,
+                registry.upload(&store, &bundle, &options)?,
             ))
         }
         None => None,

@@ -27,6 +27,8 @@ pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport
                 "uploaded": u.uploaded,
                 "uploaded_bytes": u.uploaded_bytes,
                 "present": u.present,
+                "reused_packs": u.reused_packs,
+                "reused_bytes": u.reused_bytes,
                 "manifest": u.manifest_digest,
                 "manifest_unchanged": u.manifest_unchanged,
             })
@@ -83,8 +85,12 @@ pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport
         } else {
             "tagged"
         };
+        let reused = match u.reused_packs {
+            0 => String::new(),
+            n => format!(" ({n} packs reused, {})", mb(u.reused_bytes)),
+        };
         println!(
-            "registry {repo} ({}): {} uploaded ({}), {} already present; manifest {} {manifest} {}",
+            "registry {repo} ({}): {} uploaded ({}), {} already present{reused}; manifest {} {manifest} {}",
             u.layout,
             u.uploaded,
             mb(u.uploaded_bytes),

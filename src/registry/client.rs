@@ -283,19 +283,62 @@ impl Client {
                 Ok(response) => {
                     return Err(failure(&self.registry(), &method, &url, response).await);
                 }
-                Err(e) => (
-                    None,
-                    Error::Unreachable {
-                        registry: self.registry(),
-                        reason: describe_transport_error(&e),
-                    },
-                ),
+                Err(e) => {
+                    if let Some(local) = BodyError::find(&e) {
+                        return Err(local);
+                    }
+                    (
+                        None,
+                        Error::Unreachable {
+                            registry: self.registry(),
+                            reason: describe_transport_error(&e),
+                        },
+                    )
+                }
             };
             tracing::debug!("{error}; retrying");
             retry.pause(after, error, &self.counters).await?;
         }
     }
 }
+
+/// The failure of a request body streamed from local data (an object that
+/// is missing or fails its check as it is read), as the body stream's
+/// error. [`Client::send`] gives the error inside back at once: it is not
+/// the network's, so another attempt would not help.
+#[derive(Debug)]
+pub struct BodyError(std::sync::Mutex<Option<Error>>);
+
+impl BodyError {
+    /// Wraps the error that stopped the body.
+    pub fn new(error: Error) -> BodyError {
+        BodyError(std::sync::Mutex::new(Some(error)))
+    }
+
+    /// The error a body stream stopped with, if `e` stands for one.
+    fn find(e: &reqwest::Error) -> Option<Error> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(error) = cause {
+            if let Some(body) = error.downcast_ref::<BodyError>() {
+                let taken = body.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+                return Some(taken.unwrap_or_else(|| Error::Remote(body.to_string())));
+            }
+            cause = error.source();
+        }
+        None
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(error) => write!(f, "{error}"),
+            None => write!(f, "a request body failed"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
 
 /// The attempts of one call: exponential backoff with full jitter, or the
 /// registry's `Retry-After`, until the call's time budget is spent.
@@ -489,6 +532,7 @@ fn install_crypto_provider() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::Hash;
 
     #[test]
     fn the_oci_error_envelope_gives_code_and_message() {
@@ -498,6 +542,52 @@ mod tests {
         assert_eq!(message, "manifest invalid (http: request body too large)");
         assert_eq!(envelope(b"").0, None);
         assert_eq!(envelope(b"<html>oops</html>").1, "<html>oops</html>");
+    }
+
+    #[test]
+    fn a_body_stream_that_fails_locally_fails_the_call_at_once() {
+        // A server that takes whatever is sent and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                std::thread::spawn(move || std::io::copy(&mut stream, &mut std::io::sink()));
+            }
+        });
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let auth = Auth::new(super::super::auth::Credentials::Anonymous);
+        let client = Client::new(
+            base,
+            "mache/test".into(),
+            auth,
+            Timeouts::default(),
+            runtime.handle().clone(),
+        )
+        .unwrap();
+        let missing = Hash::of(b"gone");
+        let sender = client.clone();
+        let result = client.run(async move {
+            let url = sender.url("blobs/uploads/x");
+            let body = || {
+                let pieces: [std::result::Result<Vec<u8>, BodyError>; 2] = [
+                    Ok(vec![0; 1000]),
+                    Err(BodyError::new(Error::ObjectMissing {
+                        hash: missing,
+                        store: "the store".into(),
+                    })),
+                ];
+                reqwest::Body::wrap_stream(futures_util::stream::iter(pieces))
+            };
+            sender.send(Method::PUT, url, |r| r.body(body())).await
+        });
+        let err = result.map(|_| ()).unwrap_err();
+        assert!(
+            matches!(&err, Error::ObjectMissing { hash, .. } if *hash == missing),
+            "{err}"
+        );
+        assert_eq!(client.counters().retries.load(Ordering::Relaxed), 0);
+        assert_eq!(client.counters().requests.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub mod packed;
 mod upload;
 mod verify;
 
-pub use self::upload::{Layout, UploadReport};
+pub use self::upload::{Layout, UploadOptions, UploadReport};
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

@@ -19,9 +19,9 @@
 //! The manifest lists the packs, then the index, as layers. A lazy read is
 //! an HTTP `Range` GET of a chunk's bytes from its pack, BLAKE3-checked
 //! against the lockfile before anything is cached or served. A re-push
-//! reuses the packs of the bundle the tag named that still hold needed
-//! chunks, and packs only the new chunks: an unchanged re-push uploads
-//! nothing, a small change uploads a small pack.
+//! reuses the packs of the bundle the tag named (and of each `--base`)
+//! that still hold needed chunks, and packs only the new chunks: an
+//! unchanged re-push uploads nothing, a small change uploads a small pack.
 
 use std::collections::{HashMap, HashSet};
 

@@ -1,56 +1,104 @@
 //! Pushing a bundle of the local store to a registry, in either layout:
 //! HEAD before each upload, blobs before the manifest, the manifest last.
+//!
+//! A pack is never held whole in memory: a first pass over its objects
+//! computes its SHA-256 and size (the digest its upload is announced
+//! under), then its body streams the objects from the local store, each
+//! verified as it is read, the stream rebuilt for each attempt.
 
 use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
+use sha2::Digest as _;
 
-use super::client::{self, Client, header};
-use super::manifest::{MANIFEST_TYPE, Manifest, v1_digest};
+use super::client::{self, BodyError, Client, header};
+use super::manifest::{MANIFEST_TYPE, Manifest, hash_of_digest, v1_digest};
 use super::{LAYOUT_PACKED, LAYOUT_V1, RegistryStore, packed, sha256_digest};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::store::local::check_ref_name;
 use crate::store::sizes::SizeIndex;
-use crate::store::{Bundle, BundleStore, LocalStore};
+use crate::store::{Bundle, BundleStore, ChunkSource, LocalStore};
+
+/// A streamed pack body is read from the local store in pieces of about
+/// this many bytes (a larger object is a piece of its own)...
+const STREAM_PIECE: u64 = 1 << 20;
+/// ...this many pieces ahead of what the connection has taken.
+const STREAM_AHEAD: usize = 2;
+
+/// How to upload a bundle.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadOptions<'a> {
+    /// The tag to set, besides `latest`.
+    pub tag: &'a str,
+    pub layout: Layout,
+    /// Other bundles of the repository (tags or `sha256:` manifest digests)
+    /// whose packs the packed layout may reuse, besides those of the bundle
+    /// the tag names. Each must exist.
+    pub bases: &'a [String],
+    /// Show a progress bar.
+    pub progress: bool,
+}
 
 /// What an upload did.
 #[derive(Debug, Clone, Default)]
 pub struct UploadReport {
     /// The layout pushed.
     pub layout: &'static str,
+    /// Blobs sent, and their bytes.
     pub uploaded: usize,
     pub uploaded_bytes: u64,
+    /// Blobs not sent: the registry had them, or (packs) an earlier bundle
+    /// lists them.
     pub present: usize,
+    /// Of those, packs of earlier bundles the manifest lists again (the
+    /// packed layout), and their bytes.
+    pub reused_packs: usize,
+    pub reused_bytes: u64,
     /// The manifest's digest, and whether the tag already named it.
     pub manifest_digest: String,
     pub manifest_unchanged: bool,
 }
 
 impl RegistryStore {
-    /// Uploads a bundle of the local store and tags it `tag` and `latest`
-    /// (as a local push does), in `layout`: every blob the registry lacks
-    /// (HEAD first), the config and index blobs, then the manifest, by each
-    /// tag that does not already name it. `Layout::Auto` picks build-cache/v1
-    /// when the registry takes its digests, else the packed layout.
+    /// Uploads a bundle of the local store and tags it `options.tag` and
+    /// `latest` (as a local push does), in `options.layout`: every blob the
+    /// registry lacks (HEAD first), the config and index blobs, then the
+    /// manifest, by each tag that does not already name it. `Layout::Auto`
+    /// keeps the layout of the bundle the tag (else the first base) names,
+    /// else picks build-cache/v1 when the registry takes its digests, else
+    /// the packed layout. A base that names nothing is an error
+    /// ([`Error::BaseMissing`]) before anything is sent.
     pub fn upload(
         &self,
         local: &LocalStore,
         bundle: &Bundle,
-        tag: &str,
-        layout: Layout,
-        progress: bool,
+        options: &UploadOptions,
     ) -> Result<UploadReport> {
-        check_ref_name(tag)?;
+        check_ref_name(options.tag)?;
+        let bases = options
+            .bases
+            .iter()
+            .map(|reference| self.base_manifest(reference))
+            .collect::<Result<Vec<_>>>()?;
+        // The bundle being replaced is only a hint: if it cannot be read,
+        // nothing of it is reused.
+        let replaced = self
+            .get_manifest(options.tag)
+            .and_then(|bytes| Manifest::parse(&bytes))
+            .inspect_err(|e| tracing::debug!("nothing to reuse from {}: {e}", options.tag))
+            .ok();
         let chunk_lens = chunk_lens(local, bundle)?;
-        let (packed, probe) = match layout {
+        let (packed, probe) = match options.layout {
             Layout::V1 => (false, Probe::Present),
             Layout::Packed => (true, Probe::Present),
-            // The layout of the bundle the tag names, else a probe.
-            Layout::Auto => match self.layout_of(tag) {
-                Some(packed) => (packed, Probe::Present),
+            Layout::Auto => match replaced.iter().chain(&bases).next() {
+                Some(manifest) => (manifest.is_packed(), Probe::Present),
                 None => match self.probe_v1_digests(&bundle.lockfile_bytes)? {
                     Probe::Refused => (true, Probe::Refused),
                     probe => (false, probe),
@@ -58,9 +106,22 @@ impl RegistryStore {
             },
         };
         let mut report = if packed {
-            self.upload_packed(local, bundle, &chunk_lens, tag, progress)?
+            let mut previous = replaced
+                .map(|manifest| {
+                    self.pack_locations(&manifest).unwrap_or_else(|e| {
+                        tracing::debug!("no packs to reuse from {}: {e}", options.tag);
+                        HashMap::new()
+                    })
+                })
+                .unwrap_or_default();
+            for base in &bases {
+                for (hash, location) in self.pack_locations(base)? {
+                    previous.entry(hash).or_insert(location);
+                }
+            }
+            self.upload_packed(local, bundle, &chunk_lens, &previous, options)?
         } else {
-            self.upload_v1(local, bundle, &chunk_lens, tag, progress)?
+            self.upload_v1(local, bundle, &chunk_lens, options)?
         };
         if let Probe::Sent(bytes) = probe {
             // The probe uploaded the lockfile; the push then found it there.
@@ -72,10 +133,21 @@ impl RegistryStore {
         Ok(report)
     }
 
-    /// Whether the bundle `tag` names is packed; `None` if there is none.
-    fn layout_of(&self, tag: &str) -> Option<bool> {
-        let bytes = self.get_manifest(tag).ok()?;
-        Manifest::parse(&bytes).ok().map(|m| m.is_packed())
+    /// The manifest of `--base reference` (a tag or a `sha256:` manifest
+    /// digest); [`Error::BaseMissing`] if the repository has none.
+    fn base_manifest(&self, reference: &str) -> Result<Manifest> {
+        if !reference.starts_with("sha256:") {
+            check_ref_name(reference)?;
+        } else if hash_of_digest(reference).is_err() {
+            return Err(Error::BadSetting(format!(
+                "--base {reference}: a manifest digest is sha256: and 64 hex digits"
+            )));
+        }
+        let bytes = self.get_manifest(reference).map_err(|e| match e {
+            Error::RefMissing { name, store } => Error::BaseMissing { name, store },
+            e => e,
+        })?;
+        Manifest::parse(&bytes)
     }
 
     /// Whether the registry takes build-cache/v1 digests (BLAKE3 behind
@@ -83,14 +155,14 @@ impl RegistryStore {
     /// A registry that checks SHA-256 answers `400 DIGEST_INVALID`.
     fn probe_v1_digests(&self, lockfile_bytes: &[u8]) -> Result<Probe> {
         let client = self.client.clone();
-        let bytes = lockfile_bytes.to_vec();
+        let bytes = Bytes::copy_from_slice(lockfile_bytes);
         let digest = v1_digest(&Hash::of(&bytes));
         let probe = self.client.run(async move {
             if has_blob(&client, &digest).await? {
                 return Ok(Probe::Present);
             }
             let len = bytes.len() as u64;
-            match put_blob(&client, &digest, bytes).await {
+            match put_blob(&client, &digest, &Payload::Bytes(bytes)).await {
                 Ok(()) => Ok(Probe::Sent(len)),
                 Err(Error::RegistryError {
                     status: 400, code, ..
@@ -107,18 +179,18 @@ impl RegistryStore {
         Ok(probe)
     }
 
-    /// The packed layout: the packs of the bundle the tag named that hold
-    /// needed chunks are kept; only the other chunks are packed and sent.
+    /// The packed layout: the packs of earlier bundles (`previous`: where
+    /// each of their chunks is) that hold needed chunks are listed again;
+    /// only the other chunks are packed and sent.
     fn upload_packed(
         &self,
         local: &LocalStore,
         bundle: &Bundle,
         chunk_lens: &[u64],
-        tag: &str,
-        progress: bool,
+        previous: &HashMap<Hash, packed::Location>,
+        options: &UploadOptions,
     ) -> Result<UploadReport> {
         let chunks = packed::distinct_chunks(&bundle.lockfile, chunk_lens);
-        let previous = self.previous_packs(tag);
         // Old packs still used, in their old order, then the new ones.
         let mut kept: Vec<(String, u64)> = Vec::new();
         let mut fresh: Vec<(Hash, u64)> = Vec::new();
@@ -135,11 +207,11 @@ impl RegistryStore {
         let plan = packed::plan(&fresh);
         let blobs = plan
             .iter()
-            .map(|pack| Blob::Pack(pack.iter().map(|(h, _)| *h).collect()))
+            .map(|pack| Blob::Pack(pack.as_slice().into()))
             .collect();
-        // Packs are up to 32 MiB in memory each: fewer at once.
+        // A pack in flight holds a few pieces of it, not all of it.
         let (mut report, new_packs) =
-            self.upload_blobs(local, blobs, self.jobs.min(4), progress)?;
+            self.upload_blobs(local, blobs, self.jobs, options.progress)?;
         let mut packs = kept.clone();
         packs.extend(new_packs.iter().cloned());
         let number = |digest: &str| {
@@ -149,7 +221,7 @@ impl RegistryStore {
                 .expect("a listed pack")
         };
         let mut located: HashMap<Hash, (usize, u64, u64)> = HashMap::new();
-        for (hash, location) in &previous {
+        for (hash, location) in previous {
             if let Some(i) = packs.iter().position(|(d, _)| *d == location.pack) {
                 located.insert(*hash, (i, location.offset, location.len));
             }
@@ -178,49 +250,45 @@ impl RegistryStore {
                 .and_then(|s| serde_json::from_slice(&s.to_json()).ok()),
         };
         let index_bytes = serde_json::to_vec(&index).expect("a pack index serializes");
+        let index_descriptor = (sha256_digest(&index_bytes), index_bytes.len() as u64);
         let metadata = vec![
             Blob::Sha256(bundle.lockfile_bytes.clone()),
-            Blob::Sha256(index_bytes.clone()),
+            Blob::Sha256(index_bytes),
         ];
         let (more, _) = self.upload_blobs(local, metadata, 2, false)?;
         report.uploaded += more.uploaded;
         report.uploaded_bytes += more.uploaded_bytes;
         report.present += more.present + kept.len();
+        report.reused_packs = kept.len();
+        report.reused_bytes = kept.iter().map(|(_, size)| size).sum();
         let manifest = Manifest::for_packed(
             &bundle.lockfile,
             &bundle.lockfile_bytes,
             &packs,
-            (sha256_digest(&index_bytes), index_bytes.len() as u64),
+            index_descriptor,
         );
         let bytes = manifest.to_bytes();
         let digest = sha256_digest(&bytes);
-        self.tag_manifest(report, tag, bytes, &digest)
+        self.tag_manifest(report, options.tag, bytes, &digest)
     }
 
-    /// Where the packed bundle `tag` names keeps each chunk; empty when
-    /// there is no such bundle (or it is not packed, or cannot be read).
-    fn previous_packs(&self, tag: &str) -> HashMap<Hash, packed::Location> {
-        let found = self.get_manifest(tag).and_then(|bytes| {
-            let manifest = Manifest::parse(&bytes)?;
-            if !manifest.is_packed() {
-                return Ok(HashMap::new());
-            }
-            let bundle = self.packed_bundle_of(&manifest)?;
-            let (packs, index) = manifest.packs();
-            let index = index.expect("a parsed packed manifest has its index");
-            let index_bytes = self.get_sha256_blob("pack index", &index.digest, index.size)?;
-            packed::PackIndex::check(
-                &index_bytes,
-                &packs,
-                &bundle.lockfile,
-                &bundle.lockfile_hash,
-            )
-            .map(|p| p.locations)
-        });
-        found.unwrap_or_else(|e| {
-            tracing::debug!("no packs to reuse from {tag}: {e}");
-            HashMap::new()
-        })
+    /// Where the packed bundle of `manifest` keeps each chunk (empty for a
+    /// build-cache/v1 bundle), its lockfile and pack index checked.
+    fn pack_locations(&self, manifest: &Manifest) -> Result<HashMap<Hash, packed::Location>> {
+        if !manifest.is_packed() {
+            return Ok(HashMap::new());
+        }
+        let bundle = self.packed_bundle_of(manifest)?;
+        let (packs, index) = manifest.packs();
+        let index = index.expect("a parsed packed manifest has its index");
+        let index_bytes = self.get_sha256_blob("pack index", &index.digest, index.size)?;
+        packed::PackIndex::check(
+            &index_bytes,
+            &packs,
+            &bundle.lockfile,
+            &bundle.lockfile_hash,
+        )
+        .map(|p| p.locations)
     }
 
     /// build-cache/v1: one layer per source.
@@ -229,8 +297,7 @@ impl RegistryStore {
         local: &LocalStore,
         bundle: &Bundle,
         chunk_lens: &[u64],
-        tag: &str,
-        progress: bool,
+        options: &UploadOptions,
     ) -> Result<UploadReport> {
         let sizes_json = bundle.sizes.as_ref().map(SizeIndex::to_json);
         let sizes_blob = sizes_json
@@ -257,8 +324,8 @@ impl RegistryStore {
         if let Some(json) = sizes_json {
             blobs.push(Blob::Bytes(json));
         }
-        let (report, _) = self.upload_blobs(local, blobs, self.jobs, progress)?;
-        self.tag_manifest(report, tag, manifest_bytes, &digest)
+        let (report, _) = self.upload_blobs(local, blobs, self.jobs, options.progress)?;
+        self.tag_manifest(report, options.tag, manifest_bytes, &digest)
     }
 
     /// PUTs the manifest by `tag` and `latest` (as a local push moves both),
@@ -406,23 +473,112 @@ enum Blob {
     Bytes(Vec<u8>),
     /// Bytes under their true SHA-256.
     Sha256(Vec<u8>),
-    /// Objects of the local store concatenated, under the pack's SHA-256.
-    Pack(Vec<Hash>),
+    /// Objects of the local store (hash, length) concatenated, under the
+    /// pack's SHA-256.
+    Pack(Arc<[(Hash, u64)]>),
 }
 
-/// Reads verified objects of the local store off the async threads.
-async fn read_objects(local: &LocalStore, hashes: Vec<Hash>) -> Result<Vec<u8>> {
-    let local = local.clone();
-    tokio::task::spawn_blocking(move || {
-        let chunks = local.chunks();
-        let mut bytes = Vec::new();
-        for hash in &hashes {
-            bytes.extend_from_slice(&chunks.get_verified(hash)?);
+/// The body of a blob upload, built again for each attempt.
+enum Payload {
+    /// Bytes in memory, shared (not copied) by the attempts.
+    Bytes(Bytes),
+    /// A pack of `size` bytes, streamed from the local store.
+    Pack {
+        local: LocalStore,
+        objects: Arc<[(Hash, u64)]>,
+        size: u64,
+    },
+}
+
+impl Payload {
+    fn len(&self) -> u64 {
+        match self {
+            Payload::Bytes(bytes) => bytes.len() as u64,
+            Payload::Pack { size, .. } => *size,
         }
-        Ok(bytes)
-    })
-    .await
-    .expect("reading local objects does not panic")
+    }
+
+    /// A fresh body: the bytes, or a stream reading the pack's objects in
+    /// pieces of about [`STREAM_PIECE`] bytes, [`STREAM_AHEAD`] pieces
+    /// ahead, each object verified as it is read. An object missing or
+    /// changed since the first pass ends the stream with that error, which
+    /// [`Client::send`] returns at once (see [`BodyError`]).
+    fn body(&self) -> reqwest::Body {
+        match self {
+            Payload::Bytes(bytes) => reqwest::Body::from(bytes.clone()),
+            Payload::Pack { local, objects, .. } => {
+                reqwest::Body::wrap_stream(pack_stream(local.clone(), objects.clone()))
+            }
+        }
+    }
+}
+
+/// The bytes of a pack's objects, read in pieces off the async threads.
+fn pack_stream(
+    local: LocalStore,
+    objects: Arc<[(Hash, u64)]>,
+) -> impl futures_util::Stream<Item = std::result::Result<Vec<u8>, BodyError>> + Send + 'static {
+    futures_util::stream::iter(pieces(&objects))
+        .map(move |range| {
+            let (local, objects) = (local.clone(), objects.clone());
+            off_thread(move || read_objects(local.chunks().as_ref(), &objects[range]))
+        })
+        .buffered(STREAM_AHEAD)
+        .map(|piece| piece.map_err(BodyError::new))
+}
+
+/// Cuts `objects` into runs of about [`STREAM_PIECE`] bytes.
+fn pieces(objects: &[(Hash, u64)]) -> Vec<Range<usize>> {
+    let mut pieces = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, (_, len)) in objects.iter().enumerate() {
+        size += len;
+        if size >= STREAM_PIECE || i + 1 == objects.len() {
+            pieces.push(start..i + 1);
+            (start, size) = (i + 1, 0);
+        }
+    }
+    pieces
+}
+
+/// Runs a blocking read of the local store off the async threads.
+async fn off_thread<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(read)
+        .await
+        .expect("reading local objects does not panic")
+}
+
+/// The verified objects `objects` concatenated.
+fn read_objects(chunks: &dyn ChunkSource, objects: &[(Hash, u64)]) -> Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(objects.iter().map(|(_, len)| *len as usize).sum());
+    for (hash, _) in objects {
+        bytes.extend_from_slice(&chunks.get_verified(hash)?);
+    }
+    Ok(bytes)
+}
+
+/// The first pass over a pack: its SHA-256 digest and size, from each
+/// object read, verified and hashed in turn (none kept). An object whose
+/// length is not the one planned (its offset in the pack index depends on
+/// it) is an error.
+fn hash_pack(chunks: &dyn ChunkSource, objects: &[(Hash, u64)]) -> Result<(String, u64)> {
+    let mut sha256 = sha2::Sha256::new();
+    let mut size = 0;
+    for (hash, len) in objects {
+        let bytes = chunks.get_verified(hash)?;
+        if bytes.len() as u64 != *len {
+            return Err(Error::BadChunk {
+                hash: *hash,
+                reason: format!(
+                    "it is {} bytes, the bundle's sizes index says {len}",
+                    bytes.len()
+                ),
+            });
+        }
+        sha256.update(&bytes);
+        size += len;
+    }
+    Ok((format!("sha256:{}", hex::encode(sha256.finalize())), size))
 }
 
 /// Whether the registry has blob `digest`.
@@ -437,32 +593,57 @@ async fn upload_blob(
     local: &LocalStore,
     blob: Blob,
 ) -> Result<(String, u64, bool)> {
-    let (digest, bytes) = match blob {
+    let (digest, payload) = match blob {
         Blob::Object(hash) => {
             let digest = v1_digest(&hash);
+            let len = local.object_len(&hash).unwrap_or_default();
             if has_blob(client, &digest).await? {
-                let size = local.object_len(&hash).unwrap_or_default();
-                return Ok((digest, size, false));
+                return Ok((digest, len, false));
             }
-            (digest, read_objects(local, vec![hash]).await?)
+            let local = local.clone();
+            let bytes =
+                off_thread(move || read_objects(local.chunks().as_ref(), &[(hash, len)])).await?;
+            (digest, Payload::Bytes(bytes.into()))
         }
-        Blob::Bytes(bytes) => (v1_digest(&Hash::of(&bytes)), bytes),
-        Blob::Sha256(bytes) => (sha256_digest(&bytes), bytes),
-        Blob::Pack(hashes) => {
-            let bytes = read_objects(local, hashes).await?;
-            (sha256_digest(&bytes), bytes)
+        Blob::Bytes(bytes) => (v1_digest(&Hash::of(&bytes)), Payload::Bytes(bytes.into())),
+        Blob::Sha256(bytes) => (sha256_digest(&bytes), Payload::Bytes(bytes.into())),
+        Blob::Pack(objects) => {
+            let (source, list) = (local.clone(), objects.clone());
+            let (digest, size) =
+                off_thread(move || hash_pack(source.chunks().as_ref(), &list)).await?;
+            let local = local.clone();
+            (
+                digest,
+                Payload::Pack {
+                    local,
+                    objects,
+                    size,
+                },
+            )
         }
     };
-    let size = bytes.len() as u64;
+    let size = payload.len();
     if has_blob(client, &digest).await? {
         return Ok((digest, size, false));
     }
-    put_blob(client, &digest, bytes).await?;
-    Ok((digest, size, true))
+    match put_blob(client, &digest, &payload).await {
+        // Our bytes, verified as they were read, did not hash to the digest
+        // the first pass found.
+        Err(Error::RegistryError {
+            status: 400, code, ..
+        }) if code == "DIGEST_INVALID" && matches!(payload, Payload::Pack { .. }) => {
+            Err(Error::DigestRefused {
+                registry: client.registry(),
+                digest,
+            })
+        }
+        Err(e) => Err(e),
+        Ok(()) => Ok((digest, size, true)),
+    }
 }
 
-/// Uploads `bytes` as blob `digest`: POST, then PUT to the `Location`.
-async fn put_blob(client: &Client, digest: &str, bytes: Vec<u8>) -> Result<()> {
+/// Uploads `payload` as blob `digest`: POST, then PUT to the `Location`.
+async fn put_blob(client: &Client, digest: &str, payload: &Payload) -> Result<()> {
     let start = client
         .send(Method::POST, client.url("blobs/uploads/"), |r| {
             r.header(CONTENT_TYPE, header("application/octet-stream"))
@@ -492,7 +673,8 @@ async fn put_blob(client: &Client, digest: &str, bytes: Vec<u8>) -> Result<()> {
     let response = client
         .send(Method::PUT, url, |r| {
             r.header(CONTENT_TYPE, header("application/octet-stream"))
-                .body(bytes.clone())
+                .header(CONTENT_LENGTH, payload.len())
+                .body(payload.body())
         })
         .await?;
     expect_created(client, response).await
@@ -505,4 +687,61 @@ async fn expect_created(client: &Client, response: reqwest::Response) -> Result<
     }
     let url = response.url().clone();
     Err(client::failure(&client.registry(), &Method::PUT, &url, response).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::Object;
+
+    #[test]
+    fn a_pack_streams_in_pieces_of_about_a_mebibyte_covering_every_object() {
+        let h = |i: u8| Hash::of(&[i]);
+        let objects = [
+            (h(1), 600 << 10),
+            (h(2), 600 << 10),
+            (h(3), 10),
+            (h(4), 3 << 20),
+            (h(5), 10),
+        ];
+        assert_eq!(pieces(&objects), [0..2, 2..4, 4..5]);
+        assert!(pieces(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_streamed_pack_is_what_the_first_pass_hashed_and_a_changed_object_stops_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(dir.path().join("store")).unwrap();
+        let made: Vec<Object> = (0..40u32)
+            .map(|i| Object::new(vec![i as u8; 100_000 + i as usize]))
+            .collect();
+        store.put_all(&made.iter().collect::<Vec<_>>()).unwrap();
+        let objects: Arc<[(Hash, u64)]> = made
+            .iter()
+            .map(|o| (o.hash(), o.bytes().len() as u64))
+            .collect();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let stream = |store: &LocalStore| {
+            let pieces = pack_stream(store.clone(), objects.clone());
+            runtime.block_on(pieces.collect::<Vec<_>>())
+        };
+
+        let (digest, size) = hash_pack(store.chunks().as_ref(), &objects).unwrap();
+        let streamed: Vec<u8> = stream(&store)
+            .into_iter()
+            .map(|piece| piece.unwrap())
+            .collect::<Vec<_>>()
+            .concat();
+        assert_eq!(streamed.len() as u64, size);
+        assert_eq!(sha256_digest(&streamed), digest);
+
+        let path = store.object_path(&objects[25].0);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"changed").unwrap();
+        let failed = stream(&store)
+            .into_iter()
+            .find_map(|piece| piece.err())
+            .expect("the changed object stops the stream");
+        assert!(failed.to_string().contains("corrupt object"), "{failed}");
+    }
 }
