@@ -39,7 +39,13 @@ until curl -sf "http://127.0.0.1:$port/v2/" >/dev/null; do kill -0 $registry; sl
 remote=(--remote "http://127.0.0.1:$port" --scope bench/registry)
 requests() { grep -c "\"$1 /v2/mache/bench/registry/$2" "$work/registry/access.log" || true; }
 mount_fresh() { rm -rf "$XDG_CACHE_HOME"; "$bin" -q mount --daemon "${remote[@]}" "$mnt"; }
-unmount() { "$bin" -q unmount "$mnt"; }
+# Unmounts, then waits for the daemon to exit (a prefetch stops between batches).
+unmount() {
+  local daemons
+  daemons=$(pgrep -f "mount .*$mnt" || true)
+  "$bin" -q unmount "$mnt"
+  for pid in $daemons; do while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done; done
+}
 
 python3 scripts/make-sample-db.py --synthetic "$n" "$work/synth.db" --write-tree "$work/tree" 2>/dev/null
 push_json() { "$bin" -q push --db "$work/synth.db" "$work/local" "${remote[@]}" --json; }

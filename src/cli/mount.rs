@@ -10,7 +10,7 @@
 //! that the mountpoint answers as a FUSE filesystem before it returns.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -145,6 +145,7 @@ fn mount_foreground(
         threads: args.threads,
         prefetch: args.prefetch,
         prefetch_parallelism: 4,
+        progress: !quiet && notify.is_none() && std::io::stderr().is_terminal(),
     };
     let shown = args.mountpoint.display().to_string();
     fs::serve(cachefs, &options, || {

@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub prefetch: bool,
     /// Chunks fetched at once by prefetch.
     pub prefetch_parallelism: usize,
+    /// Draw the prefetch's progress on stderr (a foreground mount on a terminal).
+    pub progress: bool,
 }
 
 /// The filesystem type `statfs` reports for FUSE mounts.
@@ -256,6 +258,7 @@ pub fn serve(fs: CacheFs, options: &ServeOptions, ready: impl FnOnce()) -> Resul
         start_prefetch(
             fs.clone(),
             options.prefetch_parallelism.max(1),
+            options.progress,
             stop.clone(),
         )
     });
@@ -306,6 +309,7 @@ fn watch_signals(mut signals: Signals, mountpoint: &Path, stop: &AtomicBool) {
 fn start_prefetch(
     fs: Arc<CacheFs>,
     parallelism: usize,
+    progress: bool,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
@@ -319,22 +323,47 @@ fn start_prefetch(
             fs.prefetch
                 .total
                 .store(firsts.len() as u64, Ordering::Relaxed);
+            let warmed = Warmed {
+                fs: &fs,
+                bar: progress.then(|| crate::bundle::progress(firsts.len(), "prefetch")),
+            };
             let build_db = || {
                 if !stop.load(Ordering::Relaxed) {
                     let _ = fs.build_db();
                 }
             };
             if fs.content().is_remote() {
-                warm_disk_cache(&fs, &firsts, &stop);
+                warm_disk_cache(&fs, &firsts, &warmed, &stop);
                 build_db();
-                warm_memory(&fs, &firsts, parallelism, &stop);
+                warm_memory(&fs, &firsts, parallelism, None, &stop);
             } else {
-                warm_memory(&fs, &firsts, parallelism, &stop);
+                warm_memory(&fs, &firsts, parallelism, Some(&warmed), &stop);
                 build_db();
+            }
+            if let Some(bar) = warmed.bar {
+                bar.finish_and_clear();
             }
             fs.prefetch.finished.store(true, Ordering::Relaxed);
         })
         .expect("spawning the prefetch thread")
+}
+
+/// Counts warmed chunks: in the status file, and on the progress bar if any.
+struct Warmed<'a> {
+    fs: &'a CacheFs,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Warmed<'_> {
+    fn add(&self, chunks: usize) {
+        self.fs
+            .prefetch
+            .warmed
+            .fetch_add(chunks as u64, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.inc(chunks as u64);
+        }
+    }
 }
 
 /// Bytes of chunks a prefetch asks a remote store for in one go: enough
@@ -345,7 +374,7 @@ const UNKNOWN_CHUNK_LEN: u64 = 64 << 10;
 
 /// Fetches the chunks of sources `firsts` into the disk cache, in batches so
 /// that progress shows and an unmount stops it between batches.
-fn warm_disk_cache(fs: &CacheFs, firsts: &[usize], stop: &AtomicBool) {
+fn warm_disk_cache(fs: &CacheFs, firsts: &[usize], warmed: &Warmed, stop: &AtomicBool) {
     let mut batch = Vec::new();
     let mut bytes = 0;
     for (n, &i) in firsts.iter().enumerate() {
@@ -358,11 +387,7 @@ fn warm_disk_cache(fs: &CacheFs, firsts: &[usize], stop: &AtomicBool) {
             return;
         }
         match fs.content().warm_store(&batch) {
-            Ok(()) => {
-                fs.prefetch
-                    .warmed
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            }
+            Ok(()) => warmed.add(batch.len()),
             Err(e) => tracing::warn!("prefetch: {e}"),
         }
         batch.clear();
@@ -372,10 +397,15 @@ fn warm_disk_cache(fs: &CacheFs, firsts: &[usize], stop: &AtomicBool) {
 
 /// Loads the chunks of sources `firsts` into the memory cache with
 /// `parallelism` threads. Stops early once the memory cache is nearly full,
-/// since warming more would only evict what was warmed. Counts as progress
-/// only where no disk-cache phase did.
-fn warm_memory(fs: &CacheFs, firsts: &[usize], parallelism: usize, stop: &AtomicBool) {
-    let counts = !fs.content().is_remote();
+/// since warming more would only evict what was warmed. Counts progress
+/// in `warmed` if given (where no disk-cache phase did).
+fn warm_memory(
+    fs: &CacheFs,
+    firsts: &[usize],
+    parallelism: usize,
+    warmed: Option<&Warmed>,
+    stop: &AtomicBool,
+) {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let capacity = fs.content().cache().stats().capacity;
     std::thread::scope(|scope| {
@@ -389,8 +419,10 @@ fn warm_memory(fs: &CacheFs, firsts: &[usize], parallelism: usize, stop: &Atomic
                         next.store(firsts.len(), Ordering::Relaxed);
                         break;
                     }
-                    if fs.content().warm(i).is_ok() && counts {
-                        fs.prefetch.warmed.fetch_add(1, Ordering::Relaxed);
+                    if fs.content().warm(i).is_ok()
+                        && let Some(warmed) = warmed
+                    {
+                        warmed.add(1);
                     }
                 }
             });

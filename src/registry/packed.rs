@@ -141,6 +141,20 @@ impl PackIndex {
                 .inspect_err(|e| tracing::warn!("ignoring the pack index's sizes: {e}"))
                 .ok()
         });
+        // The index says each chunk's length twice: they must agree.
+        for (source, entry) in lockfile
+            .sources
+            .iter()
+            .zip(sizes.iter().flat_map(|s| &s.entries))
+        {
+            let located = locations[&source.chunk_hash].len;
+            if located != entry.chunk_len {
+                return Err(bad(format!(
+                    "chunk {} of {:?} is {located} bytes in its pack but {} in the sizes",
+                    source.chunk_hash, source.path, entry.chunk_len
+                )));
+            }
+        }
         Ok(Packed { locations, sizes })
     }
 }
@@ -192,5 +206,100 @@ mod tests {
         let packs = plan(&chunks);
         let shape: Vec<usize> = packs.iter().map(Vec::len).collect();
         assert_eq!(shape, [2, 1, 1, 1]);
+    }
+
+    /// A lockfile of `n` sources with distinct one-byte chunks, and an
+    /// honest index of them in one pack (with sizes): chunk `i` at offset `i`.
+    fn honest(n: u8) -> (Lockfile, Hash, Vec<(String, u64)>, PackIndex) {
+        use crate::lockfile::{Meta, SourceEntry};
+        use crate::store::sizes::SourceSizes;
+        let lockfile = Lockfile {
+            meta: Meta {
+                producer: "mache".into(),
+                producer_version: "test".into(),
+                schema_version: "1".into(),
+                input_processors: Vec::new(),
+                generated_at_ms: 0,
+            },
+            sources: (0..n)
+                .map(|i| SourceEntry {
+                    path: format!("f{i}"),
+                    input_hash: Hash::of(&[i]),
+                    chunk_hash: Hash::of(&[i]),
+                    kind: "raw".into(),
+                })
+                .collect(),
+            topology: Vec::new(),
+            root: Hash::of(b"root"),
+        };
+        let lockfile_hash = Hash::of(b"lockfile");
+        let packs = vec![("sha256:aa".to_string(), u64::from(n))];
+        let sizes = SizeIndex {
+            lockfile_hash,
+            entries: (0..n)
+                .map(|_| SourceSizes {
+                    chunk_len: 1,
+                    content_len: 1,
+                    ast_json_len: None,
+                })
+                .collect(),
+        };
+        let index = PackIndex {
+            format: INDEX_FORMAT.into(),
+            lockfile: lockfile_hash.to_prefixed(),
+            packs: vec!["sha256:aa".into()],
+            chunks: (0..n)
+                .map(|i| (Hash::of(&[i]).to_hex(), 0, u64::from(i), 1))
+                .collect(),
+            sizes: serde_json::from_slice(&sizes.to_json()).ok(),
+        };
+        (lockfile, lockfile_hash, packs, index)
+    }
+
+    #[test]
+    fn an_honest_index_locates_every_chunk_and_a_lying_one_is_refused() {
+        let (lockfile, hash, packs, index) = honest(4);
+        let check = |index: &PackIndex| {
+            PackIndex::check(
+                &serde_json::to_vec(index).unwrap(),
+                &packs,
+                &lockfile,
+                &hash,
+            )
+        };
+        let packed = check(&index).unwrap();
+        assert_eq!(packed.locations.len(), 4);
+        assert!(packed.sizes.is_some());
+        let lie = |change: &dyn Fn(&mut PackIndex), needle: &str| {
+            let mut lying = index.clone();
+            change(&mut lying);
+            let err = check(&lying).unwrap_err();
+            assert!(matches!(err, Error::BadManifest(_)), "{err}");
+            assert!(err.to_string().contains(needle), "{needle:?} not in {err}");
+        };
+        lie(&|i| i.chunks[3].2 = 4, "lies past the end of its pack");
+        lie(
+            &|i| i.chunks[0].3 = u64::MAX,
+            "lies past the end of its pack",
+        );
+        lie(&|i| i.chunks[2].1 = 1, "is in pack 1, of 1 packs");
+        lie(&|i| i.chunks[1] = i.chunks[0].clone(), "is listed twice");
+        lie(
+            &|i| drop(i.chunks.pop()),
+            "does not locate the chunk of \"f3\"",
+        );
+        lie(
+            &|i| i.chunks[1].3 = 2,
+            "is 2 bytes in its pack but 1 in the sizes",
+        );
+        lie(
+            &|i| i.packs[0] = "sha256:bb".into(),
+            "not the manifest's pack layers",
+        );
+        lie(
+            &|i| i.lockfile = Hash::of(b"other").to_prefixed(),
+            "describes lockfile",
+        );
+        lie(&|i| i.format = "packindex/9".into(), "unknown format");
     }
 }
