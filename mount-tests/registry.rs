@@ -341,3 +341,23 @@ fn prefetch_from_the_distribution_registry_fetches_whole_packs_and_then_needs_no
     assert_eq!(after["errors"], 0, "{after:#}");
     assert_eq!(after["remote"]["failures"], 0, "{after:#}");
 }
+
+#[test]
+fn a_token_given_on_the_command_line_never_reaches_the_daemons_command_line() {
+    let sample = sample();
+    let registry = served();
+    registry.require_static_token("cmdline-s3cret");
+    let mut m = TestMount::dirs();
+    mount_remote(&mut m, &registry, &["--token", "cmdline-s3cret"]);
+    let daemon = m.daemon.expect("a daemon pid");
+    let cmdline = std::fs::read(format!("/proc/{daemon}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(cmdline.contains("mount"), "{cmdline}");
+    assert!(!cmdline.contains("s3cret"), "{cmdline}");
+    // The daemon still has the token: reads work.
+    let rel = &sample.files()[0].0;
+    assert_eq!(
+        std::fs::read(m.path("sources").join(rel)).unwrap(),
+        std::fs::read(sample.tree.join(rel)).unwrap()
+    );
+}

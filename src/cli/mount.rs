@@ -185,13 +185,14 @@ fn daemonize(settings: &Settings, args: &MountArgs, quiet: bool) -> Result<()> {
     )
     .context("configuring a pipe")?;
     let exe = std::env::current_exe().context("finding this executable")?;
-    let child_args: Vec<OsString> = std::env::args_os()
-        .skip(1)
-        .filter(|a| a != "--daemon")
-        .collect();
     let mut command = Command::new(exe);
+    command.args(daemon_args(std::env::args_os().skip(1)));
+    if let Some(token) = &args.remote.token {
+        // Where `ps` cannot show it for as long as the daemon lives; it
+        // ranks below --token-file either way, as --token does.
+        command.env("MACHE_CACHE_TOKEN", token);
+    }
     command
-        .args(child_args)
         .env(READY_FD_ENV, write_end.as_raw_fd().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -246,6 +247,24 @@ fn daemonize(settings: &Settings, args: &MountArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
+/// The daemon's arguments: this command's, without `--daemon`, and without
+/// `--token` (the daemon gets it in its environment instead).
+fn daemon_args(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    let mut kept = Vec::new();
+    let mut skip_value = false;
+    for arg in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if arg == "--token" {
+            skip_value = true;
+        } else if arg != "--daemon" && !arg.as_encoded_bytes().starts_with(b"--token=") {
+            kept.push(arg);
+        }
+    }
+    kept
+}
+
 /// Checks that `mountpoint` is a FUSE filesystem answering requests.
 fn check_answers(mountpoint: &Path) -> Result<()> {
     let stat = nix::sys::statfs::statfs(mountpoint)
@@ -290,6 +309,27 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert!(parse_size("5X").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn the_daemon_is_not_given_the_token_on_its_command_line() {
+        let args = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
+        let given = args(&[
+            "mount",
+            "--daemon",
+            "--token",
+            "s3cret",
+            "--remote",
+            "http://r",
+            "--token=s3cret2",
+            "--scope",
+            "t",
+            "/mnt",
+        ]);
+        assert_eq!(
+            daemon_args(given.into_iter()),
+            args(&["mount", "--remote", "http://r", "--scope", "t", "/mnt"])
+        );
     }
 
     #[test]
