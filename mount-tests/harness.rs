@@ -438,3 +438,32 @@ pub fn empty_objects(store: &Path) {
     std::fs::remove_dir_all(&objects).unwrap();
     std::fs::create_dir(&objects).unwrap();
 }
+
+/// Asserts that `sqlite3` gives the same answers on `db` (a mount's
+/// `mache.db`) as on the sample's original db: counts, every row's hash,
+/// per-language sums.
+pub fn assert_db_answers_equal(sample: &Sample, db: &Path) {
+    // The AST chunk format writes a NULL language as "" (SPEC §3), so the
+    // comparison reads NULL and "" alike.
+    let queries = [
+        "SELECT count(*) FROM _source",
+        "SELECT count(*) FROM _ast",
+        "SELECT hex(sha3_query('SELECT id, path, ifnull(language, ''''), content FROM _source ORDER BY id'))",
+        "SELECT hex(sha3_query('SELECT node_id, source_id, node_kind, start_byte, end_byte, start_row, start_col, end_row, end_col FROM _ast ORDER BY node_id'))",
+        "SELECT language, count(*), sum(length(content)) FROM _source GROUP BY ifnull(language, '') ORDER BY 1",
+    ];
+    for sql in queries {
+        let sql = sql.replace(
+            "SELECT language, count",
+            "SELECT ifnull(language, ''), count",
+        );
+        let original = stdout(
+            Command::new("sqlite3")
+                .arg("-readonly")
+                .arg(&sample.db)
+                .arg(&sql),
+        );
+        let mounted = stdout(Command::new("sqlite3").arg(db).arg(&sql));
+        assert_eq!(mounted, original, "{sql}");
+    }
+}

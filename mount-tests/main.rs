@@ -114,29 +114,7 @@ fn sqlite3_queries_on_mache_db_equal_the_original() {
     let sample = sample();
     let m = TestMount::daemon(&sample.store, &[]);
     let db = m.path("mache.db");
-    // The AST chunk format writes a NULL language as "" (SPEC §3), so the
-    // comparison reads NULL and "" alike.
-    let queries = [
-        "SELECT count(*) FROM _source",
-        "SELECT count(*) FROM _ast",
-        "SELECT hex(sha3_query('SELECT id, path, ifnull(language, ''''), content FROM _source ORDER BY id'))",
-        "SELECT hex(sha3_query('SELECT node_id, source_id, node_kind, start_byte, end_byte, start_row, start_col, end_row, end_col FROM _ast ORDER BY node_id'))",
-        "SELECT language, count(*), sum(length(content)) FROM _source GROUP BY ifnull(language, '') ORDER BY 1",
-    ];
-    for sql in queries {
-        let sql = sql.replace(
-            "SELECT language, count",
-            "SELECT ifnull(language, ''), count",
-        );
-        let original = stdout(
-            Command::new("sqlite3")
-                .arg("-readonly")
-                .arg(&sample.db)
-                .arg(&sql),
-        );
-        let mounted = stdout(Command::new("sqlite3").arg(&db).arg(&sql));
-        assert_eq!(mounted, original, "{sql}");
-    }
+    crate::harness::assert_db_answers_equal(sample, &db);
     let python = stdout(Command::new("python3").args([
         "-c",
         "import sqlite3, sys; c = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True); \

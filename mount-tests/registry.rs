@@ -258,6 +258,7 @@ fn a_bundle_on_the_distribution_registry_mounts_a_second_mount_makes_no_blob_req
         String::from_utf8_lossy(&diff.stdout)
     );
     assert_eq!(first.status()["remote"]["layout"], "packed/1");
+    crate::harness::assert_db_answers_equal(sample, &first.path("mache.db"));
     first.unmount();
 
     registry.settle();
