@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
@@ -249,32 +248,6 @@ fn a_store_that_is_not_a_store_is_refused() {
         3,
         "not a store",
     );
-}
-
-/// A tmpfs of `size` mounted (as root) at `dir` with `options`; unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, options: &str) -> Tmpfs {
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "these tests mount a tmpfs and must run as root"
-        );
-        std::fs::create_dir_all(dir).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs", s(dir)])
-            .status()
-            .expect("mount(8) is installed");
-        assert!(status.success(), "mount -t tmpfs -o {options} failed");
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[test]

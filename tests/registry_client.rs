@@ -361,3 +361,46 @@ fn with_the_registry_gone_a_bundle_resolved_before_comes_from_the_cache() {
     let out = offline(&["verify"]);
     assert_fails(&out, 8, &format!("cannot reach {name}"));
 }
+
+#[test]
+fn a_full_disk_cache_still_serves_from_the_network_with_a_warning_and_leaves_nothing_partial() {
+    let t = setup(false);
+    let cache = t.dir.path().join("cache/mache-cachefs/cache");
+    let tmpfs = Tmpfs::mount(&cache, "size=64k");
+    // Fill it to the last byte.
+    let mut filler = std::fs::File::create(tmpfs.0.join("filler")).unwrap();
+    let page = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut filler, &page).is_ok() {}
+    drop(filler);
+
+    let (out, restored) = t.pull("restored.db", &[]);
+    assert_ok(&out);
+    assert_eq!(dump_sources(&restored), dump_sources(&t.db));
+    assert!(
+        stderr(&out).contains("serving without caching"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing partial: no temporary file, any chunk file and any ref whole.
+    for rel in list_files(&cache) {
+        let bytes = std::fs::read(cache.join(&rel)).unwrap();
+        let name = rel.to_string_lossy().replace('/', "");
+        if let Some(hex) = name.strip_prefix("chunks") {
+            assert_eq!(Hash::of(&bytes).to_hex(), hex, "{rel:?} is partial");
+        } else if name.starts_with("refs") {
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(
+                Hash::from_prefixed(text.trim()).is_ok(),
+                "{rel:?}: {text:?}"
+            );
+        } else {
+            assert_eq!(name, "filler", "left behind: {rel:?}");
+        }
+    }
+
+    // With room again, the next pull caches.
+    std::fs::remove_file(tmpfs.0.join("filler")).unwrap();
+    let (out, _) = t.pull("again.db", &[]);
+    assert_ok(&out);
+    assert!(t.cached(&t.chunk(0)));
+}

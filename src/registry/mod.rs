@@ -389,9 +389,15 @@ impl RegistryStore {
         if let Some(disk) = self.chunks.disk() {
             disk.put(&hash, manifest_bytes);
         }
-        let path = self.refs_dir.join(tag);
+        // Written aside and renamed into place: never a partial ref.
         let written = std::fs::create_dir_all(&self.refs_dir)
-            .and_then(|()| std::fs::write(&path, format!("{}\n", hash.to_prefixed())));
+            .and_then(|()| tempfile::NamedTempFile::new_in(&self.refs_dir))
+            .and_then(|mut temp| {
+                use std::io::Write as _;
+                writeln!(temp, "{}", hash.to_prefixed())?;
+                temp.persist(self.refs_dir.join(tag)).map_err(|e| e.error)?;
+                Ok(())
+            });
         if let Err(e) = written {
             tracing::debug!("not remembering {tag}: {e}");
         }

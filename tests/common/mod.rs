@@ -250,3 +250,29 @@ pub fn push_one_source(dir: &Path, id: &str, content: &[u8]) -> (PathBuf, PathBu
     run_ok(&["push", "--db", s(&db), s(&store)]);
     (db, store)
 }
+
+/// A tmpfs of `size` mounted (as root) at `dir` with `options`; unmounted on drop.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, options: &str) -> Tmpfs {
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "these tests mount a tmpfs and must run as root"
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs", s(dir)])
+            .status()
+            .expect("mount(8) is installed");
+        assert!(status.success(), "mount -t tmpfs -o {options} failed");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
