@@ -235,19 +235,24 @@ fn a_packed_bundle_mounts_reads_whole_with_range_reads_and_read_ahead() {
     );
 }
 
+/// A distribution registry in `dir` holding the sample, pushed as `latest`.
+fn sample_on_distribution(dir: &Path) -> crate::distribution_support::Distribution {
+    let registry = crate::distribution_support::Distribution::start(&dir.join("registry"));
+    run(Command::new(crate::harness::BIN)
+        .args(["-q", "push", "--db"])
+        .arg(&sample().db)
+        .arg(dir.join("local"))
+        .args(["--remote", &registry.url(), "--scope", SCOPE])
+        .env("XDG_CACHE_HOME", dir.join("push-cache")));
+    registry
+}
+
 #[test]
 fn a_bundle_on_the_distribution_registry_mounts_a_second_mount_makes_no_blob_request_and_a_third_comes_up_offline()
  {
     let sample = sample();
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let registry =
-        crate::distribution_support::Distribution::start(&scratch.path().join("registry"));
-    run(Command::new(crate::harness::BIN)
-        .args(["-q", "push", "--db"])
-        .arg(&sample.db)
-        .arg(scratch.path().join("local"))
-        .args(["--remote", &registry.url(), "--scope", SCOPE])
-        .env("XDG_CACHE_HOME", scratch.path().join("push-cache")));
+    let registry = sample_on_distribution(scratch.path());
     let url = registry.url();
     let mut first = TestMount::dirs();
     mount_url(&mut first, &url, &[]);
@@ -292,14 +297,7 @@ fn a_bundle_on_the_distribution_registry_mounts_a_second_mount_makes_no_blob_req
 fn prefetch_from_the_distribution_registry_fetches_whole_packs_and_then_needs_no_registry() {
     let sample = sample();
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let registry =
-        crate::distribution_support::Distribution::start(&scratch.path().join("registry"));
-    run(Command::new(crate::harness::BIN)
-        .args(["-q", "push", "--db"])
-        .arg(&sample.db)
-        .arg(scratch.path().join("local"))
-        .args(["--remote", &registry.url(), "--scope", SCOPE])
-        .env("XDG_CACHE_HOME", scratch.path().join("push-cache")));
+    let registry = sample_on_distribution(scratch.path());
     registry.settle();
     let before = registry.blob_gets();
     let mut m = TestMount::dirs();
@@ -361,4 +359,29 @@ fn a_token_given_on_the_command_line_never_reaches_the_daemons_command_line() {
         std::fs::read(m.path("sources").join(rel)).unwrap(),
         std::fs::read(sample.tree.join(rel)).unwrap()
     );
+}
+
+#[test]
+fn a_bearer_token_that_expires_mid_mount_is_fetched_again_and_every_read_succeeds() {
+    let sample = sample();
+    let registry = served();
+    // Each token is good for 50 requests: a mount reading the whole tree
+    // outlives many of them.
+    registry.require_tokens(50);
+    let mut m = TestMount::dirs();
+    mount_remote(&mut m, &registry, &[]);
+    let at_mount = registry.tokens_issued();
+    let diff = crate::harness::diff_against_tree(sample, &m.path("sources"));
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    assert!(
+        registry.tokens_issued() > at_mount,
+        "tokens issued: {} at mount, {} after reading",
+        at_mount,
+        registry.tokens_issued()
+    );
+    assert_eq!(m.status()["errors"], 0);
 }

@@ -1,8 +1,7 @@
 //! The harness for a real CNCF distribution registry (Debian's
 //! `docker-registry` 2.8.2), checked against it: it starts, answers, counts
-//! requests from its log exactly once each, and behaves as
-//! `/work/shared/REGISTRIES.md` says (true SHA-256 only, 4 MiB manifests,
-//! htpasswd basic auth). These tests need `docker-registry` and `htpasswd`
+//! requests from its log exactly once each, and behaves as the client
+//! expects of it (true SHA-256 only, 4 MiB manifests, htpasswd basic auth). These tests need `docker-registry` and `htpasswd`
 //! installed (`scripts/setup.sh`); without them they fail, never skip.
 
 mod distribution_support;

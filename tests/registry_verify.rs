@@ -166,13 +166,7 @@ fn a_missing_tag_is_5_and_a_pack_deleted_from_the_registry_is_9_naming_it() {
     );
 
     let (digest, _) = &packs[0];
-    let hex = digest.strip_prefix("sha256:").unwrap();
-    let data = registry
-        .data_dir()
-        .join("docker/registry/v2/blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .join("data");
+    let data = registry.blob_data(digest);
     std::fs::remove_file(&data).unwrap();
     let head = registry.request("HEAD", &format!("/v2/{REPO}/blobs/{digest}"), &[], b"");
     assert_eq!(head.status, 404, "the registry no longer has the pack");
@@ -379,13 +373,7 @@ fn a_pack_index_corrupted_on_the_registry_is_4_even_with_a_good_copy_cached() {
         .find(|l| l["mediaType"] == INDEX_TYPE)
         .map(|l| l["digest"].as_str().unwrap().to_string())
         .expect("a pack index layer");
-    let hex = index.strip_prefix("sha256:").unwrap();
-    let data = registry
-        .data_dir()
-        .join("docker/registry/v2/blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .join("data");
+    let data = registry.blob_data(&index);
     // Same length, one byte changed: distribution serves it as it is.
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[0] ^= 0x20;

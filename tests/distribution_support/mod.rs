@@ -174,6 +174,16 @@ impl Distribution {
         self.dir.join("data")
     }
 
+    /// The file the registry keeps blob `digest` (`sha256:…`) in.
+    pub fn blob_data(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        self.data_dir()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the registry is running").id()
