@@ -295,3 +295,24 @@ fn a_base_that_names_nothing_fails_before_any_upload_and_needs_a_registry() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--remote"));
 }
+
+#[test]
+fn refs_lists_every_tag_with_one_manifest_request_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Distribution::start(&dir.path().join("registry"));
+    let db = synthetic_db(dir.path(), 50, 3);
+    push_with(&registry, dir.path(), &db, &["--tag", "v1"]);
+    registry.settle();
+    let before = registry.count("GET", "/manifests/");
+    let refs = json_of(remote(&registry, dir.path(), &["refs", "--json"]));
+    let names: Vec<&str> = refs["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["latest", "v1"], "{refs:#}");
+    assert_eq!(refs["refs"][0]["sources"], 50, "{refs:#}");
+    registry.settle();
+    assert_eq!(registry.count("GET", "/manifests/") - before, 2);
+}

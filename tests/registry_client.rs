@@ -316,7 +316,7 @@ fn manifests_that_are_not_our_bundles_or_lie_about_it_are_invalid_input() {
 }
 
 #[test]
-fn bad_registry_urls_and_scopes_are_refused_before_any_request() {
+fn bad_registry_urls_scopes_and_refs_are_refused_before_any_request() {
     let t = setup(false);
     for (url, scope, needle) in [
         ("127.0.0.1:5000", SCOPE, "give its scheme"),
@@ -328,6 +328,17 @@ fn bad_registry_urls_and_scopes_are_refused_before_any_request() {
             .args(["verify", "--remote", url, "--scope", scope])
             .output()
             .unwrap();
+        assert_fails(&out, 3, needle);
+    }
+    for (reference, needle) in [
+        ("sha256:zz", "64 lowercase hex digits"),
+        (
+            &format!("sha256:{}", "A".repeat(64)),
+            "64 lowercase hex digits",
+        ),
+        ("../latest", "ref"),
+    ] {
+        let (out, _) = t.pull("restored.db", &["--ref", reference]);
         assert_fails(&out, 3, needle);
     }
     assert_eq!(t.registry.count("/v2/"), 0);

@@ -213,8 +213,7 @@ fn inspect(settings: &Settings, args: InspectArgs) -> Result<()> {
 fn refs(settings: &Settings, args: RefsArgs) -> Result<()> {
     let store = open_store(settings, args.store, &args.remote)?;
     let mut listed = Vec::new();
-    for (name, _) in store.refs()? {
-        let bundle = store.resolve(&name)?;
+    for (name, bundle) in store.bundles()? {
         listed.push(output::RefLine {
             name,
             lockfile: bundle.lockfile_hash.to_prefixed(),

@@ -382,6 +382,28 @@ impl RegistryStore {
         }
     }
 
+    /// The repository's tags (`tags/list`; none if it does not exist yet).
+    fn tags(&self) -> Result<Vec<String>> {
+        let client = self.client.clone();
+        self.client.run(async move {
+            let response = client
+                .send(Method::GET, client.url("tags/list"), |r| r)
+                .await?;
+            if response.status() == StatusCode::NOT_FOUND {
+                return Ok(Vec::new());
+            }
+            #[derive(serde::Deserialize)]
+            struct Tags {
+                tags: Option<Vec<String>>,
+            }
+            let body = read_limited(response, MAX_MANIFEST).await?;
+            let tags: Tags = serde_json::from_slice(&body).map_err(|e| {
+                Error::Remote(format!("{}: tags/list is not JSON: {e}", client.describe()))
+            })?;
+            Ok(tags.tags.unwrap_or_default())
+        })
+    }
+
     /// Remembers which manifest a tag resolved to (its bytes are in the
     /// disk cache), for coming up offline.
     fn remember(&self, tag: &str, manifest_bytes: &[u8]) {
@@ -418,9 +440,7 @@ impl BundleStore for RegistryStore {
                 "{reference}: a registry bundle is named by a tag or a manifest digest (sha256:…)"
             )));
         }
-        if !reference.starts_with("sha256:") {
-            check_ref_name(reference)?;
-        }
+        check_reference(reference)?;
         let (bytes, offline) = match self.get_manifest(reference) {
             Ok(bytes) => (bytes, None),
             Err(e @ Error::Unreachable { .. }) => match self.recall(reference) {
@@ -445,37 +465,27 @@ impl BundleStore for RegistryStore {
     }
 
     fn refs(&self) -> Result<Vec<(String, Hash)>> {
-        let client = self.client.clone();
-        let tags: Vec<String> = self.client.run(async move {
-            let response = client
-                .send(Method::GET, client.url("tags/list"), |r| r)
-                .await?;
-            if response.status() == StatusCode::NOT_FOUND {
-                return Ok(Vec::new());
-            }
-            #[derive(serde::Deserialize)]
-            struct Tags {
-                tags: Option<Vec<String>>,
-            }
-            let body = read_limited(response, MAX_MANIFEST).await?;
-            let tags: Tags = serde_json::from_slice(&body).map_err(|e| {
-                Error::Remote(format!("{}: tags/list is not JSON: {e}", client.describe()))
-            })?;
-            Ok::<_, Error>(tags.tags.unwrap_or_default())
-        })?;
-        let mut refs = Vec::new();
-        for tag in tags {
-            let bytes = self.get_manifest(&tag)?;
-            if let Ok(manifest) = Manifest::parse(&bytes) {
-                let lockfile = match manifest.is_packed() {
-                    true => self.packed_bundle_of(&manifest)?.lockfile_hash,
-                    false => hash_of_digest(&manifest.config.digest)?,
-                };
-                refs.push((tag, lockfile));
+        Ok(self
+            .bundles()?
+            .into_iter()
+            .map(|(tag, bundle)| (tag, bundle.lockfile_hash))
+            .collect())
+    }
+
+    /// Each tag's bundle, one manifest GET each (its lockfile and index come
+    /// from the disk cache when it has them). A tag of something other than
+    /// a bundle of ours is left out.
+    fn bundles(&self) -> Result<Vec<(String, Bundle)>> {
+        let mut bundles = Vec::new();
+        for tag in self.tags()? {
+            match self.resolve(&tag) {
+                Ok(bundle) => bundles.push((tag, bundle)),
+                Err(Error::BadManifest(why)) => tracing::debug!("skipping tag {tag}: {why}"),
+                Err(e) => return Err(e),
             }
         }
-        refs.sort();
-        Ok(refs)
+        bundles.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(bundles)
     }
 
     fn chunks(&self) -> Arc<dyn ChunkSource> {
@@ -488,6 +498,22 @@ impl BundleStore for RegistryStore {
 
     fn describe(&self) -> String {
         self.client.describe()
+    }
+}
+
+/// Checks a registry reference before it goes into a URL: a tag (a valid
+/// ref name) or a manifest digest, `sha256:` and 64 lowercase hex digits.
+fn check_reference(reference: &str) -> Result<()> {
+    match reference.strip_prefix("sha256:") {
+        None => check_ref_name(reference),
+        Some(hex)
+            if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(Error::BadSetting(format!(
+            "{reference}: a manifest digest is sha256: and 64 lowercase hex digits"
+        ))),
     }
 }
 

@@ -17,8 +17,8 @@ use reqwest::{Method, StatusCode};
 use sha2::Digest as _;
 
 use super::client::{self, BodyError, Client, header};
-use super::manifest::{MANIFEST_TYPE, Manifest, hash_of_digest, v1_digest};
-use super::{LAYOUT_PACKED, LAYOUT_V1, RegistryStore, packed, sha256_digest};
+use super::manifest::{MANIFEST_TYPE, Manifest, v1_digest};
+use super::{LAYOUT_PACKED, LAYOUT_V1, RegistryStore, check_reference, packed, sha256_digest};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::store::local::check_ref_name;
@@ -136,13 +136,7 @@ impl RegistryStore {
     /// The manifest of `--base reference` (a tag or a `sha256:` manifest
     /// digest); [`Error::BaseMissing`] if the repository has none.
     fn base_manifest(&self, reference: &str) -> Result<Manifest> {
-        if !reference.starts_with("sha256:") {
-            check_ref_name(reference)?;
-        } else if hash_of_digest(reference).is_err() {
-            return Err(Error::BadSetting(format!(
-                "--base {reference}: a manifest digest is sha256: and 64 hex digits"
-            )));
-        }
+        check_reference(reference).map_err(|e| Error::BadSetting(format!("--base: {e}")))?;
         let bytes = self.get_manifest(reference).map_err(|e| match e {
             Error::RefMissing { name, store } => Error::BaseMissing { name, store },
             e => e,

@@ -136,6 +136,16 @@ pub trait BundleStore: Send + Sync {
     /// Every tag and the lockfile it names, sorted by name.
     fn refs(&self) -> Result<Vec<(String, Hash)>>;
 
+    /// Every tag and the bundle it names, sorted by name. The default
+    /// resolves each of [`refs`](Self::refs); a remote store lists its tags
+    /// and resolves each once.
+    fn bundles(&self) -> Result<Vec<(String, Bundle)>> {
+        self.refs()?
+            .into_iter()
+            .map(|(name, _)| Ok((name.clone(), self.resolve(&name)?)))
+            .collect()
+    }
+
     /// The verified chunk source for this store's bundles.
     fn chunks(&self) -> Arc<dyn ChunkSource>;
 
