@@ -305,12 +305,7 @@ fn refs_lists_every_tag_with_one_manifest_request_each() {
     registry.settle();
     let before = registry.count("GET", "/manifests/");
     let refs = json_of(remote(&registry, dir.path(), &["refs", "--json"]));
-    let names: Vec<&str> = refs["refs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
+    let names = ref_names(&refs);
     assert_eq!(names, ["latest", "v1"], "{refs:#}");
     assert_eq!(refs["refs"][0]["sources"], 50, "{refs:#}");
     registry.settle();

@@ -425,12 +425,7 @@ fn refs_lists_tags_and_tag_and_untag_move_them_atomically() {
     run_ok(&["tag", &lockfile, "pinned", s(&store)]);
     let refs: serde_json::Value =
         serde_json::from_str(&run_ok(&["refs", s(&store), "--json"])).unwrap();
-    let names: Vec<&str> = refs["refs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
+    let names = ref_names(&refs);
     assert_eq!(names, ["latest", "pinned", "stable", "v1"]);
     assert!(
         refs["refs"]

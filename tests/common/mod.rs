@@ -276,3 +276,13 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// The tag names a `refs --json` report lists, in its order.
+pub fn ref_names(refs: &serde_json::Value) -> Vec<String> {
+    refs["refs"]
+        .as_array()
+        .expect("a refs report")
+        .iter()
+        .map(|r| r["name"].as_str().expect("a ref name").to_string())
+        .collect()
+}
