@@ -16,8 +16,11 @@ use crate::machedb::DbWriter;
 use crate::store::ChunkSource;
 use crate::store::local::shareable_temp_file;
 
-/// Sources fetched and decoded in parallel before being written in order.
+/// Sources decoded in parallel before being written in order.
 const WINDOW: usize = 256;
+/// Windows whose chunks are asked of the store in one go (a remote store
+/// overlaps the requests), while the windows before them are decoded.
+const WINDOWS_PER_FETCH: usize = 8;
 
 /// What a pull (or verify) did.
 #[derive(Debug, Clone)]
@@ -92,8 +95,10 @@ enum Fetch {
     Fresh,
 }
 
-/// Calls `each` with every entry's decoded chunk, in order, fetching a
-/// window at a time in parallel.
+/// Calls `each` with every entry's decoded chunk, in order. A fetch thread
+/// asks the store for the chunks of [`WINDOWS_PER_FETCH`] windows at a time
+/// (into its disk cache, for a remote store), one batch ahead of the
+/// windows being decoded in parallel and written.
 fn for_each_restored(
     source: &dyn ChunkSource,
     entries: &[SourceEntry],
@@ -103,32 +108,57 @@ fn for_each_restored(
     mut each: impl FnMut(&Decoded, u64) -> Result<()>,
 ) -> Result<()> {
     let bar = progress.then(|| super::progress(entries.len(), "restoring"));
-    for window in entries.chunks(WINDOW) {
-        let mut seen = HashSet::new();
-        let hashes: Vec<Hash> = window
-            .iter()
-            .map(|e| e.chunk_hash)
-            .filter(|h| seen.insert(*h))
-            .collect();
-        match fetch {
-            Fetch::Cached => source.warm(&hashes)?,
-            Fetch::Fresh => source.refetch(&hashes)?,
-        }
-        let decoded: Vec<(Decoded, u64)> = window
-            .par_iter()
-            .map(|entry| restore_source(source, entry, verify))
-            .collect::<Result<_>>()?;
-        for (d, len) in &decoded {
-            each(d, *len)?;
-        }
-        if let Some(bar) = &bar {
-            bar.inc(window.len() as u64);
-        }
-    }
+    let batches: Vec<&[SourceEntry]> = entries.chunks(WINDOW * WINDOWS_PER_FETCH).collect();
+    let result = std::thread::scope(|scope| {
+        let (fetched, ready) = std::sync::mpsc::sync_channel::<Result<()>>(1);
+        let batches = &batches;
+        scope.spawn(move || {
+            for batch in batches {
+                let mut seen = HashSet::new();
+                let hashes: Vec<Hash> = batch
+                    .iter()
+                    .map(|e| e.chunk_hash)
+                    .filter(|h| seen.insert(*h))
+                    .collect();
+                let result = match fetch {
+                    Fetch::Cached => source.warm(&hashes),
+                    Fetch::Fresh => source.refetch(&hashes),
+                };
+                let failed = result.is_err();
+                // A closed channel: the reader stopped; so do we.
+                if fetched.send(result).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let mut restore = || -> Result<()> {
+            for batch in batches {
+                ready
+                    .recv()
+                    .unwrap_or_else(|_| Err(Error::Remote("the fetch thread stopped".into())))?;
+                for window in batch.chunks(WINDOW) {
+                    let decoded: Vec<(Decoded, u64)> = window
+                        .par_iter()
+                        .map(|entry| restore_source(source, entry, verify))
+                        .collect::<Result<_>>()?;
+                    for (d, len) in &decoded {
+                        each(d, *len)?;
+                    }
+                    if let Some(bar) = &bar {
+                        bar.inc(window.len() as u64);
+                    }
+                }
+            }
+            Ok(())
+        };
+        let result = restore();
+        drop(ready);
+        result
+    });
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    Ok(())
+    result
 }
 
 /// What `pull` may do to a file already at its target.
