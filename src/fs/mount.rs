@@ -300,12 +300,13 @@ fn watch_signals(mut signals: Signals, mountpoint: &Path, stop: &AtomicBool) {
 }
 
 /// Prefetches a bundle in the background. From a remote store: every
-/// distinct chunk into the disk cache (whole packs, many requests at once),
-/// then `mache.db` built from the disk cache (not the network a second
-/// time), then chunks into memory while the memory cache has room. From a
-/// local store: chunks into memory, then `mache.db`. User reads never queue
-/// behind this: they are served by their own threads and join a prefetch
-/// fetch of the same chunk if one is in flight.
+/// distinct chunk into the disk cache (whole packs, many requests at once)
+/// while `mache.db` is built beside it (its reads join those fetches, so
+/// nothing comes over the network twice), then chunks into memory while
+/// the memory cache has room. From a local store: chunks into memory, then
+/// `mache.db`. User reads never queue behind this: they are served by their
+/// own threads and join a prefetch fetch of the same chunk if one is in
+/// flight.
 fn start_prefetch(
     fs: Arc<CacheFs>,
     parallelism: usize,
@@ -333,8 +334,10 @@ fn start_prefetch(
                 }
             };
             if fs.content().is_remote() {
-                warm_disk_cache(&fs, &firsts, &warmed, &stop);
-                build_db();
+                std::thread::scope(|scope| {
+                    scope.spawn(|| warm_disk_cache(&fs, &firsts, &warmed, &stop));
+                    build_db();
+                });
                 warm_memory(&fs, &firsts, parallelism, None, &stop);
             } else {
                 warm_memory(&fs, &firsts, parallelism, Some(&warmed), &stop);
