@@ -38,7 +38,11 @@ trap 'mountpoint -q "$mnt" && "$bin" -q unmount "$mnt"; kill $registry; rm -rf "
 until curl -sf "http://127.0.0.1:$port/v2/" >/dev/null; do kill -0 $registry; sleep 0.05; done
 remote=(--remote "http://127.0.0.1:$port" --scope bench/registry)
 requests() { grep -c "\"$1 /v2/mache/bench/registry/$2" "$work/registry/access.log" || true; }
-mount_fresh() { rm -rf "$XDG_CACHE_HOME"; "$bin" -q mount --daemon "${remote[@]}" "$mnt"; }
+# Each cold run gets a cache directory of its own: deleting one of 100,000
+# files would slow ext4's file creation for the runs after it.
+caches=0
+fresh_cache() { caches=$((caches + 1)); export XDG_CACHE_HOME="$work/cache-$caches"; }
+mount_fresh() { "$bin" -q mount --daemon "${remote[@]}" "$mnt"; }
 # Unmounts, then waits for the daemon to exit (a prefetch stops between batches).
 unmount() {
   local daemons
@@ -59,7 +63,7 @@ echo "re-push unchanged         $repush_ms ms, $repush_uploads uploads   baselin
 
 # Mount ready and find, from a fresh cache.
 gets=$(requests GET blobs/)
-ready=$(ms mount_fresh)
+fresh_cache; ready=$(ms mount_fresh)
 found=$(find "$mnt/sources" -type f | wc -l)
 find_gets=$(($(requests GET blobs/) - gets))
 pid=$(pgrep -f "mount.*$mnt" | head -1)
@@ -85,17 +89,17 @@ with ThreadPoolExecutor(readers) as pool:
     times = list(pool.map(read, paths))
 print(f"{statistics.median(times):.2f} {(time.perf_counter() - start) * 1000:.0f}")
 PY
-unmount; mount_fresh
+unmount; fresh_cache; mount_fresh
 gets=$(requests GET blobs/)
 read -r one_median _ < <(python3 "$work/readtime.py" "$mnt/sources" "$work/sample.txt" 200 1)
 one_gets=$(($(requests GET blobs/) - gets))
 echo "cold read of one file     median $one_median ms over 200 files, $one_gets range requests (goal < 3 ms)"
-unmount; mount_fresh
+unmount; fresh_cache; mount_fresh
 read -r _ percent_ms < <(python3 "$work/readtime.py" "$mnt/sources" "$work/sample.txt" $((n / 100)) 1)
-unmount; mount_fresh
+unmount; fresh_cache; mount_fresh
 read -r _ percent8_ms < <(python3 "$work/readtime.py" "$mnt/sources" "$work/sample.txt" $((n / 100)) 8)
 unmount
-rm -rf "$XDG_CACHE_HOME"
+fresh_cache
 pull_ms=$(ms "$bin" -q pull --out-db "$work/pulled.db" "${remote[@]}")
 ratio() { python3 -c "print(f'{$1/max($2,1):.1f}')"; }
 echo "read 1% cold, 1 reader    $percent_ms ms ($((n / 100)) files)   baseline: full pull $pull_ms ms; $(ratio "$pull_ms" "$percent_ms")x faster (goal >= 20x)"
@@ -141,18 +145,16 @@ echo "registry floor            the same $((n / 100)) Range GETs sent straight t
 # (Polled with grep: a Python per poll would take a core from what is measured.)
 prefetched() { grep -q '"finished": true' "$mnt/.cachefs/status" && grep -q '"state": "ready"' "$mnt/.cachefs/status"; }
 full_read() {
-  rm -rf "$XDG_CACHE_HOME"
   "$bin" -q mount --daemon --prefetch "${remote[@]}" "$mnt"
   tar -C "$mnt/sources" -cf - . | wc -c
 }
-prefetch_ms=$(ms full_read)
+fresh_cache; prefetch_ms=$(ms full_read)
 unmount
 prefetch_done() {
-  rm -rf "$XDG_CACHE_HOME"
   "$bin" -q mount --daemon --prefetch "${remote[@]}" "$mnt"
   until prefetched; do sleep 0.05; done
 }
-prefetch_done_ms=$(ms prefetch_done)
+fresh_cache; prefetch_done_ms=$(ms prefetch_done)
 unmount
 echo "full cold read, prefetch  $prefetch_ms ms (mount --prefetch, then tar of every file)   baseline: full pull $pull_ms ms; $(python3 -c "print(f'{$prefetch_ms/$pull_ms:.2f}')")x (goal <= 1.5x)"
 echo "prefetch to its end       $prefetch_done_ms ms (every chunk in the disk cache, mache.db built)   $(python3 -c "print(f'{$prefetch_done_ms/$pull_ms:.2f}')")x the pull"
@@ -160,7 +162,7 @@ echo "prefetch to its end       $prefetch_done_ms ms (every chunk in the disk ca
 # grep -r over the largest directory, cold, vs the local store.
 dir=$(cd "$work/tree" && find . -mindepth 1 -maxdepth 3 -type d -exec sh -c 'echo "$(find "$1" -maxdepth 1 -type f | wc -l) $1"' _ {} \; | sort -n | tail -1 | cut -d' ' -f2-)
 files=$(find "$work/tree/$dir" -type f | wc -l)
-mount_fresh
+fresh_cache; mount_fresh
 gets=$(requests GET blobs/)
 grep_ms=$(ms grep -r -c synthetic "$mnt/sources/$dir")
 grep_gets=$(($(requests GET blobs/) - gets))
