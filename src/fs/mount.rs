@@ -316,6 +316,11 @@ fn start_prefetch(
     std::thread::Builder::new()
         .name("cachefs-prefetch".to_string())
         .spawn(move || {
+            // Background work: yield the CPU to readers (threads this one
+            // starts inherit it).
+            // SAFETY: setpriority with PRIO_PROCESS and 0 changes only the
+            // calling thread's nice value on Linux.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
             let mut seen = std::collections::HashSet::new();
             let firsts: Vec<usize> = (0..fs.lockfile().sources.len())
                 .filter(|&i| seen.insert(fs.lockfile().sources[i].chunk_hash))
