@@ -125,17 +125,11 @@ fn bundle_of(files: &[(&str, &[u8])], ast: bool, index: bool, source: &FakeSourc
     };
     let lockfile_bytes = crate::lockfile::binary::encode(&lockfile);
     let lockfile_hash = Hash::of(&lockfile_bytes);
-    Bundle {
+    let sizes = index.then_some(SizeIndex {
         lockfile_hash,
-        lockfile_bytes,
-        lockfile,
-        sizes: index.then_some(SizeIndex {
-            lockfile_hash,
-            entries: sizes,
-        }),
-        offline: None,
-        manifest: None,
-    }
+        entries: sizes,
+    });
+    Bundle::new(lockfile_hash, lockfile_bytes, lockfile, sizes)
 }
 
 const FILES: &[(&str, &[u8])] = &[

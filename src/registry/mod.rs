@@ -30,6 +30,7 @@ mod verify;
 
 pub use self::upload::{Layout, UploadOptions, UploadReport};
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -112,26 +113,48 @@ pub fn parse_remote(text: &str, insecure: bool) -> Result<Url> {
     Ok(url)
 }
 
-/// Checks a scope: one or more OCI path components (`team`, `team/repo`).
+/// Checks a scope: one or more OCI name components (`team`, `team/repo`).
 pub fn check_scope(scope: &str) -> Result<()> {
-    let component_ok = |c: &str| {
-        let bytes = c.as_bytes();
-        !c.is_empty()
-            && bytes[0].is_ascii_lowercase() | bytes[0].is_ascii_digit()
-            && bytes[bytes.len() - 1].is_ascii_lowercase() | bytes[bytes.len() - 1].is_ascii_digit()
-            && c.chars().all(|ch| {
-                ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-')
-            })
-            && !c.contains("..")
-            && !c.contains("___")
-    };
-    if scope.len() <= 200 && scope.split('/').all(component_ok) {
+    if scope.len() <= 200 && scope.split('/').all(is_name_component) {
         return Ok(());
     }
     Err(Error::BadSetting(format!(
         "invalid scope {scope:?}: lowercase letters, digits and . _ - in /-separated parts, \
          each starting and ending with a letter or digit"
     )))
+}
+
+/// One repository name component of the OCI distribution grammar:
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`. Shared by our client (scopes) and
+/// `serve` (repository names).
+pub fn is_name_component(component: &str) -> bool {
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let bytes = component.as_bytes();
+    let mut i = 0;
+    loop {
+        let start = i;
+        while i < bytes.len() && alnum(&bytes[i]) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+        if i == bytes.len() {
+            return true;
+        }
+        let separator = &component[i..];
+        let skip = if separator.starts_with("__") {
+            2
+        } else if separator.starts_with(['.', '_']) {
+            1
+        } else {
+            separator.bytes().take_while(|b| *b == b'-').count()
+        };
+        if skip == 0 {
+            return false;
+        }
+        i += skip;
+    }
 }
 
 /// The process's one runtime for registry I/O.
@@ -284,20 +307,23 @@ impl RegistryStore {
             Some(hash) => self.read_sizes(&hash?, &lockfile_hash, lockfile.sources.len()),
             None => None,
         };
-        Ok(Bundle {
-            lockfile_hash,
-            lockfile_bytes,
-            lockfile,
-            sizes,
-            offline: None,
-            manifest: None,
-        })
+        Ok(Bundle::new(lockfile_hash, lockfile_bytes, lockfile, sizes))
     }
 
-    /// A packed bundle: the lockfile and the pack index, each checked with
-    /// SHA-256 (their digests) and the index against the manifest and the
-    /// lockfile; the chunks' locations go to the backend.
+    /// A packed bundle; the chunks' locations go to the backend.
     fn packed_bundle_of(&self, manifest: &Manifest) -> Result<Bundle> {
+        let (bundle, locations) = self.read_packed(manifest)?;
+        self.backend.learn_packs(locations);
+        Ok(bundle)
+    }
+
+    /// A packed bundle and where it keeps each chunk: the lockfile and the
+    /// pack index, each checked with SHA-256 (their digests), and the index
+    /// against the manifest and the lockfile.
+    fn read_packed(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<(Bundle, HashMap<Hash, packed::Location>)> {
         let lockfile_bytes =
             self.get_sha256_blob("lockfile", &manifest.config.digest, manifest.config.size)?;
         let lockfile_hash = Hash::of(&lockfile_bytes);
@@ -308,15 +334,8 @@ impl RegistryStore {
         let index = index.expect("a parsed packed manifest has its index");
         let index_bytes = self.get_sha256_blob("pack index", &index.digest, index.size)?;
         let located = packed::PackIndex::check(&index_bytes, &packs, &lockfile, &lockfile_hash)?;
-        self.backend.learn_packs(located.locations);
-        Ok(Bundle {
-            lockfile_hash,
-            lockfile_bytes,
-            lockfile,
-            sizes: located.sizes,
-            offline: None,
-            manifest: None,
-        })
+        let bundle = Bundle::new(lockfile_hash, lockfile_bytes, lockfile, located.sizes);
+        Ok((bundle, located.locations))
     }
 
     /// A blob named by its true SHA-256 (a packed bundle's lockfile or pack

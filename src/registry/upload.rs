@@ -272,17 +272,7 @@ impl RegistryStore {
         if !manifest.is_packed() {
             return Ok(HashMap::new());
         }
-        let bundle = self.packed_bundle_of(manifest)?;
-        let (packs, index) = manifest.packs();
-        let index = index.expect("a parsed packed manifest has its index");
-        let index_bytes = self.get_sha256_blob("pack index", &index.digest, index.size)?;
-        packed::PackIndex::check(
-            &index_bytes,
-            &packs,
-            &bundle.lockfile,
-            &bundle.lockfile_hash,
-        )
-        .map(|p| p.locations)
+        self.read_packed(manifest).map(|(_, locations)| locations)
     }
 
     /// build-cache/v1: one layer per source.

@@ -132,14 +132,8 @@ mod tests {
 
     fn vector_bundle() -> Bundle {
         let lockfile_bytes = vector("lockfile-config.bin");
-        Bundle {
-            lockfile_hash: Hash::of(&lockfile_bytes),
-            lockfile: binary::decode_supported(&lockfile_bytes).unwrap(),
-            lockfile_bytes,
-            sizes: None,
-            offline: None,
-            manifest: None,
-        }
+        let lockfile = binary::decode_supported(&lockfile_bytes).unwrap();
+        Bundle::new(Hash::of(&lockfile_bytes), lockfile_bytes, lockfile, None)
     }
 
     #[test]

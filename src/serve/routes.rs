@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::{App, blobs, manifests, uploads};
+use crate::registry::is_name_component;
 
 /// A parsed `/v2/<rest>` path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +76,9 @@ const MAX_NAME: usize = 255;
 /// the producer), each matching `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
 pub fn check_name(name: &str) -> RegistryResult<()> {
     let components: Vec<&str> = name.split('/').collect();
-    if name.len() <= MAX_NAME && components.len() >= 2 && components.iter().all(|c| component_ok(c))
+    if name.len() <= MAX_NAME
+        && components.len() >= 2
+        && components.iter().all(|c| is_name_component(c))
     {
         return Ok(());
     }
@@ -87,37 +90,6 @@ pub fn check_name(name: &str) -> RegistryResult<()> {
             name.chars().take(300).collect::<String>()
         ),
     ))
-}
-
-/// One name component of the OCI grammar.
-fn component_ok(component: &str) -> bool {
-    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let bytes = component.as_bytes();
-    let mut i = 0;
-    loop {
-        let start = i;
-        while i < bytes.len() && alnum(&bytes[i]) {
-            i += 1;
-        }
-        if i == start {
-            return false;
-        }
-        if i == bytes.len() {
-            return true;
-        }
-        let separator = &component[i..];
-        let skip = if separator.starts_with("__") {
-            2
-        } else if separator.starts_with(['.', '_']) {
-            1
-        } else {
-            separator.bytes().take_while(|b| *b == b'-').count()
-        };
-        if skip == 0 {
-            return false;
-        }
-        i += skip;
-    }
 }
 
 /// Everything a handler may need from the request.

@@ -424,14 +424,7 @@ impl LocalStore {
         let lockfile_hash = Hash::of(&lockfile_bytes);
         let lockfile = binary::decode_supported(&lockfile_bytes)?;
         let sizes = self.read_sizes(&lockfile_hash, lockfile.sources.len())?;
-        Ok(Bundle {
-            lockfile_hash,
-            lockfile_bytes,
-            lockfile,
-            sizes,
-            offline: None,
-            manifest: None,
-        })
+        Ok(Bundle::new(lockfile_hash, lockfile_bytes, lockfile, sizes))
     }
 
     fn read_lockfile_for(&self, reference: &str) -> Result<Vec<u8>> {

@@ -181,6 +181,26 @@ pub struct Bundle {
     pub manifest: Option<Vec<u8>>,
 }
 
+impl Bundle {
+    /// A bundle as a store resolved it: not offline, no manifest (a
+    /// registry sets those after).
+    pub fn new(
+        lockfile_hash: Hash,
+        lockfile_bytes: Vec<u8>,
+        lockfile: Lockfile,
+        sizes: Option<SizeIndex>,
+    ) -> Bundle {
+        Bundle {
+            lockfile_hash,
+            lockfile_bytes,
+            lockfile,
+            sizes,
+            offline: None,
+            manifest: None,
+        }
+    }
+}
+
 /// What [`BundleStore::check_blobs`] found: every blob present.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobCheck {
