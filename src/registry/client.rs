@@ -565,6 +565,8 @@ struct Retry {
     budget: Duration,
     retries: bool,
     registry: String,
+    /// Why the last attempt failed, for the message when the deadline hits.
+    last_failure: Option<String>,
     backoff: backon::ExponentialBackoff,
 }
 
@@ -575,6 +577,7 @@ impl Retry {
             budget,
             retries,
             registry: registry.to_string(),
+            last_failure: None,
             backoff: ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
                 .with_max_delay(MAX_DELAY)
@@ -598,8 +601,11 @@ impl Retry {
                 error: Error::Unreachable {
                     registry: self.registry.clone(),
                     reason: format!(
-                        "no answer within the retry budget of {}",
-                        seconds(self.budget)
+                        "no answer within the retry budget of {}{}",
+                        seconds(self.budget),
+                        self.last_failure
+                            .as_ref()
+                            .map_or(String::new(), |last| format!(" (before: {last})"))
                     ),
                 },
             }),
@@ -614,6 +620,10 @@ impl Retry {
         error: Error,
         counters: &Counters,
     ) -> Result<()> {
+        self.last_failure = Some(match &error {
+            Error::Unreachable { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        });
         let delay = after
             .unwrap_or_else(|| self.backoff.next().unwrap_or(MAX_DELAY))
             .min(MAX_DELAY);
