@@ -254,7 +254,7 @@ impl Client {
         let mut reauthenticated = false;
         loop {
             let request = build(self.http.request(method.clone(), url.clone()));
-            let request = self.auth.apply(request).await;
+            let request = self.auth.apply(request, &self.base, &url).await;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
             let (after, error) = match request.send().await {
                 Ok(response)
@@ -262,7 +262,7 @@ impl Client {
                 {
                     reauthenticated = true;
                     self.auth
-                        .challenged(&self.http, response.headers(), &self.registry())
+                        .challenged(&self.http, &self.base, response.url(), response.headers())
                         .await?;
                     continue;
                 }
