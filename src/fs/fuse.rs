@@ -10,12 +10,14 @@
 //!   index or sizes already learned), `statfs`, xattrs, the status file,
 //!   and reads of what is in memory. The FUSE threads never wait on the
 //!   store, so they are never all taken by blocking work;
-//! - on the metadata pool ([`IoPools`], bounded), if it may fetch: the
+//! - on the metadata pool ([`IoPools`], bounded), if it may take long: the
 //!   lookup, `getattr` or root listing of a bundle without a sizes index,
-//!   whose answer needs a size or shape not learned yet. It waits (or
-//!   fails) for that file only;
-//! - on the read pool (bounded, separate), a read that may fetch a chunk,
-//!   and the `mache.db` build of its first open or read.
+//!   whose answer needs a size or shape not learned yet (it waits, or
+//!   fails, for that file only), and the first rendering of
+//!   `mache.lock.toml`;
+//! - on the read pool (bounded, separate), a read that may fetch a chunk
+//!   or render the lockfile, and the `mache.db` build of its first open or
+//!   read.
 //!
 //! So metadata never queues behind reads, however many readers wait on a
 //! hung registry; and the kernel may keep as many reads in flight as the

@@ -125,6 +125,8 @@ pub struct CacheFs {
     stats: Arc<Stats>,
     /// Rendered on first use (it is not needed to mount).
     lock_toml: OnceLock<Vec<u8>>,
+    /// Counted once, for the status document (rendered at every stat of it).
+    distinct_chunks: usize,
     has_index: bool,
     /// Without a sizes index: whether the bundle's chunks are AST-shaped
     /// (so `ast/` exists), learned from one chunk on first need.
@@ -186,6 +188,7 @@ impl CacheFs {
         );
         let synth = Synth::new(&settings.cache_dir, &lockfile, synth::BUILD_BACKOFF);
         let mtime = UNIX_EPOCH + Duration::from_millis(lockfile.meta.generated_at_ms);
+        let distinct_chunks = lockfile.distinct_chunks();
         CacheFs {
             lockfile,
             lockfile_hash,
@@ -197,6 +200,7 @@ impl CacheFs {
             metered,
             stats,
             lock_toml: OnceLock::new(),
+            distinct_chunks,
             has_index,
             ast_dir: OnceLock::new(),
             mtime,
@@ -261,11 +265,13 @@ impl CacheFs {
     }
 
     /// Whether answering for `ino` (its attributes, or a lookup or listing
-    /// that returns it) might fetch a chunk or build the db.
+    /// that returns it) might fetch a chunk, or render the lockfile's TOML
+    /// (once; long for a large lockfile). Never builds the db.
     pub fn attr_may_block(&self, ino: u64) -> bool {
         match self.tree.node(ino) {
             Some(Node::Source(i)) => self.content.known_size(i as usize, View::Source).is_none(),
             Some(Node::Ast(i)) => self.content.known_size(i as usize, View::AstJson).is_none(),
+            Some(Node::LockToml) => self.lock_toml.get().is_none(),
             _ => false,
         }
     }
@@ -435,9 +441,9 @@ impl CacheFs {
             .expect("a read that may wait always answers")
     }
 
-    /// [`CacheFs::read`] if it needs no fetch and no db build (a view in
-    /// memory, the status file, the lockfile, a built db); `None` when it
-    /// would have to wait for one.
+    /// [`CacheFs::read`] if it needs no fetch, no db build and no rendering
+    /// of the lockfile (a view in memory, the status file, the lockfile
+    /// rendered before, a built db); `None` when it would have to wait.
     pub fn read_now(&self, ino: u64, offset: u64, size: u32) -> Option<Result<Data>> {
         self.read_or_wait(ino, offset, size, false)
     }
@@ -462,6 +468,7 @@ impl CacheFs {
         match node {
             Node::Source(i) => view(i, View::Source),
             Node::Ast(i) => view(i, View::AstJson),
+            Node::LockToml if !wait && self.lock_toml.get().is_none() => None,
             Node::LockToml => {
                 let toml = self.lock_toml();
                 Some(Ok(Data::Owned(toml[window(toml.len())].to_vec())))
@@ -574,7 +581,7 @@ impl CacheFs {
             root: self.lockfile.root.to_prefixed(),
             lockfile: self.lockfile_hash.to_prefixed(),
             sources: self.lockfile.sources.len(),
-            distinct_chunks: self.lockfile.distinct_chunks(),
+            distinct_chunks: self.distinct_chunks,
             sizes_index: self.has_index,
             tree: TreeStatus {
                 source_files: counts.source_files,

@@ -293,6 +293,11 @@ fn listing_and_stat_read_no_chunk_with_a_sizes_index() {
     assert_eq!((src.perm, src.kind, src.nlink), (0o555, Kind::Dir, 2));
     assert!(!fs.attr_may_block(tree::FIRST_FILE));
     assert!(!fs.attr_may_block(tree::MACHE_DB));
+    assert!(fs.attr_may_block(tree::LOCK_TOML), "rendered on first need");
+    assert!(fs.read_now(tree::LOCK_TOML, 0, 10).is_none());
+    assert!(fs.attr(tree::LOCK_TOML).unwrap().size > 0);
+    assert!(!fs.attr_may_block(tree::LOCK_TOML));
+    assert!(fs.read_now(tree::LOCK_TOML, 0, 10).unwrap().is_ok());
     let db = fs.attr(tree::MACHE_DB).unwrap();
     assert_eq!((db.size, db.volatile), (0, true), "a stat builds nothing");
     assert_eq!(fs.status().mache_db.state, "absent");
