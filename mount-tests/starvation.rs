@@ -49,7 +49,14 @@ fn hung_readers_leave_metadata_prompt(without_sizes: bool) {
     // whenever the metadata is timed.
     m.mount_daemon_from(
         &["--remote", &relay.url(), "--scope", SCOPE],
-        &["--retry-budget", "600", "--read-timeout", "600"],
+        &[
+            "--retry-budget",
+            "600",
+            "--read-timeout",
+            "600",
+            "--offline-after",
+            "600",
+        ],
     );
     // Without a sizes index, whether `ast/` exists is learned from the
     // first source's chunk: learn it while the registry still answers.
@@ -95,8 +102,8 @@ fn hung_readers_leave_metadata_prompt(without_sizes: bool) {
 
 /// Times each metadata request, as the tools people use make them: the
 /// attributes of a directory, a file, and (for a bundle without a sizes
-/// index, a fetch that is not stalled) a cold file; listings; a walk of the
-/// tree; the status file; `statfs`.
+/// index, a fetch that is not stalled) a cold file; listings; a walk of a
+/// directory; the status file; `statfs`.
 fn time_metadata(m: &TestMount, sample: &Sample, cold: &str) -> Vec<(String, Duration)> {
     let dir = sample
         .files()
@@ -122,7 +129,10 @@ fn time_metadata(m: &TestMount, sample: &Sample, cold: &str) -> Vec<(String, Dur
             Command::new("ls").arg("-la").arg(&m.mnt),
         ),
         timed("ls of sources/", Command::new("ls").arg(&sources)),
-        timed("find sources/", Command::new("find").arg(&sources)),
+        timed(
+            "find of a directory",
+            Command::new("find").arg(sources.join(&dir)),
+        ),
         timed("stat -f", Command::new("stat").arg("-f").arg(&m.mnt)),
     ];
     let started = Instant::now();

@@ -17,7 +17,7 @@
 //!
 //! A failed build is remembered for a while ([`Backoff`]: 5 s, doubling up
 //! to 60 s while builds keep failing): opens in that time fail at once with
-//! its reason instead of rerunning a build that cannot succeed (a registry
+//! its error instead of rerunning a build that cannot succeed (a registry
 //! that is down), and the first open after it builds again, so the mount
 //! recovers by itself. Concurrent opens share one build and its result.
 
@@ -62,18 +62,10 @@ pub const BUILD_BACKOFF: Backoff = Backoff {
 /// The last build's failure, answered to opens until `retry_at`.
 #[derive(Debug)]
 struct Failure {
-    reason: String,
+    error: Error,
     /// How long this failure is remembered (the next one's doubles it).
     wait: Duration,
     retry_at: Instant,
-}
-
-/// An open of the db while an earlier build's failure is remembered.
-#[derive(Debug, thiserror::Error)]
-#[error("the last build failed and is tried again in {:.1}s: {reason}", left.as_secs_f64())]
-pub struct BuildFailedRecently {
-    pub reason: String,
-    pub left: Duration,
 }
 
 /// The db of one mounted bundle.
@@ -163,33 +155,28 @@ impl Synth {
         self.failed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Fails with the last build's reason while its backoff lasts.
+    /// Fails with the last build's error while its backoff lasts.
     fn check_remembered(&self) -> Result<()> {
         let failure = self.failure();
         let Some(failure) = failure.as_ref() else {
             return Ok(());
         };
-        let Some(left) = failure
-            .retry_at
-            .checked_duration_since(Instant::now())
-            .filter(|left| !left.is_zero())
-        else {
-            return Ok(());
-        };
-        let err = BuildFailedRecently {
-            reason: failure.reason.clone(),
-            left,
-        };
-        tracing::debug!("mache.db: {err}");
-        Err(Error::io(
-            format!("building {}", self.path.display()),
-            std::io::Error::other(err),
-        ))
+        match failure.retry_at.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => {
+                tracing::debug!(
+                    "mache.db: the last build failed, tried again in {:.1}s: {}",
+                    left.as_secs_f64(),
+                    failure.error
+                );
+                Err(failure.error.share())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Remembers a failed build: for the first backoff, or twice the
     /// previous one if the build before failed too.
-    fn remember(&self, err: &Error) {
+    fn remember(&self, error: &Error) {
         let mut failure = self.failure();
         let wait = match failure.as_ref() {
             Some(previous) => (previous.wait * 2).min(self.backoff.cap),
@@ -200,7 +187,7 @@ impl Synth {
             wait.as_secs_f64()
         );
         *failure = Some(Failure {
-            reason: err.to_string(),
+            error: error.share(),
             wait,
             retry_at: Instant::now() + wait,
         });
