@@ -16,6 +16,7 @@ mod registry;
 #[path = "../tests/serve_support/mod.rs"]
 mod serve_support;
 mod sharing;
+mod starvation;
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read};
