@@ -9,13 +9,14 @@
 //! from a `mache.db` or pulled again.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
 /// The config file, as written by a user. Every key is optional.
-#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// The local store directory.
@@ -30,6 +31,23 @@ pub struct ConfigFile {
     pub token_file: Option<PathBuf>,
     /// Cap of the disk cache of registry chunks, e.g. "10G".
     pub cache_size: Option<String>,
+    /// Registry timeouts in seconds (`--connect-timeout` and so on).
+    pub connect_timeout: Option<f64>,
+    pub read_timeout: Option<f64>,
+    pub retry_budget: Option<f64>,
+    pub offline_after: Option<f64>,
+    /// The least rate of a registry body, e.g. "1K" (bytes per second).
+    pub min_rate: Option<String>,
+}
+
+/// Registry timeouts the config file sets; flags win over them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConfiguredTimeouts {
+    pub connect: Option<Duration>,
+    pub read: Option<Duration>,
+    pub budget: Option<Duration>,
+    pub offline_after: Option<Duration>,
+    pub min_rate: Option<u64>,
 }
 
 /// Resolved settings every command starts from.
@@ -42,6 +60,8 @@ pub struct Settings {
     pub token_file: Option<PathBuf>,
     /// Cap of the disk cache of registry chunks, in bytes.
     pub cache_size: Option<u64>,
+    /// Registry timeouts from the config file.
+    pub timeouts: ConfiguredTimeouts,
     /// The config file that was read, if any.
     pub config_path: Option<PathBuf>,
 }
@@ -102,18 +122,37 @@ pub fn load(env: &dyn Env, explicit_config: Option<&Path>) -> Result<Settings> {
         .map(PathBuf::from)
         .or_else(|| file.store.map(|p| base.join(p)))
         .unwrap_or_else(|| cache_home.join("store"));
-    let cache_size = file
-        .cache_size
-        .as_deref()
-        .map(|text| {
-            crate::cli::parse_size(text).map_err(|reason| Error::BadConfig {
-                path: path.clone(),
-                reason: format!("cache_size: {reason}"),
+    let size = |key: &str, text: &Option<String>| {
+        text.as_deref()
+            .map(|text| {
+                crate::cli::parse_size(text).map_err(|reason| Error::BadConfig {
+                    path: path.clone(),
+                    reason: format!("{key}: {reason}"),
+                })
             })
-        })
-        .transpose()?;
+            .transpose()
+    };
+    let seconds = |key: &str, value: Option<f64>| {
+        value
+            .map(|secs| {
+                positive_seconds(secs).ok_or_else(|| Error::BadConfig {
+                    path: path.clone(),
+                    reason: format!("{key}: a positive number of seconds"),
+                })
+            })
+            .transpose()
+    };
+    let cache_size = size("cache_size", &file.cache_size)?;
+    let timeouts = ConfiguredTimeouts {
+        connect: seconds("connect_timeout", file.connect_timeout)?,
+        read: seconds("read_timeout", file.read_timeout)?,
+        budget: seconds("retry_budget", file.retry_budget)?,
+        offline_after: seconds("offline_after", file.offline_after)?,
+        min_rate: size("min_rate", &file.min_rate)?,
+    };
     Ok(Settings {
         cache_size,
+        timeouts,
         store,
         cache_dir: file
             .cache_dir
@@ -123,6 +162,13 @@ pub fn load(env: &dyn Env, explicit_config: Option<&Path>) -> Result<Settings> {
         token_file: file.token_file.map(|p| base.join(p)),
         config_path,
     })
+}
+
+/// A positive, finite number of seconds.
+pub fn positive_seconds(value: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
 }
 
 fn parse(path: &Path, text: &str) -> Result<ConfigFile> {
@@ -173,6 +219,23 @@ mod tests {
         assert_eq!(s.token_file, Some(PathBuf::from("/t")));
         let overridden = load(&env(&[("MACHE_CACHEFS_STORE", "/e")]), Some(&path)).unwrap();
         assert_eq!(overridden.store, PathBuf::from("/e"));
+    }
+
+    #[test]
+    fn registry_timeouts_come_from_the_config_and_must_be_positive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let text =
+            "connect_timeout = 2\nretry_budget = 7.5\noffline_after = 1\nmin_rate = \"4K\"\n";
+        std::fs::write(&path, text).unwrap();
+        let t = load(&env(&[]), Some(&path)).unwrap().timeouts;
+        assert_eq!(t.connect, Some(Duration::from_secs(2)));
+        assert_eq!(t.budget, Some(Duration::from_millis(7500)));
+        assert_eq!(t.offline_after, Some(Duration::from_secs(1)));
+        assert_eq!((t.read, t.min_rate), (None, Some(4096)));
+        std::fs::write(&path, "retry_budget = 0\n").unwrap();
+        let err = load(&env(&[]), Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("retry_budget"), "{err}");
     }
 
     #[test]

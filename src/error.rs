@@ -210,6 +210,93 @@ impl Error {
         }
     }
 
+    /// A copy of this error for every reader that waited on the fetch that
+    /// failed with it: the same variant, so the same exit code and errno
+    /// (the OS error and SQLite error inside keep their kind and message).
+    pub fn share(&self) -> Error {
+        use Error::*;
+        match self {
+            BadHashLength(n) => BadHashLength(*n),
+            BadHashText(t) => BadHashText(t.clone()),
+            BadLockfile(t) => BadLockfile(t.clone()),
+            UnsupportedSchema { found, supported } => UnsupportedSchema {
+                found: found.clone(),
+                supported: supported.clone(),
+            },
+            ForeignProducer { found, expected } => ForeignProducer {
+                found: found.clone(),
+                expected: expected.clone(),
+            },
+            RootMismatch { expected, actual } => RootMismatch {
+                expected: *expected,
+                actual: *actual,
+            },
+            BadChunk { hash, reason } => BadChunk {
+                hash: *hash,
+                reason: reason.clone(),
+            },
+            ChunkMissing { hash, path, store } => ChunkMissing {
+                hash: *hash,
+                path: path.clone(),
+                store: store.clone(),
+            },
+            ObjectMissing { hash, store } => ObjectMissing {
+                hash: *hash,
+                store: store.clone(),
+            },
+            BlobMissing {
+                what,
+                digest,
+                store,
+            } => BlobMissing {
+                what,
+                digest: digest.clone(),
+                store: store.clone(),
+            },
+            Corrupt {
+                path,
+                expected,
+                actual,
+            } => Corrupt {
+                path: path.clone(),
+                expected: *expected,
+                actual: *actual,
+            },
+            Io { context, source } => Error::io(
+                context.clone(),
+                std::io::Error::new(source.kind(), source.to_string()),
+            ),
+            BadManifest(t) => BadManifest(t.clone()),
+            Remote(t) => Remote(t.clone()),
+            Unreachable { registry, reason } => Unreachable {
+                registry: registry.clone(),
+                reason: reason.clone(),
+            },
+            AuthFailed { registry, reason } => AuthFailed {
+                registry: registry.clone(),
+                reason: reason.clone(),
+            },
+            RegistryError {
+                registry,
+                request,
+                status,
+                code,
+                message,
+            } => RegistryError {
+                registry: registry.clone(),
+                request: request.clone(),
+                status: *status,
+                code: code.clone(),
+                message: message.clone(),
+            },
+            Refused(r) => Refused(*r),
+            other => Reported {
+                code: other.exit_code(),
+                message: other.to_string(),
+            },
+        }
+    }
+
     /// The class of this error.
     pub fn class(&self) -> Class {
         use Error::*;

@@ -209,7 +209,7 @@ fn a_stalled_registry_fails_within_the_retry_budget_with_exit_8() {
     );
     let text = assert_fails(&out, 8, &format!("cannot reach {}", t.registry.name()));
     assert!(
-        text.contains("timed out") || text.contains("bytes of"),
+        text.contains("no answer within the retry budget of 2 s") && text.contains("timed out"),
         "{text}"
     );
     assert!(

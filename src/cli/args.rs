@@ -153,13 +153,31 @@ pub struct RemoteArgs {
     /// config's cache_size, else 10 GiB).
     #[arg(long, value_name = "SIZE", value_parser = super::mount::parse_size)]
     pub cache_size: Option<u64>,
-    /// Seconds a registry response may stall before the request is retried.
-    #[arg(long, value_name = "SECS", default_value_t = 20.0)]
-    pub read_timeout: f64,
-    /// Seconds one registry call may take, retries included; past it the
-    /// command fails (a mounted file read, EIO) instead of hanging.
-    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
-    pub retry_budget: f64,
+    /// Seconds to connect to the registry, TLS included (default 5; config
+    /// connect_timeout).
+    #[arg(long, value_name = "SECS")]
+    pub connect_timeout: Option<f64>,
+    /// Seconds a registry response may stay silent, before its first byte
+    /// or between reads, before the attempt fails (default 10; config
+    /// read_timeout).
+    #[arg(long, value_name = "SECS")]
+    pub read_timeout: Option<f64>,
+    /// Bytes per second a registry body must average once it has had the
+    /// read timeout to start, e.g. 1K; slower is cut off (default 1K;
+    /// config min_rate).
+    #[arg(long, value_name = "RATE", value_parser = super::mount::parse_size)]
+    pub min_rate: Option<u64>,
+    /// Seconds one registry call may take, retries and waits included; past
+    /// it the command fails (a mounted file read, EIO) instead of hanging
+    /// (default 30; config retry_budget).
+    #[arg(long, value_name = "SECS")]
+    pub retry_budget: Option<f64>,
+    /// Seconds the registry may keep failing (refused, DNS, TLS, timeouts,
+    /// 5xx) before it is marked down: then reads of uncached files fail at
+    /// once until a background probe sees it answer (default 5; config
+    /// offline_after).
+    #[arg(long, value_name = "SECS")]
+    pub offline_after: Option<f64>,
 }
 
 #[derive(Debug, Args)]

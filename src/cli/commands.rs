@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 
@@ -12,7 +13,7 @@ use super::args::{
 };
 use super::output;
 use crate::bundle::{self, Coverage, Existing, PushOptions};
-use crate::config::{self, ProcessEnv, Settings};
+use crate::config::{self, ProcessEnv, Settings, positive_seconds};
 use crate::error::Error;
 use crate::registry::auth::{CredentialSources, Secret};
 use crate::registry::client::Timeouts;
@@ -79,10 +80,7 @@ pub fn remote_settings(
         insecure: args.insecure,
         jobs: args.jobs,
         cache_dir: settings.cache_dir.clone(),
-        timeouts: Timeouts {
-            read: seconds(args.read_timeout, "--read-timeout")?,
-            budget: seconds(args.retry_budget, "--retry-budget")?,
-        },
+        timeouts: timeouts(args, settings)?,
         cache_size: args
             .cache_size
             .or(settings.cache_size)
@@ -90,12 +88,47 @@ pub fn remote_settings(
     }))
 }
 
-/// A positive, finite number of seconds from a flag.
-fn seconds(value: f64, flag: &str) -> Result<std::time::Duration> {
-    std::time::Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| Error::Usage(format!("{flag} must be a positive number of seconds")).into())
+/// The registry timeouts: each flag, else the config's key, else the default.
+fn timeouts(args: &RemoteArgs, settings: &Settings) -> Result<Timeouts> {
+    let defaults = Timeouts::default();
+    let configured = settings.timeouts;
+    let pick =
+        |flag: Option<f64>, name: &str, config: Option<Duration>, default: Duration| match flag {
+            Some(value) => positive_seconds(value).ok_or_else(|| {
+                Error::Usage(format!("{name} must be a positive number of seconds"))
+            }),
+            None => Ok(config.unwrap_or(default)),
+        };
+    Ok(Timeouts {
+        connect: pick(
+            args.connect_timeout,
+            "--connect-timeout",
+            configured.connect,
+            defaults.connect,
+        )?,
+        read: pick(
+            args.read_timeout,
+            "--read-timeout",
+            configured.read,
+            defaults.read,
+        )?,
+        budget: pick(
+            args.retry_budget,
+            "--retry-budget",
+            configured.budget,
+            defaults.budget,
+        )?,
+        offline_after: pick(
+            args.offline_after,
+            "--offline-after",
+            configured.offline_after,
+            defaults.offline_after,
+        )?,
+        min_rate: args
+            .min_rate
+            .or(configured.min_rate)
+            .unwrap_or(defaults.min_rate),
+    })
 }
 
 /// The one place a command's store is chosen: a store directory given on

@@ -2,6 +2,12 @@
 //! `Range` reads of packs, with read-ahead for sequential reads and
 //! batched ranges for prefetch. Bytes only: [`Verified`](crate::store::Verified)
 //! checks them.
+//!
+//! Sizes come from the manifest and the pack index, which the registry
+//! sent: each request is bounded by [`MAX_BLOB`] or [`MAX_PACK`] whatever
+//! they claim. Batches run as tasks on the client's runtime and hand their
+//! results to the calling thread through an async channel, so no task ever
+//! blocks a runtime thread that user reads need.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -12,10 +18,10 @@ use futures_util::StreamExt;
 use super::client::{Client, header};
 use super::manifest::v1_digest;
 use super::packed;
-use super::{LAYOUT_PACKED, LAYOUT_V1, MAX_METADATA};
+use super::{LAYOUT_PACKED, LAYOUT_V1, MAX_BLOB, MAX_PACK};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::store::{Backend, RemoteCounters};
+use crate::store::{Backend, BatchSink, RemoteCounters};
 
 /// The blobs of a repository, fetched by digest, each bounded by the size
 /// its manifest gives.
@@ -126,6 +132,24 @@ enum Request {
     Range(Window),
 }
 
+/// What a batch's task tells the thread that waits for it.
+enum Batch {
+    /// A request for these chunks is going out.
+    Starting(Vec<Hash>),
+    /// A request's chunks, or its failure.
+    Landed(Result<Vec<(Hash, Vec<u8>)>>),
+}
+
+impl Request {
+    /// The chunks this request brings.
+    fn hashes(&self) -> Vec<Hash> {
+        match self {
+            Request::Blob(hash, _) => vec![*hash],
+            Request::Range(window) => window.members.iter().map(|m| m.2).collect(),
+        }
+    }
+}
+
 /// A batch's ranges are cut at this size.
 const MAX_RANGE: u64 = 8 << 20;
 
@@ -217,8 +241,21 @@ async fn get_pack_range(client: &Client, window: Window) -> Result<Vec<(Hash, Ve
     let end = members
         .last()
         .map_or(location.offset + location.len, |m| m.0 + m.1);
+    if end == start {
+        // Only empty chunks: there is nothing to ask for (a `Range` cannot
+        // name zero bytes, and one past the end of a pack is a 416).
+        return Ok(members.into_iter().map(|m| (m.2, Vec::new())).collect());
+    }
+    if location.pack_size > MAX_PACK || end - start > MAX_BLOB {
+        return Err(Error::BadManifest(format!(
+            "pack {} claims {} bytes (a read of {}); at most {MAX_PACK} per pack and {MAX_BLOB} per read are accepted",
+            location.pack,
+            location.pack_size,
+            end - start
+        )));
+    }
     let url = client.url(&format!("blobs/{}", location.pack));
-    let range = format!("bytes={start}-{}", end.max(start + 1) - 1);
+    let range = format!("bytes={start}-{}", end - 1);
     let found = client
         .get_body(
             url,
@@ -266,8 +303,16 @@ async fn get_pack_range(client: &Client, window: Window) -> Result<Vec<(Hash, Ve
         .collect())
 }
 
-/// GETs blob `hash`: exactly `size` bytes when known, else at most `limit`.
+/// GETs blob `hash`: exactly `size` bytes when known, else at most `limit`
+/// (itself at most [`MAX_BLOB`]).
 async fn get_blob(client: &Client, hash: Hash, size: Option<u64>, limit: u64) -> Result<Vec<u8>> {
+    let limit = limit.min(MAX_BLOB);
+    if let Some(size) = size.filter(|size| *size > limit) {
+        return Err(Error::BadManifest(format!(
+            "blob {} claims {size} bytes; at most {limit} are accepted",
+            v1_digest(&hash)
+        )));
+    }
     let url = client.url(&format!("blobs/{}", v1_digest(&hash)));
     match client
         .get_body(url, |r| r, size.unwrap_or(limit), size)
@@ -324,27 +369,27 @@ impl Backend for RegistryBackend {
             }
             None => Ok(vec![(
                 *hash,
-                self.fetch_sized(hash, self.size_of(hash), MAX_METADATA)?,
+                self.fetch_sized(hash, self.size_of(hash), MAX_BLOB)?,
             )]),
         }
     }
 
-    fn fetch_many(&self, hashes: &[Hash], each: &(dyn Fn(Hash, Vec<u8>) + Sync)) -> Result<()> {
+    fn fetch_many(&self, hashes: &[Hash], sink: &dyn BatchSink) -> Result<()> {
         let requests = self.plan_requests(hashes);
         let client = self.client.clone();
         let jobs = self.jobs;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<(Hash, Vec<u8>)>>>(jobs);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(jobs * 2);
         self.client.runtime_spawn(async move {
             let mut fetched = futures_util::stream::iter(requests)
                 .map(|request| {
                     let client = client.clone();
+                    let tx = tx.clone();
                     async move {
+                        let _ = tx.send(Batch::Starting(request.hashes())).await;
                         match request {
-                            Request::Blob(hash, size) => {
-                                get_blob(&client, hash, size, MAX_METADATA)
-                                    .await
-                                    .map(|bytes| vec![(hash, bytes)])
-                            }
+                            Request::Blob(hash, size) => get_blob(&client, hash, size, MAX_BLOB)
+                                .await
+                                .map(|bytes| vec![(hash, bytes)]),
                             Request::Range(window) => get_pack_range(&client, window).await,
                         }
                     }
@@ -352,17 +397,26 @@ impl Backend for RegistryBackend {
                 .buffer_unordered(jobs);
             while let Some(result) = fetched.next().await {
                 let failed = result.is_err();
-                if tx.send(result).is_err() || failed {
+                if tx.send(Batch::Landed(result)).await.is_err() || failed {
                     break;
                 }
             }
         });
-        for result in rx {
-            for (hash, bytes) in result? {
-                each(hash, bytes);
+        while let Some(event) = rx.blocking_recv() {
+            match event {
+                Batch::Starting(hashes) => sink.starting(&hashes),
+                Batch::Landed(result) => {
+                    for (hash, bytes) in result? {
+                        sink.landed(hash, bytes);
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    fn budget(&self) -> Option<std::time::Duration> {
+        Some(self.client.budget())
     }
 
     fn describe(&self) -> String {
@@ -391,6 +445,7 @@ impl Backend for RegistryBackend {
             bytes_fetched: c.bytes.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
+            health: self.client.health(),
         })
     }
 }

@@ -6,18 +6,27 @@
 //!   challenge flow (a `401` with `WWW-Authenticate: Bearer realm=…` fetches
 //!   a token, cached until it expires and fetched again on the next `401`;
 //!   `Basic` where the registry asks for it);
-//! - **resilience**: connect and read timeouts; retries with exponential
-//!   backoff and full jitter on connection errors, `5xx`, `408` and `429`
-//!   (honouring `Retry-After`), never on other `4xx`, within a time budget
-//!   per call;
+//! - **deadlines**: every call (connect, TLS, first byte, each retry, the
+//!   body, a token fetch on the way) ends by one deadline, the call's
+//!   budget from its start ([`Timeouts`]); a body arriving slower than
+//!   [`Timeouts::min_rate`] is cut off;
+//! - **retries** with exponential backoff and full jitter on connection
+//!   errors, `5xx`, `408` and `429` (honouring `Retry-After`), never on
+//!   other `4xx` or a TLS mismatch, inside that deadline;
+//! - **health** ([`super::health`]): failures of the registry itself are
+//!   shared by every call of the client; once they last
+//!   [`Timeouts::offline_after`] the registry is down, calls fail at once,
+//!   and a background probe brings it back up;
 //! - **errors**: the OCI error envelope becomes one line with the code and
-//!   message; bodies are read with the expected length as a bound, so a
-//!   hostile server cannot stream without end.
+//!   message; a transport failure says why (refused, DNS, TLS, timed out);
+//!   bodies are read with the expected length as a bound and never
+//!   preallocated from what the server claims.
 //!
 //! Callers are synchronous (FUSE threads, rayon workers): [`Client::run`]
 //! runs a future on the client's own runtime and waits for it.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,31 +36,48 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use url::Url;
 
 use super::auth::Auth;
+use super::health::{FailureKind, Health, HealthReport, Verdict, probe_interval};
 use crate::error::{Error, Result};
 
-/// Connect timeout of every request.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long requests may take.
+/// How long requests may take; every one has a flag and a config key
+/// (README, "Registries").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// The longest a response may stall between two reads.
+    /// Connecting, TLS included (`--connect-timeout`).
+    pub connect: Duration,
+    /// The longest a response may stay silent: before its first byte, and
+    /// between two reads of its body (`--read-timeout`).
     pub read: Duration,
-    /// How long one call, retries included, may take: past it the call
-    /// fails (EIO in a mount) instead of hanging.
+    /// Bytes per second a body must keep up, averaged from its start, once
+    /// it has had `read` to get going (`--min-rate`).
+    pub min_rate: u64,
+    /// How long one call may take, retries included: past it the call
+    /// fails (EIO in a mount) instead of hanging (`--retry-budget`).
     pub budget: Duration,
+    /// How long the registry may keep failing before it is marked down
+    /// and calls fail at once (`--offline-after`).
+    pub offline_after: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Timeouts {
         Timeouts {
-            read: Duration::from_secs(20),
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(10),
+            min_rate: 1024,
             budget: Duration::from_secs(30),
+            offline_after: Duration::from_secs(5),
         }
     }
 }
+
 /// The longest wait between two attempts, `Retry-After` included.
 const MAX_DELAY: Duration = Duration::from_secs(10);
+/// Never reserve more than this for a body before its bytes arrive,
+/// whatever its `Content-Length` claims.
+const MAX_PREALLOCATION: u64 = 1 << 20;
+/// How long an error answer's body (the OCI envelope) may take.
+const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A repository on a registry.
 #[derive(Clone)]
@@ -61,10 +87,14 @@ pub struct Client {
     base: Url,
     /// The repository name, `<producer>/<scope>`.
     repo: String,
-    auth: std::sync::Arc<Auth>,
+    auth: Arc<Auth>,
     runtime: tokio::runtime::Handle,
-    budget: Duration,
-    counters: std::sync::Arc<Counters>,
+    timeouts: Timeouts,
+    /// Whether a failed attempt is tried again (else the first failure ends
+    /// the call).
+    retries: bool,
+    health: Arc<Health>,
+    counters: Arc<Counters>,
 }
 
 /// What a client has done, for the status file.
@@ -79,6 +109,15 @@ pub struct Counters {
 /// The result of [`Client::send`]: a response whose status was not a failure.
 pub type Answer = Response;
 
+/// One failed attempt: what it means for the registry's health (`None`: an
+/// answer about this request only), how long the registry asked us to
+/// wait, and the error the call ends with if it is not tried again.
+struct Failure {
+    kind: Option<FailureKind>,
+    after: Option<Duration>,
+    error: Error,
+}
+
 impl Client {
     /// A client for `repo` at `base`, running on `runtime`.
     pub fn new(
@@ -90,7 +129,7 @@ impl Client {
     ) -> Result<Client> {
         install_crypto_provider();
         let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.read)
             .pool_max_idle_per_host(32)
             .user_agent(concat!("mache-cachefs/", env!("CARGO_PKG_VERSION")))
@@ -100,11 +139,22 @@ impl Client {
             http,
             base,
             repo,
-            auth: std::sync::Arc::new(auth),
+            auth: Arc::new(auth),
             runtime,
-            budget: timeouts.budget,
-            counters: std::sync::Arc::default(),
+            timeouts,
+            retries: true,
+            health: Arc::new(Health::new(timeouts.offline_after)),
+            counters: Arc::default(),
         })
+    }
+
+    /// This client making one attempt per call, sharing its health and
+    /// counters: for a lookup that has an offline answer ready.
+    pub fn single_attempt(&self) -> Client {
+        Client {
+            retries: false,
+            ..self.clone()
+        }
     }
 
     /// The registry, for messages: `host[:port]`.
@@ -140,6 +190,16 @@ impl Client {
         &self.counters
     }
 
+    /// The registry's health now.
+    pub fn health(&self) -> HealthReport {
+        self.health.report()
+    }
+
+    /// The time one call may take.
+    pub fn budget(&self) -> Duration {
+        self.timeouts.budget
+    }
+
     /// Runs `future` on the client's runtime and waits for it. For
     /// synchronous callers only (never from inside the runtime).
     pub fn run<T: Send + 'static>(&self, future: impl Future<Output = T> + Send + 'static) -> T {
@@ -155,6 +215,15 @@ impl Client {
         self.runtime.spawn(future);
     }
 
+    /// Marks the registry down because a command chose to go on without
+    /// it (from the disk cache), so later calls fail at once until the
+    /// background probe sees it answer again.
+    pub fn go_offline(&self, error: &Error) {
+        if self.health.mark_down(&error.to_string()) {
+            self.spawn_probe();
+        }
+    }
+
     /// Sends a request built by `build` (called again for each attempt),
     /// with auth and retries. `Ok` for any status below 400 and for `404`
     /// (callers tell "absent" from a failure); every other status is an
@@ -166,8 +235,24 @@ impl Client {
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Answer> {
         let result = self
-            .send_with(&mut Retry::new(self.budget), method, url, &build)
+            .send_with(&mut self.retry(self.timeouts.budget), method, url, &build)
             .await;
+        self.count_failure(&result);
+        result
+    }
+
+    /// [`send`](Self::send) for an upload of `len` bytes: its deadline also
+    /// allows the body to go out at [`Timeouts::min_rate`].
+    pub async fn send_upload(
+        &self,
+        method: Method,
+        url: Url,
+        len: u64,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Answer> {
+        let transfer = Duration::from_secs(len / self.timeouts.min_rate.max(1));
+        let mut retry = self.retry(self.timeouts.budget + transfer);
+        let result = self.send_with(&mut retry, method, url, &build).await;
         self.count_failure(&result);
         result
     }
@@ -180,15 +265,37 @@ impl Client {
         Ok(head.status().is_success().then(|| head.headers().clone()))
     }
 
+    /// Reads the body of an answer of [`send`](Self::send) (at most `limit`
+    /// bytes), within the client's timeouts.
+    pub async fn read_body(&self, response: Response, limit: u64) -> Result<Vec<u8>> {
+        let retry = self.retry(self.timeouts.budget);
+        retry
+            .bounded(read_paced(response, limit, self.pace()))
+            .await
+            .map_err(|f| f.error)
+    }
+
     fn count_failure<T>(&self, result: &Result<T>) {
         if result.is_err() {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    fn retry(&self, budget: Duration) -> Retry {
+        Retry::new(budget, self.retries, &self.registry())
+    }
+
+    fn pace(&self) -> Pace {
+        Pace {
+            min_rate: self.timeouts.min_rate,
+            grace: self.timeouts.read,
+        }
+    }
+
     /// GETs a whole body of at most `limit` bytes (exactly `exact` when
     /// given): `None` for a `404`. A body cut short (a dropped connection,
-    /// fewer bytes than promised) is retried like a failed request.
+    /// fewer bytes than promised, too slow) is retried like a failed
+    /// request, within the same deadline.
     pub async fn get_body(
         &self,
         url: Url,
@@ -208,7 +315,7 @@ impl Client {
         limit: u64,
         exact: Option<u64>,
     ) -> Result<Option<(HeaderMap, Vec<u8>)>> {
-        let mut retry = Retry::new(self.budget);
+        let mut retry = self.retry(self.timeouts.budget);
         loop {
             let response = self
                 .send_with(&mut retry, Method::GET, url.clone(), &build)
@@ -216,31 +323,37 @@ impl Client {
             if response.status() == StatusCode::NOT_FOUND {
                 return Ok(None);
             }
+            let started = Instant::now();
             let headers = response.headers().clone();
-            let body = read_limited(response, limit).await;
+            let body = retry
+                .bounded(read_paced(response, limit, self.pace()))
+                .await;
             if let Ok(body) = &body {
                 self.counters
                     .bytes
                     .fetch_add(body.len() as u64, Ordering::Relaxed);
             }
-            let error = match body {
+            let failure = match body {
                 Ok(body) if exact.is_none_or(|n| body.len() as u64 == n) => {
                     return Ok(Some((headers, body)));
                 }
-                Ok(body) => Error::Unreachable {
-                    registry: self.registry(),
-                    reason: format!(
-                        "{} sent {} bytes of {}",
-                        url.path(),
-                        body.len(),
-                        exact.unwrap_or_default()
-                    ),
+                Ok(body) => Failure {
+                    kind: Some(FailureKind::Reset),
+                    after: None,
+                    error: Error::Unreachable {
+                        registry: self.registry(),
+                        reason: format!(
+                            "{} sent {} bytes of {}",
+                            url.path(),
+                            body.len(),
+                            exact.unwrap_or_default()
+                        ),
+                    },
                 },
-                Err(e @ Error::Unreachable { .. }) => e,
-                Err(e) => return Err(e),
+                Err(failure) if failure.kind.is_some() => failure,
+                Err(failure) => return Err(failure.error),
             };
-            tracing::debug!("{error}; retrying");
-            retry.pause(None, error, &self.counters).await?;
+            self.settle(&mut retry, started, failure).await?;
         }
     }
 
@@ -253,25 +366,41 @@ impl Client {
     ) -> Result<Answer> {
         let mut reauthenticated = false;
         loop {
+            self.check_health()?;
+            let started = Instant::now();
             let request = build(self.http.request(method.clone(), url.clone()));
             let request = self.auth.apply(request).await;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let (after, error) = match request.send().await {
-                Ok(response)
-                    if response.status() == StatusCode::UNAUTHORIZED && !reauthenticated =>
-                {
+            let failure = match retry.bounded(self.attempt(request)).await {
+                Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                    if reauthenticated {
+                        return Err(failure(&self.registry(), &method, &url, response).await);
+                    }
                     reauthenticated = true;
-                    self.auth
-                        .challenged(&self.http, response.headers(), &self.registry())
-                        .await?;
-                    continue;
+                    let registry = self.registry();
+                    let challenge = self
+                        .auth
+                        .challenged(&self.http, response.headers(), &registry);
+                    match retry
+                        .bounded(async { challenge.await.map_err(Failure::local) })
+                        .await
+                    {
+                        Ok(()) => continue,
+                        Err(failure) if failure.kind.is_some() => failure,
+                        Err(failure) => return Err(failure.error),
+                    }
                 }
                 Ok(response) if retryable(response.status()) => {
                     let after = retry_after(response.headers());
-                    (
+                    let kind = response
+                        .status()
+                        .is_server_error()
+                        .then_some(FailureKind::Server);
+                    Failure {
+                        kind,
                         after,
-                        failure(&self.registry(), &method, &url, response).await,
-                    )
+                        error: failure(&self.registry(), &method, &url, response).await,
+                    }
                 }
                 Ok(response)
                     if response.status().is_success()
@@ -283,21 +412,110 @@ impl Client {
                 Ok(response) => {
                     return Err(failure(&self.registry(), &method, &url, response).await);
                 }
-                Err(e) => {
-                    if let Some(local) = BodyError::find(&e) {
-                        return Err(local);
-                    }
-                    (
-                        None,
-                        Error::Unreachable {
-                            registry: self.registry(),
-                            reason: describe_transport_error(&e),
-                        },
-                    )
-                }
+                Err(failure) if failure.kind.is_some() => failure,
+                Err(failure) => return Err(failure.error),
             };
-            tracing::debug!("{error}; retrying");
-            retry.pause(after, error, &self.counters).await?;
+            self.settle(retry, started, failure).await?;
+        }
+    }
+
+    /// Sends one attempt: the response, or why there is none.
+    async fn attempt(&self, request: RequestBuilder) -> Result<Response, Failure> {
+        match request.send().await {
+            Ok(response) => {
+                if !response.status().is_server_error() {
+                    self.health.answered();
+                }
+                Ok(response)
+            }
+            Err(e) => {
+                if let Some(local) = BodyError::find(&e) {
+                    return Err(Failure::local(local));
+                }
+                let (kind, reason) = classify(&e);
+                Err(Failure {
+                    kind: Some(kind),
+                    after: None,
+                    error: Error::Unreachable {
+                        registry: self.registry(),
+                        reason,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Fails at once while the registry is down.
+    fn check_health(&self) -> Result<()> {
+        match self.health.down_reason() {
+            Some(reason) => Err(Error::Unreachable {
+                registry: self.registry(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// After a failed attempt that started at `started`: records it in the
+    /// registry's health, then waits for the next attempt, or gives the
+    /// error back (the registry is down, the failure cannot heal, or the
+    /// deadline would pass).
+    async fn settle(&self, retry: &mut Retry, started: Instant, failure: Failure) -> Result<()> {
+        tracing::debug!("{}", failure.error);
+        if let Some(kind) = failure.kind {
+            match self
+                .health
+                .failed(kind, started, &failure.error.to_string())
+            {
+                Verdict::StillUp if kind.retryable() => {}
+                Verdict::StillUp => return Err(failure.error),
+                Verdict::WentDown => {
+                    self.spawn_probe();
+                    return Err(failure.error);
+                }
+                Verdict::AlreadyDown => return Err(failure.error),
+            }
+        }
+        retry
+            .pause(failure.after, failure.error, &self.counters)
+            .await
+    }
+
+    /// Probes the registry in the background until it answers (one probe
+    /// per client at a time; see [`super::health`]).
+    fn spawn_probe(&self) {
+        if !self.health.start_probing() {
+            return;
+        }
+        let client = self.clone();
+        self.runtime.spawn(async move {
+            let url = client.base.join("/v2/").expect("/v2/ is a valid path");
+            let limit = client.timeouts.connect + client.timeouts.read;
+            for n in 0.. {
+                tokio::time::sleep(probe_interval(n)).await;
+                if !client.health.probing() {
+                    break;
+                }
+                let probe = client.http.get(url.clone()).send();
+                if let Ok(Ok(response)) = tokio::time::timeout(limit, probe).await {
+                    tracing::debug!("probe of {}: {}", client.registry(), response.status());
+                    if !response.status().is_server_error() {
+                        client.health.answered();
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Failure {
+    /// A failure that is not the registry's (a local body, an over-long
+    /// answer): never retried, never counted against its health.
+    fn local(error: Error) -> Failure {
+        Failure {
+            kind: None,
+            after: None,
+            error,
         }
     }
 }
@@ -341,16 +559,25 @@ impl std::fmt::Display for BodyError {
 impl std::error::Error for BodyError {}
 
 /// The attempts of one call: exponential backoff with full jitter, or the
-/// registry's `Retry-After`, until the call's time budget is spent.
+/// registry's `Retry-After`, all before the call's deadline.
 struct Retry {
     deadline: Instant,
+    budget: Duration,
+    retries: bool,
+    registry: String,
+    /// Why the last attempt failed, for the message when the deadline hits.
+    last_failure: Option<String>,
     backoff: backon::ExponentialBackoff,
 }
 
 impl Retry {
-    fn new(budget: Duration) -> Retry {
+    fn new(budget: Duration, retries: bool, registry: &str) -> Retry {
         Retry {
             deadline: Instant::now() + budget,
+            budget,
+            retries,
+            registry: registry.to_string(),
+            last_failure: None,
             backoff: ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
                 .with_max_delay(MAX_DELAY)
@@ -360,24 +587,58 @@ impl Retry {
         }
     }
 
+    /// Runs `step` (an attempt, a body, a token fetch) until the deadline:
+    /// past it, a timeout failure.
+    async fn bounded<T>(
+        &self,
+        step: impl Future<Output = Result<T, Failure>>,
+    ) -> Result<T, Failure> {
+        match tokio::time::timeout_at(self.deadline.into(), step).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure {
+                kind: Some(FailureKind::Timeout),
+                after: None,
+                error: Error::Unreachable {
+                    registry: self.registry.clone(),
+                    reason: format!(
+                        "no answer within the retry budget of {}{}",
+                        seconds(self.budget),
+                        self.last_failure
+                            .as_ref()
+                            .map_or(String::new(), |last| format!(" (before: {last})"))
+                    ),
+                },
+            }),
+        }
+    }
+
     /// Waits before the next attempt, or gives `error` back if waiting
-    /// would pass the deadline.
+    /// would pass the deadline (or this call makes one attempt only).
     async fn pause(
         &mut self,
         after: Option<Duration>,
         error: Error,
         counters: &Counters,
     ) -> Result<()> {
+        self.last_failure = Some(match &error {
+            Error::Unreachable { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        });
         let delay = after
             .unwrap_or_else(|| self.backoff.next().unwrap_or(MAX_DELAY))
             .min(MAX_DELAY);
-        if Instant::now() + delay > self.deadline {
+        if !self.retries || Instant::now() + delay > self.deadline {
             return Err(error);
         }
         counters.retries.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(delay).await;
         Ok(())
     }
+}
+
+/// A duration for messages: `30 s`, `0.5 s`.
+fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
 }
 
 /// Statuses worth another attempt.
@@ -404,28 +665,75 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
-/// A transport error in a few words (no URL with credentials in it).
-fn describe_transport_error(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "connection failed".to_string()
-    } else {
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(cause) = source {
-            text = format!("{text}: {cause}");
-            source = cause.source();
+/// Why a request got no answer, in a few words a user can act on (no URL
+/// with credentials in it), and what that says about the registry.
+fn classify(e: &reqwest::Error) -> (FailureKind, String) {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut text = e.to_string();
+    while let Some(error) = cause {
+        if let Some(found) = error.downcast_ref::<std::io::Error>().and_then(classify_io) {
+            return found;
         }
-        text
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return classify_tls(tls);
+        }
+        let message = error.to_string();
+        if message.contains("dns error") || message.contains("failed to lookup address") {
+            return (
+                FailureKind::Dns,
+                format!("the host name does not resolve ({message})"),
+            );
+        }
+        if error.source().is_some() {
+            text = format!("{text}: {}", error.source().expect("checked"));
+        }
+        cause = error.source();
     }
+    if e.is_timeout() {
+        (FailureKind::Timeout, "timed out".to_string())
+    } else {
+        (FailureKind::Reset, format!("connection failed: {text}"))
+    }
+}
+
+/// An I/O error under a request: refused, reset, timed out, or TLS
+/// (rustls reports through `std::io::Error`, its own error inside).
+fn classify_io(io: &std::io::Error) -> Option<(FailureKind, String)> {
+    use std::io::ErrorKind::*;
+    if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        return Some(classify_tls(tls));
+    }
+    let kind = match io.kind() {
+        ConnectionRefused => FailureKind::Refused,
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => FailureKind::Reset,
+        TimedOut => FailureKind::Timeout,
+        _ => return None,
+    };
+    Some((kind, kind.describe().to_string()))
+}
+
+/// A TLS failure; the usual one (a plain-http server answering a TLS
+/// hello) gets its remedy.
+fn classify_tls(tls: &rustls::Error) -> (FailureKind, String) {
+    let hint = match tls {
+        rustls::Error::InvalidMessage(_) => ": is it plain http? use http://",
+        _ => "",
+    };
+    (
+        FailureKind::Tls,
+        format!("TLS handshake failed ({tls}){hint}"),
+    )
 }
 
 /// The error a failed response stands for: auth, not found, or a registry
 /// error with the envelope's code and message.
 pub async fn failure(registry: &str, method: &Method, url: &Url, response: Response) -> Error {
     let status = response.status();
-    let body = read_limited(response, 64 << 10).await.unwrap_or_default();
+    let body = tokio::time::timeout(ERROR_BODY_TIMEOUT, read_limited(response, 64 << 10))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
     let (code, message) = envelope(&body);
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         return Error::AuthFailed {
@@ -490,30 +798,80 @@ pub fn host_port(url: &Url) -> String {
     }
 }
 
-/// Reads a whole body, refusing more than `limit` bytes.
-pub async fn read_limited(mut response: Response, limit: u64) -> Result<Vec<u8>> {
+/// The least pace a body must keep: `min_rate` bytes per second on
+/// average, once it has had `grace` to get going.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    min_rate: u64,
+    grace: Duration,
+}
+
+/// Reads a whole body, refusing more than `limit` bytes. Callers bound the
+/// time it takes.
+pub async fn read_limited(response: Response, limit: u64) -> Result<Vec<u8>> {
+    let unpaced = Pace {
+        min_rate: 0,
+        grace: Duration::ZERO,
+    };
+    read_paced(response, limit, unpaced)
+        .await
+        .map_err(|f| f.error)
+}
+
+/// Reads a whole body of at most `limit` bytes, cut off when it falls
+/// below `pace`. Memory grows with the bytes that arrive, never with what
+/// `Content-Length` claims.
+async fn read_paced(mut response: Response, limit: u64, pace: Pace) -> Result<Vec<u8>, Failure> {
     let declared = response.content_length();
+    let path = response.url().path().to_string();
+    let registry = host_port(response.url());
     if declared.is_some_and(|len| len > limit) {
-        return Err(Error::Remote(format!(
-            "{} announced {} bytes where at most {limit} were expected",
-            response.url().path(),
+        return Err(Failure::local(Error::Remote(format!(
+            "{path} announced {} bytes where at most {limit} were expected",
             declared.unwrap_or_default()
-        )));
+        ))));
     }
-    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
-    while let Some(chunk) = response.chunk().await.map_err(|e| Error::Unreachable {
-        registry: host_port(response.url()),
-        reason: format!("reading a response: {}", describe_transport_error(&e)),
-    })? {
+    let started = Instant::now();
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(MAX_PREALLOCATION) as usize);
+    loop {
+        let chunk = response.chunk().await.map_err(|e| {
+            let (kind, reason) = classify(&e);
+            Failure {
+                kind: Some(kind),
+                after: None,
+                error: Error::Unreachable {
+                    registry: registry.clone(),
+                    reason: format!("reading a response: {reason}"),
+                },
+            }
+        })?;
+        let Some(chunk) = chunk else {
+            return Ok(body);
+        };
         if body.len() as u64 + chunk.len() as u64 > limit {
-            return Err(Error::Remote(format!(
-                "{} sent more than the {limit} bytes expected",
-                response.url().path()
-            )));
+            return Err(Failure::local(Error::Remote(format!(
+                "{path} sent more than the {limit} bytes expected"
+            ))));
         }
         body.extend_from_slice(&chunk);
+        let elapsed = started.elapsed();
+        if elapsed > pace.grace
+            && (body.len() as f64) < pace.min_rate as f64 * elapsed.as_secs_f64()
+        {
+            return Err(Failure {
+                kind: Some(FailureKind::Timeout),
+                after: None,
+                error: Error::Unreachable {
+                    registry,
+                    reason: format!(
+                        "{path} came at {:.0} bytes/s, below the minimum of {} (--min-rate)",
+                        body.len() as f64 / elapsed.as_secs_f64(),
+                        pace.min_rate
+                    ),
+                },
+            });
+        }
     }
-    Ok(body)
 }
 
 /// Header values we send.

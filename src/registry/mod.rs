@@ -23,6 +23,7 @@
 pub mod auth;
 mod backend;
 pub mod client;
+pub mod health;
 pub mod manifest;
 pub mod packed;
 mod upload;
@@ -40,7 +41,7 @@ use url::Url;
 
 use self::auth::{Auth, CredentialSources};
 use self::backend::RegistryBackend;
-use self::client::{Client, Timeouts, header, read_limited};
+use self::client::{Client, Timeouts, header};
 use self::manifest::{MANIFEST_TYPE, Manifest, hash_of_digest, v1_digest};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
@@ -55,10 +56,15 @@ pub const PRODUCER: &str = "mache";
 pub const LAYOUT_V1: &str = "build-cache/v1";
 /// The name of the packed layout, for registries that check SHA-256.
 pub const LAYOUT_PACKED: &str = "packed/1";
-/// Largest manifest we read (providers accept at least 16 MiB).
-const MAX_MANIFEST: u64 = 128 << 20;
-/// Largest lockfile or sizes index we read.
-const MAX_METADATA: u64 = 1 << 30;
+/// Largest manifest (and tag list) we read (providers accept at least 16 MiB).
+pub const MAX_MANIFEST: u64 = 128 << 20;
+/// Largest lockfile, sizes index or pack index we read.
+pub const MAX_METADATA: u64 = 256 << 20;
+/// Largest chunk blob, and largest single read of a pack, we accept.
+pub const MAX_BLOB: u64 = 256 << 20;
+/// Largest pack we accept (a registry that ignores `Range` sends it whole):
+/// room for one chunk of [`MAX_BLOB`] and a pack's worth of others.
+pub const MAX_PACK: u64 = MAX_BLOB + packed::PACK_TARGET;
 
 /// How to reach a registry repository.
 #[derive(Debug, Clone)]
@@ -220,10 +226,16 @@ impl RegistryStore {
         self.chunks.disk()
     }
 
-    /// Fetches the manifest `reference` names, its bytes checked against
-    /// the digest asked for or the registry's `Docker-Content-Digest`.
+    /// Fetches the manifest `reference` names (see [`get_manifest_with`](Self::get_manifest_with)).
     fn get_manifest(&self, reference: &str) -> Result<Vec<u8>> {
-        let client = self.client.clone();
+        self.get_manifest_with(&self.client, reference)
+    }
+
+    /// Fetches the manifest `reference` names with `client` (ours, or a
+    /// one-attempt copy of it), its bytes checked against the digest asked
+    /// for or the registry's `Docker-Content-Digest`.
+    fn get_manifest_with(&self, client: &Client, reference: &str) -> Result<Vec<u8>> {
+        let client = client.clone();
         let url = client.url(&format!("manifests/{reference}"));
         let name = reference.to_string();
         self.client.run(async move {
@@ -257,6 +269,28 @@ impl RegistryStore {
             }
             Ok(bytes)
         })
+    }
+
+    /// The manifest `reference` names now, or — when the registry cannot
+    /// answer and the tag was resolved before — the one it named then, with
+    /// why (for a warning) and when. A tag resolved before is asked for
+    /// once, without retries: the answer is at hand, so a registry that is
+    /// down costs one refused connection (or the connect timeout), and it
+    /// is marked down for the rest of the process.
+    fn manifest_or_recalled(&self, reference: &str) -> Result<(Vec<u8>, Option<Outage>)> {
+        let recalled = self.recall(reference);
+        let client = match recalled {
+            Some(_) => self.client.single_attempt(),
+            None => self.client.clone(),
+        };
+        match (self.get_manifest_with(&client, reference), recalled) {
+            (Ok(bytes), _) => Ok((bytes, None)),
+            (Err(e), Some((bytes, resolved))) if is_outage(&e) => {
+                self.client.go_offline(&e);
+                Ok((bytes, Some((e, resolved))))
+            }
+            (Err(e), _) => Err(e),
+        }
     }
 
     /// A small blob (config, sizes index), verified: from the disk cache,
@@ -356,6 +390,11 @@ impl RegistryStore {
     /// GETs a blob named by its true SHA-256 from the registry, checks it
     /// and keeps it in the disk cache.
     fn fetch_sha256_blob(&self, what: &'static str, digest: &str, size: u64) -> Result<Vec<u8>> {
+        if size > MAX_METADATA {
+            return Err(Error::BadManifest(format!(
+                "its {what} {digest} claims {size} bytes; at most {MAX_METADATA} are accepted"
+            )));
+        }
         let client = self.client.clone();
         let url = client.url(&format!("blobs/{digest}"));
         let found = self
@@ -415,7 +454,7 @@ impl RegistryStore {
             struct Tags {
                 tags: Option<Vec<String>>,
             }
-            let body = read_limited(response, MAX_MANIFEST).await?;
+            let body = client.read_body(response, MAX_MANIFEST).await?;
             let tags: Tags = serde_json::from_slice(&body).map_err(|e| {
                 Error::Remote(format!("{}: tags/list is not JSON: {e}", client.describe()))
             })?;
@@ -444,12 +483,48 @@ impl RegistryStore {
         }
     }
 
-    /// The manifest a tag last resolved to, from the disk cache.
-    fn recall(&self, tag: &str) -> Option<Vec<u8>> {
-        let text = std::fs::read_to_string(self.refs_dir.join(tag)).ok()?;
+    /// The manifest a tag last resolved to, from the disk cache, and when
+    /// it was resolved. Never for a digest (nothing to remember).
+    fn recall(&self, tag: &str) -> Option<(Vec<u8>, std::time::SystemTime)> {
+        if tag.starts_with("sha256:") {
+            return None;
+        }
+        let path = self.refs_dir.join(tag);
+        let resolved = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+        let text = std::fs::read_to_string(&path).ok()?;
         let hash = Hash::from_prefixed(text.trim()).ok()?;
-        self.chunks.disk()?.get(&hash)
+        Some((self.chunks.disk()?.get(&hash)?, resolved))
     }
+}
+
+/// Why a ref came from the disk cache, and when it was resolved.
+type Outage = (Error, std::time::SystemTime);
+
+/// Whether `error` says the registry cannot serve at all now (unreachable,
+/// or failing with 5xx), as opposed to an answer about the ref.
+fn is_outage(error: &Error) -> bool {
+    match error {
+        Error::Unreachable { .. } => true,
+        Error::RegistryError { status, .. } => *status >= 500,
+        _ => false,
+    }
+}
+
+/// The warning of a bundle that came up from the disk cache: which bundle,
+/// resolved how long ago, and why.
+fn offline_warning(
+    reference: &str,
+    bundle: &Bundle,
+    why: &Error,
+    resolved: std::time::SystemTime,
+) -> String {
+    let age = resolved.elapsed().unwrap_or_default();
+    let age = humantime::format_duration(std::time::Duration::from_secs(age.as_secs()));
+    format!(
+        "{why}; using {reference} as resolved {age} ago (lockfile {}, {} sources) from the disk cache",
+        bundle.lockfile_hash.to_prefixed(),
+        bundle.lockfile.sources.len()
+    )
 }
 
 impl BundleStore for RegistryStore {
@@ -460,25 +535,18 @@ impl BundleStore for RegistryStore {
             )));
         }
         check_reference(reference)?;
-        let (bytes, offline) = match self.get_manifest(reference) {
-            Ok(bytes) => (bytes, None),
-            Err(e @ Error::Unreachable { .. }) => match self.recall(reference) {
-                Some(bytes) => {
-                    let why =
-                        format!("{e}; using {reference} as last resolved, from the disk cache");
-                    tracing::warn!("{why}");
-                    (bytes, Some(why))
-                }
-                None => return Err(e),
-            },
-            Err(e) => return Err(e),
-        };
+        let (bytes, outage) = self.manifest_or_recalled(reference)?;
         let manifest = Manifest::parse(&bytes)?;
         let mut bundle = self.bundle_of(&manifest)?;
-        if !reference.starts_with("sha256:") && offline.is_none() {
-            self.remember(reference, &bytes);
+        match outage {
+            Some((why, resolved)) => {
+                let warning = offline_warning(reference, &bundle, &why, resolved);
+                tracing::warn!("{warning}");
+                bundle.offline = Some(warning);
+            }
+            None if !reference.starts_with("sha256:") => self.remember(reference, &bytes),
+            None => {}
         }
-        bundle.offline = offline;
         bundle.manifest = Some(bytes);
         Ok(bundle)
     }

@@ -655,7 +655,7 @@ async fn put_blob(client: &Client, digest: &str, payload: &Payload) -> Result<()
     let mut url = client.location(location)?;
     url.query_pairs_mut().append_pair("digest", digest);
     let response = client
-        .send(Method::PUT, url, |r| {
+        .send_upload(Method::PUT, url, payload.len(), |r| {
             r.header(CONTENT_TYPE, header("application/octet-stream"))
                 .header(CONTENT_LENGTH, payload.len())
                 .body(payload.body())

@@ -46,14 +46,22 @@ pub trait Backend: Send + Sync {
         Ok(vec![(*hash, self.fetch(hash)?)])
     }
 
-    /// Fetches many objects, calling `each` with every one as it arrives
-    /// (in any order). The default fetches them one by one; a remote
-    /// backend overlaps the requests.
-    fn fetch_many(&self, hashes: &[Hash], each: &(dyn Fn(Hash, Vec<u8>) + Sync)) -> Result<()> {
+    /// Fetches many objects, telling `sink` which ones a request is about
+    /// to fetch and handing it every one as it arrives (in any order). The
+    /// default fetches them one by one; a remote backend overlaps the
+    /// requests. Stops at the first failure.
+    fn fetch_many(&self, hashes: &[Hash], sink: &dyn BatchSink) -> Result<()> {
         for hash in hashes {
-            each(*hash, self.fetch(hash)?);
+            sink.starting(std::slice::from_ref(hash));
+            sink.landed(*hash, self.fetch(hash)?);
         }
         Ok(())
+    }
+
+    /// How long one fetch may take at most, for a remote backend (its
+    /// retry budget); `None` where fetches are local and quick.
+    fn budget(&self) -> Option<std::time::Duration> {
+        None
     }
 
     /// A short name for messages (a path, a registry repository).
@@ -68,6 +76,32 @@ pub trait Backend: Send + Sync {
     fn counters(&self) -> Option<RemoteCounters> {
         None
     }
+}
+
+/// Where [`Backend::fetch_many`] reports to.
+pub trait BatchSink: Sync {
+    /// A request for `hashes` is about to go out (they are no longer just
+    /// queued).
+    fn starting(&self, hashes: &[Hash]);
+    /// Object `hash` arrived (unverified).
+    fn landed(&self, hash: Hash, bytes: Vec<u8>);
+}
+
+/// The health of a remote store, for the status file: `up` or `down`
+/// (calls fail at once while a background probe waits for it to answer).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HealthReport {
+    /// `up` or `down`.
+    pub state: &'static str,
+    /// When it entered that state (RFC 3339, UTC); `null` if it never
+    /// changed since the start.
+    pub since: Option<String>,
+    /// The last failure seen, up or down.
+    pub last_error: Option<String>,
+    /// Times it went down.
+    pub outages: u64,
+    /// Probes sent while down.
+    pub probes: u64,
 }
 
 /// What a remote backend has done so far.
@@ -85,6 +119,8 @@ pub struct RemoteCounters {
     pub retries: u64,
     /// Calls that failed for good.
     pub failures: u64,
+    /// Whether it answers now.
+    pub health: HealthReport,
 }
 
 /// A remote source's counters and its disk cache's, for the status file.

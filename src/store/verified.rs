@@ -5,63 +5,118 @@
 //! Nothing reaches a caller unless it hashes to the name it was asked by:
 //! bytes from the disk cache are checked on every read (a bad copy is
 //! dropped and fetched again), bytes from the backend before they are
-//! cached or returned. Concurrent requests for one chunk wait for the first
-//! one's fetch instead of starting their own, whoever asks (a file, its AST
-//! view, prefetch, the `mache.db` build); a failed fetch is not shared, so
-//! each waiter then tries for itself. A batch [`warm`](ChunkSource::warm)
-//! leads a flight for every chunk it fetches, so a read of a chunk that a
-//! prefetch is bringing waits for it rather than asking again.
+//! cached or returned.
+//!
+//! - **Single flight, shared outcome.** Concurrent requests for one chunk
+//!   wait for the first one's fetch instead of starting their own, whoever
+//!   asks (a file, its AST view, prefetch, the `mache.db` build), and all
+//!   get its outcome: the bytes, or its error, together. Only a fetch its
+//!   leader abandoned (a batch that stopped early) is tried again by each.
+//! - **Bounded waits.** Over a remote backend a waiter waits at most the
+//!   backend's budget from the moment it asked.
+//! - **User reads first.** A batch [`warm`](ChunkSource::warm) leads a
+//!   flight for every chunk it will fetch, so a read of one of them that
+//!   its request already went out for waits for it rather than asking
+//!   again; a read of one still queued behind the batch's other requests
+//!   takes the chunk over and fetches it at once.
+//! - **Failures remembered.** A chunk that failed verification or is
+//!   missing is remembered with a backoff ([`FIRST_BACKOFF`], doubling up
+//!   to [`MAX_BACKOFF`]): until it expires every request for it fails at
+//!   once with the same error, so a bad chunk costs one fetch, not one per
+//!   reader or per `stat`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use super::{Backend, ChunkSource, DiskCache, RemoteStatus};
+use super::{Backend, BatchSink, ChunkSource, DiskCache, RemoteStatus};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
+
+/// How long a chunk that failed for good is refused before it is tried again…
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+/// …doubling with each new failure up to this.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How a flight ended.
+#[derive(Clone)]
+enum Landed {
+    Bytes(Arc<Vec<u8>>),
+    /// The fetch failed: every waiter fails with this error.
+    Failed(Arc<Error>),
+    /// The leader gave up without fetching (a batch stopped early): each
+    /// waiter fetches for itself.
+    Abandoned,
+}
 
 /// One fetch in progress, which others wait for.
 #[derive(Default)]
 struct Flight {
-    /// `None` while in flight; then the bytes, or `Some(None)` if it failed.
-    landed: Mutex<Option<Option<Arc<Vec<u8>>>>>,
+    /// `None` while in flight.
+    landed: Mutex<Option<Landed>>,
     wake: Condvar,
+    /// A batch's flight whose request has not gone out yet.
+    queued: AtomicBool,
 }
 
 impl Flight {
-    fn land(&self, bytes: Option<Arc<Vec<u8>>>) {
-        *self.landed.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+    fn land(&self, landed: Landed) {
+        *self.landed.lock().unwrap_or_else(|e| e.into_inner()) = Some(landed);
         self.wake.notify_all();
     }
 
-    /// Blocks until the flight lands: its bytes, or `None` if it failed.
-    fn wait(&self) -> Option<Arc<Vec<u8>>> {
+    /// Blocks until the flight lands, or `deadline` passes (`None`).
+    fn wait(&self, deadline: Option<Instant>) -> Option<Landed> {
         let mut landed = self.landed.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(bytes) = landed.as_ref() {
-                return bytes.clone();
+            if let Some(outcome) = landed.as_ref() {
+                return Some(outcome.clone());
             }
-            landed = self.wake.wait(landed).unwrap_or_else(|e| e.into_inner());
+            landed = match deadline {
+                None => self.wake.wait(landed).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.checked_duration_since(Instant::now())?;
+                    self.wake
+                        .wait_timeout(landed, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
         }
     }
 }
 
-/// The fetch a caller leads: lands (as a failure unless `bytes` was set)
-/// and leaves the table when dropped, whatever happens in between.
+/// The fetch a caller leads: lands (as abandoned unless an outcome was
+/// set) and leaves the table when dropped, whatever happens in between.
 struct Lead<'a> {
     flights: &'a Mutex<HashMap<Hash, Arc<Flight>>>,
     hash: Hash,
     flight: Arc<Flight>,
-    bytes: Option<Arc<Vec<u8>>>,
+    outcome: Option<Landed>,
 }
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        self.flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.hash);
-        self.flight.land(self.bytes.take());
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        // A read may have taken a queued chunk over: leave its flight be.
+        if flights
+            .get(&self.hash)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            flights.remove(&self.hash);
+        }
+        drop(flights);
+        self.flight
+            .land(self.outcome.take().unwrap_or(Landed::Abandoned));
     }
+}
+
+/// A chunk that failed for good, refused until `until`.
+struct Remembered {
+    error: Arc<Error>,
+    until: Instant,
+    backoff: Duration,
 }
 
 /// A backend whose bytes are verified, cached on disk if there is a cache,
@@ -70,6 +125,7 @@ pub struct Verified {
     backend: Arc<dyn Backend>,
     disk: Option<DiskCache>,
     flights: Mutex<HashMap<Hash, Arc<Flight>>>,
+    failures: Mutex<HashMap<Hash, Remembered>>,
 }
 
 impl Verified {
@@ -80,6 +136,7 @@ impl Verified {
             backend,
             disk,
             flights: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -88,20 +145,65 @@ impl Verified {
         self.disk.as_ref()
     }
 
-    /// Joins the flight for `hash`, or starts one and leads it.
-    fn join_or_lead(&self, hash: &Hash) -> Result<Arc<Flight>, Lead<'_>> {
+    /// Joins the flight for `hash`, or starts one and leads it (`queued`:
+    /// for a batch, whose request goes out later). A read finding a queued
+    /// flight takes the chunk over: it leads a flight of its own.
+    fn join_or_lead(&self, hash: &Hash, queued: bool) -> Result<Arc<Flight>, Lead<'_>> {
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(flight) = flights.get(hash) {
+        if let Some(flight) = flights.get(hash)
+            && (queued || !flight.queued.load(Ordering::Acquire))
+        {
             return Ok(flight.clone());
         }
-        let flight = Arc::new(Flight::default());
+        let flight = Arc::new(Flight {
+            queued: AtomicBool::new(queued),
+            ..Flight::default()
+        });
         flights.insert(*hash, flight.clone());
         Err(Lead {
             flights: &self.flights,
             hash: *hash,
             flight,
-            bytes: None,
+            outcome: None,
         })
+    }
+
+    /// The error `hash` failed with, while it is remembered.
+    fn remembered(&self, hash: &Hash) -> Option<Error> {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures
+            .get(hash)
+            .filter(|r| r.until > Instant::now())
+            .map(|r| r.error.share())
+    }
+
+    /// Records how a fetch of `hash` ended: a failure of the chunk itself
+    /// (corrupt, missing) is remembered with a growing backoff; a success
+    /// forgets it. Failures of the registry as a whole are its health's
+    /// business, not a chunk's.
+    fn record(&self, hash: &Hash, result: &Result<Vec<u8>>) -> Option<Arc<Error>> {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let error = match result {
+            Ok(_) => {
+                failures.remove(hash);
+                return None;
+            }
+            Err(e) => Arc::new(e.share()),
+        };
+        if is_chunk_failure(&error) {
+            let backoff = failures
+                .get(hash)
+                .map_or(FIRST_BACKOFF, |r| (r.backoff * 2).min(MAX_BACKOFF));
+            failures.insert(
+                *hash,
+                Remembered {
+                    error: error.clone(),
+                    until: Instant::now() + backoff,
+                    backoff,
+                },
+            );
+        }
+        Some(error)
     }
 
     /// Checks bytes fetched from the backend, keeps them on disk, returns them.
@@ -128,7 +230,7 @@ impl Verified {
         let mut leads = HashMap::new();
         let mut wanted = Vec::new();
         for hash in hashes {
-            match self.join_or_lead(hash) {
+            match self.join_or_lead(hash, true) {
                 Err(lead) => {
                     leads.insert(*hash, lead);
                     wanted.push(*hash);
@@ -140,26 +242,17 @@ impl Verified {
         if wanted.is_empty() {
             return Ok(());
         }
-        let leads = Mutex::new(leads);
-        let failure = Mutex::new(None);
-        self.backend.fetch_many(&wanted, &|hash, bytes| {
-            let admitted = self.admit(&hash, bytes);
-            let lead = leads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&hash);
-            match (admitted, lead) {
-                (Ok(bytes), Some(mut lead)) => lead.bytes = Some(Arc::new(bytes)),
-                (Ok(_), None) => {}
-                (Err(e), _) => {
-                    failure
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(e);
-                }
-            }
-        })?;
-        match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        let batch = BatchLeads {
+            verified: self,
+            leads: Mutex::new(leads),
+            failure: Mutex::new(None),
+        };
+        self.backend.fetch_many(&wanted, &batch)?;
+        match batch
+            .failure
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+        {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -185,27 +278,96 @@ impl Verified {
             })
         })
     }
+
+    /// Waits for another caller's fetch of `hash`, at most until `deadline`.
+    fn wait_for(&self, hash: &Hash, flight: &Flight, deadline: Option<Instant>) -> Result<Vec<u8>> {
+        match flight.wait(deadline) {
+            Some(Landed::Bytes(bytes)) => Ok(bytes.as_ref().clone()),
+            Some(Landed::Failed(error)) => Err(error.share()),
+            Some(Landed::Abandoned) => self.fetch_verified(hash),
+            None => Err(Error::Unreachable {
+                registry: self.backend.describe(),
+                reason: format!("chunk {hash} did not arrive within the retry budget"),
+            }),
+        }
+    }
+}
+
+/// Failures of one chunk (as opposed to the store being unreachable).
+fn is_chunk_failure(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Corrupt { .. }
+            | Error::ObjectMissing { .. }
+            | Error::BlobMissing { .. }
+            | Error::BadManifest(_)
+    )
+}
+
+/// The flights a batch leads, landed as its requests start and arrive.
+struct BatchLeads<'a> {
+    verified: &'a Verified,
+    leads: Mutex<HashMap<Hash, Lead<'a>>>,
+    failure: Mutex<Option<Error>>,
+}
+
+impl BatchSink for BatchLeads<'_> {
+    fn starting(&self, hashes: &[Hash]) {
+        let leads = self.leads.lock().unwrap_or_else(|e| e.into_inner());
+        for hash in hashes {
+            if let Some(lead) = leads.get(hash) {
+                lead.flight.queued.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    fn landed(&self, hash: Hash, bytes: Vec<u8>) {
+        let admitted = self.verified.admit(&hash, bytes);
+        let failed = self.verified.record(&hash, &admitted);
+        let lead = self
+            .leads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&hash);
+        if let Some(mut lead) = lead {
+            lead.outcome = Some(match (&admitted, &failed) {
+                (Ok(bytes), _) => Landed::Bytes(Arc::new(bytes.clone())),
+                (Err(_), Some(error)) => Landed::Failed(error.clone()),
+                (Err(_), None) => Landed::Abandoned,
+            });
+        }
+        if let Err(e) = admitted {
+            self.failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(e);
+        }
+    }
 }
 
 impl ChunkSource for Verified {
     fn get_verified(&self, hash: &Hash) -> Result<Vec<u8>> {
-        let mut lead = match self.join_or_lead(hash) {
-            Ok(flight) => {
-                return match flight.wait() {
-                    Some(bytes) => Ok(bytes.as_ref().clone()),
-                    None => self.fetch_verified(hash),
-                };
-            }
+        if let Some(error) = self.remembered(hash) {
+            return Err(error);
+        }
+        let deadline = self.backend.budget().map(|b| Instant::now() + b);
+        let mut lead = match self.join_or_lead(hash, false) {
+            Ok(flight) => return self.wait_for(hash, &flight, deadline),
             Err(lead) => lead,
         };
         let result = self.fetch_verified(hash);
+        let failed = self.record(hash, &result);
         // Others hold the flight beside the table and this lead: share the
-        // bytes with them. (One joining after this check finds the chunk
+        // outcome with them. (One joining after this check finds the chunk
         // in the disk cache, or fetches it itself.)
-        if let Ok(bytes) = &result
-            && Arc::strong_count(&lead.flight) > 2
-        {
-            lead.bytes = Some(Arc::new(bytes.clone()));
+        if Arc::strong_count(&lead.flight) > 2 {
+            lead.outcome = Some(match (&result, failed) {
+                (Ok(bytes), _) => Landed::Bytes(Arc::new(bytes.clone())),
+                (Err(_), Some(error)) => Landed::Failed(error),
+                (Err(_), None) => Landed::Abandoned,
+            });
+        } else if let Some(error) = failed {
+            lead.outcome = Some(Landed::Failed(error));
         }
         result
     }
