@@ -15,6 +15,7 @@ mod http_wire;
 mod registry;
 #[path = "../tests/serve_support/mod.rs"]
 mod serve_support;
+mod shared_cache;
 mod sharing;
 mod starvation;
 
