@@ -464,12 +464,10 @@ impl Client {
     /// deadline would pass).
     async fn settle(&self, retry: &mut Retry, started: Instant, failure: Failure) -> Result<()> {
         tracing::debug!("{}", failure.error);
+        let mut until_down = None;
         if let Some(kind) = failure.kind {
-            match self
-                .health
-                .failed(kind, started, &failure.error.to_string())
-            {
-                Verdict::StillUp if kind.retryable() => {}
+            match self.health.failed(started, &failure.error.to_string()) {
+                Verdict::StillUp if kind.retryable() => until_down = self.health.until_down(),
                 Verdict::StillUp => return Err(failure.error),
                 Verdict::WentDown => {
                     self.spawn_probe();
@@ -479,7 +477,7 @@ impl Client {
             }
         }
         retry
-            .pause(failure.after, failure.error, &self.counters)
+            .pause(failure.after, until_down, failure.error, &self.counters)
             .await
     }
 
@@ -614,11 +612,13 @@ impl Retry {
         }
     }
 
-    /// Waits before the next attempt, or gives `error` back if waiting
+    /// Waits before the next attempt (no longer than `cap`: then the
+    /// registry's health is decided), or gives `error` back if waiting
     /// would pass the deadline (or this call makes one attempt only).
     async fn pause(
         &mut self,
         after: Option<Duration>,
+        cap: Option<Duration>,
         error: Error,
         counters: &Counters,
     ) -> Result<()> {
@@ -628,7 +628,8 @@ impl Retry {
         });
         let delay = after
             .unwrap_or_else(|| self.backoff.next().unwrap_or(MAX_DELAY))
-            .min(MAX_DELAY);
+            .min(MAX_DELAY)
+            .min(cap.unwrap_or(MAX_DELAY));
         if !self.retries || Instant::now() + delay > self.deadline {
             return Err(error);
         }
@@ -680,6 +681,9 @@ fn classify(e: &reqwest::Error) -> (FailureKind, String) {
             return classify_tls(tls);
         }
         let message = error.to_string();
+        if let Some(found) = classify_tls_text(&message) {
+            return found;
+        }
         if message.contains("dns error") || message.contains("failed to lookup address") {
             return (
                 FailureKind::Dns,
@@ -712,6 +716,29 @@ fn classify_io(io: &std::io::Error) -> Option<(FailureKind, String)> {
         _ => return None,
     };
     Some((kind, kind.describe().to_string()))
+}
+
+/// A TLS failure known only by its text (rustls's error reaches us inside
+/// another library's wrapper): the innermost message that names it.
+fn classify_tls_text(message: &str) -> Option<(FailureKind, String)> {
+    let plain_http = message.contains("InvalidContentType") || message.contains("corrupt message");
+    let tls = plain_http
+        || message.contains("invalid peer certificate")
+        || message.contains("tls handshake")
+        || message.contains("HandshakeFailure");
+    if !tls {
+        return None;
+    }
+    let innermost = message.rsplit(": ").next().unwrap_or(message);
+    let hint = if plain_http {
+        ": is it plain http? use http://"
+    } else {
+        ""
+    };
+    Some((
+        FailureKind::Tls,
+        format!("TLS handshake failed ({innermost}){hint}"),
+    ))
 }
 
 /// A TLS failure; the usual one (a plain-http server answering a TLS
