@@ -369,7 +369,7 @@ impl Client {
             self.check_health()?;
             let started = Instant::now();
             let request = build(self.http.request(method.clone(), url.clone()));
-            let request = self.auth.apply(request).await;
+            let request = self.auth.apply(request, &self.base, &url).await;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
             let failure = match retry.bounded(self.attempt(request)).await {
                 Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
@@ -377,10 +377,12 @@ impl Client {
                         return Err(failure(&self.registry(), &method, &url, response).await);
                     }
                     reauthenticated = true;
-                    let registry = self.registry();
-                    let challenge = self
-                        .auth
-                        .challenged(&self.http, response.headers(), &registry);
+                    let challenge = self.auth.challenged(
+                        &self.http,
+                        &self.base,
+                        response.url(),
+                        response.headers(),
+                    );
                     match retry
                         .bounded(async { challenge.await.map_err(Failure::local) })
                         .await
