@@ -709,6 +709,15 @@ fn classify_io(io: &std::io::Error) -> Option<(FailureKind, String)> {
     if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
         return Some(classify_tls(tls));
     }
+    // hyper-rustls wraps the handshake's error in another (`io::Error::other`),
+    // whose `source` skips it: look inside.
+    if let Some(found) = io
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<std::io::Error>())
+        .and_then(classify_io)
+    {
+        return Some(found);
+    }
     let kind = match io.kind() {
         ConnectionRefused => FailureKind::Refused,
         ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => FailureKind::Reset,
