@@ -7,9 +7,10 @@
 //! token file others may read gets a warning.
 
 mod common;
+mod http_wire;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use std::process::Output;
 use std::sync::{Arc, Mutex};
 
 use common::*;
+use http_wire::{ServerRequest as Request, read_request};
 use mache_cachefs::hash::Hash;
 use mache_cachefs::registry::manifest::{MANIFEST_TYPE, v1_digest};
 
@@ -80,14 +82,6 @@ struct Fake {
     content: Arc<Mutex<Content>>,
     elsewhere: Mutex<Elsewhere>,
     seen: Mutex<Vec<Seen>>,
-}
-
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
 }
 
 struct Reply {
@@ -262,45 +256,6 @@ impl Fake {
         }
         Reply::new(404)
     }
-}
-
-fn read_request(stream: &TcpStream) -> Option<Request> {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_string();
-    let target = parts.next()?;
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut headers = HashMap::new();
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).ok()?;
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
-        }
-    }
-    assert!(
-        !headers.contains_key("transfer-encoding"),
-        "the fake reads bodies by Content-Length only"
-    );
-    let len = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).ok()?;
-    Some(Request {
-        method,
-        path: path.to_string(),
-        query: query.to_string(),
-        headers,
-        body,
-    })
 }
 
 /// A test's files: a db to push, a local store, a cache, a docker config

@@ -6,6 +6,7 @@
 
 mod common;
 mod fake_registry;
+mod http_wire;
 
 use std::time::{Duration, Instant};
 

@@ -93,6 +93,10 @@ pub struct Client {
     /// Whether a failed attempt is tried again (else the first failure ends
     /// the call).
     retries: bool,
+    /// How long an attempt may wait for the response's headers, when that
+    /// is shorter than the call's deadline (a lookup with an offline answer
+    /// at hand does not wait out the read timeout).
+    answer_within: Option<Duration>,
     health: Arc<Health>,
     counters: Arc<Counters>,
 }
@@ -143,16 +147,19 @@ impl Client {
             runtime,
             timeouts,
             retries: true,
+            answer_within: None,
             health: Arc::new(Health::new(timeouts.offline_after)),
             counters: Arc::default(),
         })
     }
 
-    /// This client making one attempt per call, sharing its health and
-    /// counters: for a lookup that has an offline answer ready.
+    /// This client making one attempt per call, whose answer must begin
+    /// within the connect timeout, sharing its health and counters: for a
+    /// lookup that has an offline answer ready.
     pub fn single_attempt(&self) -> Client {
         Client {
             retries: false,
+            answer_within: Some(self.timeouts.connect),
             ..self.clone()
         }
     }
@@ -443,7 +450,23 @@ impl Client {
         request: RequestBuilder,
         body_follows: bool,
     ) -> Result<Response, Failure> {
-        match request.send().await {
+        let sent = match self.answer_within {
+            Some(limit) => match tokio::time::timeout(limit, request.send()).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    return Err(Failure {
+                        kind: Some(FailureKind::Timeout),
+                        after: None,
+                        error: Error::Unreachable {
+                            registry: self.registry(),
+                            reason: format!("no answer within {}", seconds(limit)),
+                        },
+                    });
+                }
+            },
+            None => request.send().await,
+        };
+        match sent {
             Ok(response) => {
                 let status = response.status();
                 let body_to_come = body_follows && status.is_success();

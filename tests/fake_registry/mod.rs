@@ -19,7 +19,7 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mache_cachefs::hash::Hash;
+
+use crate::http_wire::{ServerRequest as Request, read_request};
 use mache_cachefs::registry::manifest::{MANIFEST_TYPE, Manifest, v1_digest};
 use mache_cachefs::store::{Bundle, LocalStore};
 
@@ -398,44 +400,6 @@ impl Drop for FakeRegistry {
     }
 }
 
-struct Request {
-    method: String,
-    path: String,
-    headers: HashMap<String, String>,
-}
-
-fn read_request(stream: &TcpStream) -> Option<Request> {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_string();
-    let path = parts.next()?.to_string();
-    let mut headers = HashMap::new();
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).ok()?;
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
-        }
-    }
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).ok()?;
-    Some(Request {
-        method,
-        path,
-        headers,
-    })
-}
-
 fn respond(
     mut stream: &TcpStream,
     status: u16,
@@ -539,9 +503,9 @@ fn handle(stream: TcpStream, addr: SocketAddr, state: &Mutex<State>, stop: &Atom
         .lock()
         .unwrap()
         .log
-        .push(format!("{} {}", request.method, request.path));
+        .push(format!("{} {}", request.method, request.target));
     let head = request.method == "HEAD";
-    if request.path.starts_with("/token") {
+    if request.target.starts_with("/token") {
         let mut guard = state.lock().unwrap();
         let auth = guard.auth.as_mut().expect("tokens are required");
         auth.issued += 1;
@@ -559,10 +523,10 @@ fn handle(stream: TcpStream, addr: SocketAddr, state: &Mutex<State>, stop: &Atom
         guard
             .faults
             .iter_mut()
-            .find(|(pattern, queue)| request.path.contains(pattern.as_str()) && !queue.is_empty())
+            .find(|(pattern, queue)| request.target.contains(pattern.as_str()) && !queue.is_empty())
             .and_then(|(_, queue)| queue.pop_front())
     };
-    let body = lookup(state, &request.path);
+    let body = lookup(state, &request.target);
     match (fault, body) {
         (Some(Fault::Status(status)), _) => {
             error(&stream, status, "UNAVAILABLE", "injected failure", &[])

@@ -1,9 +1,11 @@
 //! A minimal HTTP/1.1 client over a plain `TcpStream` for the tests of
 //! `serve` and of the distribution registry, so nothing of ours sits
-//! between a test and the server it checks, and the parsing of answers.
+//! between a test and the server it checks, and the parsing of answers;
+//! and the other side, a request as the tests' own small servers read it.
 #![allow(dead_code)]
 
-use std::io::{ErrorKind, Read, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -199,4 +201,60 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 /// `sha256:<BLAKE3 hex>`: a BLAKE3 hash passed off as SHA-256.
 pub fn blake3_as_sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", blake3::hash(bytes).to_hex())
+}
+
+/// One request as a test server reads it off the wire.
+#[derive(Debug)]
+pub struct ServerRequest {
+    pub method: String,
+    /// The path and query as sent.
+    pub target: String,
+    pub path: String,
+    pub query: String,
+    /// Header names lowercased.
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// Reads one request (its body by `Content-Length`); `None` if the
+/// connection ends first.
+pub fn read_request(stream: &TcpStream) -> Option<ServerRequest> {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let (path, query) = (path.to_string(), query.to_string());
+    let mut headers = HashMap::new();
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+        }
+    }
+    assert!(
+        !headers.contains_key("transfer-encoding"),
+        "test servers read bodies by Content-Length only"
+    );
+    let len = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(ServerRequest {
+        method,
+        target,
+        path,
+        query,
+        headers,
+        body,
+    })
 }
