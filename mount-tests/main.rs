@@ -15,7 +15,9 @@ mod http_wire;
 mod registry;
 #[path = "../tests/serve_support/mod.rs"]
 mod serve_support;
+mod shared_cache;
 mod sharing;
+mod starvation;
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read};

@@ -91,21 +91,50 @@ fn with_the_registry_down_uncached_files_fail_fast_cached_ones_work_and_recovery
     mount_remote(
         &mut m,
         &registry,
-        &["--retry-budget", "2", "--read-timeout", "1"],
+        &["--retry-budget", "8", "--offline-after", "1"],
     );
     let files = sample.files();
-    let (cached, uncached) = (&files[0].0, &files[files.len() - 1].0);
+    let (cached, first_cold) = (&files[0].0, &files[files.len() - 1].0);
     let original = |rel: &str| std::fs::read(sample.tree.join(rel)).unwrap();
     let read = |rel: &str| std::fs::read(m.path("sources").join(rel));
     assert_eq!(read(cached).unwrap(), original(cached));
+    assert_eq!(m.status()["remote"]["health"]["state"], "up");
 
+    // The first cold read retries for --offline-after, then fails: EIO.
     registry.set_down(true);
     let started = Instant::now();
-    let err = read(uncached).unwrap_err();
+    let err = read(first_cold).unwrap_err();
+    let first = started.elapsed();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(first >= Duration::from_secs(1), "retried first: {first:?}");
     assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "{:?}",
+        first < Duration::from_secs(8),
+        "within the budget: {first:?}"
+    );
+    let health = &m.status()["remote"]["health"];
+    assert_eq!(health["state"], "down", "{health:#}");
+    assert!(
+        health["since"].as_str().unwrap().ends_with('Z'),
+        "{health:#}"
+    );
+    assert!(health["last_error"].as_str().is_some(), "{health:#}");
+
+    // Down: every other cold read fails at once, 4 at a time too; cached
+    // files read as before.
+    let others: Vec<&String> = files[1..9].iter().map(|(rel, _)| rel).collect();
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for rel in &others {
+            let read = &read;
+            s.spawn(move || {
+                let err = read(rel).unwrap_err();
+                assert_eq!(err.raw_os_error(), Some(libc::EIO), "{rel}: {err}");
+            });
+        }
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "8 cold reads while down took {:?}",
         started.elapsed()
     );
     assert_eq!(
@@ -113,18 +142,87 @@ fn with_the_registry_down_uncached_files_fail_fast_cached_ones_work_and_recovery
         original(cached),
         "cached files still read"
     );
-    let status = m.status();
-    assert!(
-        status["remote"]["failures"].as_u64().unwrap() >= 1,
-        "{status:#}"
-    );
 
+    // Back: the probe notices and cold reads succeed, with no remount.
     registry.set_down(false);
-    assert_eq!(
-        read(uncached).unwrap(),
-        original(uncached),
-        "back without a remount"
+    let back = Instant::now();
+    let recovered = loop {
+        match read(first_cold) {
+            Ok(bytes) => break bytes,
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "not back after the probe's longest interval"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(recovered, original(first_cold), "back without a remount");
+    for rel in others {
+        assert_eq!(read(rel).unwrap(), original(rel));
+    }
+    let health = &m.status()["remote"]["health"];
+    assert_eq!(health["state"], "up", "{health:#}");
+    assert_eq!(health["outages"], 1, "{health:#}");
+}
+
+#[test]
+fn a_registry_that_hangs_mid_read_and_then_dies_gives_eio_within_the_budget_and_nothing_partial() {
+    let sample = sample();
+    let registry = served();
+    let mut m = TestMount::dirs();
+    mount_remote(
+        &mut m,
+        &registry,
+        &[
+            "--retry-budget",
+            "6",
+            "--read-timeout",
+            "1",
+            "--offline-after",
+            "1",
+        ],
     );
+    let (rel, _) = sample
+        .files()
+        .into_iter()
+        .max_by_key(|(_, len)| *len)
+        .unwrap();
+    let index = sample
+        .bundle()
+        .lockfile
+        .sources
+        .iter()
+        .position(|s| s.path == rel)
+        .unwrap();
+    let chunk = sample.bundle().lockfile.sources[index].chunk_hash;
+    // Headers, then silence: the reader hangs mid-body...
+    registry.fault(&chunk.to_hex(), &[crate::fake_registry::Fault::Stall]);
+    let path = m.path("sources").join(&rel);
+    let started = Instant::now();
+    let reader = std::thread::spawn(move || std::fs::read(path));
+    let wanted = format!("blobs/sha256:{}", chunk.to_hex());
+    while registry.count(&wanted) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "no request");
+        std::thread::yield_now();
+    }
+    // ...and the registry dies under it.
+    registry.set_down(true);
+    let err = reader.join().unwrap().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?} is past the budget",
+        started.elapsed()
+    );
+    let cache = m.cache_home.join("mache-cachefs/cache");
+    let cached = cache
+        .join("chunks")
+        .join(&chunk.to_hex()[..2])
+        .join(&chunk.to_hex()[2..]);
+    assert!(!cached.exists(), "nothing partial is cached");
+    let debris = std::fs::read_dir(cache.join("tmp")).unwrap().count();
+    assert_eq!(debris, 0, "no temporary file is left");
 }
 
 /// Pushes `db` to `server` (through a local store in `dir`) as `mache/<SCOPE>:latest`.
@@ -283,14 +381,31 @@ fn a_bundle_on_the_distribution_registry_mounts_a_second_mount_makes_no_blob_req
     drop(registry);
     let mut third = TestMount::dirs();
     third.cache_home = first.cache_home.clone();
-    let said = mount_url(&mut third, &url, &["--retry-budget", "1"]);
+    // One refused connection, no retries: it comes up at once (the bound
+    // leaves room for the daemon's start on a loaded machine).
+    let started = Instant::now();
+    let said = mount_url(&mut third, &url, &[]);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "offline start took {:?}",
+        started.elapsed()
+    );
     let diff = crate::harness::diff_against_tree(sample, &third.path("sources"));
     assert!(
         diff.status.success(),
         "offline: {}",
         String::from_utf8_lossy(&diff.stdout)
     );
-    assert!(said.contains("using latest as last resolved"), "{said}");
+    let sources = format!("{} sources", sample.bundle().lockfile.sources.len());
+    for needle in [
+        "connection refused; using latest as resolved",
+        "(lockfile blake3:",
+        sources.as_str(),
+        "from the disk cache",
+    ] {
+        assert!(said.contains(needle), "{needle:?} in {said}");
+    }
+    assert_eq!(third.status()["remote"]["health"]["state"], "down");
 }
 
 #[test]

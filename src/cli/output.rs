@@ -298,9 +298,10 @@ pub fn gc_cache(dir: &Path, r: &crate::store::gc::CacheGcReport, as_json: bool) 
     }
     let verb = if r.dry_run { "would remove" } else { "removed" };
     println!(
-        "{}: {verb} {} cached chunks and {} built dbs and logs: {} freed; {} in the chunk cache (cap {})",
+        "{}: {verb} {} cached chunks, {} stale temporary files and {} built dbs and logs: {} freed; {} in the chunk cache (cap {})",
         dir.display(),
         r.chunks_removed,
+        r.temp_files_removed,
         r.files_removed,
         mb(r.bytes_freed),
         mb(r.chunk_bytes),

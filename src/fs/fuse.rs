@@ -3,11 +3,25 @@
 //!
 //! Every handler runs its operation and ends in one place: `Ok` becomes the
 //! reply, `Err` becomes `reply.error(errno)` with the errno from
-//! [`Error::errno`]. An operation that may block on a chunk fetch or the db
-//! build (a cold read, a size the index does not know, the first open of
-//! `mache.db`) is moved to a pool of I/O threads and replies from there, so
-//! the FUSE threads keep answering other requests while a slow chunk loads.
-//! Everything else answers on the FUSE thread.
+//! [`Error::errno`]. Each operation runs in one of three places
+//! ([`Lane`]), so that nothing waits behind a slow chunk but what needs it:
+//! - on the FUSE thread, if it needs no fetch and no db build: every
+//!   metadata request whose answer is known (from the lockfile, the sizes
+//!   index or sizes already learned), `statfs`, xattrs, the status file,
+//!   and reads of what is in memory. The FUSE threads never wait on the
+//!   store, so they are never all taken by blocking work;
+//! - on the metadata pool ([`IoPools`], bounded), if it may take long: the
+//!   lookup, `getattr` or root listing of a bundle without a sizes index,
+//!   whose answer needs a size or shape not learned yet (it waits, or
+//!   fails, for that file only), and the first rendering of
+//!   `mache.lock.toml`;
+//! - on the read pool (bounded, separate), a read that may fetch a chunk
+//!   or render the lockfile, and the `mache.db` build of its first open or
+//!   read.
+//!
+//! So metadata never queues behind reads, however many readers wait on a
+//! hung registry; and the kernel may keep as many reads in flight as the
+//! read pool has threads (`max_background`).
 //!
 //! Reads are stateless (they name the inode), so where the kernel supports
 //! it the mount asks for no OPEN/OPENDIR requests at all
@@ -41,10 +55,74 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 /// would keep serving the size of an old snapshot.
 const NO_TTL: Duration = Duration::ZERO;
 
+/// Threads of each I/O pool: at most this many operations of one kind wait
+/// on the store at once; more queue behind them.
+pub const IO_THREADS: usize = 64;
+
+/// Where an operation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// On the calling (FUSE) thread: it needs no fetch and no build.
+    Now,
+    /// On the metadata pool: an attribute, lookup or listing that may fetch.
+    Metadata,
+    /// On the read pool: a read that may fetch, or the db build.
+    Read,
+}
+
+impl Lane {
+    /// [`Lane::Metadata`] for metadata that may block, else [`Lane::Now`].
+    fn metadata(may_block: bool) -> Lane {
+        if may_block { Lane::Metadata } else { Lane::Now }
+    }
+}
+
+/// The I/O threads: one bounded pool for reads and one for metadata, so
+/// that neither kind waits for threads the other holds.
+pub struct IoPools {
+    reads: tokio::runtime::Runtime,
+    metadata: tokio::runtime::Runtime,
+}
+
+impl IoPools {
+    /// Two pools of up to `threads` threads each, started on demand.
+    pub fn start(threads: usize) -> Result<IoPools> {
+        Ok(IoPools {
+            reads: pool("cachefs-read", threads)?,
+            metadata: pool("cachefs-meta", threads)?,
+        })
+    }
+
+    /// Runs `job` on `lane`: now, or queued on its pool.
+    pub fn run(&self, lane: Lane, job: impl FnOnce() + Send + 'static) {
+        let pool = match lane {
+            Lane::Now => return job(),
+            Lane::Metadata => &self.metadata,
+            Lane::Read => &self.reads,
+        };
+        pool.spawn_blocking(job);
+    }
+
+    /// Stops the pools without waiting for jobs still blocked.
+    pub fn shutdown(self) {
+        self.reads.shutdown_background();
+        self.metadata.shutdown_background();
+    }
+}
+
+/// A pool of blocking threads (tokio's; idle ones exit after a while).
+fn pool(name: &str, threads: usize) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(threads.max(1))
+        .thread_name(name)
+        .build()
+        .map_err(|e| Error::io(format!("starting the {name} threads"), e))
+}
+
 /// The adapter; cheap to share between the FUSE threads.
 pub struct FuseFs {
     fs: Arc<CacheFs>,
-    io: Option<tokio::runtime::Runtime>,
+    io: Option<IoPools>,
     /// The kernel agreed to skip OPEN (and OPENDIR) for good once one
     /// is answered ENOSYS.
     no_open: bool,
@@ -52,8 +130,8 @@ pub struct FuseFs {
 }
 
 impl FuseFs {
-    /// Wraps `fs`, deferring blocking operations to `io`'s blocking pool.
-    pub fn new(fs: Arc<CacheFs>, io: tokio::runtime::Runtime) -> FuseFs {
+    /// Wraps `fs`, deferring operations that may block to `io`.
+    pub fn new(fs: Arc<CacheFs>, io: IoPools) -> FuseFs {
         FuseFs {
             fs,
             io: Some(io),
@@ -62,25 +140,28 @@ impl FuseFs {
         }
     }
 
-    /// Runs `op` now, or on the I/O pool when `may_block`, and replies.
+    /// Runs `op` on `lane` and replies.
     fn answer<R: Replier, T: 'static>(
         &self,
-        may_block: bool,
+        lane: Lane,
         reply: R,
         op: impl FnOnce(&CacheFs) -> Result<T> + Send + 'static,
         ok: impl FnOnce(R, T) + Send + 'static,
     ) {
         let fs = self.fs.clone();
-        let job = move || match op(&fs) {
-            Ok(value) => ok(reply, value),
-            Err(err) => reply.fail(errno(&err)),
-        };
-        match (&self.io, may_block) {
-            (Some(io), true) => {
-                io.spawn_blocking(job);
-            }
-            _ => job(),
+        let job = move || finish(reply, op(&fs), ok);
+        match &self.io {
+            Some(io) => io.run(lane, job),
+            None => job(),
         }
+    }
+}
+
+/// Replies `ok` with the value, or the error's errno.
+fn finish<R: Replier, T>(reply: R, result: Result<T>, ok: impl FnOnce(R, T)) {
+    match result {
+        Ok(value) => ok(reply, value),
+        Err(err) => reply.fail(errno(&err)),
     }
 }
 
@@ -171,6 +252,10 @@ impl Filesystem for FuseFs {
             // Pages of a file whose mtime or size changed (the status file)
             // are dropped when the kernel sees the new attributes.
             | InitFlags::FUSE_AUTO_INVAL_DATA;
+        // As many reads in flight (readahead is sent in the background) as
+        // the read pool has threads; metadata requests are not counted.
+        let _ = config.set_max_background(IO_THREADS as u16);
+        let _ = config.set_congestion_threshold((IO_THREADS * 3 / 4) as u16);
         if self.fs.has_index() {
             // READDIRPLUS hands the kernel every entry's attributes with the
             // listing, saving a lookup per file in `ls -l` and `find`; only
@@ -186,7 +271,7 @@ impl Filesystem for FuseFs {
 
     fn destroy(&mut self) {
         if let Some(io) = self.io.take() {
-            io.shutdown_background();
+            io.shutdown();
         }
     }
 
@@ -200,7 +285,7 @@ impl Filesystem for FuseFs {
                 .lookup(parent.0, &name)
                 .is_some_and(|ino| self.fs.attr_may_block(ino));
         self.answer(
-            may_block,
+            Lane::metadata(may_block),
             reply,
             move |fs| fs.lookup(parent.0, &name),
             |reply, attr| reply.entry(&ttl(&attr), &file_attr(&attr), Generation(0)),
@@ -210,7 +295,7 @@ impl Filesystem for FuseFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.fs.stats().request(Op::Getattr);
         self.answer(
-            self.fs.attr_may_block(ino.0),
+            Lane::metadata(self.fs.attr_may_block(ino.0)),
             reply,
             move |fs| fs.attr(ino.0),
             |reply, attr| reply.attr(&ttl(&attr), &file_attr(&attr)),
@@ -221,8 +306,12 @@ impl Filesystem for FuseFs {
         self.fs.stats().request(Op::Open);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let no_open = self.no_open;
+        let lane = match self.fs.open_may_block(ino.0) {
+            true => Lane::Read,
+            false => Lane::Now,
+        };
         self.answer(
-            self.fs.open_may_block(ino.0),
+            lane,
             reply,
             move |fs| fs.open(ino.0, write).map(|()| (ino.0, fs.db_ready())),
             move |reply, (ino, db_ready)| {
@@ -254,12 +343,16 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         self.fs.stats().request(Op::Read);
-        self.answer(
-            self.fs.read_may_block(ino.0),
-            reply,
-            move |fs| fs.read(ino.0, offset, size),
-            |reply, data| reply.data(data.as_slice()),
-        );
+        let send = |reply: ReplyData, data: super::Data| reply.data(data.as_slice());
+        match self.fs.read_now(ino.0, offset, size) {
+            Some(result) => finish(reply, result, send),
+            None => self.answer(
+                Lane::Read,
+                reply,
+                move |fs| fs.read(ino.0, offset, size),
+                send,
+            ),
+        }
     }
 
     fn release(
@@ -279,7 +372,7 @@ impl Filesystem for FuseFs {
         self.fs.stats().request(Op::Other);
         let no_opendir = self.no_opendir;
         self.answer(
-            false,
+            Lane::Now,
             reply,
             move |fs| match fs.tree().dir(ino.0) {
                 Some(_) => Ok(()),
@@ -309,7 +402,7 @@ impl Filesystem for FuseFs {
     ) {
         self.fs.stats().request(Op::Readdir);
         self.answer(
-            self.fs.dir_may_block(ino.0),
+            Lane::metadata(self.fs.dir_may_block(ino.0)),
             reply,
             move |fs| {
                 let mut entries = Vec::new();
@@ -343,7 +436,7 @@ impl Filesystem for FuseFs {
     ) {
         self.fs.stats().request(Op::Readdir);
         self.answer(
-            self.fs.dir_may_block(ino.0),
+            Lane::metadata(self.fs.dir_may_block(ino.0)),
             reply,
             move |fs| {
                 let mut entries = Vec::new();
@@ -450,7 +543,7 @@ impl Filesystem for FuseFs {
         self.fs.stats().request(Op::Getxattr);
         let name = name.as_bytes().to_vec();
         self.answer(
-            false,
+            Lane::Now,
             reply,
             move |fs| fs.xattr(ino.0, &name),
             move |reply, value| reply_xattr(reply, size, &value),
@@ -460,7 +553,7 @@ impl Filesystem for FuseFs {
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         self.fs.stats().request(Op::Listxattr);
         self.answer(
-            false,
+            Lane::Now,
             reply,
             move |fs| fs.xattr_names(ino.0),
             move |reply, names| reply_xattr(reply, size, &names),
@@ -470,7 +563,7 @@ impl Filesystem for FuseFs {
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         self.fs.stats().request(Op::Other);
         self.answer(
-            false,
+            Lane::Now,
             reply,
             move |fs| {
                 fs.tree()

@@ -125,6 +125,8 @@ pub struct CacheFs {
     stats: Arc<Stats>,
     /// Rendered on first use (it is not needed to mount).
     lock_toml: OnceLock<Vec<u8>>,
+    /// Counted once, for the status document (rendered at every stat of it).
+    distinct_chunks: usize,
     has_index: bool,
     /// Without a sizes index: whether the bundle's chunks are AST-shaped
     /// (so `ast/` exists), learned from one chunk on first need.
@@ -184,8 +186,9 @@ impl CacheFs {
             ViewCache::new(settings.memory_cache),
             stats.clone(),
         );
-        let synth = Synth::new(&settings.cache_dir, &lockfile);
+        let synth = Synth::new(&settings.cache_dir, &lockfile, synth::BUILD_BACKOFF);
         let mtime = UNIX_EPOCH + Duration::from_millis(lockfile.meta.generated_at_ms);
+        let distinct_chunks = lockfile.distinct_chunks();
         CacheFs {
             lockfile,
             lockfile_hash,
@@ -197,6 +200,7 @@ impl CacheFs {
             metered,
             stats,
             lock_toml: OnceLock::new(),
+            distinct_chunks,
             has_index,
             ast_dir: OnceLock::new(),
             mtime,
@@ -261,11 +265,13 @@ impl CacheFs {
     }
 
     /// Whether answering for `ino` (its attributes, or a lookup or listing
-    /// that returns it) might fetch a chunk or build the db.
+    /// that returns it) might fetch a chunk, or render the lockfile's TOML
+    /// (once; long for a large lockfile). Never builds the db.
     pub fn attr_may_block(&self, ino: u64) -> bool {
         match self.tree.node(ino) {
             Some(Node::Source(i)) => self.content.known_size(i as usize, View::Source).is_none(),
             Some(Node::Ast(i)) => self.content.known_size(i as usize, View::AstJson).is_none(),
+            Some(Node::LockToml) => self.lock_toml.get().is_none(),
             _ => false,
         }
     }
@@ -425,22 +431,24 @@ impl CacheFs {
         ino == tree::MACHE_DB && self.synth.ready().is_none()
     }
 
-    /// Whether reading `ino` might fetch a chunk or build the db.
-    pub fn read_may_block(&self, ino: u64) -> bool {
-        match self.tree.node(ino) {
-            Some(Node::Source(i)) => self.content.cached(i as usize, View::Source).is_none(),
-            Some(Node::Ast(i)) => self.content.cached(i as usize, View::AstJson).is_none(),
-            Some(Node::MacheDb) => self.synth.ready().is_none(),
-            _ => false,
-        }
-    }
-
     /// Up to `size` bytes of file `ino` from `offset`. The first read of a
     /// source or AST view fetches, verifies and decodes its chunk, unless it
     /// is in memory. The status file is rendered anew for a read from
     /// offset 0 and padded to a fixed size, so the bytes always match the
     /// size the kernel was told.
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Data> {
+        self.read_or_wait(ino, offset, size, true)
+            .expect("a read that may wait always answers")
+    }
+
+    /// [`CacheFs::read`] if it needs no fetch, no db build and no rendering
+    /// of the lockfile (a view in memory, the status file, the lockfile
+    /// rendered before, a built db); `None` when it would have to wait.
+    pub fn read_now(&self, ino: u64, offset: u64, size: u32) -> Option<Result<Data>> {
+        self.read_or_wait(ino, offset, size, false)
+    }
+
+    fn read_or_wait(&self, ino: u64, offset: u64, size: u32, wait: bool) -> Option<Result<Data>> {
         let window = |len: usize| {
             let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
             start..start.saturating_add(size as usize).min(len)
@@ -449,39 +457,50 @@ impl CacheFs {
             let range = window(bytes.len());
             Data::Shared(bytes, range)
         };
-        Ok(match self.node(ino)? {
-            Node::Source(i) => shared(self.content.bytes(i as usize, View::Source)?),
-            Node::Ast(i) => shared(self.content.bytes(i as usize, View::AstJson)?),
+        let view = |i: u32, view: View| match wait {
+            true => Some(self.content.bytes(i as usize, view).map(shared)),
+            false => self.content.cached(i as usize, view).map(|b| Ok(shared(b))),
+        };
+        let node = match self.node(ino) {
+            Ok(node) => node,
+            Err(e) => return Some(Err(e)),
+        };
+        match node {
+            Node::Source(i) => view(i, View::Source),
+            Node::Ast(i) => view(i, View::AstJson),
+            Node::LockToml if !wait && self.lock_toml.get().is_none() => None,
             Node::LockToml => {
                 let toml = self.lock_toml();
-                Data::Owned(toml[window(toml.len())].to_vec())
+                Some(Ok(Data::Owned(toml[window(toml.len())].to_vec())))
             }
             // A read from the start gets a new snapshot; later offsets
             // continue the one it got. Snapshots all have one size.
-            Node::Status => shared(self.status_snapshot(offset == 0)),
-            Node::MacheDb => {
-                let db = self.db()?;
-                let range = window(db.size as usize);
-                let mut buf = vec![0; range.len()];
-                let mut done = 0;
-                while done < buf.len() {
-                    let n = db
-                        .file
-                        .read_at(&mut buf[done..], (range.start + done) as u64)
-                        .map_err(|e| {
-                            Error::io(format!("reading {}", self.synth.path().display()), e)
-                        })?;
-                    if n == 0 {
-                        break;
-                    }
-                    done += n;
-                }
-                buf.truncate(done);
-                Data::Owned(buf)
+            Node::Status => Some(Ok(shared(self.status_snapshot(offset == 0)))),
+            Node::MacheDb if !wait && !self.db_ready() => None,
+            Node::MacheDb => Some(
+                self.db()
+                    .and_then(|db| self.read_db(db, window(db.size as usize))),
+            ),
+            Node::Dir(_) => Some(Err(refused(Refusal::IsADirectory))),
+            Node::Absent => Some(Err(refused(Refusal::NoEntry))),
+        }
+    }
+
+    fn read_db(&self, db: &synth::BuiltDb, range: std::ops::Range<usize>) -> Result<Data> {
+        let mut buf = vec![0; range.len()];
+        let mut done = 0;
+        while done < buf.len() {
+            let n = db
+                .file
+                .read_at(&mut buf[done..], (range.start + done) as u64)
+                .map_err(|e| Error::io(format!("reading {}", self.synth.path().display()), e))?;
+            if n == 0 {
+                break;
             }
-            Node::Dir(_) => return Err(refused(Refusal::IsADirectory)),
-            Node::Absent => return Err(refused(Refusal::NoEntry)),
-        })
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(Data::Owned(buf))
     }
 
     /// The status document: rendered now when `fresh` (or never rendered),
@@ -562,7 +581,7 @@ impl CacheFs {
             root: self.lockfile.root.to_prefixed(),
             lockfile: self.lockfile_hash.to_prefixed(),
             sources: self.lockfile.sources.len(),
-            distinct_chunks: self.lockfile.distinct_chunks(),
+            distinct_chunks: self.distinct_chunks,
             sizes_index: self.has_index,
             tree: TreeStatus {
                 source_files: counts.source_files,

@@ -21,7 +21,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use super::CacheFs;
-use super::fuse::FuseFs;
+use super::fuse::{FuseFs, IO_THREADS, IoPools};
 use crate::error::{Error, Result};
 
 /// How to serve a mount.
@@ -218,12 +218,7 @@ pub fn serve(fs: CacheFs, options: &ServeOptions, ready: impl FnOnce()) -> Resul
     check_dev_fuse()?;
     let mountpoint = check_mountpoint(&options.mountpoint)?;
 
-    let io = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(64)
-        .thread_name("cachefs-io")
-        .build()
-        .map_err(|e| Error::io("starting the I/O threads", e))?;
+    let io = IoPools::start(IO_THREADS)?;
     let fs = Arc::new(fs);
     let adapter = FuseFs::new(fs.clone(), io);
 

@@ -14,11 +14,18 @@
 //! with the same chunks and other paths must not share a db. A later mount of
 //! the same bundle finds the file and reuses it after checking it holds one
 //! `_source` row per lockfile source.
+//!
+//! A failed build is remembered for a while ([`Backoff`]: 5 s, doubling up
+//! to 60 s while builds keep failing): opens in that time fail at once with
+//! its error instead of rerunning a build that cannot succeed (a registry
+//! that is down), and the first open after it builds again, so the mount
+//! recovers by itself. Concurrent opens share one build and its result.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -38,13 +45,38 @@ pub struct BuiltDb {
     pub build_seconds: f64,
 }
 
+/// How long a failed build is remembered: `first` after one failure,
+/// doubled after each further one, at most `cap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub first: Duration,
+    pub cap: Duration,
+}
+
+/// The backoff of a mount's db build.
+pub const BUILD_BACKOFF: Backoff = Backoff {
+    first: Duration::from_secs(5),
+    cap: Duration::from_secs(60),
+};
+
+/// The last build's failure, answered to opens until `retry_at`.
+#[derive(Debug)]
+struct Failure {
+    error: Error,
+    /// How long this failure is remembered (the next one's doubles it).
+    wait: Duration,
+    retry_at: Instant,
+}
+
 /// The db of one mounted bundle.
 pub struct Synth {
     path: PathBuf,
     built: OnceLock<BuiltDb>,
     /// Held while building: one build at a time, later callers wait for it.
     building: Mutex<()>,
-    failed: Mutex<Option<String>>,
+    failed: Mutex<Option<Failure>>,
+    backoff: Backoff,
+    attempts: AtomicU64,
 }
 
 /// The cache file name for `lockfile`: `<root hex>-<16 hex of the rows digest>.db`.
@@ -61,15 +93,23 @@ pub fn db_file_name(lockfile: &Lockfile) -> String {
 }
 
 impl Synth {
-    /// The db for `lockfile`, kept under `cache_dir/dbs/`. Nothing is read or
-    /// built until [`Synth::get`].
-    pub fn new(cache_dir: &Path, lockfile: &Lockfile) -> Synth {
+    /// The db for `lockfile`, kept under `cache_dir/dbs/`, a failed build
+    /// remembered for `backoff`. Nothing is read or built until
+    /// [`Synth::get`].
+    pub fn new(cache_dir: &Path, lockfile: &Lockfile, backoff: Backoff) -> Synth {
         Synth {
             path: cache_dir.join("dbs").join(db_file_name(lockfile)),
             built: OnceLock::new(),
             building: Mutex::new(()),
             failed: Mutex::new(None),
+            backoff,
+            attempts: AtomicU64::new(0),
         }
+    }
+
+    /// Builds started so far (a reused db counts as one).
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
     }
 
     /// Where the db lives.
@@ -83,27 +123,88 @@ impl Synth {
     }
 
     /// The db, reusing the cached file or building it. Concurrent callers
-    /// wait for one build. A failed build is reported to its callers and
-    /// tried again by the next one.
+    /// wait for one build and all get its result. A failed build is
+    /// remembered for the backoff: callers until then get its reason at
+    /// once, the first one after it builds again.
     pub fn get(&self, source: &Metered, lockfile: &Lockfile, stats: &Stats) -> Result<&BuiltDb> {
         if let Some(db) = self.built.get() {
             return Ok(db);
         }
+        self.check_remembered()?;
         let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(db) = self.built.get() {
             return Ok(db);
         }
+        // The build this caller waited for may just have failed.
+        self.check_remembered()?;
+        self.attempts.fetch_add(1, Ordering::Relaxed);
         match self.reuse_or_build(source, lockfile) {
             Ok(db) => {
-                *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *self.failure() = None;
                 Ok(self.built.get_or_init(|| db))
             }
             Err(e) => {
                 stats.failed("mache.db", &e);
-                *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                self.remember(&e);
                 Err(e)
             }
         }
+    }
+
+    fn failure(&self) -> MutexGuard<'_, Option<Failure>> {
+        self.failed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fails with the last build's error while its backoff lasts.
+    fn check_remembered(&self) -> Result<()> {
+        let failure = self.failure();
+        let Some(failure) = failure.as_ref() else {
+            return Ok(());
+        };
+        match failure.retry_at.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => {
+                tracing::debug!(
+                    "mache.db: the last build failed, tried again in {:.1}s: {}",
+                    left.as_secs_f64(),
+                    failure.error
+                );
+                Err(failure.error.share())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Remembers a failed build: for the first backoff, or twice the
+    /// previous one if the build before failed too.
+    fn remember(&self, error: &Error) {
+        let mut failure = self.failure();
+        let wait = match failure.as_ref() {
+            Some(previous) => (previous.wait * 2).min(self.backoff.cap),
+            None => self.backoff.first,
+        };
+        tracing::info!(
+            "mache.db: opens fail at once for {:.0}s, then the build is tried again",
+            wait.as_secs_f64()
+        );
+        *failure = Some(Failure {
+            error: error.share(),
+            wait,
+            retry_at: Instant::now() + wait,
+        });
+    }
+
+    /// Ends the current backoff now, as if its time had passed.
+    #[cfg(test)]
+    pub(crate) fn expire_backoff(&self) {
+        if let Some(failure) = self.failure().as_mut() {
+            failure.retry_at = Instant::now();
+        }
+    }
+
+    /// How long the remembered failure lasts (its whole backoff), if any.
+    #[cfg(test)]
+    pub(crate) fn remembered_wait(&self) -> Option<Duration> {
+        self.failure().as_ref().map(|f| f.wait)
     }
 
     fn reuse_or_build(&self, source: &Metered, lockfile: &Lockfile) -> Result<BuiltDb> {
@@ -148,12 +249,7 @@ impl Synth {
         }
         let state = if self.building.try_lock().is_err() {
             "building"
-        } else if self
-            .failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-        {
+        } else if self.failure().is_some() {
             "failed"
         } else {
             "absent"

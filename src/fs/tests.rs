@@ -1,8 +1,10 @@
 //! Tests of the mount's logic without FUSE, over a fake chunk source.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Barrier, Mutex};
+use std::sync::mpsc;
+use std::sync::{Barrier, Condvar, Mutex};
+use std::time::Instant;
 
 use super::*;
 use crate::chunk;
@@ -12,12 +14,30 @@ use crate::rows::{AstRow, SourceRow, kind_for_language};
 use crate::store::SizeIndex;
 use crate::store::sizes::SourceSizes;
 
-/// A chunk source in memory that counts fetches and can lie or be slow.
+/// How long a test waits for something that should happen at once
+/// before it fails instead of hanging.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A chunk source in memory that counts fetches and can lie, be slow, hang
+/// or be down.
 #[derive(Default)]
 struct FakeSource {
     objects: Mutex<HashMap<Hash, Vec<u8>>>,
     fetches: AtomicUsize,
     delay: Option<Duration>,
+    /// Every fetch fails, like a registry that cannot be reached.
+    down: AtomicBool,
+    gate: Mutex<Gate>,
+    /// Signalled when the gate opens or a fetch starts waiting at it.
+    gate_moved: Condvar,
+}
+
+/// Fetches held until [`FakeSource::release`].
+#[derive(Default)]
+struct Gate {
+    all: bool,
+    chunks: HashSet<Hash>,
+    waiting: usize,
 }
 
 impl ChunkSource for FakeSource {
@@ -25,6 +45,13 @@ impl ChunkSource for FakeSource {
         self.fetches.fetch_add(1, Ordering::SeqCst);
         if let Some(delay) = self.delay {
             std::thread::sleep(delay);
+        }
+        self.pass_gate(hash);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::Unreachable {
+                registry: "fake".into(),
+                reason: "it is down".into(),
+            });
         }
         let bytes = self.objects.lock().unwrap().get(hash).cloned();
         let bytes = bytes.ok_or_else(|| Error::ObjectMissing {
@@ -55,6 +82,55 @@ impl FakeSource {
     fn corrupt(&self, hash: &Hash) {
         self.objects.lock().unwrap().get_mut(hash).unwrap()[0] ^= 0xff;
     }
+
+    /// Holds fetches of `hash` (of every chunk if `None`) until `release`.
+    fn hold(&self, hash: Option<Hash>) {
+        let mut gate = self.gate.lock().unwrap();
+        match hash {
+            Some(hash) => gate.chunks.insert(hash),
+            None => std::mem::replace(&mut gate.all, true),
+        };
+    }
+
+    fn release(&self) {
+        let mut gate = self.gate.lock().unwrap();
+        gate.all = false;
+        gate.chunks.clear();
+        self.gate_moved.notify_all();
+    }
+
+    fn pass_gate(&self, hash: &Hash) {
+        let mut gate = self.gate.lock().unwrap();
+        if !(gate.all || gate.chunks.contains(hash)) {
+            return;
+        }
+        gate.waiting += 1;
+        self.gate_moved.notify_all();
+        let mut gate = self
+            .gate_moved
+            .wait_while(gate, |g| g.all || g.chunks.contains(hash))
+            .unwrap();
+        gate.waiting -= 1;
+    }
+
+    /// Waits until `n` fetches wait at the gate.
+    fn wait_for_held(&self, n: usize) {
+        let gate = self.gate.lock().unwrap();
+        let (gate, timeout) = self
+            .gate_moved
+            .wait_timeout_while(gate, PATIENCE, |g| g.waiting < n)
+            .unwrap();
+        assert!(!timeout.timed_out(), "{} of {n} fetches held", gate.waiting);
+    }
+}
+
+/// Runs `f` on another thread and fails the test if it does not return
+/// within [`PATIENCE`] (instead of hanging with it).
+fn answers_promptly<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(f()));
+    rx.recv_timeout(PATIENCE)
+        .unwrap_or_else(|_| panic!("{what} did not answer within {PATIENCE:?}"))
 }
 
 fn node(source: &str, id: &str, kind: &str, start: i64) -> AstRow {
@@ -217,6 +293,11 @@ fn listing_and_stat_read_no_chunk_with_a_sizes_index() {
     assert_eq!((src.perm, src.kind, src.nlink), (0o555, Kind::Dir, 2));
     assert!(!fs.attr_may_block(tree::FIRST_FILE));
     assert!(!fs.attr_may_block(tree::MACHE_DB));
+    assert!(fs.attr_may_block(tree::LOCK_TOML), "rendered on first need");
+    assert!(fs.read_now(tree::LOCK_TOML, 0, 10).is_none());
+    assert!(fs.attr(tree::LOCK_TOML).unwrap().size > 0);
+    assert!(!fs.attr_may_block(tree::LOCK_TOML));
+    assert!(fs.read_now(tree::LOCK_TOML, 0, 10).unwrap().is_ok());
     let db = fs.attr(tree::MACHE_DB).unwrap();
     assert_eq!((db.size, db.volatile), (0, true), "a stat builds nothing");
     assert_eq!(fs.status().mache_db.state, "absent");
@@ -487,4 +568,197 @@ fn status_is_json_with_the_counters() {
     assert_eq!(doc["cache"]["hits"], 1);
     assert_eq!(doc["mache_db"]["state"], "absent");
     assert_eq!(doc["tree"]["source_files"], 4);
+}
+
+#[test]
+fn a_failed_db_build_is_remembered_for_a_doubling_backoff_then_tried_again() {
+    let source = Arc::new(FakeSource::default());
+    let bundle = bundle_of(FILES, true, true, &source);
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source.clone(), bundle, dir.path());
+    source.down.store(true, Ordering::SeqCst);
+
+    let first = fs.open(tree::MACHE_DB, false).unwrap_err();
+    assert_eq!(first.errno(), libc::EIO, "{first}");
+    assert!(first.to_string().contains("it is down"), "{first}");
+    assert_eq!(fs.synth.attempts(), 1);
+    assert_eq!(fs.synth.remembered_wait(), Some(Duration::from_secs(5)));
+    let fetched = source.fetches();
+    assert!(fetched > 0);
+    for _ in 0..20 {
+        let again = fs.open(tree::MACHE_DB, false).unwrap_err();
+        assert_eq!(again.errno(), libc::EIO, "{again}");
+        assert!(again.to_string().contains("it is down"), "{again}");
+        assert_eq!(again.to_string(), first.to_string(), "the same error");
+    }
+    let read = fs.read(tree::MACHE_DB, 0, 4096).unwrap_err();
+    assert!(read.to_string().contains("it is down"), "{read}");
+    assert_eq!(fs.synth.attempts(), 1, "no build within the backoff");
+    assert_eq!(
+        source.fetches(),
+        fetched,
+        "nothing fetched within the backoff"
+    );
+    assert_eq!(fs.status().mache_db.state, "failed");
+    assert_eq!(fs.status().counters.errors, 1, "one failure, counted once");
+
+    for (attempts, wait) in [(2, 10), (3, 20), (4, 40), (5, 60), (6, 60)] {
+        fs.synth.expire_backoff();
+        assert!(fs.open(tree::MACHE_DB, false).is_err());
+        assert_eq!(fs.synth.attempts(), attempts);
+        assert_eq!(fs.synth.remembered_wait(), Some(Duration::from_secs(wait)));
+    }
+    assert!(
+        source.fetches() > fetched,
+        "each expired backoff builds again"
+    );
+
+    source.down.store(false, Ordering::SeqCst);
+    assert!(
+        fs.open(tree::MACHE_DB, false).is_err(),
+        "still in the backoff"
+    );
+    fs.synth.expire_backoff();
+    fs.open(tree::MACHE_DB, false).unwrap();
+    assert_eq!(fs.synth.attempts(), 7);
+    assert_eq!(fs.status().mache_db.state, "ready");
+    assert_eq!(
+        fs.synth.remembered_wait(),
+        None,
+        "success forgets the failure"
+    );
+    let size = fs.attr(tree::MACHE_DB).unwrap().size;
+    assert!(size > 0);
+    let db = fs.read(tree::MACHE_DB, 0, size as u32).unwrap();
+    assert!(db.as_slice().starts_with(b"SQLite format 3\0"));
+}
+
+#[test]
+fn concurrent_opens_of_mache_db_share_one_build_and_its_result() {
+    for down in [true, false] {
+        let source = Arc::new(FakeSource::default());
+        let bundle = bundle_of(FILES, true, true, &source);
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Arc::new(mount(source.clone(), bundle, dir.path()));
+        source.down.store(down, Ordering::SeqCst);
+        source.hold(None);
+        let opens: Vec<_> = (0..8)
+            .map(|_| {
+                let fs = fs.clone();
+                std::thread::spawn(move || fs.open(tree::MACHE_DB, false))
+            })
+            .collect();
+        source.wait_for_held(1);
+        assert_eq!(fs.status().mache_db.state, "building");
+        source.release();
+        for open in opens {
+            match (open.join().unwrap(), down) {
+                (Err(e), true) => assert!(e.to_string().contains("it is down"), "{e}"),
+                (Ok(()), false) => {}
+                (other, _) => panic!("down {down}: {other:?}"),
+            }
+        }
+        assert_eq!(fs.synth.attempts(), 1, "down {down}: one build for 8 opens");
+    }
+}
+
+#[test]
+fn metadata_of_other_files_answers_while_a_read_of_a_hung_chunk_waits() {
+    for index in [true, false] {
+        let source = Arc::new(FakeSource::default());
+        let bundle = bundle_of(FILES, true, index, &source);
+        let hung = bundle.lockfile.sources[1].chunk_hash;
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Arc::new(mount(source.clone(), bundle, dir.path()));
+        let hung_ino = fs.tree().resolve("sources/src/auth.go").unwrap();
+        source.hold(Some(hung));
+        assert!(
+            fs.read_now(hung_ino, 0, 4096).is_none(),
+            "a cold read waits"
+        );
+        let reader = {
+            let fs = fs.clone();
+            std::thread::spawn(move || fs.read(hung_ino, 0, 4096).map(|d| d.as_slice().to_vec()))
+        };
+        source.wait_for_held(1);
+
+        let started = Instant::now();
+        let fs2 = fs.clone();
+        let sizes = answers_promptly("metadata of other files", move || {
+            let fs = fs2;
+            let root = names(&fs, tree::ROOT);
+            assert!(root.contains(&"ast".to_string()), "{root:?}");
+            let src = fs.tree().resolve("sources/src").unwrap();
+            let main = fs.lookup(src, b"main.go").unwrap();
+            let readme = fs.attr(fs.tree().resolve("sources/README.md").unwrap());
+            assert_eq!(names(&fs, src), [".", "..", "auth.go", "main.go"]);
+            let status = fs.read_now(tree::STATUS, 0, 1 << 20).unwrap().unwrap();
+            let doc: serde_json::Value = serde_json::from_slice(status.as_slice()).unwrap();
+            assert_eq!(doc["mache_db"]["state"], "absent");
+            fs.xattr(tree::ROOT, b"user.mache.ref").unwrap();
+            fs.totals();
+            fs.attr(src).unwrap();
+            (main.size, readme.unwrap().size)
+        });
+        assert_eq!(sizes, (FILES[0].1.len() as u64, FILES[2].1.len() as u64));
+        assert!(
+            !reader.is_finished(),
+            "index {index}: the hung read still waits ({:?})",
+            started.elapsed()
+        );
+        assert_eq!(
+            fs.attr_may_block(hung_ino),
+            !index,
+            "without an index the hung file's own size waits for its chunk"
+        );
+        source.release();
+        assert_eq!(reader.join().unwrap().unwrap(), FILES[1].1);
+        assert!(!fs.attr_may_block(hung_ino));
+    }
+}
+
+#[test]
+fn metadata_runs_while_the_read_pool_is_full() {
+    let pools = fuse::IoPools::start(2).unwrap();
+    let (started_tx, started) = mpsc::channel();
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let (done_tx, done) = mpsc::channel();
+    for n in 0..3 {
+        let (started_tx, done_tx, gate) = (started_tx.clone(), done_tx.clone(), gate.clone());
+        pools.run(fuse::Lane::Read, move || {
+            started_tx.send(n).unwrap();
+            let (open, cond) = &*gate;
+            drop(
+                cond.wait_while(open.lock().unwrap(), |open| !*open)
+                    .unwrap(),
+            );
+            done_tx.send(n).unwrap();
+        });
+    }
+    for _ in 0..2 {
+        started.recv_timeout(PATIENCE).expect("two reads start");
+    }
+    let (meta_tx, meta) = mpsc::channel();
+    pools.run(fuse::Lane::Metadata, move || meta_tx.send(()).unwrap());
+    meta.recv_timeout(PATIENCE)
+        .expect("metadata runs while every read thread is taken");
+    assert!(
+        started.try_recv().is_err(),
+        "the read pool is bounded: the third read waits for a thread"
+    );
+    let caller = std::thread::current().id();
+    let (now_tx, now) = mpsc::channel();
+    pools.run(fuse::Lane::Now, move || {
+        now_tx.send(std::thread::current().id()).unwrap()
+    });
+    assert_eq!(now.try_recv().unwrap(), caller, "Lane::Now runs in place");
+
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    let mut finished: Vec<i32> = (0..3)
+        .map(|_| done.recv_timeout(PATIENCE).unwrap())
+        .collect();
+    finished.sort();
+    assert_eq!(finished, [0, 1, 2]);
+    pools.shutdown();
 }

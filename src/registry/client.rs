@@ -219,7 +219,7 @@ impl Client {
     /// it (from the disk cache), so later calls fail at once until the
     /// background probe sees it answer again.
     pub fn go_offline(&self, error: &Error) {
-        if self.health.mark_down(&error.to_string()) {
+        if self.health.mark_down(&reason(error)) {
             self.spawn_probe();
         }
     }
@@ -317,13 +317,13 @@ impl Client {
     ) -> Result<Option<(HeaderMap, Vec<u8>)>> {
         let mut retry = self.retry(self.timeouts.budget);
         loop {
+            let started = Instant::now();
             let response = self
-                .send_with(&mut retry, Method::GET, url.clone(), &build)
+                .send_attempts(&mut retry, Method::GET, url.clone(), &build, true)
                 .await?;
             if response.status() == StatusCode::NOT_FOUND {
                 return Ok(None);
             }
-            let started = Instant::now();
             let headers = response.headers().clone();
             let body = retry
                 .bounded(read_paced(response, limit, self.pace()))
@@ -335,6 +335,7 @@ impl Client {
             }
             let failure = match body {
                 Ok(body) if exact.is_none_or(|n| body.len() as u64 == n) => {
+                    self.health.answered();
                     return Ok(Some((headers, body)));
                 }
                 Ok(body) => Failure {
@@ -364,23 +365,38 @@ impl Client {
         url: Url,
         build: &impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Answer> {
+        self.send_attempts(retry, method, url, build, false).await
+    }
+
+    /// [`send_with`](Self::send_with); `body_follows`: the caller reads the
+    /// body and reports the registry's health once it has it.
+    async fn send_attempts(
+        &self,
+        retry: &mut Retry,
+        method: Method,
+        url: Url,
+        build: &impl Fn(RequestBuilder) -> RequestBuilder,
+        body_follows: bool,
+    ) -> Result<Answer> {
         let mut reauthenticated = false;
         loop {
             self.check_health()?;
             let started = Instant::now();
             let request = build(self.http.request(method.clone(), url.clone()));
-            let request = self.auth.apply(request).await;
+            let request = self.auth.apply(request, &self.base, &url).await;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let failure = match retry.bounded(self.attempt(request)).await {
+            let failure = match retry.bounded(self.attempt(request, body_follows)).await {
                 Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
                     if reauthenticated {
                         return Err(failure(&self.registry(), &method, &url, response).await);
                     }
                     reauthenticated = true;
-                    let registry = self.registry();
-                    let challenge = self
-                        .auth
-                        .challenged(&self.http, response.headers(), &registry);
+                    let challenge = self.auth.challenged(
+                        &self.http,
+                        &self.base,
+                        response.url(),
+                        response.headers(),
+                    );
                     match retry
                         .bounded(async { challenge.await.map_err(Failure::local) })
                         .await
@@ -419,11 +435,19 @@ impl Client {
         }
     }
 
-    /// Sends one attempt: the response, or why there is none.
-    async fn attempt(&self, request: RequestBuilder) -> Result<Response, Failure> {
+    /// Sends one attempt: the response, or why there is none. An answer
+    /// counts as the registry being up, except for a body about to be read
+    /// (`body_follows`), which counts once it has arrived whole.
+    async fn attempt(
+        &self,
+        request: RequestBuilder,
+        body_follows: bool,
+    ) -> Result<Response, Failure> {
         match request.send().await {
             Ok(response) => {
-                if !response.status().is_server_error() {
+                let status = response.status();
+                let body_to_come = body_follows && status.is_success();
+                if !status.is_server_error() && !body_to_come {
                     self.health.answered();
                 }
                 Ok(response)
@@ -462,12 +486,10 @@ impl Client {
     /// deadline would pass).
     async fn settle(&self, retry: &mut Retry, started: Instant, failure: Failure) -> Result<()> {
         tracing::debug!("{}", failure.error);
+        let mut until_down = None;
         if let Some(kind) = failure.kind {
-            match self
-                .health
-                .failed(kind, started, &failure.error.to_string())
-            {
-                Verdict::StillUp if kind.retryable() => {}
+            match self.health.failed(started, &reason(&failure.error)) {
+                Verdict::StillUp if kind.retryable() => until_down = self.health.until_down(),
                 Verdict::StillUp => return Err(failure.error),
                 Verdict::WentDown => {
                     self.spawn_probe();
@@ -477,7 +499,7 @@ impl Client {
             }
         }
         retry
-            .pause(failure.after, failure.error, &self.counters)
+            .pause(failure.after, until_down, failure.error, &self.counters)
             .await
     }
 
@@ -612,27 +634,48 @@ impl Retry {
         }
     }
 
-    /// Waits before the next attempt, or gives `error` back if waiting
+    /// Waits before the next attempt (no longer than `cap`: then the
+    /// registry's health is decided), or gives `error` back if waiting
     /// would pass the deadline (or this call makes one attempt only).
     async fn pause(
         &mut self,
         after: Option<Duration>,
+        cap: Option<Duration>,
         error: Error,
         counters: &Counters,
     ) -> Result<()> {
-        self.last_failure = Some(match &error {
-            Error::Unreachable { reason, .. } => reason.clone(),
-            other => other.to_string(),
-        });
+        self.last_failure = Some(reason(&error));
         let delay = after
             .unwrap_or_else(|| self.backoff.next().unwrap_or(MAX_DELAY))
-            .min(MAX_DELAY);
-        if !self.retries || Instant::now() + delay > self.deadline {
+            .min(MAX_DELAY)
+            .min(cap.unwrap_or(MAX_DELAY));
+        if !self.retries {
             return Err(error);
+        }
+        if Instant::now() + delay > self.deadline {
+            return Err(match error {
+                Error::Unreachable { registry, reason } => Error::Unreachable {
+                    registry,
+                    reason: format!(
+                        "{reason} (tried until the retry budget of {} ran out)",
+                        seconds(self.budget)
+                    ),
+                },
+                other => other,
+            });
         }
         counters.retries.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(delay).await;
         Ok(())
+    }
+}
+
+/// What an error says about the registry, without naming it again (its
+/// health and messages that wrap it add the name).
+fn reason(error: &Error) -> String {
+    match error {
+        Error::Unreachable { reason, .. } => reason.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -702,6 +745,15 @@ fn classify_io(io: &std::io::Error) -> Option<(FailureKind, String)> {
     use std::io::ErrorKind::*;
     if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
         return Some(classify_tls(tls));
+    }
+    // hyper-rustls wraps the handshake's error in another (`io::Error::other`),
+    // whose `source` skips it: look inside.
+    if let Some(found) = io
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<std::io::Error>())
+        .and_then(classify_io)
+    {
+        return Some(found);
     }
     let kind = match io.kind() {
         ConnectionRefused => FailureKind::Refused,

@@ -134,14 +134,14 @@ impl Health {
         state.failing_since = None;
         if state.down.take().is_some() {
             state.changed = Some(SystemTime::now());
-            tracing::warn!("the registry answers again: back online");
+            tracing::info!("the registry answers again: back online");
         }
     }
 
-    /// Records a failed attempt that started at `started`, of `kind`,
-    /// described by `error`; marks the registry down once the failing
+    /// Records a failed attempt that started at `started`, described by
+    /// `error`; marks the registry down once the failing
     /// streak has lasted [`offline_after`](Self::offline_after).
-    pub fn failed(&self, kind: FailureKind, started: Instant, error: &str) -> Verdict {
+    pub fn failed(&self, started: Instant, error: &str) -> Verdict {
         let mut state = self.lock();
         state.last_error = Some(error.to_string());
         if state.down.is_some() {
@@ -151,8 +151,17 @@ impl Health {
         if since.elapsed() < self.offline_after {
             return Verdict::StillUp;
         }
-        Self::go_down(&mut state, format!("{error} ({})", kind.describe()));
+        Self::go_down(&mut state, error.to_string());
         Verdict::WentDown
+    }
+
+    /// While a failing streak runs: how long until it has lasted
+    /// [`offline_after`](Self::offline_after), so the next attempt can be
+    /// the one that decides.
+    pub fn until_down(&self) -> Option<Duration> {
+        let state = self.lock();
+        let since = state.failing_since?;
+        Some(self.offline_after.saturating_sub(since.elapsed()))
     }
 
     /// Marks the registry down at once (a command that chose to come up
@@ -169,7 +178,7 @@ impl Health {
 
     fn go_down(state: &mut State, why: String) {
         let now = SystemTime::now();
-        tracing::warn!(
+        tracing::info!(
             "{why}: the registry is marked down; cold reads fail at once until it answers again"
         );
         state.down = Some((now, why));
@@ -229,24 +238,15 @@ mod tests {
     fn a_failing_streak_marks_it_down_only_once_it_lasts_the_window() {
         let health = Health::new(Duration::from_secs(5));
         let now = Instant::now();
-        assert_eq!(
-            health.failed(FailureKind::Refused, now, "refused"),
-            Verdict::StillUp
-        );
+        assert_eq!(health.failed(now, "refused"), Verdict::StillUp);
         assert!(health.down_reason().is_none());
         // An attempt that started 6 s ago and failed just now (a timeout).
         let long_ago = now - Duration::from_secs(6);
         let health = Health::new(Duration::from_secs(5));
-        assert_eq!(
-            health.failed(FailureKind::Timeout, long_ago, "no answer"),
-            Verdict::WentDown
-        );
+        assert_eq!(health.failed(long_ago, "no answer"), Verdict::WentDown);
         let reason = health.down_reason().unwrap();
-        assert!(reason.contains("no answer (timed out)"), "{reason}");
-        assert_eq!(
-            health.failed(FailureKind::Timeout, now, "again"),
-            Verdict::AlreadyDown
-        );
+        assert!(reason.starts_with("no answer (down since "), "{reason}");
+        assert_eq!(health.failed(now, "again"), Verdict::AlreadyDown);
         let report = health.report();
         assert_eq!((report.state, report.outages), ("down", 1));
         assert_eq!(report.last_error.as_deref(), Some("again"));
@@ -257,14 +257,11 @@ mod tests {
     fn an_answer_ends_the_streak_and_brings_it_back_up() {
         let health = Health::new(Duration::from_secs(5));
         let old = Instant::now() - Duration::from_secs(4);
-        health.failed(FailureKind::Server, old, "503");
+        health.failed(old, "503");
         health.answered();
         // The streak restarted: a failure 4 s old no longer counts from before.
         let recent = Instant::now() - Duration::from_secs(2);
-        assert_eq!(
-            health.failed(FailureKind::Server, recent, "503"),
-            Verdict::StillUp
-        );
+        assert_eq!(health.failed(recent, "503"), Verdict::StillUp);
         assert!(health.mark_down("refused at start"));
         assert!(!health.mark_down("refused again"));
         assert!(health.start_probing());

@@ -95,7 +95,7 @@ pub fn parse_remote(text: &str, insecure: bool) -> Result<Url> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("the scheme must be https or http"));
     }
-    let host = url.host_str().ok_or_else(|| bad("no host"))?;
+    url.host_str().ok_or_else(|| bad("no host"))?;
     if !matches!(url.path(), "" | "/") || url.query().is_some() {
         return Err(bad(
             "give only scheme://host[:port]; the repository comes from --scope",
@@ -106,12 +106,7 @@ pub fn parse_remote(text: &str, insecure: bool) -> Result<Url> {
             "credentials do not belong in the URL (use --token-file or docker login)",
         ));
     }
-    let loopback = host == "localhost"
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if url.scheme() == "http" && !loopback && !insecure {
+    if url.scheme() == "http" && !auth::is_loopback(&url) && !insecure {
         return Err(bad(
             "plain http is allowed only to a loopback host, or with --insecure",
         ));

@@ -277,11 +277,15 @@ pub struct CacheGcReport {
     pub capacity: u64,
     /// Built dbs kept because a mount has them open.
     pub in_use: usize,
+    /// Temporary files killed writers left in `tmp/` (older than an hour,
+    /// held by no writer).
+    pub temp_files_removed: usize,
 }
 
 /// Trims the cache directory: the chunk cache to `cap` (least recently used
-/// first), and built dbs and logs not used for `unused`, except dbs a mount
-/// has open (mounts hold a shared lock on theirs).
+/// first), the debris of killed writers in `tmp/`, and built dbs and logs
+/// not used for `unused`, except dbs a mount has open (mounts hold a shared
+/// lock on theirs).
 pub fn collect_cache(
     cache_dir: &Path,
     cap: u64,
@@ -295,6 +299,7 @@ pub fn collect_cache(
         bytes_freed: trimmed.bytes_freed,
         chunk_bytes: trimmed.bytes_left,
         capacity: cap,
+        temp_files_removed: super::disk_cache::sweep_temp(cache_dir, dry_run),
         ..CacheGcReport::default()
     };
     let cutoff = SystemTime::now()

@@ -406,6 +406,7 @@ impl ChunkSource for Verified {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
 
     use super::*;
 
@@ -414,22 +415,47 @@ mod tests {
         objects: HashMap<Hash, Vec<u8>>,
         fetches: AtomicUsize,
         gate: AtomicBool,
+        /// What `budget` reports (a remote backend's retry budget).
+        budget: Option<std::time::Duration>,
+        /// Batches wait for this gate before their first request starts.
+        batch_gate: AtomicBool,
     }
 
     impl Backend for Counting {
         fn fetch(&self, hash: &Hash) -> Result<Vec<u8>> {
             self.fetches.fetch_add(1, Ordering::SeqCst);
-            while !self.gate.load(Ordering::SeqCst) {
-                std::thread::yield_now();
-            }
+            self.wait_for_gate();
             self.objects.get(hash).cloned().ok_or(Error::ObjectMissing {
                 hash: *hash,
                 store: "counting".into(),
             })
         }
 
+        fn fetch_many(&self, hashes: &[Hash], sink: &dyn BatchSink) -> Result<()> {
+            while !self.batch_gate.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            for hash in hashes {
+                sink.starting(std::slice::from_ref(hash));
+                sink.landed(*hash, self.fetch(hash)?);
+            }
+            Ok(())
+        }
+
+        fn budget(&self) -> Option<std::time::Duration> {
+            self.budget
+        }
+
         fn describe(&self) -> String {
             "counting".into()
+        }
+    }
+
+    impl Counting {
+        fn wait_for_gate(&self) {
+            while !self.gate.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
         }
     }
 
@@ -447,7 +473,100 @@ mod tests {
             objects: objects.iter().map(|(h, b)| (**h, b.to_vec())).collect(),
             fetches: AtomicUsize::new(0),
             gate: AtomicBool::new(true),
+            budget: None,
+            batch_gate: AtomicBool::new(true),
         })
+    }
+
+    /// How many hold the flight of `hash`: the table, the leader, the waiters.
+    fn sharing(source: &Verified, hash: &Hash) -> usize {
+        let flights = source.flights.lock().unwrap();
+        flights.get(hash).map_or(0, Arc::strong_count)
+    }
+
+    #[test]
+    fn readers_of_a_failing_chunk_share_one_fetch_and_its_failure_is_remembered() {
+        let hash = Hash::of(b"good");
+        let mut backend = counting(&[(&hash, b"evil")]);
+        Arc::get_mut(&mut backend).unwrap().gate = AtomicBool::new(false);
+        let source = Verified::new(backend.clone(), None);
+        std::thread::scope(|s| {
+            let readers: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| source.get_verified(&hash).unwrap_err()))
+                .collect();
+            wait_until("8 readers share one flight", || {
+                sharing(&source, &hash) >= 9
+            });
+            backend.gate.store(true, Ordering::SeqCst);
+            for reader in readers {
+                let err = reader.join().unwrap();
+                assert!(matches!(err, Error::Corrupt { expected, .. } if expected == hash));
+            }
+        });
+        assert_eq!(
+            backend.fetches.load(Ordering::SeqCst),
+            1,
+            "one fetch for all"
+        );
+        // Remembered: refused at once, no fetch, until the backoff expires.
+        let err = source.get_verified(&hash).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        assert_eq!(backend.fetches.load(Ordering::SeqCst), 1);
+        source
+            .failures
+            .lock()
+            .unwrap()
+            .get_mut(&hash)
+            .unwrap()
+            .until = Instant::now();
+        assert!(source.get_verified(&hash).is_err());
+        assert_eq!(backend.fetches.load(Ordering::SeqCst), 2, "tried again");
+        let backoff = source.failures.lock().unwrap()[&hash].backoff;
+        assert_eq!(backoff, FIRST_BACKOFF * 2, "and backs off longer");
+    }
+
+    #[test]
+    fn a_wait_on_another_readers_fetch_ends_at_the_budget() {
+        let hash = Hash::of(b"slow");
+        let mut backend = counting(&[(&hash, b"slow")]);
+        let counting = Arc::get_mut(&mut backend).unwrap();
+        counting.gate = AtomicBool::new(false);
+        counting.budget = Some(Duration::from_millis(200));
+        let source = Verified::new(backend.clone(), None);
+        std::thread::scope(|s| {
+            let leader = s.spawn(|| source.get_verified(&hash));
+            wait_until("the leader fetches", || {
+                backend.fetches.load(Ordering::SeqCst) == 1
+            });
+            let started = Instant::now();
+            let err = source.get_verified(&hash).unwrap_err();
+            assert!(err.to_string().contains("within the retry budget"), "{err}");
+            assert!(started.elapsed() >= Duration::from_millis(200));
+            backend.gate.store(true, Ordering::SeqCst);
+            assert_eq!(leader.join().unwrap().unwrap(), b"slow");
+        });
+    }
+
+    #[test]
+    fn a_read_of_a_chunk_still_queued_in_a_batch_fetches_it_at_once() {
+        let hash = Hash::of(b"queued");
+        let mut backend = counting(&[(&hash, b"queued")]);
+        Arc::get_mut(&mut backend).unwrap().batch_gate = AtomicBool::new(false);
+        let dir = tempfile::tempdir().unwrap();
+        let source = Verified::new(
+            backend.clone(),
+            Some(DiskCache::open(dir.path(), 1 << 20).unwrap()),
+        );
+        std::thread::scope(|s| {
+            let batch = s.spawn(|| source.warm(&[hash]));
+            wait_until("the batch leads a flight", || sharing(&source, &hash) >= 2);
+            // The batch's request has not gone out: the read goes first.
+            assert_eq!(source.get_verified(&hash).unwrap(), b"queued");
+            assert_eq!(backend.fetches.load(Ordering::SeqCst), 1);
+            backend.batch_gate.store(true, Ordering::SeqCst);
+            batch.join().unwrap().unwrap();
+        });
+        assert!(source.flights.lock().unwrap().is_empty());
     }
 
     #[test]

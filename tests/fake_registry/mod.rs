@@ -1,13 +1,28 @@
 //! A registry in the test process, for what a real one will not do on
-//! demand: wrong bytes, a truncated body, a stall, 5xx and 429 answers, a
-//! bearer challenge whose tokens expire. It speaks just enough of the OCI
-//! Distribution API (GET/HEAD of manifests and blobs, a token endpoint)
-//! over plain HTTP/1.1, one request per connection, and logs every request.
+//! demand: wrong bytes, a truncated body, a stall, a body trickling at one
+//! byte a second, a connection reset mid-body, a `Content-Length` of
+//! terabytes or an endless body, 5xx and 429 answers, a bearer challenge
+//! whose tokens expire; and, registry-wide, down (connections closed
+//! unanswered) or a blackhole (connections accepted, never answered). A
+//! TLS hello is answered as a plain-http server would (`400`), so a client
+//! given `https://` of it meets a TLS handshake failure. It speaks just
+//! enough of the OCI Distribution API (GET/HEAD of manifests and blobs,
+//! `tags/list`, a token endpoint) over plain HTTP/1.1, one request per
+//! connection, and logs every request (a TLS hello as `TLS hello`).
+//!
+//! Beside it, for the faults no server makes: [`Refused`], a loopback port
+//! with nothing listening, and [`UNRESOLVABLE`], a registry whose name
+//! does not resolve. [`Served`] is a pushed bundle served by a fake,
+//! with the binary run against it (or any URL) with a cache of its own.
+//!
+//! It uses `crate::common`, so the test crate must declare `mod common;`.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +30,139 @@ use std::time::{Duration, Instant};
 use mache_cachefs::hash::Hash;
 use mache_cachefs::registry::manifest::{MANIFEST_TYPE, Manifest, v1_digest};
 use mache_cachefs::store::{Bundle, LocalStore};
+
+use crate::common::{Node, Src, bin, make_db, run_ok, s};
+
+/// The scope [`setup`] serves its bundle under.
+pub const SCOPE: &str = "team/repo";
+
+/// A pushed local bundle of a few sources with `_ast` (one of them empty),
+/// served by a fake as `mache/<SCOPE>:latest`.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    /// The db that was pushed, to compare a pull with.
+    pub db: PathBuf,
+    pub bundle: Bundle,
+    pub registry: FakeRegistry,
+}
+
+/// Pushes the sample db to a store and serves it (without the sizes index,
+/// as the Go mache pushes, if `without_sizes`).
+pub fn setup(without_sizes: bool) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    let sources = [
+        Src::at(
+            "src/main.go",
+            Some("go"),
+            b"package main\n\nfunc main() {}\n",
+        ),
+        Src::at("src/auth.go", Some("go"), b"package main // auth\n"),
+        Src::at("README.md", Some("markdown"), b"# readme\n"),
+        Src::at("empty.txt", Some("text"), b""),
+    ];
+    let nodes: [Node; 2] = [
+        (
+            "src/main.go/File",
+            "src/main.go",
+            "source_file",
+            [0, 30, 0, 0, 3, 0],
+        ),
+        (
+            "src/auth.go/File",
+            "src/auth.go",
+            "source_file",
+            [0, 21, 0, 0, 1, 0],
+        ),
+    ];
+    make_db(&db, &sources, Some(&nodes));
+    let store_dir = dir.path().join("store");
+    run_ok(&["push", "--db", s(&db), s(&store_dir)]);
+    let store = LocalStore::open(&store_dir).unwrap();
+    let bundle = store.resolve("latest").unwrap();
+    let registry = FakeRegistry::start();
+    registry.serve_bundle(&store, &bundle, SCOPE, "latest", without_sizes);
+    Setup {
+        dir,
+        db,
+        bundle,
+        registry,
+    }
+}
+
+impl Setup {
+    /// `--remote <the fake> --scope SCOPE`.
+    pub fn remote_args(&self) -> Vec<String> {
+        vec![
+            "--remote".into(),
+            self.registry.url(),
+            "--scope".into(),
+            SCOPE.into(),
+        ]
+    }
+
+    /// The binary with this test's own disk cache, `args`, the registry at
+    /// `url` and `extra`.
+    pub fn command_at(&self, url: &str, args: &[&str], extra: &[&str]) -> Command {
+        let mut command = remote_command(self.dir.path(), url, args);
+        command.args(extra);
+        command
+    }
+
+    /// Runs the binary against the registry at `url`.
+    pub fn run_at(&self, url: &str, args: &[&str], extra: &[&str]) -> Output {
+        self.command_at(url, args, extra).output().unwrap()
+    }
+
+    /// Runs the binary against the fake.
+    pub fn run(&self, args: &[&str], extra: &[&str]) -> Output {
+        self.run_at(&self.registry.url(), args, extra)
+    }
+
+    /// Pulls from the fake into `<dir>/<name>`: the output and that path.
+    pub fn pull(&self, name: &str, extra: &[&str]) -> (Output, PathBuf) {
+        let out = self.dir.path().join(name);
+        (self.run(&["pull", "--out-db", s(&out)], extra), out)
+    }
+
+    /// Whether the disk cache holds `hash`.
+    pub fn cached(&self, hash: &Hash) -> bool {
+        let hex = hash.to_hex();
+        self.dir
+            .path()
+            .join("cache/mache-cachefs/cache/chunks")
+            .join(&hex[..2])
+            .join(&hex[2..])
+            .is_file()
+    }
+
+    /// The chunk of source `i` (in lockfile order).
+    pub fn chunk(&self, i: usize) -> Hash {
+        self.bundle.lockfile.sources[i].chunk_hash
+    }
+}
+
+/// The binary with `args` against the registry at `url` (scope [`SCOPE`]),
+/// with the disk cache `<dir>/cache` and docker config `<dir>/docker`.
+pub fn remote_command(dir: &std::path::Path, url: &str, args: &[&str]) -> Command {
+    let mut command = bin();
+    command
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .env("DOCKER_CONFIG", dir.join("docker"))
+        .args(args)
+        .args(["--remote", url, "--scope", SCOPE]);
+    command
+}
+
+/// A finished command's stderr.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts that a finished command succeeded.
+pub fn assert_ok(out: &Output) {
+    assert!(out.status.success(), "{}", stderr(out));
+}
 
 /// Something the registry does instead of answering normally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +177,25 @@ pub enum Fault {
     Truncate,
     /// Send the headers, then nothing until the test ends.
     Stall,
+    /// Send the headers, then the body at one byte a second.
+    Trickle,
+    /// Send the headers and half the body, then reset the connection
+    /// (`SO_LINGER` 0: an RST, not a FIN).
+    ResetMidBody,
+    /// Claim a `Content-Length` of [`HUGE`] bytes, then send zeros until
+    /// the client hangs up.
+    HugeLength,
+    /// Send no `Content-Length` (the body ends when the connection does),
+    /// then zeros until the client hangs up.
+    Endless,
 }
+
+/// What a hostile registry claims: 2 TiB.
+pub const HUGE: u64 = 2 << 40;
+
+/// A registry whose host name does not resolve (`.invalid` never does,
+/// RFC 6761); no server needed. Not loopback: give `--insecure`.
+pub const UNRESOLVABLE: &str = "http://mache-test.invalid:5000";
 
 /// Bearer auth: tokens from `/token`, each good for `uses` requests.
 struct TokenAuth {
@@ -48,13 +214,17 @@ struct State {
     static_token: Option<String>,
     /// Down: every connection is closed at once, unanswered.
     down: bool,
+    /// A blackhole: every connection is accepted and never answered.
+    blackhole: bool,
 }
 
-/// A running fake registry; stops when dropped.
+/// A running fake registry; stops when dropped, and its port then refuses
+/// connections.
 pub struct FakeRegistry {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
+    listener: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FakeRegistry {
@@ -63,7 +233,7 @@ impl FakeRegistry {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        {
+        let listener = {
             let state = state.clone();
             let stop = stop.clone();
             std::thread::spawn(move || {
@@ -76,9 +246,14 @@ impl FakeRegistry {
                     let stop = stop.clone();
                     std::thread::spawn(move || handle(stream, addr, &state, &stop));
                 }
-            });
+            })
+        };
+        FakeRegistry {
+            addr,
+            state,
+            stop,
+            listener: Some(listener),
         }
-        FakeRegistry { addr, state, stop }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -161,6 +336,11 @@ impl FakeRegistry {
             .push((pattern.to_string(), faults.iter().cloned().collect()));
     }
 
+    /// Drops every fault still queued.
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
     /// Requires bearer tokens from `/token`, each good for `uses` requests.
     pub fn require_tokens(&self, uses: usize) {
         self.state().auth = Some(TokenAuth {
@@ -178,6 +358,17 @@ impl FakeRegistry {
     /// Takes the registry down (connections closed unanswered) or back up.
     pub fn set_down(&self, down: bool) {
         self.state().down = down;
+    }
+
+    /// Turns the blackhole on (connections accepted, never read from or
+    /// answered, until the registry is dropped) or off.
+    pub fn set_blackhole(&self, blackhole: bool) {
+        self.state().blackhole = blackhole;
+    }
+
+    /// `https://127.0.0.1:PORT`: TLS spoken to this plain-http registry.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
     }
 
     /// Tokens issued so far.
@@ -198,7 +389,12 @@ impl FakeRegistry {
 impl Drop for FakeRegistry {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
+        // Wake the listener and wait until it has closed its socket.
+        if TcpStream::connect(self.addr).is_ok()
+            && let Some(listener) = self.listener.take()
+        {
+            let _ = listener.join();
+        }
     }
 }
 
@@ -312,8 +508,28 @@ fn authorized(
     false
 }
 
+/// The first byte of a TLS record carrying a handshake (a client hello).
+const TLS_HANDSHAKE: u8 = 0x16;
+
 fn handle(stream: TcpStream, addr: SocketAddr, state: &Mutex<State>, stop: &AtomicBool) {
-    if state.lock().unwrap().down {
+    let (down, blackhole) = {
+        let state = state.lock().unwrap();
+        (state.down, state.blackhole)
+    };
+    if down {
+        return;
+    }
+    if blackhole {
+        return hold(stop);
+    }
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).is_ok_and(|n| n == 1) && first[0] == TLS_HANDSHAKE {
+        // What a plain-http server says to bytes that are no request.
+        state.lock().unwrap().log.push("TLS hello".to_string());
+        let mut out = &stream;
+        let _ = out.write_all(
+            b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        );
         return;
     }
     let Some(request) = read_request(&stream) else {
@@ -365,27 +581,140 @@ fn handle(stream: TcpStream, addr: SocketAddr, state: &Mutex<State>, stop: &Atom
             respond(&stream, 200, &headers, &bytes, head);
         }
         (Some(Fault::Truncate), Some((bytes, _))) => {
-            let mut out = &stream;
-            let header = format!(
-                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-                bytes.len()
-            );
-            let _ = out.write_all(header.as_bytes());
-            let _ = out.write_all(&bytes[..bytes.len() / 2]);
+            send_head(&stream, Some(bytes.len() as u64));
+            let _ = (&stream).write_all(&bytes[..bytes.len() / 2]);
         }
         (Some(Fault::Stall), Some((bytes, _))) => {
-            let mut out = &stream;
-            let header = format!(
-                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-                bytes.len()
-            );
-            let _ = out.write_all(header.as_bytes());
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+            send_head(&stream, Some(bytes.len() as u64));
+            hold(stop);
+        }
+        (Some(Fault::Trickle), Some((bytes, _))) => {
+            send_head(&stream, Some(bytes.len() as u64));
+            for byte in bytes {
+                if (&stream).write_all(&[byte]).is_err() || !pause(stop, Duration::from_secs(1)) {
+                    break;
+                }
+            }
+        }
+        (Some(Fault::ResetMidBody), Some((bytes, _))) => {
+            send_head(&stream, Some(bytes.len() as u64));
+            let _ = (&stream).write_all(&bytes[..bytes.len() / 2]);
+            reset(stream);
+        }
+        (Some(Fault::HugeLength), Some(_)) => {
+            send_head(&stream, Some(HUGE));
+            if !head {
+                flood(&stream, stop);
+            }
+        }
+        (Some(Fault::Endless), Some(_)) => {
+            send_head(&stream, None);
+            if !head {
+                flood(&stream, stop);
             }
         }
         (None, Some((bytes, headers))) => respond(&stream, 200, &headers, &bytes, head),
+    }
+}
+
+/// Sends a `200` status line and headers, with `Content-Length: len` if
+/// given (else the body ends when the connection closes).
+fn send_head(mut stream: &TcpStream, len: Option<u64>) {
+    let length = len.map_or(String::new(), |n| format!("Content-Length: {n}\r\n"));
+    let head = format!("HTTP/1.1 200 OK\r\nConnection: close\r\n{length}\r\n");
+    let _ = stream.write_all(head.as_bytes());
+}
+
+/// Sends zeros until the client hangs up or the registry stops.
+fn flood(mut stream: &TcpStream, stop: &AtomicBool) {
+    let zeros = vec![0u8; 64 << 10];
+    while !stop.load(Ordering::SeqCst) && stream.write_all(&zeros).is_ok() {}
+}
+
+/// Holds a connection (by holding its thread) until the registry stops.
+fn hold(stop: &AtomicBool) {
+    pause(stop, Duration::from_secs(120));
+}
+
+/// Waits `duration`, or less if the registry stops: false if it stopped.
+fn pause(stop: &AtomicBool, duration: Duration) -> bool {
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Closes `stream` with an RST: `SO_LINGER` on with a zero timeout.
+fn reset(stream: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a `linger` of the size passed.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    drop(stream);
+}
+
+/// A loopback port with nothing listening: a socket bound to it (so no one
+/// else takes it) that never listens, so connections are refused. Free
+/// again when dropped.
+pub struct Refused {
+    _socket: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+impl Refused {
+    pub fn new() -> Refused {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket calls on a socket we own; the addresses are
+        // `sockaddr_in` of the sizes passed.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let bound = libc::bind(fd, (&raw const addr).cast(), len);
+            assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+            let named = libc::getsockname(fd, (&raw mut addr).cast(), &mut len);
+            assert_eq!(named, 0, "getsockname: {}", std::io::Error::last_os_error());
+            Refused {
+                _socket: socket,
+                port: u16::from_be(addr.sin_port),
+            }
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT`, as messages name the registry.
+    pub fn name(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Default for Refused {
+    fn default() -> Refused {
+        Refused::new()
     }
 }
 
@@ -407,6 +736,18 @@ fn lookup(state: &Mutex<State>, path: &str) -> Option<Found> {
             ("Docker-Content-Digest", digest),
         ];
         return Some((bytes, headers));
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        let prefix = format!("{name}:");
+        let mut tags: Vec<&str> = state
+            .manifests
+            .keys()
+            .filter_map(|key| key.strip_prefix(&prefix))
+            .filter(|tag| !tag.starts_with("sha256:"))
+            .collect();
+        tags.sort_unstable();
+        let body = serde_json::json!({ "name": name, "tags": tags });
+        return Some((body.to_string().into_bytes(), vec![]));
     }
     let (_, digest) = rest.split_once("/blobs/")?;
     let bytes = state.blobs.get(digest)?.clone();
