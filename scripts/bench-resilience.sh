@@ -23,8 +23,8 @@
 #      the registry back: time until the offline-started mount reads again
 #   6. packets dropped (an nftables DROP rule in a network namespace of its
 #      own, with a registry and the mount's daemon inside): the first cold
-#      read, a mount start from the disk cache, a cold-cache mount; skipped
-#      with a note when `nft` is missing (apt-get install nftables)
+#      read, a mount start from the disk cache, a cold-cache mount
+#      (scripts/setup.sh installs nftables)
 # A summary table (markdown) comes last. Unexpected outcomes (a read that
 # should fail succeeds, a cached read fails) are flagged and make the exit
 # code 1; a step that cannot run stops the script at once.

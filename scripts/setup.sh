@@ -24,6 +24,9 @@ have useradd || need+=(passwd)
 # A real OCI registry (CNCF distribution) and bcrypt htpasswd entries for its tests.
 have docker-registry || need+=(docker-registry)
 have htpasswd || need+=(apache2-utils)
+# The resilience benchmark drops packets with nftables in a network namespace.
+have nft || need+=(nftables)
+have ip || need+=(iproute2)
 # The peer the registry benchmark compares with (content-addressed chunks, a lazy FUSE mount over HTTP).
 have casync || need+=(casync)
 
