@@ -23,14 +23,8 @@ ms() { local start=$(date +%s%N); "$@" >/dev/null || { echo "failed: $*" >&2; ki
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # The registry: its own root and port; its access log counts requests.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$work/registry"
-cat >"$work/registry/config.yml" <<YML
-version: 0.1
-log: {level: info, formatter: text}
-storage: {filesystem: {rootdirectory: $work/registry/data}, delete: {enabled: true}}
-http: {addr: 127.0.0.1:$port, secret: bench}
-YML
+port=$(free_port)
+registry_config "$work/registry" "$port"
 docker-registry serve "$work/registry/config.yml" >"$work/registry/access.log" 2>"$work/registry/registry.log" &
 registry=$!
 mnt="$work/mnt"; mkdir -p "$mnt"
@@ -188,7 +182,7 @@ mkdir -p "$work/casync/www" "$work/casync/mnt"
 start=$(date +%s%N)
 casync make --store="$work/casync/www/store.castr" "$work/casync/www/index.caidx" "$work/tree" >/dev/null
 casync_make_ms=$((($(date +%s%N) - start) / 1000000))
-cas_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cas_port=$(free_port)
 (cd "$work/casync/www" && exec python3 -m http.server "$cas_port" --bind 127.0.0.1) >"$work/casync/access.log" 2>&1 &
 http_server=$!
 cas_mnt="$work/casync/mnt"

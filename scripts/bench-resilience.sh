@@ -62,15 +62,9 @@ approx() {
 flag() { unexpected=$((unexpected + 1)); echo "UNEXPECTED: $*" >&2; }
 
 # The registry: its own root and port, started and stopped by this script.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 url="http://127.0.0.1:$port"
-mkdir -p "$work/registry"
-cat >"$work/registry/config.yml" <<YML
-version: 0.1
-log: {level: info, formatter: text}
-storage: {filesystem: {rootdirectory: $work/registry/data}, delete: {enabled: true}}
-http: {addr: 127.0.0.1:$port, secret: bench}
-YML
+registry_config "$work/registry" "$port"
 registry="" registry2="" ns="" ns_registry="" cats=() par_maxes=()
 mnt="$work/mnt" other="$work/other"; mkdir -p "$mnt" "$other"
 daemons() { pgrep -f "mount .*$1" || true; }
@@ -331,7 +325,7 @@ row "killed: 4 readers of cold files at the first failure, 3 rounds" "slowest: m
 # this mount and, in alternation, on a healthy one (a second registry over
 # the same data, a mount of its own): the baseline under the same load.
 note "3. registry hung (SIGSTOP), --retry-budget $budget, 32 cold readers"
-port2=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port2=$(free_port)
 sed "s/127.0.0.1:$port/127.0.0.1:$port2/" "$work/registry/config.yml" >"$work/registry/config2.yml"
 docker-registry serve "$work/registry/config2.yml" >>"$work/registry/access.log" 2>>"$work/registry/registry.log" &
 registry2=$!

@@ -3,6 +3,7 @@
 #   bin          the built mache-cachefs
 #   python_src   Python's standard library (the default sample source tree)
 #   work         a temporary directory, removed on exit
+# and defines free_port and registry_config (a local docker-registry's config).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
@@ -11,3 +12,17 @@ bin="$(realpath "${CARGO_TARGET_DIR:-target}")/release/mache-cachefs"
 python_src="$(python3 -c 'import os, sysconfig; print(os.path.realpath(sysconfig.get_paths()["stdlib"]))')"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+
+# A free TCP port on 127.0.0.1.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Writes DIR/config.yml for a CNCF distribution registry (docker-registry)
+# keeping its data in DIR/data and listening on 127.0.0.1:PORT.
+registry_config() {
+  mkdir -p "$1"
+  cat >"$1/config.yml" <<YML
+version: 0.1
+log: {level: info, formatter: text}
+storage: {filesystem: {rootdirectory: $1/data}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$2, secret: bench}
+YML
+}
