@@ -86,6 +86,27 @@ pub fn read_db(db_path: &Path, source_root: &Path) -> Result<DbContents> {
     })
 }
 
+/// Whether the file is a mache db: a SQLite db with a `_source` table.
+/// Opened read-only, so the file is never changed; anything that cannot be
+/// read as one (another format, a locked or damaged db) is not.
+pub fn is_mache_db(path: &Path) -> bool {
+    has_sqlite_header(path)
+        && open_read_only(path)
+            .ok()
+            .and_then(|conn| has_table(&conn, "_source").ok())
+            .unwrap_or(false)
+}
+
+/// Whether the file starts with SQLite's header (checked before SQLite
+/// opens it, which would take any file for an empty db).
+fn has_sqlite_header(path: &Path) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok_and(|()| &header == SQLITE_HEADER)
+}
+
 /// Checks that a db to push exists and is a file, before anything is written.
 pub fn check_is_file(db_path: &Path) -> Result<()> {
     let reason = match std::fs::metadata(db_path) {

@@ -336,11 +336,8 @@ fn pull_refuses_to_replace_a_file_that_is_not_a_db_unless_forced() {
     let store = pushed_store(dir.path());
     let notes = dir.path().join("notes.txt");
     std::fs::write(&notes, "my notes\n").unwrap();
-    let err = run_fails(&["pull", "--out-db", s(&notes), s(&store)], 3, "--out-db");
-    assert!(
-        err.contains("not a SQLite database") && err.contains("--force"),
-        "{err}"
-    );
+    let err = refuses_out_db(&notes, &store);
+    assert!(err.contains("not a mache db"), "{err}");
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes\n");
     assert_eq!(
         list_files(dir.path())
@@ -351,13 +348,48 @@ fn pull_refuses_to_replace_a_file_that_is_not_a_db_unless_forced() {
     );
     run_ok(&["pull", "--out-db", s(&notes), s(&store), "--force"]);
     assert_eq!(dump_sources(&notes).len(), 2);
-    // An existing db is replaced without --force; a directory never is.
-    run_ok(&["pull", "--out-db", s(&notes), s(&store)]);
+    // A directory is never replaced.
     run_fails(
         &["pull", "--out-db", s(dir.path()), s(&store)],
         3,
         "is a directory",
     );
+}
+
+/// A pull onto `out_db` without --force: exit 3, one line naming the file
+/// and --force, and the file byte-identical afterwards.
+fn refuses_out_db(out_db: &Path, store: &Path) -> String {
+    let before = std::fs::read(out_db).unwrap();
+    let err = run_fails(&["pull", "--out-db", s(out_db), s(store)], 3, s(out_db));
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert_eq!(std::fs::read(out_db).unwrap(), before, "left untouched");
+    err
+}
+
+#[test]
+fn pull_replaces_a_mache_db_but_not_a_users_own_sqlite_db_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = pushed_store(dir.path());
+    let own = dir.path().join("own.db");
+    rusqlite::Connection::open(&own)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+        .unwrap();
+    let err = refuses_out_db(&own, &store);
+    assert!(err.contains("no _source table"), "{err}");
+    run_ok(&["pull", "--out-db", s(&own), s(&store), "--force"]);
+    assert_eq!(dump_sources(&own).len(), 2, "replaced with --force");
+    // A mache db (the one just pulled, or one built by mache) is replaced
+    // without --force.
+    let built = dir.path().join("built.db");
+    make_db(
+        &built,
+        &[Src::at("old.go", Some("go"), b"package old\n")],
+        None,
+    );
+    run_ok(&["pull", "--out-db", s(&built), s(&store)]);
+    assert_eq!(dump_sources(&built).len(), 2, "a mache db is replaced");
 }
 
 #[test]

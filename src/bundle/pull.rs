@@ -164,8 +164,9 @@ fn for_each_restored(
 /// What `pull` may do to a file already at its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Existing {
-    /// Replace an existing SQLite db (or an empty file); refuse anything else.
-    ReplaceDb,
+    /// Replace an existing mache db (a SQLite db with a `_source` table)
+    /// or an empty file; refuse anything else.
+    ReplaceMacheDb,
     /// Replace whatever is there (a file, not a directory).
     Replace,
 }
@@ -174,7 +175,7 @@ pub enum Existing {
 /// written to a temporary file beside the target and renamed into place
 /// only when complete, so a failed pull leaves nothing at `out_db`, and an
 /// existing db there is replaced atomically. A file there that is not a
-/// SQLite db is refused unless `existing` is [`Existing::Replace`].
+/// mache db is refused unless `existing` is [`Existing::Replace`].
 pub fn pull(
     source: &dyn ChunkSource,
     lockfile: &Lockfile,
@@ -217,7 +218,7 @@ pub fn pull(
 
 /// Refuses a target that cannot or should not be replaced: a missing
 /// directory, a directory, or (unless told to replace it) a file that is
-/// not a SQLite db.
+/// not a mache db: a user's own SQLite db is data we did not write.
 fn check_target(out_db: &Path, existing: Existing) -> Result<()> {
     let refuse = |reason: &str| Error::OutDb {
         path: out_db.to_path_buf(),
@@ -238,21 +239,12 @@ fn check_target(out_db: &Path, existing: Existing) -> Result<()> {
     if meta.is_dir() {
         return Err(refuse("is a directory"));
     }
-    if existing == Existing::Replace || meta.len() == 0 || is_sqlite_db(out_db) {
+    if existing == Existing::Replace || meta.len() == 0 || crate::machedb::is_mache_db(out_db) {
         return Ok(());
     }
     Err(refuse(
-        "exists and is not a SQLite database; refusing to replace it (--force replaces it)",
+        "exists and is not a mache db (no _source table); refusing to replace it (--force replaces it)",
     ))
-}
-
-/// Whether the file starts with SQLite's header.
-fn is_sqlite_db(path: &Path) -> bool {
-    use std::io::Read;
-    let mut header = [0u8; 16];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut header))
-        .is_ok_and(|()| &header == crate::machedb::SQLITE_HEADER)
 }
 
 /// How much of a bundle [`verify`] reads.

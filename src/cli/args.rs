@@ -244,11 +244,12 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// Where to write the restored db. An existing SQLite db there is
-    /// replaced atomically; any other existing file is refused unless --force.
+    /// Where to write the restored db. An existing mache db there (a SQLite
+    /// db with a _source table) is replaced atomically; any other existing
+    /// file, a SQLite db of your own included, is refused unless --force.
     #[arg(long, value_name = "PATH")]
     pub out_db: PathBuf,
-    /// Replace --out-db even if it is not a SQLite db.
+    /// Replace --out-db even if it is not a mache db.
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]

@@ -198,7 +198,7 @@ fn pull(settings: &Settings, args: PullArgs, progress: bool) -> Result<()> {
     let bundle = store.resolve(&args.reference)?;
     let existing = match args.force {
         true => Existing::Replace,
-        false => Existing::ReplaceDb,
+        false => Existing::ReplaceMacheDb,
     };
     let report = bundle::pull(
         store.chunks().as_ref(),

@@ -512,7 +512,7 @@ fn mache_db_rows_equal_pull_and_a_second_mount_reuses_it() {
         source.as_ref(),
         &lockfile,
         &pulled,
-        crate::bundle::Existing::ReplaceDb,
+        crate::bundle::Existing::ReplaceMacheDb,
         true,
         false,
     )
