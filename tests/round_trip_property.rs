@@ -160,7 +160,7 @@ proptest! {
         }
         let bundle = store.resolve("latest").unwrap();
         let out = dir.path().join("restored.db");
-        bundle::pull(store.chunks().as_ref(), &bundle.lockfile, &out, Existing::ReplaceDb, true, false)
+        bundle::pull(store.chunks().as_ref(), &bundle.lockfile, &out, Existing::ReplaceMacheDb, true, false)
             .expect("what push wrote, pull reads");
         check_restored(&original, &dump_sources(&out), with_ast);
         if with_ast {
