@@ -298,7 +298,7 @@ fn a_raw_source_that_reads_as_an_ast_chunk_round_trips_exactly() {
     let out = run(&["push", "--db", s(&db), s(&store)]);
     assert!(out.status.success());
     assert!(
-        !String::from_utf8_lossy(&out.stderr).contains("WARN"),
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
         "nothing to warn about: {}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -450,4 +450,64 @@ fn refs_lists_tags_and_tag_and_untag_move_them_atomically() {
             .iter()
             .all(|p| !p.to_string_lossy().contains("tmp"))
     );
+}
+
+#[test]
+fn reports_use_rfc3339_times_iec_sizes_and_singular_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, store) = push_one_source(dir.path(), "one.go", b"package one\n");
+    let pushed = run_ok(&["push", "--db", s(&db), s(&store), "--force"]);
+    assert!(pushed.starts_with("pushed 1 source ("), "{pushed}");
+    assert!(
+        pushed.contains(" B total") && !pushed.contains(" MB"),
+        "{pushed}"
+    );
+    let inspect = run_ok(&["inspect", s(&store)]);
+    assert!(
+        inspect.contains("generated at      2025-05-27T11:33:20Z\n"),
+        "{inspect}"
+    );
+    let json = json_of(run(&["inspect", s(&store), "--json"]));
+    assert_eq!(json["generated_at"], "2025-05-27T11:33:20Z");
+    assert_eq!(json["generated_at_ms"], 1_748_345_600_000u64);
+    let refs = run_ok(&["refs", s(&store)]);
+    assert!(refs.contains("1 source  2025-05-27T11:33:20Z"), "{refs}");
+    let gc = run_ok(&["gc", s(&store), "--dry-run"]);
+    assert!(gc.contains(" of 1 tagged bundle;"), "{gc}");
+    let cache = dir.path().join("cache");
+    let out = bin()
+        .env("XDG_CACHE_HOME", &cache)
+        .args(["gc", "--cache", "--max-size", "50M"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("(cap 50.0 MiB)"), "{text}");
+}
+
+#[test]
+fn a_warning_is_one_line_in_the_cli_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = push_one_source(dir.path(), "one.go", b"package one\n");
+    for entry in std::fs::read_dir(store.join("lockfiles")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().ends_with(".sizes.json") {
+            std::fs::write(&path, "not json").unwrap();
+        }
+    }
+    let out = run(&["inspect", s(&store)]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("mache-cachefs: warning: ignoring ") && !stderr.contains("WARN"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn help_cites_no_spec_section() {
+    for command in ["push", "pull", "mount", "serve", "verify"] {
+        let help = run_ok(&[command, "--help"]);
+        assert!(!help.contains("SPEC") && !help.contains('§'), "{help}");
+    }
 }

@@ -26,6 +26,7 @@ const WINDOWS_PER_FETCH: usize = 8;
 #[derive(Debug, Clone)]
 pub struct PullReport {
     pub sources: usize,
+    /// Sources restored with at least one `_ast` row.
     pub ast_sources: usize,
     pub chunk_bytes: u64,
     pub root: Hash,
@@ -48,7 +49,8 @@ impl PullReport {
     fn count(&mut self, decoded: &Decoded, chunk_len: u64) {
         self.sources += 1;
         self.chunk_bytes += chunk_len;
-        self.ast_sources += usize::from(decoded.ast.is_some());
+        // A source with AST rows: an AST chunk with no nodes has none.
+        self.ast_sources += usize::from(decoded.ast.as_ref().is_some_and(|n| !n.is_empty()));
     }
 }
 

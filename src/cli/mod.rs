@@ -32,7 +32,10 @@ pub fn run() -> ExitCode {
         )),
         _ => None,
     };
-    init_tracing(cli.verbose, cli.quiet, tag);
+    // A one-shot command's warnings are messages to its user, like its
+    // errors; the long-running ones (mount, serve) keep a timestamped log.
+    let messages = cli.command.prints_to_stdout();
+    init_tracing(cli.verbose, cli.quiet, tag, messages);
     if cli.command.prints_to_stdout() {
         // Like other Unix filters: a closed stdout (`| head`) ends the
         // process quietly instead of panicking in println!. Not for the
@@ -76,8 +79,9 @@ fn one_line(err: &anyhow::Error) -> String {
 
 /// Logs go to stderr, coloured only on a terminal (a log file gets plain
 /// text). A mount's lines start with `tag` (its mountpoint and pid), since
-/// several mounts may share one log file.
-fn init_tracing(verbose: u8, quiet: bool, tag: Option<String>) {
+/// several mounts may share one log file. With `messages`, warnings and
+/// errors are lines like the CLI's own (`mache-cachefs: warning: …`).
+fn init_tracing(verbose: u8, quiet: bool, tag: Option<String>, messages: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -94,6 +98,7 @@ fn init_tracing(verbose: u8, quiet: bool, tag: Option<String>) {
         });
     let format = Tagged {
         tag,
+        messages,
         inner: tracing_subscriber::fmt::format().with_target(false),
     };
     tracing_subscriber::fmt()
@@ -104,10 +109,22 @@ fn init_tracing(verbose: u8, quiet: bool, tag: Option<String>) {
         .init();
 }
 
-/// An event format that starts every line with a fixed tag.
+/// An event format that starts every line with a fixed tag, and (with
+/// `messages`) writes warnings and errors as the CLI's own lines.
 struct Tagged<F> {
     tag: Option<String>,
+    messages: bool,
     inner: F,
+}
+
+/// The word the CLI's own lines use for a level, if it is one the user
+/// must see as a message (`mache-cachefs: warning: …`).
+fn message_word(level: &tracing::Level) -> Option<&'static str> {
+    match *level {
+        tracing::Level::ERROR => Some("error"),
+        tracing::Level::WARN => Some("warning"),
+        _ => None,
+    }
 }
 
 impl<S, N, F> FormatEvent<S, N> for Tagged<F>
@@ -125,6 +142,13 @@ where
         if let Some(tag) = &self.tag {
             write!(writer, "{tag} ")?;
         }
-        self.inner.format_event(ctx, writer, event)
+        match message_word(event.metadata().level()).filter(|_| self.messages) {
+            Some(word) => {
+                write!(writer, "mache-cachefs: {word}: ")?;
+                ctx.field_format().format_fields(writer.by_ref(), event)?;
+                writeln!(writer)
+            }
+            None => self.inner.format_event(ctx, writer, event),
+        }
     }
 }

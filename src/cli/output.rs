@@ -9,8 +9,32 @@ use crate::bundle::{Coverage, Inspection, PullReport, PushReport, VerifyReport};
 use crate::registry::UploadReport;
 use crate::store::{BlobCheck, RemoteCounters};
 
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
+/// A size in IEC units, as `--max-size` and the other size flags take
+/// them: "512 B", "50.0 MiB", "10.0 GiB".
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A count and its noun: "1 tagged bundle", "2 tagged bundles".
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// A time in RFC 3339 (UTC, whole seconds), from milliseconds since the
+/// epoch.
+fn rfc3339(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 fn print_json(value: &serde_json::Value) {
@@ -57,14 +81,15 @@ pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport
     };
     if r.kept {
         println!(
-            "unchanged: these {} sources are a bundle {} already holds; kept it as {tags} \
+            "unchanged: these {} are a bundle {} already holds; kept it as {tags} \
              (--force writes a new lockfile)",
-            r.sources, store
+            count(r.sources, "source", "sources"),
+            store
         );
     } else {
         println!(
-            "pushed {} sources ({} with AST) to {} as {tags} in {:.2}s",
-            r.sources,
+            "pushed {} ({} as AST chunks) to {} as {tags} in {:.2}s",
+            count(r.sources, "source", "sources"),
             r.ast_sources,
             store,
             r.elapsed.as_secs_f64()
@@ -74,8 +99,8 @@ pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport
         "chunks: {} new, {} already present ({} total, {} new)",
         r.new_chunks,
         r.present_chunks,
-        mb(r.chunk_bytes),
-        mb(r.new_bytes)
+        size(r.chunk_bytes),
+        size(r.new_bytes)
     );
     println!("lockfile {}", r.lockfile_hash.to_prefixed());
     println!("root     {}", r.root.to_prefixed());
@@ -87,13 +112,17 @@ pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport
         };
         let reused = match u.reused_packs {
             0 => String::new(),
-            n => format!(" ({n} packs reused, {})", mb(u.reused_bytes)),
+            n => format!(
+                " ({} reused, {})",
+                count(n, "pack", "packs"),
+                size(u.reused_bytes)
+            ),
         };
         println!(
             "registry {repo} ({}): {} uploaded ({}), {} already present{reused}; manifest {} {manifest} {}",
             u.layout,
             u.uploaded,
-            mb(u.uploaded_bytes),
+            size(u.uploaded_bytes),
             u.present,
             u.manifest_digest,
             r.tag
@@ -125,10 +154,10 @@ pub fn pull(out_db: &Path, r: &PullReport, as_json: bool) {
         "chunk hashes verified; root not checked"
     };
     println!(
-        "restored {} sources ({} with AST, {}) into {} in {:.2}s ({verified})",
-        r.sources,
+        "restored {} ({} with AST, {}) into {} in {:.2}s ({verified})",
+        count(r.sources, "source", "sources"),
         r.ast_sources,
-        mb(r.chunk_bytes),
+        size(r.chunk_bytes),
         out_db.display(),
         r.elapsed.as_secs_f64()
     );
@@ -169,7 +198,8 @@ pub fn verify(v: &Verified, as_json: bool) {
         return print_json(&value);
     }
     let blobs = v.blobs.map_or(String::new(), |b| {
-        format!("{} {} present, ", b.blobs, b.what)
+        let one = b.what.strip_suffix('s').unwrap_or(b.what);
+        format!("{} present, ", count(b.blobs, one, b.what))
     });
     let chunks = match r.coverage {
         Coverage::Full => format!("all {} chunks verified (full)", r.chunks),
@@ -179,11 +209,11 @@ pub fn verify(v: &Verified, as_json: bool) {
         ),
     };
     println!(
-        "verified {} of {}: {blobs}{chunks}; root {} of {} sources in {:.2}s",
+        "verified {} of {}: {blobs}{chunks}; root {} of {} in {:.2}s",
         v.reference,
         v.store,
         r.checked.root.to_prefixed(),
-        r.sources,
+        count(r.sources, "source", "sources"),
         v.elapsed.as_secs_f64()
     );
 }
@@ -191,12 +221,14 @@ pub fn verify(v: &Verified, as_json: bool) {
 /// The report of `inspect`.
 pub fn inspect(i: &Inspection, as_json: bool) {
     if as_json {
-        return print_json(&serde_json::to_value(i).expect("inspection serializes"));
+        let mut value = serde_json::to_value(i).expect("inspection serializes");
+        value["generated_at"] = json!(rfc3339(i.generated_at_ms));
+        return print_json(&value);
     }
     let opt = |v: Option<usize>| v.map_or("-".to_string(), |n| n.to_string());
     println!("producer          {} {}", i.producer, i.producer_version);
     println!("schema version    {}", i.schema_version);
-    println!("generated at      {} ms since the epoch", i.generated_at_ms);
+    println!("generated at      {}", rfc3339(i.generated_at_ms));
     println!("processors        {}", i.processors.join(", "));
     println!("sources           {}", i.sources);
     println!("topology edges    {}", i.topology_edges);
@@ -246,13 +278,11 @@ pub fn refs(store: &str, refs: &[RefLine], as_json: bool) {
     }
     for r in refs {
         println!(
-            "{:<24} {}  {:>7} sources  {}",
+            "{:<24} {}  {:>15}  {}",
             r.name,
             r.lockfile,
-            r.sources,
-            httpdate::fmt_http_date(
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.generated_at_ms)
-            )
+            count(r.sources, "source", "sources"),
+            rfc3339(r.generated_at_ms)
         );
     }
 }
@@ -277,15 +307,21 @@ pub fn gc(store: &str, r: &crate::store::gc::GcReport, as_json: bool) {
     }
     let verb = if r.dry_run { "would remove" } else { "removed" };
     println!(
-        "{store}: {verb} {} objects, {} lockfiles and sizes files, {} other files: {} freed",
-        r.objects_removed,
-        r.lockfiles_removed,
-        r.other_files_removed,
-        mb(r.bytes_freed)
+        "{store}: {verb} {}, {}, {}: {} freed",
+        count(r.objects_removed, "object", "objects"),
+        count(
+            r.lockfiles_removed,
+            "lockfile or sizes file",
+            "lockfiles and sizes files"
+        ),
+        count(r.other_files_removed, "other file", "other files"),
+        size(r.bytes_freed)
     );
     println!(
-        "kept {} live objects of {} tagged bundles; {} unreachable files are younger than the grace period",
-        r.live_objects, r.roots, r.kept_young
+        "kept {} of {}; {} younger than the grace period",
+        count(r.live_objects, "live object", "live objects"),
+        count(r.roots, "tagged bundle", "tagged bundles"),
+        count(r.kept_young, "unreachable file is", "unreachable files are")
     );
 }
 
@@ -298,16 +334,23 @@ pub fn gc_cache(dir: &Path, r: &crate::store::gc::CacheGcReport, as_json: bool) 
     }
     let verb = if r.dry_run { "would remove" } else { "removed" };
     println!(
-        "{}: {verb} {} cached chunks, {} stale temporary files and {} built dbs and logs: {} freed; {} in the chunk cache (cap {})",
+        "{}: {verb} {}, {} and {}: {} freed; {} in the chunk cache (cap {})",
         dir.display(),
-        r.chunks_removed,
-        r.temp_files_removed,
-        r.files_removed,
-        mb(r.bytes_freed),
-        mb(r.chunk_bytes),
-        mb(r.capacity)
+        count(r.chunks_removed, "cached chunk", "cached chunks"),
+        count(
+            r.temp_files_removed,
+            "stale temporary file",
+            "stale temporary files"
+        ),
+        count(r.files_removed, "built db or log", "built dbs and logs"),
+        size(r.bytes_freed),
+        size(r.chunk_bytes),
+        size(r.capacity)
     );
     if r.in_use > 0 {
-        println!("kept {} dbs that a mount has open", r.in_use);
+        println!(
+            "kept {} that a mount has open",
+            count(r.in_use, "db", "dbs")
+        );
     }
 }

@@ -165,7 +165,7 @@ impl RegistryStore {
             }
         })?;
         if probe == Probe::Refused {
-            tracing::warn!(
+            tracing::info!(
                 "{} checks digests as SHA-256: pushing in the packed layout",
                 self.client.registry()
             );
@@ -443,7 +443,8 @@ enum Probe {
 pub enum Layout {
     /// build-cache/v1 if the registry takes its digests, else packed.
     Auto,
-    /// build-cache/v1: one layer per source, BLAKE3 digests (SPEC §6).
+    /// build-cache/v1: one layer per source, BLAKE3 digests (what build-cache/v1
+    /// providers, `serve` and the Go mache read).
     V1,
     /// Packs of chunks and a pack index, true SHA-256 digests.
     Packed,
