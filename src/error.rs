@@ -140,6 +140,9 @@ pub enum Error {
 
     #[error("{0}")]
     Usage(String),
+    /// A push stopped by a signal, its temporary files removed.
+    #[error("push interrupted: removed {removed} temporary files; nothing was tagged")]
+    Interrupted { signal: i32, removed: usize },
     #[error("{0}")]
     Mount(String),
     /// A failure another process of ours reported (the mount daemon to the
@@ -326,7 +329,7 @@ impl Error {
             | MalformedStoreFile { .. } => Class::Integrity,
             RefMissing { .. } | NothingPushed(_) | BaseMissing { .. } => Class::NotFound,
             ChunkMissing { .. } | ObjectMissing { .. } | BlobMissing { .. } => Class::Incomplete,
-            Io { .. } | Mount(_) | Reported { .. } => Class::Environment,
+            Io { .. } | Mount(_) | Reported { .. } | Interrupted { .. } => Class::Environment,
             Refused(Refusal::NoEntry | Refusal::NoAttribute) => Class::NotFound,
             Refused(_) => Class::Environment,
         }
@@ -337,6 +340,8 @@ impl Error {
         match self {
             Error::Reported { code, .. } => return *code,
             Error::Usage(_) => return exit::USAGE,
+            // As a shell reports a process a signal ended: 128 + its number.
+            Error::Interrupted { signal, .. } => return 128u8.saturating_add(*signal as u8),
             _ => {}
         }
         match self.class() {

@@ -209,3 +209,92 @@ fn gc_cache_trims_the_chunk_cache_to_its_cap_least_recently_used_first() {
     }
     assert!(!old_db.exists());
 }
+
+/// Starts `push --db db store`, and returns it once it has written a
+/// temporary file (polled, with a deadline), ready to be signalled.
+fn push_under_way(db: &Path, store: &Path) -> std::process::Child {
+    let mut child = bin()
+        .args(["push", "--db", s(db), s(store)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while temp_files(store).is_empty() {
+        assert!(child.try_wait().unwrap().is_none(), "the push ended first");
+        assert!(std::time::Instant::now() < deadline, "no temporary file");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child
+}
+
+/// The temporary files in `store/tmp` (not the lock files of pushes).
+fn temp_files(store: &Path) -> Vec<PathBuf> {
+    all_tmp(store)
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().ends_with(".lock"))
+        .collect()
+}
+
+fn all_tmp(store: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(store.join("tmp"))
+        .map(|dir| dir.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+fn signal(child: &std::process::Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, signal).unwrap();
+}
+
+#[test]
+fn a_push_interrupted_by_sigint_or_sigterm_removes_its_temporary_files_and_says_so() {
+    use nix::sys::signal::Signal::{SIGINT, SIGTERM};
+    let dir = tempfile::tempdir().unwrap();
+    let db = synthetic_db(dir.path(), 30_000, 1);
+    for (sig, code) in [(SIGINT, 130), (SIGTERM, 143)] {
+        let store = dir.path().join(format!("store-{code}"));
+        let child = push_under_way(&db, &store);
+        signal(&child, sig);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{sig}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let removed: usize = stderr
+            .split("push interrupted: removed ")
+            .nth(1)
+            .and_then(|rest| rest.strip_suffix(" temporary files; nothing was tagged\n"))
+            .unwrap_or_else(|| panic!("{stderr}"))
+            .parse()
+            .unwrap();
+        assert!(removed > 0, "{stderr}");
+        assert_eq!(all_tmp(&store), Vec::<PathBuf>::new());
+        assert_eq!(list_files(&store.join("refs")), Vec::<PathBuf>::new());
+    }
+}
+
+#[test]
+fn what_a_killed_push_left_in_tmp_goes_at_the_next_push_and_at_gc() {
+    use nix::sys::signal::Signal::SIGKILL;
+    let dir = tempfile::tempdir().unwrap();
+    let db = synthetic_db(dir.path(), 30_000, 2);
+    let killed = |store: &Path| {
+        let mut child = push_under_way(&db, store);
+        signal(&child, SIGKILL);
+        child.wait().unwrap();
+        let debris = temp_files(store);
+        assert!(!debris.is_empty());
+        debris.len()
+    };
+    let store = dir.path().join("store");
+    killed(&store);
+    // The next push (into the same `dir/store`) succeeds and sweeps it.
+    push_one_source(dir.path(), "a.go", b"package a\n");
+    assert_eq!(all_tmp(&store), Vec::<PathBuf>::new());
+
+    let store = dir.path().join("store-gc");
+    let debris = killed(&store);
+    let report = gc(&store, &[]);
+    assert_eq!(report["temp_files_removed"], debris, "{report}");
+    assert_eq!(all_tmp(&store), Vec::<PathBuf>::new());
+}

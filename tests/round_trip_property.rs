@@ -148,6 +148,7 @@ proptest! {
             tag: "latest".into(),
             progress: false,
             force: false,
+            interrupt: Default::default(),
         };
         if let Err(err) = bundle::push(&store, &opts) {
             // Refused only for what no chunk can carry: a row with an empty

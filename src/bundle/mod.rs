@@ -12,7 +12,7 @@ pub use inspect::{Inspection, inspect_bundle, inspect_target};
 pub use pull::{
     Coverage, Existing, PullReport, QUICK_SAMPLE, VerifyReport, pull, restore_source, verify,
 };
-pub use push::{PushOptions, PushReport, push};
+pub use push::{Interrupt, PushOptions, PushReport, push};
 
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -2,6 +2,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
@@ -31,6 +33,32 @@ pub struct PushOptions {
     /// Write a new lockfile even when the tag already names a bundle of
     /// exactly these sources.
     pub force: bool,
+    /// Stops the push when set (by a signal handler).
+    pub interrupt: Interrupt,
+}
+
+/// Set to a signal's number (by a handler: see [`Interrupt::flag`]) to stop
+/// a push: it then removes its temporary files, tags nothing, and fails
+/// with [`Error::Interrupted`].
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(Arc<AtomicUsize>);
+
+impl Interrupt {
+    /// The flag a handler sets to the signal's number.
+    pub fn flag(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.0)
+    }
+
+    /// `Err(Interrupted)` once the flag is set.
+    fn check(&self) -> Result<()> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            signal => Err(Error::Interrupted {
+                signal: i32::try_from(signal).unwrap_or(i32::MAX),
+                removed: 0,
+            }),
+        }
+    }
 }
 
 /// What a push did.
@@ -64,10 +92,25 @@ struct Encoded {
 const WINDOW: usize = 512;
 
 /// Pushes a db into `store`, tagging the bundle `latest` and `opts.tag`.
+/// Interrupted (see [`PushOptions::interrupt`]), it removes every
+/// temporary file it wrote; the objects it had published stay, untagged,
+/// until `gc`.
 pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
     let started = Instant::now();
     crate::store::local::check_ref_name(&opts.tag)?;
     let _writing = store.lock_shared()?;
+    let store = store.with_tmp_session()?;
+    match push_locked(&store, opts, started) {
+        Err(Error::Interrupted { signal, .. }) => Err(Error::Interrupted {
+            signal,
+            removed: store.tmp_session().map_or(0, |s| s.clean_up()),
+        }),
+        done => done,
+    }
+}
+
+/// [`push`] with the store locked and its temporary files claimed.
+fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Result<PushReport> {
     let generated_at_ms = generated_at_ms()?;
     let source_root = match &opts.source_root {
         Some(root) => root.clone(),
@@ -86,6 +129,7 @@ pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
         None => raw_sources_needing_ast_shape(&opts.db, &contents.sources)?,
     };
     tracing::info!(sources = contents.sources.len(), elapsed = ?started.elapsed(), "read db");
+    opts.interrupt.check()?;
 
     let mut report = PushReport {
         lockfile_hash: Hash::default(),
@@ -115,12 +159,14 @@ pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
         let publisher = scope.spawn(move || {
             let mut total = PutReport::default();
             for batch in batches {
+                opts.interrupt.check()?;
                 total.add(store.publish(batch)?);
             }
             Ok::<_, Error>(total)
         });
         let produced = (|| {
             for (n, window) in contents.sources.chunks(WINDOW).enumerate() {
+                opts.interrupt.check()?;
                 let ast = contents
                     .ast
                     .as_ref()
@@ -163,6 +209,7 @@ pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
         bar.finish_and_clear();
     }
     tracing::info!(elapsed = ?started.elapsed(), "stored chunks");
+    opts.interrupt.check()?;
 
     let lockfile = new_lockfile(entries, generated_at_ms);
     report.root = lockfile.root;

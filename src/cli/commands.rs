@@ -3,6 +3,8 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -12,7 +14,7 @@ use super::args::{
     TagArgs, UntagArgs, VerifyArgs,
 };
 use super::output;
-use crate::bundle::{self, Coverage, Existing, PushOptions};
+use crate::bundle::{self, Coverage, Existing, Interrupt, PushOptions};
 use crate::config::{self, ProcessEnv, Settings, positive_seconds};
 use crate::error::Error;
 use crate::registry::auth::{CredentialSources, Secret};
@@ -162,6 +164,7 @@ fn push(settings: &Settings, args: PushArgs, progress: bool) -> Result<()> {
         tag: args.tag,
         progress,
         force: args.force,
+        interrupt: Interrupt::default(),
     };
     let registry = remote_settings(settings, &args.remote, false)?
         .map(|remote| RegistryStore::open(&remote))
@@ -172,7 +175,11 @@ fn push(settings: &Settings, args: PushArgs, progress: bool) -> Result<()> {
         )
         .into());
     }
-    let report = bundle::push(&store, &opts)?;
+    let second_signal = stop_push_on_signals(&opts.interrupt)?;
+    let report = bundle::push(&store, &opts);
+    // From here on (the upload), a signal ends the process at once.
+    second_signal.store(true, Ordering::Relaxed);
+    let report = report?;
     let uploaded = match &registry {
         Some(registry) => {
             let bundle = store.resolve(&report.lockfile_hash.to_prefixed())?;
@@ -272,6 +279,23 @@ fn untag(settings: &Settings, args: UntagArgs) -> Result<()> {
     Ok(())
 }
 
+/// Makes SIGINT and SIGTERM set `interrupt` (the push then cleans up and
+/// fails with exit 128 + the signal). Returns the flag that, set, lets a
+/// signal end the process at once instead: a second signal sets it.
+fn stop_push_on_signals(interrupt: &Interrupt) -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::flag;
+    let second = Arc::new(AtomicBool::new(false));
+    let installing = |e| Error::io("installing signal handlers", e);
+    for signal in [SIGINT, SIGTERM] {
+        // Registered first, so it sees `second` as it was before this signal.
+        flag::register_conditional_default(signal, Arc::clone(&second)).map_err(installing)?;
+        flag::register(signal, Arc::clone(&second)).map_err(installing)?;
+        flag::register_usize(signal, interrupt.flag(), signal as usize).map_err(installing)?;
+    }
+    Ok(second)
+}
+
 fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
     if args.cache {
         let cap = args
@@ -288,6 +312,17 @@ fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
     let grace = std::time::Duration::from_secs(args.grace);
     let report = crate::store::gc::collect(&store, grace, args.dry_run)?;
     output::gc(&store.describe(), &report, args.json);
+    if !args.json {
+        let verb = if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        println!(
+            "{verb} {} temporary files that interrupted or killed pushes left in tmp/",
+            report.temp_files_removed
+        );
+    }
     Ok(())
 }
 

@@ -15,7 +15,8 @@
 //! covered by the grace period: nothing modified more recently than that
 //! is removed (default one hour, longer than any push or upload session
 //! takes; a bundle's objects are written before the tag that makes them
-//! reachable). A root lockfile that cannot be read stops gc before anything
+//! reachable). In `tmp/`, a killed push's files go at once (no push holds
+//! their session's lock: `store::tmp`), any others after an hour. A root lockfile that cannot be read stops gc before anything
 //! is removed: an unreadable root would make everything look like garbage.
 
 use std::collections::HashSet;
@@ -46,6 +47,9 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Garbage younger than the grace period, left for a later run.
     pub kept_young: usize,
+    /// Temporary files dead writers left in `tmp/`: all of a killed push's
+    /// (whatever the grace period), others once older than an hour.
+    pub temp_files_removed: usize,
 }
 
 /// Collects `store`: removes what no tag reaches and is older than `grace`.
@@ -54,6 +58,7 @@ pub fn collect(store: &LocalStore, grace: Duration, dry_run: bool) -> Result<GcR
     let root = store.root();
     let mut report = GcReport {
         dry_run,
+        temp_files_removed: store.sweep_tmp(dry_run),
         ..GcReport::default()
     };
     let (lockfiles, mut objects) = live_set(store)?;

@@ -28,6 +28,7 @@ use tempfile::{NamedTempFile, TempPath};
 
 use std::sync::Arc;
 
+use super::tmp::TmpSession;
 use super::{Backend, Bundle, BundleStore, ChunkSource, SizeIndex, Verified};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
@@ -49,6 +50,8 @@ const WRITE_BATCH: usize = 512;
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    /// The writer's claim on its files in `tmp/` ([`with_tmp_session`](Self::with_tmp_session)).
+    session: Option<Arc<TmpSession>>,
 }
 
 /// A held lock on a store; released when dropped.
@@ -126,7 +129,10 @@ impl LocalStore {
         if !root.join("objects").is_dir() && !root.join(LOCK_BIN).is_file() {
             return Err(Error::NotAStore(root));
         }
-        Ok(LocalStore { root })
+        Ok(LocalStore {
+            root,
+            session: None,
+        })
     }
 
     /// Opens a store for writing, creating its directories if needed, and
@@ -138,9 +144,47 @@ impl LocalStore {
             fs::create_dir_all(&path)
                 .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         }
-        let store = LocalStore { root };
-        store.sweep_stale_tmp();
+        let store = LocalStore {
+            root,
+            session: None,
+        };
+        store.sweep_tmp(false);
         Ok(store)
+    }
+
+    /// The same store, its temporary files claimed by a new session
+    /// ([`TmpSession`]) held while the returned store lives: no sweep takes
+    /// them, and a killed writer's are swept at once by the next one.
+    pub fn with_tmp_session(&self) -> Result<LocalStore> {
+        let tmp_dir = self.root.join("tmp");
+        let session = TmpSession::open(&tmp_dir)
+            .map_err(|e| Error::io(format!("creating a lock file in {}", tmp_dir.display()), e))?;
+        Ok(LocalStore {
+            root: self.root.clone(),
+            session: Some(Arc::new(session)),
+        })
+    }
+
+    /// The session of [`with_tmp_session`](Self::with_tmp_session), if any.
+    pub fn tmp_session(&self) -> Option<&TmpSession> {
+        self.session.as_deref()
+    }
+
+    /// Removes (or, when `dry_run`, counts) the temporary files dead writers
+    /// left in `tmp/`: those of a session no writer holds, and any other
+    /// older than an hour. Returns how many.
+    pub fn sweep_tmp(&self, dry_run: bool) -> usize {
+        let cutoff = SystemTime::now()
+            .checked_sub(STALE_TMP)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        super::tmp::sweep(&self.root.join("tmp"), cutoff, dry_run)
+    }
+
+    /// Counts one of this writer's temporary files moved into place.
+    fn published_temp(&self) {
+        if let Some(session) = &self.session {
+            session.published();
+        }
     }
 
     /// The store's directory.
@@ -257,7 +301,10 @@ impl LocalStore {
         fs::create_dir_all(parent)
             .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
         match temp.persist_noclobber(&path) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.published_temp();
+                Ok(true)
+            }
             Err(e) if e.error.kind() == ErrorKind::AlreadyExists => {
                 self.verify_existing(hash)?;
                 Ok(false)
@@ -287,8 +334,12 @@ impl LocalStore {
     fn write_temp(&self, bytes: &[u8], fsync: bool) -> Result<TempPath> {
         let tmp_dir = self.root.join("tmp");
         let context = || format!("writing a temporary file in {}", tmp_dir.display());
+        let prefix = self.session.as_ref().map_or(".tmp", |s| s.prefix());
         let mut file =
-            shareable_temp_file(&tmp_dir, ".tmp", "").map_err(|e| Error::io(context(), e))?;
+            shareable_temp_file(&tmp_dir, prefix, "").map_err(|e| Error::io(context(), e))?;
+        if let Some(session) = &self.session {
+            session.created();
+        }
         file.write_all(bytes).map_err(|e| Error::io(context(), e))?;
         if fsync {
             file.as_file()
@@ -303,7 +354,9 @@ impl LocalStore {
         let path = self.root.join(relative);
         let temp = self.write_temp(bytes, true)?;
         temp.persist(&path)
-            .map_err(|e| Error::io(format!("writing {}", path.display()), e.error))
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e.error))?;
+        self.published_temp();
+        Ok(())
     }
 
     /// Flushes everything written so far to disk (one `syncfs` for a whole
@@ -318,22 +371,6 @@ impl LocalStore {
             return Err(Error::io(format!("syncing {}", self.root.display()), e));
         }
         Ok(())
-    }
-
-    fn sweep_stale_tmp(&self) {
-        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
-            return;
-        };
-        let now = SystemTime::now();
-        for entry in entries.flatten() {
-            let stale = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > STALE_TMP);
-            if stale {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
     }
 
     /// Records a pushed bundle: its lockfile (by hash) and sizes index,

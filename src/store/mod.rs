@@ -19,6 +19,7 @@ pub mod disk_cache;
 pub mod gc;
 pub mod local;
 pub mod sizes;
+pub mod tmp;
 mod verified;
 
 use std::sync::Arc;
