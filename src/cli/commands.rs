@@ -312,17 +312,6 @@ fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
     let grace = std::time::Duration::from_secs(args.grace);
     let report = crate::store::gc::collect(&store, grace, args.dry_run)?;
     output::gc(&store.describe(), &report, args.json);
-    if !args.json {
-        let verb = if args.dry_run {
-            "would remove"
-        } else {
-            "removed"
-        };
-        println!(
-            "{verb} {} temporary files that interrupted or killed pushes left in tmp/",
-            report.temp_files_removed
-        );
-    }
     Ok(())
 }
 

@@ -323,6 +323,10 @@ pub fn gc(store: &str, r: &crate::store::gc::GcReport, as_json: bool) {
         count(r.roots, "tagged bundle", "tagged bundles"),
         count(r.kept_young, "unreachable file is", "unreachable files are")
     );
+    println!(
+        "{verb} {} that interrupted or killed pushes left in tmp/",
+        count(r.temp_files_removed, "temporary file", "temporary files")
+    );
 }
 
 /// The report of `gc --cache`.
