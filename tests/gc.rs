@@ -88,6 +88,74 @@ fn gc_frees_what_untagged_versions_alone_used_and_keeps_every_object_of_the_tagg
 }
 
 #[test]
+fn tagging_an_older_bundle_latest_moves_the_root_lockfile_so_gc_frees_the_untagged_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let shared: &[u8] = b"package shared\n";
+    let one = push(
+        dir.path(),
+        &store,
+        "one",
+        &[("s.go", shared), ("a.go", b"package one\n")],
+        "v1",
+    );
+    push(
+        dir.path(),
+        &store,
+        "two",
+        &[("s.go", shared), ("b.go", b"package two\n")],
+        "v2",
+    );
+    let three = push(
+        dir.path(),
+        &store,
+        "three",
+        &[("s.go", shared), ("c.go", b"package three\n")],
+        "v3",
+    );
+    let lockfile = |hash: &str| {
+        let hex = hash.strip_prefix("blake3:").unwrap();
+        std::fs::read(store.join("lockfiles").join(format!("{hex}.bin"))).unwrap()
+    };
+    let root_lock = || std::fs::read(store.join("mache.lock.bin")).unwrap();
+    let root_toml = || std::fs::read_to_string(store.join("mache.lock.toml")).unwrap();
+    assert_eq!(
+        root_lock(),
+        lockfile(&three),
+        "a push makes its bundle the root"
+    );
+    let toml_of_three = root_toml();
+    assert_eq!(objects(&store).len(), 4);
+
+    run_ok(&["tag", "v1", "latest", s(&store)]);
+    assert!(
+        root_lock() == lockfile(&one),
+        "tagging v1 latest makes it the root lockfile"
+    );
+    assert_ne!(root_toml(), toml_of_three, "and the root TOML with it");
+    run_ok(&["untag", "v2", s(&store)]);
+    run_ok(&["untag", "v3", s(&store)]);
+
+    let report = gc(&store, &[]);
+    assert_eq!(
+        report["objects_removed"], 2,
+        "v2's and v3's own chunks go: {report:#}"
+    );
+    assert_eq!(objects(&store).len(), 2, "v1's two chunks stay");
+    assert!(
+        !store
+            .join("lockfiles")
+            .join(format!("{}.bin", &three[7..]))
+            .exists()
+    );
+    run_ok(&["verify", s(&store)]);
+    run_ok(&["verify", s(&store), "--ref", "v1"]);
+    let out = dir.path().join("pulled.db");
+    run_ok(&["pull", "--out-db", s(&out), s(&store)]);
+    assert_eq!(dump_sources(&out), dump_sources(&dir.path().join("one.db")));
+}
+
+#[test]
 fn gc_keeps_the_lockfile_of_a_store_the_go_mache_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");

@@ -392,31 +392,59 @@ impl LocalStore {
         Ok(hash)
     }
 
-    /// Makes a recorded bundle the latest: the top-level
-    /// `mache.lock.bin`/`.toml` (what the Go mache reads) and the refs
-    /// `latest` and `tag`. A file that already says so is left untouched,
-    /// so pointing at the bundle already there changes nothing.
+    /// Makes a recorded bundle the latest: the refs `latest` and `tag`,
+    /// and with `latest` the top-level `mache.lock.bin`/`.toml` (what the
+    /// Go mache reads; see [`write_ref`](Self::write_ref)). A file that
+    /// already says so is left untouched, so pointing at the bundle already
+    /// there changes nothing.
     pub fn point_refs(&self, lockfile_bytes: &[u8], toml: &str, tag: &str) -> Result<()> {
         check_ref_name(tag)?;
-        let ref_text = format!("{}\n", Hash::of(lockfile_bytes).to_prefixed());
-        let mut files = vec![
-            (LOCK_BIN.to_string(), lockfile_bytes),
-            (LOCK_TOML.to_string(), toml.as_bytes()),
-        ];
-        for name in [LATEST, tag] {
-            files.push((format!("refs/{name}"), ref_text.as_bytes()));
-        }
-        let mut changed = false;
-        for (relative, bytes) in files {
-            if !self.file_holds(&relative, bytes) {
-                self.replace_file(&relative, bytes)?;
-                changed = true;
-            }
-        }
+        let mut changed = self.write_ref(LATEST, lockfile_bytes, || toml.to_string())?;
+        changed |= self.write_ref(tag, lockfile_bytes, || toml.to_string())?;
         if changed {
             self.sync()?;
         }
         Ok(())
+    }
+
+    /// Points ref `name` at the bundle whose binary lockfile is
+    /// `lockfile_bytes`, each file replaced atomically. The one place a ref
+    /// is written: writing `latest` also rewrites the top-level
+    /// `mache.lock.bin` and `mache.lock.toml` (`toml` renders the latter)
+    /// from that bundle's lockfile, so they always name `latest` whatever
+    /// moved it, and `gc` keeps nothing only they reached. Files that
+    /// already hold these bytes are left untouched. Returns whether anything
+    /// was written; the caller syncs.
+    fn write_ref(
+        &self,
+        name: &str,
+        lockfile_bytes: &[u8],
+        toml: impl FnOnce() -> String,
+    ) -> Result<bool> {
+        let ref_text = format!("{}\n", Hash::of(lockfile_bytes).to_prefixed());
+        let refs_dir = self.root.join("refs");
+        fs::create_dir_all(&refs_dir)
+            .map_err(|e| Error::io(format!("creating {}", refs_dir.display()), e))?;
+        let mut changed = false;
+        if name == LATEST {
+            // The lockfile files before the ref: the ref names a bundle only
+            // once what the Go mache reads agrees with it.
+            if !self.file_holds(LOCK_BIN, lockfile_bytes) {
+                self.replace_file(LOCK_BIN, lockfile_bytes)?;
+                changed = true;
+            }
+            let toml = toml();
+            if !self.file_holds(LOCK_TOML, toml.as_bytes()) {
+                self.replace_file(LOCK_TOML, toml.as_bytes())?;
+                changed = true;
+            }
+        }
+        let relative = format!("refs/{name}");
+        if !self.file_holds(&relative, ref_text.as_bytes()) {
+            self.replace_file(&relative, ref_text.as_bytes())?;
+            changed = true;
+        }
+        Ok(changed)
     }
 
     /// Whether the file at `relative` exists with exactly `bytes`.
@@ -534,11 +562,10 @@ impl LocalStore {
     pub fn tag(&self, reference: &str, name: &str) -> Result<Hash> {
         check_ref_name(name)?;
         let bundle = self.resolve(reference)?;
-        let text = format!("{}\n", bundle.lockfile_hash.to_prefixed());
-        fs::create_dir_all(self.root.join("refs"))
-            .map_err(|e| Error::io(format!("creating {}", self.root.join("refs").display()), e))?;
-        self.replace_file(&format!("refs/{name}"), text.as_bytes())?;
-        self.sync()?;
+        let toml = || crate::lockfile::text::to_toml(&bundle.lockfile);
+        if self.write_ref(name, &bundle.lockfile_bytes, toml)? {
+            self.sync()?;
+        }
         Ok(bundle.lockfile_hash)
     }
 
