@@ -394,7 +394,7 @@ impl LocalStore {
 
     /// Makes a recorded bundle the latest: the refs `latest` and `tag`,
     /// and with `latest` the top-level `mache.lock.bin`/`.toml` (what the
-    /// Go mache reads; see [`write_ref`](Self::write_ref)). A file that
+    /// Go mache reads; written by one private `write_ref`). A file that
     /// already says so is left untouched, so pointing at the bundle already
     /// there changes nothing.
     pub fn point_refs(&self, lockfile_bytes: &[u8], toml: &str, tag: &str) -> Result<()> {
