@@ -31,32 +31,25 @@ fn gc(store: &Path, extra: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// Pushes v1, v2 and v3 (v3 last, so `latest`), each one file of its own
+/// beside one they all share; their lockfile hashes.
+fn push_three_versions(dir: &Path, store: &Path) -> [String; 3] {
+    let shared: &[u8] = b"package shared\n";
+    let versions: [(&str, &str, &[u8], &str); 3] = [
+        ("one", "a.go", b"package one\n", "v1"),
+        ("two", "b.go", b"package two\n", "v2"),
+        ("three", "c.go", b"package three\n", "v3"),
+    ];
+    versions.map(|(name, file, bytes, tag)| {
+        push(dir, store, name, &[("s.go", shared), (file, bytes)], tag)
+    })
+}
+
 #[test]
 fn gc_frees_what_untagged_versions_alone_used_and_keeps_every_object_of_the_tagged_one() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let shared: &[u8] = b"package shared\n";
-    push(
-        dir.path(),
-        &store,
-        "one",
-        &[("s.go", shared), ("a.go", b"package one\n")],
-        "v1",
-    );
-    push(
-        dir.path(),
-        &store,
-        "two",
-        &[("s.go", shared), ("b.go", b"package two\n")],
-        "v2",
-    );
-    let three = push(
-        dir.path(),
-        &store,
-        "three",
-        &[("s.go", shared), ("c.go", b"package three\n")],
-        "v3",
-    );
+    let [_, _, three] = push_three_versions(dir.path(), &store);
     assert_eq!(objects(&store).len(), 4);
     run_ok(&["untag", "v1", s(&store)]);
     run_ok(&["untag", "v2", s(&store)]);
@@ -91,28 +84,7 @@ fn gc_frees_what_untagged_versions_alone_used_and_keeps_every_object_of_the_tagg
 fn tagging_an_older_bundle_latest_moves_the_root_lockfile_so_gc_frees_the_untagged_ones() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let shared: &[u8] = b"package shared\n";
-    let one = push(
-        dir.path(),
-        &store,
-        "one",
-        &[("s.go", shared), ("a.go", b"package one\n")],
-        "v1",
-    );
-    push(
-        dir.path(),
-        &store,
-        "two",
-        &[("s.go", shared), ("b.go", b"package two\n")],
-        "v2",
-    );
-    let three = push(
-        dir.path(),
-        &store,
-        "three",
-        &[("s.go", shared), ("c.go", b"package three\n")],
-        "v3",
-    );
+    let [one, _, three] = push_three_versions(dir.path(), &store);
     let lockfile = |hash: &str| {
         let hex = hash.strip_prefix("blake3:").unwrap();
         std::fs::read(store.join("lockfiles").join(format!("{hex}.bin"))).unwrap()

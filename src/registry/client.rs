@@ -345,19 +345,16 @@ impl Client {
                     self.health.answered();
                     return Ok(Some((headers, body)));
                 }
-                Ok(body) => Failure {
-                    kind: Some(FailureKind::Reset),
-                    after: None,
-                    error: Error::Unreachable {
-                        registry: self.registry(),
-                        reason: format!(
-                            "{} sent {} bytes of {}",
-                            url.path(),
-                            body.len(),
-                            exact.unwrap_or_default()
-                        ),
-                    },
-                },
+                Ok(body) => Failure::network(
+                    FailureKind::Reset,
+                    self.registry(),
+                    format!(
+                        "{} sent {} bytes of {}",
+                        url.path(),
+                        body.len(),
+                        exact.unwrap_or_default()
+                    ),
+                ),
                 Err(failure) if failure.kind.is_some() => failure,
                 Err(failure) => return Err(failure.error),
             };
@@ -454,14 +451,11 @@ impl Client {
             Some(limit) => match tokio::time::timeout(limit, request.send()).await {
                 Ok(sent) => sent,
                 Err(_) => {
-                    return Err(Failure {
-                        kind: Some(FailureKind::Timeout),
-                        after: None,
-                        error: Error::Unreachable {
-                            registry: self.registry(),
-                            reason: format!("no answer within {}", seconds(limit)),
-                        },
-                    });
+                    return Err(Failure::network(
+                        FailureKind::Timeout,
+                        self.registry(),
+                        format!("no answer within {}", seconds(limit)),
+                    ));
                 }
             },
             None => request.send().await,
@@ -480,14 +474,7 @@ impl Client {
                     return Err(Failure::local(local));
                 }
                 let (kind, reason) = classify(&e);
-                Err(Failure {
-                    kind: Some(kind),
-                    after: None,
-                    error: Error::Unreachable {
-                        registry: self.registry(),
-                        reason,
-                    },
-                })
+                Err(Failure::network(kind, self.registry(), reason))
             }
         }
     }
@@ -554,6 +541,16 @@ impl Client {
 }
 
 impl Failure {
+    /// A failure of the network or the registry (`kind`), as the error
+    /// `cannot reach <registry>: <reason>`.
+    fn network(kind: FailureKind, registry: String, reason: String) -> Failure {
+        Failure {
+            kind: Some(kind),
+            after: None,
+            error: Error::Unreachable { registry, reason },
+        }
+    }
+
     /// A failure that is not the registry's (a local body, an over-long
     /// answer): never retried, never counted against its health.
     fn local(error: Error) -> Failure {
@@ -640,20 +637,17 @@ impl Retry {
     ) -> Result<T, Failure> {
         match tokio::time::timeout_at(self.deadline.into(), step).await {
             Ok(result) => result,
-            Err(_) => Err(Failure {
-                kind: Some(FailureKind::Timeout),
-                after: None,
-                error: Error::Unreachable {
-                    registry: self.registry.clone(),
-                    reason: format!(
-                        "no answer within the retry budget of {}{}",
-                        seconds(self.budget),
-                        self.last_failure
-                            .as_ref()
-                            .map_or(String::new(), |last| format!(" (before: {last})"))
-                    ),
-                },
-            }),
+            Err(_) => Err(Failure::network(
+                FailureKind::Timeout,
+                self.registry.clone(),
+                format!(
+                    "no answer within the retry budget of {}{}",
+                    seconds(self.budget),
+                    self.last_failure
+                        .as_ref()
+                        .map_or(String::new(), |last| format!(" (before: {last})"))
+                ),
+            )),
         }
     }
 
@@ -911,14 +905,11 @@ async fn read_paced(mut response: Response, limit: u64, pace: Pace) -> Result<Ve
     loop {
         let chunk = response.chunk().await.map_err(|e| {
             let (kind, reason) = classify(&e);
-            Failure {
-                kind: Some(kind),
-                after: None,
-                error: Error::Unreachable {
-                    registry: registry.clone(),
-                    reason: format!("reading a response: {reason}"),
-                },
-            }
+            Failure::network(
+                kind,
+                registry.clone(),
+                format!("reading a response: {reason}"),
+            )
         })?;
         let Some(chunk) = chunk else {
             return Ok(body);
@@ -933,18 +924,15 @@ async fn read_paced(mut response: Response, limit: u64, pace: Pace) -> Result<Ve
         if elapsed > pace.grace
             && (body.len() as f64) < pace.min_rate as f64 * elapsed.as_secs_f64()
         {
-            return Err(Failure {
-                kind: Some(FailureKind::Timeout),
-                after: None,
-                error: Error::Unreachable {
-                    registry,
-                    reason: format!(
-                        "{path} came at {:.0} bytes/s, below the minimum of {} (--min-rate)",
-                        body.len() as f64 / elapsed.as_secs_f64(),
-                        pace.min_rate
-                    ),
-                },
-            });
+            return Err(Failure::network(
+                FailureKind::Timeout,
+                registry,
+                format!(
+                    "{path} came at {:.0} bytes/s, below the minimum of {} (--min-rate)",
+                    body.len() as f64 / elapsed.as_secs_f64(),
+                    pace.min_rate
+                ),
+            ));
         }
     }
 }

@@ -50,6 +50,18 @@ enum Landed {
     Abandoned,
 }
 
+impl Landed {
+    /// The outcome of a fetch that ended in `result`, `failed` being its
+    /// shared error (`None` for a failure its waiters retry themselves).
+    fn of(result: &Result<Vec<u8>>, failed: Option<Arc<Error>>) -> Landed {
+        match (result, failed) {
+            (Ok(bytes), _) => Landed::Bytes(Arc::new(bytes.clone())),
+            (Err(_), Some(error)) => Landed::Failed(error),
+            (Err(_), None) => Landed::Abandoned,
+        }
+    }
+}
+
 /// One fetch in progress, which others wait for.
 #[derive(Default)]
 struct Flight {
@@ -330,11 +342,7 @@ impl BatchSink for BatchLeads<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&hash);
         if let Some(mut lead) = lead {
-            lead.outcome = Some(match (&admitted, &failed) {
-                (Ok(bytes), _) => Landed::Bytes(Arc::new(bytes.clone())),
-                (Err(_), Some(error)) => Landed::Failed(error.clone()),
-                (Err(_), None) => Landed::Abandoned,
-            });
+            lead.outcome = Some(Landed::of(&admitted, failed));
         }
         if let Err(e) = admitted {
             self.failure
@@ -361,11 +369,7 @@ impl ChunkSource for Verified {
         // outcome with them. (One joining after this check finds the chunk
         // in the disk cache, or fetches it itself.)
         if Arc::strong_count(&lead.flight) > 2 {
-            lead.outcome = Some(match (&result, failed) {
-                (Ok(bytes), _) => Landed::Bytes(Arc::new(bytes.clone())),
-                (Err(_), Some(error)) => Landed::Failed(error),
-                (Err(_), None) => Landed::Abandoned,
-            });
+            lead.outcome = Some(Landed::of(&result, failed));
         } else if let Some(error) = failed {
             lead.outcome = Some(Landed::Failed(error));
         }
