@@ -267,11 +267,12 @@ impl TestMount {
     /// answers (the daemon mode guarantees it).
     pub fn mount_daemon(&mut self, store: &Path, extra: &[&str]) {
         let store = store.to_str().expect("a UTF-8 store path");
-        self.mount_daemon_from(&["--store", store], extra);
+        // `mount STORE … MOUNTPOINT`: the shape the README shows.
+        self.mount_daemon_from(&[store], extra);
     }
 
-    /// Mounts the bundle `source` names (`--store DIR` or `--remote URL
-    /// --scope S`) with `--daemon`; returns once it answers, with what the
+    /// Mounts the bundle `source` names (`STORE`, `--store DIR` or
+    /// `--remote URL --scope S`) with `--daemon`; returns once it answers, with what the
     /// command printed on stderr.
     pub fn mount_daemon_from(&mut self, source: &[&str], extra: &[&str]) -> String {
         let output = self

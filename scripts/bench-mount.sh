@@ -41,7 +41,7 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 status() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$mnt/.cachefs/status" "$1"; }
 mount_fresh() { # -> the daemon's pid
   unmount
-  "$bin" mount --store "$1" --daemon "$mnt" 2>"$work/mount.err"
+  "$bin" mount "$1" --daemon "$mnt" 2>"$work/mount.err"
   sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' "$work/mount.err"
 }
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
@@ -72,7 +72,7 @@ ready=()
 for _ in 1 2 3; do
   unmount
   start=$(date +%s%N)
-  "$bin" mount --store "$store" --daemon "$mnt" 2>"$work/mount.err"
+  "$bin" mount "$store" --daemon "$mnt" 2>"$work/mount.err"
   ls "$mnt" >/dev/null
   ready+=("$(ms_since "$start")")
 done

@@ -165,7 +165,7 @@ gets=$(requests GET blobs/)
 grep_ms=$(ms grep -r -c synthetic "$mnt/sources/$dir")
 grep_gets=$(($(requests GET blobs/) - gets))
 unmount
-"$bin" -q mount --daemon --store "$work/local" "$mnt"
+"$bin" -q mount --daemon "$work/local" "$mnt"
 local_ms=$(ms grep -r -c synthetic "$mnt/sources/$dir")
 unmount
 echo "grep -r, $files files      $grep_ms ms with $grep_gets requests   baseline: local store $local_ms ms"

@@ -488,3 +488,17 @@ fn logs_written_to_a_file_or_pipe_carry_no_ansi_colour_codes() {
     assert!(stderr.contains("INFO"), "-vv logs: {stderr}");
     assert!(!stderr.contains('\x1b'), "no escape codes: {stderr:?}");
 }
+
+#[test]
+fn mount_takes_the_store_once_positionally_or_with_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mnt) = (dir.path().join("store"), dir.path().join("mnt"));
+    run_fails(
+        &["mount", s(&store), "--store", s(&store), s(&mnt)],
+        2,
+        "the store is given twice",
+    );
+    // STORE then MOUNTPOINT: the store is the one read (nothing pushed).
+    run_fails(&["mount", s(&store), s(&mnt)], 5, "nothing pushed");
+    run_fails(&["mount", "a", "b", "c"], 2, "unexpected");
+}

@@ -41,6 +41,9 @@ pub struct Inspection {
     /// Whether chunks were read and hashed (`false`: checked by presence
     /// and length against the sizes index).
     pub chunks_hashed: bool,
+    /// The registry manifest's digest, for a bundle of a registry (whose
+    /// chunks `inspect` does not read).
+    pub manifest: Option<String>,
 }
 
 /// Inspects a store directory (at `reference`, default `latest`), a `.bin`
@@ -124,6 +127,31 @@ pub fn inspect_bundle(store: &LocalStore, bundle: &Bundle) -> Result<Inspection>
     Ok(inspection)
 }
 
+/// Inspects the bundle `reference` names in a store whose chunks are not
+/// at hand (a registry): what its lockfile says, and the shapes its sizes
+/// index records. Chunks are not fetched; `verify` reads them.
+pub fn inspect_remote(store: &dyn BundleStore, reference: &str) -> Result<Inspection> {
+    let bundle = store.resolve(reference)?;
+    let mut inspection = describe(&bundle.lockfile, Some(bundle.lockfile_hash));
+    if !reference.contains(':') {
+        inspection.refs = vec![reference.to_string()];
+    }
+    inspection.manifest = bundle
+        .manifest
+        .as_deref()
+        .map(crate::registry::sha256_digest);
+    if let Some(sizes) = &bundle.sizes {
+        let mut seen = HashSet::new();
+        let shapes: Vec<bool> = (0..bundle.lockfile.sources.len())
+            .filter(|&i| seen.insert(bundle.lockfile.sources[i].chunk_hash))
+            .map(|i| sizes.entries[i].ast_json_len.is_some())
+            .collect();
+        inspection.ast_chunks = Some(shapes.iter().filter(|&&ast| ast).count());
+        inspection.raw_chunks = Some(shapes.len() - inspection.ast_chunks.unwrap_or_default());
+    }
+    Ok(inspection)
+}
+
 fn describe(lockfile: &Lockfile, lockfile_hash: Option<Hash>) -> Inspection {
     let meta = &lockfile.meta;
     Inspection {
@@ -149,6 +177,7 @@ fn describe(lockfile: &Lockfile, lockfile_hash: Option<Hash>) -> Inspection {
         raw_chunks: None,
         ast_chunks: None,
         chunks_hashed: false,
+        manifest: None,
     }
 }
 

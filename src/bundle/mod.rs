@@ -8,7 +8,7 @@ mod inspect;
 mod pull;
 mod push;
 
-pub use inspect::{Inspection, inspect_bundle, inspect_target};
+pub use inspect::{Inspection, inspect_bundle, inspect_remote, inspect_target};
 pub use pull::{
     Coverage, Existing, PullReport, QUICK_SAMPLE, VerifyReport, pull, restore_source, verify,
 };

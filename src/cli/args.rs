@@ -15,17 +15,20 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 /// failed, 5 no such ref, 6 environment (permissions, disk, /dev/fuse),
 /// 7 registry authentication, 8 registry failure, 9 incomplete bundle (a
 /// chunk or blob missing).
+/// The help heading of the flags every command takes.
+const GLOBAL: &str = "Global options";
+
 #[derive(Debug, Parser)]
 #[command(name = "mache-cachefs", version, max_term_width = 100)]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
-    #[arg(short, long, action = ArgAction::Count, global = true)]
+    #[arg(short, long, action = ArgAction::Count, global = true, help_heading = GLOBAL)]
     pub verbose: u8,
     /// Only errors on stderr; no progress bars.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
     /// Config file to read instead of the default location.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -63,9 +66,15 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Show what a bundle is and how much of it a store holds.
     ///
-    /// TARGET is a store directory, a mache.lock.bin or a mache.lock.toml.
+    /// TARGET is a store directory, a mache.lock.bin or a mache.lock.toml;
+    /// with --remote, a bundle of a registry (its lockfile and indexes are
+    /// read, its chunks are not: `verify` reads them).
     Inspect(InspectArgs),
     /// Mount a bundle as a lazy, verified, read-only directory.
+    ///
+    /// `mount MOUNTPOINT` mounts from the configured store (or the
+    /// configured remote), `mount STORE MOUNTPOINT` from a store directory,
+    /// `mount --remote URL --scope S MOUNTPOINT` from a registry.
     ///
     /// The mount shows sources/<path> (each source's bytes), ast/<path>.json
     /// (each AST-shaped source's syntax tree), mache.db (built on first open,
@@ -73,6 +82,7 @@ pub enum Command {
     /// Nothing is fetched until something reads; every chunk is verified.
     /// Runs in the foreground until Ctrl-C/SIGTERM, or with --daemon in the
     /// background (stop it with `mache-cachefs unmount`).
+    #[command(override_usage = "mache-cachefs mount [OPTIONS] [STORE] <MOUNTPOINT>")]
     Mount(super::mount::MountArgs),
     /// List the tags of a store or a registry repository, and the bundle each
     /// names (lockfile hash, sources, time).
@@ -80,8 +90,16 @@ pub enum Command {
     /// Point tag NEW at the bundle SRC names (a tag or blake3:<lockfile hash>).
     ///
     /// An existing NEW moves. The store's files are not touched otherwise.
+    /// On a registry (--remote), SRC is a tag or a sha256: manifest digest,
+    /// and the manifest is PUT again under NEW: no blob is copied.
     Tag(TagArgs),
-    /// Remove a tag from a store. The bundle's objects stay until `gc`.
+    /// Remove a tag from a store or a registry. The bundle's objects stay
+    /// until `gc` (on a registry, until its own garbage collection).
+    ///
+    /// A registry that deletes only by digest (the CNCF registry before 3.0)
+    /// has the tag pointed at a placeholder manifest first, which is then
+    /// deleted, so other tags of the bundle stay. A registry with deletes
+    /// disabled refuses (exit 8).
     Untag(UntagArgs),
     /// Remove what no tag reaches from a store, or trim the disk cache.
     ///
@@ -126,6 +144,7 @@ impl Command {
 /// Where a registry is, for commands that can use one instead of (or, for
 /// push, besides) a local store.
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Registry options")]
 pub struct RemoteArgs {
     /// A registry: https://host[:port] (default: `remote` in the config
     /// file). An explicit store directory wins over a configured remote.
@@ -292,12 +311,15 @@ pub struct InspectArgs {
     /// A store directory, a .bin or a .toml lockfile (default: the configured store).
     #[arg(value_name = "TARGET")]
     pub target: Option<PathBuf>,
-    /// Which bundle of a store directory (default: latest); not for a lockfile file.
+    /// Which bundle of a store directory or registry (default: latest); not
+    /// for a lockfile file.
     #[arg(long = "ref", value_name = "REF")]
     pub reference: Option<String>,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -320,12 +342,14 @@ pub struct TagArgs {
     /// The tag to set (letters, digits, . _ -).
     #[arg(value_name = "NEW")]
     pub name: String,
-    /// Store directory (default: the configured store).
+    /// Store directory (default: the configured store or remote).
     #[arg(value_name = "STORE")]
     pub store: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -333,12 +357,14 @@ pub struct UntagArgs {
     /// The tag to remove (not `latest`).
     #[arg(value_name = "NAME")]
     pub name: String,
-    /// Store directory (default: the configured store).
+    /// Store directory (default: the configured store or remote).
     #[arg(value_name = "STORE")]
     pub store: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, Args)]

@@ -21,6 +21,7 @@ use crate::registry::auth::{CredentialSources, Secret};
 use crate::registry::client::Timeouts;
 use crate::registry::{RegistryStore, RemoteSettings, UploadOptions};
 use crate::store::disk_cache::DEFAULT_CAPACITY;
+use crate::store::local::LATEST;
 use crate::store::{BundleStore, LocalStore};
 
 /// Runs the chosen subcommand.
@@ -244,8 +245,20 @@ fn verify(settings: &Settings, args: VerifyArgs, progress: bool) -> Result<()> {
 }
 
 fn inspect(settings: &Settings, args: InspectArgs) -> Result<()> {
-    let target = args.target.unwrap_or_else(|| settings.store.clone());
-    let inspection = bundle::inspect_target(&target, args.reference.as_deref())?;
+    let inspection = match remote_settings(settings, &args.remote, args.target.is_some())? {
+        Some(remote) if args.target.is_none() => {
+            let store = RegistryStore::open(&remote)?;
+            let reference = args.reference.as_deref().unwrap_or(LATEST);
+            bundle::inspect_remote(&store, reference)?
+        }
+        Some(_) => {
+            return Err(Error::Usage("give a TARGET or --remote, not both".into()).into());
+        }
+        None => {
+            let target = args.target.unwrap_or_else(|| settings.store.clone());
+            bundle::inspect_target(&target, args.reference.as_deref())?
+        }
+    };
     output::inspect(&inspection, args.json);
     Ok(())
 }
@@ -266,14 +279,14 @@ fn refs(settings: &Settings, args: RefsArgs) -> Result<()> {
 }
 
 fn tag(settings: &Settings, args: TagArgs) -> Result<()> {
-    let store = LocalStore::open(store_dir(settings, args.store))?;
+    let store = open_store(settings, args.store, &args.remote)?;
     let hash = store.tag(&args.source, &args.name)?;
     output::tagged(&args.name, &hash, false, args.json);
     Ok(())
 }
 
 fn untag(settings: &Settings, args: UntagArgs) -> Result<()> {
-    let store = LocalStore::open(store_dir(settings, args.store))?;
+    let store = open_store(settings, args.store, &args.remote)?;
     let hash = store.untag(&args.name)?;
     output::tagged(&args.name, &hash, true, args.json);
     Ok(())

@@ -27,7 +27,7 @@ pub fn run() -> ExitCode {
     let tag = match &cli.command {
         args::Command::Mount(args) => Some(format!(
             "[mount {} pid {}]",
-            crate::fs::mount::absolute(&args.mountpoint).display(),
+            crate::fs::mount::absolute(args.mountpoint()).display(),
             std::process::id()
         )),
         _ => None,

@@ -32,12 +32,14 @@ const READY_FD_ENV: &str = "MACHE_CACHEFS_READY_FD";
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    /// Where to mount: an existing, empty directory.
-    #[arg(value_name = "MOUNTPOINT")]
-    pub mountpoint: PathBuf,
-    /// Store directory (default: the configured store).
-    #[arg(long, value_name = "DIR")]
-    pub store: Option<PathBuf>,
+    /// [STORE] MOUNTPOINT: the store directory (default: the configured
+    /// store, or the configured remote), then where to mount, an existing
+    /// empty directory.
+    #[arg(value_name = "PATH", num_args = 1..=2, required = true)]
+    paths: Vec<PathBuf>,
+    /// The store directory, as the first PATH (the older spelling).
+    #[arg(long = "store", value_name = "DIR", hide = true)]
+    store_flag: Option<PathBuf>,
     /// Which bundle: a ref name or blake3:<lockfile hash>.
     #[arg(long = "ref", default_value = "latest", value_name = "REF")]
     pub reference: String,
@@ -55,6 +57,26 @@ pub struct MountArgs {
     pub threads: usize,
     #[command(flatten)]
     pub remote: super::args::RemoteArgs,
+}
+
+impl MountArgs {
+    /// Where to mount: the last PATH.
+    pub fn mountpoint(&self) -> &Path {
+        self.paths.last().expect("clap requires a MOUNTPOINT")
+    }
+
+    /// The store directory given, as `mount STORE MOUNTPOINT` or `--store`.
+    pub fn store(&self) -> Result<Option<PathBuf>> {
+        match (&self.paths[..], &self.store_flag) {
+            ([store, _], Some(_)) => Err(Error::Usage(format!(
+                "the store is given twice: {} and --store (give one)",
+                store.display()
+            ))
+            .into()),
+            ([store, _], None) => Ok(Some(store.clone())),
+            (_, flag) => Ok(flag.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -114,7 +136,7 @@ fn open_bundle(
     settings: &Settings,
     args: &MountArgs,
 ) -> Result<(Box<dyn BundleStore>, crate::store::Bundle)> {
-    let store = open_store(settings, args.store.clone(), &args.remote)?;
+    let store = open_store(settings, args.store()?, &args.remote)?;
     let bundle = store.resolve(&args.reference)?;
     Ok((store, bundle))
 }
@@ -141,13 +163,13 @@ fn mount_foreground(
     };
     let cachefs = CacheFs::new(bundle, source, fs_settings);
     let options = ServeOptions {
-        mountpoint: args.mountpoint.clone(),
+        mountpoint: args.mountpoint().to_path_buf(),
         threads: args.threads,
         prefetch: args.prefetch,
         prefetch_parallelism: 4,
         progress: !quiet && notify.is_none() && std::io::stderr().is_terminal(),
     };
-    let shown = args.mountpoint.display().to_string();
+    let shown = args.mountpoint().display().to_string();
     fs::serve(cachefs, &options, || {
         if let Some(mut pipe) = notify.take() {
             let _ = pipe.write_all(b"ready\n");
@@ -166,9 +188,9 @@ fn mount_foreground(
 fn daemonize(settings: &Settings, args: &MountArgs, quiet: bool) -> Result<()> {
     // Fail fast on what can be checked cheaply here; the daemon resolves the
     // ref and reports any failure, with its exit code, through the pipe.
-    open_store(settings, args.store.clone(), &args.remote)?;
+    open_store(settings, args.store()?, &args.remote)?;
     check_dev_fuse()?;
-    let mountpoint = check_mountpoint(&args.mountpoint)?;
+    let mountpoint = check_mountpoint(args.mountpoint())?;
 
     std::fs::create_dir_all(&settings.cache_dir)
         .with_context(|| format!("creating {}", settings.cache_dir.display()))?;

@@ -237,21 +237,31 @@ pub fn inspect(i: &Inspection, as_json: bool) {
     if let Some(lockfile) = &i.lockfile {
         println!("lockfile          {lockfile}");
     }
+    if let Some(manifest) = &i.manifest {
+        println!("manifest          {manifest}");
+    }
     if !i.refs.is_empty() {
         println!("refs              {}", i.refs.join(", "));
     }
     println!("distinct chunks   {}", i.distinct_chunks);
-    let how = match (i.chunks_present, i.chunks_hashed) {
-        (None, _) => " (no store holds the chunks)",
-        (Some(_), true) => " (every chunk hashed)",
-        (Some(_), false) => " (presence and length checked; `verify` hashes every chunk)",
-    };
-    println!(
-        "on disk           {} present, {} missing, {} corrupt{how}",
-        opt(i.chunks_present),
-        opt(i.chunks_missing),
-        opt(i.chunks_corrupt)
-    );
+    match (i.chunks_present, i.chunks_hashed) {
+        (None, _) if i.manifest.is_some() => {
+            println!("chunks            on the registry, not read here (`verify` reads them)")
+        }
+        (None, _) => println!("chunks            no store holds them"),
+        (Some(_), hashed) => {
+            let how = match hashed {
+                true => "every chunk hashed",
+                false => "presence and length checked; `verify` hashes every chunk",
+            };
+            println!(
+                "on disk           {} present, {} missing, {} corrupt ({how})",
+                opt(i.chunks_present),
+                opt(i.chunks_missing),
+                opt(i.chunks_corrupt)
+            );
+        }
+    }
     println!(
         "shapes            {} raw, {} AST",
         opt(i.raw_chunks),

@@ -8,6 +8,7 @@
 //! - `backend`: fetching chunks (a [`Backend`](crate::store::Backend),
 //!   verified and cached on disk by [`Verified`] in front of it);
 //! - `upload`: pushing a bundle of the local store;
+//! - `tags`: `tag` and `untag` on a registry (manifest PUT and DELETE);
 //! - `verify`: what `verify` checks besides the chunks (every blob there,
 //!   with its manifest's size);
 //! - this module: the settings, and resolving refs (manifest → lockfile →
@@ -26,6 +27,7 @@ pub mod client;
 pub mod health;
 pub mod manifest;
 pub mod packed;
+mod tags;
 mod upload;
 mod verify;
 
@@ -576,6 +578,14 @@ impl BundleStore for RegistryStore {
 
     fn check_blobs(&self, bundle: &Bundle, progress: bool) -> Result<Option<BlobCheck>> {
         self.check_manifest_blobs(bundle, progress)
+    }
+
+    fn tag(&self, reference: &str, name: &str) -> Result<Hash> {
+        self.tag_manifest_copy(reference, name)
+    }
+
+    fn untag(&self, name: &str) -> Result<Hash> {
+        self.remove_tag(name)
     }
 
     fn describe(&self) -> String {

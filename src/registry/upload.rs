@@ -370,7 +370,7 @@ impl RegistryStore {
 
     /// PUTs the manifest by tag unless the tag already names these bytes;
     /// returns whether it did.
-    fn put_manifest(&self, tag: &str, bytes: Vec<u8>, digest: &str) -> Result<bool> {
+    pub(super) fn put_manifest(&self, tag: &str, bytes: Vec<u8>, digest: &str) -> Result<bool> {
         let client = self.client.clone();
         let tag = tag.to_string();
         let digest = digest.to_string();
@@ -625,6 +625,16 @@ async fn upload_blob(
         Err(e) => Err(e),
         Ok(()) => Ok((digest, size, true)),
     }
+}
+
+/// Uploads small `bytes` under their SHA-256 unless the registry has
+/// them; returns the digest.
+pub(super) async fn upload_sha256_blob(client: &Client, bytes: Vec<u8>) -> Result<String> {
+    let digest = sha256_digest(&bytes);
+    if !has_blob(client, &digest).await? {
+        put_blob(client, &digest, &Payload::Bytes(bytes.into())).await?;
+    }
+    Ok(digest)
 }
 
 /// Uploads `payload` as blob `digest`: POST, then PUT to the `Location`.

@@ -731,6 +731,14 @@ impl BundleStore for LocalStore {
         LocalStore::refs(self)
     }
 
+    fn tag(&self, reference: &str, name: &str) -> Result<Hash> {
+        LocalStore::tag(self, reference, name)
+    }
+
+    fn untag(&self, name: &str) -> Result<Hash> {
+        LocalStore::untag(self, name)
+    }
+
     /// The store's objects, verified on every read; no disk cache in front
     /// (the store is already on disk).
     fn chunks(&self) -> Arc<dyn ChunkSource> {

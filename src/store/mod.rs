@@ -195,6 +195,14 @@ pub trait BundleStore: Send + Sync {
         Ok(None)
     }
 
+    /// Points tag `name` at the bundle `reference` names (an existing tag
+    /// moves). Returns the lockfile hash.
+    fn tag(&self, reference: &str, name: &str) -> Result<Hash>;
+
+    /// Removes tag `name` (never `latest`); what it named stays until a
+    /// garbage collection. Returns the lockfile hash it named.
+    fn untag(&self, name: &str) -> Result<Hash>;
+
     /// A short name for messages.
     fn describe(&self) -> String;
 }

@@ -65,17 +65,23 @@ impl Distribution {
     /// Starts a registry without auth, its config, storage and logs in `dir`,
     /// and returns once `GET /v2/` answers 200.
     pub fn start(dir: &Path) -> Distribution {
-        Distribution::launch(dir, None)
+        Distribution::launch(dir, None, true)
+    }
+
+    /// Starts a registry without auth whose deletes are disabled (the
+    /// CNCF registry's default), as [`start`](Self::start) does.
+    pub fn start_without_deletes(dir: &Path) -> Distribution {
+        Distribution::launch(dir, None, false)
     }
 
     /// Starts a registry with htpasswd auth for `user`/`password` (a bcrypt
     /// entry made by `htpasswd -Bbn`), and returns once `GET /v2/` answers
     /// 401.
     pub fn start_with_htpasswd(dir: &Path, user: &str, password: &str) -> Distribution {
-        Distribution::launch(dir, Some((user.to_string(), password.to_string())))
+        Distribution::launch(dir, Some((user.to_string(), password.to_string())), true)
     }
 
-    fn launch(dir: &Path, credentials: Option<(String, String)>) -> Distribution {
+    fn launch(dir: &Path, credentials: Option<(String, String)>, deletes: bool) -> Distribution {
         let binary = binary();
         std::fs::create_dir_all(dir).unwrap();
         let dir = dir.canonicalize().unwrap();
@@ -85,7 +91,8 @@ impl Distribution {
         let config = dir.join("config.yml");
         for attempt in 1..=PORT_ATTEMPTS {
             let port = free_port();
-            std::fs::write(&config, config_yml(&dir, port, htpasswd.as_deref())).unwrap();
+            let yml = config_yml(&dir, port, htpasswd.as_deref(), deletes);
+            std::fs::write(&config, yml).unwrap();
             let child = Command::new(&binary)
                 .arg("serve")
                 .arg(&config)
@@ -419,12 +426,12 @@ fn free_port() -> u16 {
 
 /// The registry's `config.yml`. Strings are written as JSON strings, which
 /// YAML reads as double-quoted scalars.
-fn config_yml(dir: &Path, port: u16, htpasswd: Option<&Path>) -> String {
+fn config_yml(dir: &Path, port: u16, htpasswd: Option<&Path>, deletes: bool) -> String {
     let quote = |p: &Path| serde_json::to_string(p.to_str().expect("a UTF-8 path")).unwrap();
     let mut config = format!(
         "version: 0.1\n\
          log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
-         storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+         storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: {deletes}\n\
          http:\n  addr: 127.0.0.1:{port}\n  secret: mache-cachefs-tests\n",
         quote(&dir.join("data"))
     );
