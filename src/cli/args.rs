@@ -44,6 +44,10 @@ pub enum Command {
     /// The bundle is tagged `latest` and, with --tag, that name too. If the tag
     /// already names a bundle of exactly these sources, that bundle is kept
     /// (same lockfile hash) unless --force.
+    ///
+    /// Interrupted (Ctrl-C or SIGTERM), it removes its temporary files, tags
+    /// nothing and exits 130 or 143; what a killed push left behind goes at
+    /// the next push or `gc`.
     Push(PushArgs),
     /// Restore a bundle into a new mache.db.
     ///
