@@ -149,6 +149,14 @@ pub enum Error {
     /// command that started it), with the exit code it chose.
     #[error("{message}")]
     Reported { code: u8, message: String },
+    /// Checks of `doctor` failed (named in `names`): their class when they
+    /// share one, `None` when they differ (the exit code is then 1).
+    #[error("{} failed: {names}", if *count == 1 { "1 check".to_string() } else { format!("{count} checks") })]
+    ChecksFailed {
+        count: usize,
+        names: String,
+        class: Option<Class>,
+    },
     /// A filesystem request the mount refuses; see [`Refusal`].
     #[error("{0}")]
     Refused(Refusal),
@@ -194,6 +202,21 @@ pub enum Class {
     Auth,
     /// The registry failed, or could not be reached, even after retries.
     Remote,
+}
+
+impl Class {
+    /// The process exit code of failures of this class.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Class::Input => exit::INPUT,
+            Class::Integrity => exit::INTEGRITY,
+            Class::NotFound => exit::NOT_FOUND,
+            Class::Incomplete => exit::INCOMPLETE,
+            Class::Environment => exit::ENVIRONMENT,
+            Class::Auth => exit::AUTH,
+            Class::Remote => exit::REMOTE,
+        }
+    }
 }
 
 impl Error {
@@ -330,6 +353,8 @@ impl Error {
             RefMissing { .. } | NothingPushed(_) | BaseMissing { .. } => Class::NotFound,
             ChunkMissing { .. } | ObjectMissing { .. } | BlobMissing { .. } => Class::Incomplete,
             Io { .. } | Mount(_) | Reported { .. } | Interrupted { .. } => Class::Environment,
+            // Only its exit code matters, which `exit_code` picks.
+            ChecksFailed { class, .. } => class.unwrap_or(Class::Environment),
             Refused(Refusal::NoEntry | Refusal::NoAttribute) => Class::NotFound,
             Refused(_) => Class::Environment,
         }
@@ -342,17 +367,10 @@ impl Error {
             Error::Usage(_) => return exit::USAGE,
             // As a shell reports a process a signal ended: 128 + its number.
             Error::Interrupted { signal, .. } => return 128u8.saturating_add(*signal as u8),
+            Error::ChecksFailed { class: None, .. } => return exit::FAILURE,
             _ => {}
         }
-        match self.class() {
-            Class::Input => exit::INPUT,
-            Class::Integrity => exit::INTEGRITY,
-            Class::NotFound => exit::NOT_FOUND,
-            Class::Incomplete => exit::INCOMPLETE,
-            Class::Environment => exit::ENVIRONMENT,
-            Class::Auth => exit::AUTH,
-            Class::Remote => exit::REMOTE,
-        }
+        self.class().exit_code()
     }
 
     /// The errno a FUSE reply carries for this error: the refusals their
@@ -492,6 +510,21 @@ mod tests {
             actual: 1,
         };
         assert_eq!(resized.exit_code(), exit::INTEGRITY);
+    }
+
+    #[test]
+    fn failed_checks_exit_with_their_shared_class_or_1() {
+        let failed = |class| Error::ChecksFailed {
+            count: 2,
+            names: "registry, credentials".into(),
+            class,
+        };
+        assert_eq!(failed(Some(Class::Remote)).exit_code(), exit::REMOTE);
+        assert_eq!(failed(None).exit_code(), exit::FAILURE);
+        assert_eq!(
+            failed(None).to_string(),
+            "2 checks failed: registry, credentials"
+        );
     }
 
     #[test]

@@ -125,6 +125,29 @@ pub enum Command {
     /// http://IP:PORT` once ready; runs until SIGTERM or Ctrl-C. See
     /// docs/SERVE.md.
     Serve(ServeArgs),
+    /// Check what this tool needs and say what is wrong, and how to fix it.
+    ///
+    /// One line per check: ok, warn or fail, what was found and, for a
+    /// problem, what to do. It checks FUSE (/dev/fuse: a character device
+    /// this user can open read-write; the kernel's fuse filesystem in
+    /// /proc/filesystems; fusermount3 or fusermount on PATH and setuid root,
+    /// unless run as root; user_allow_other in /etc/fuse.conf, for
+    /// information), the config file read (or where none was found), the
+    /// store (a store directory, writable, its tags, free space), the cache
+    /// dir (its chunks against the cap, writable, free space), a registry
+    /// when one is configured or given with --remote (GET /v2/ answered
+    /// within the connect timeout, TLS included; the credentials accepted,
+    /// and where they come from, never the secret itself; the timeouts in
+    /// effect), and the mache-cachefs mounts (a dead one, its daemon gone,
+    /// fails with the command that clears it). It changes nothing.
+    ///
+    /// Exit code: 0 when no check failed (warnings allowed); otherwise the
+    /// code of what failed, as the other commands would exit: 3 the config,
+    /// the registry settings or a store path that is no store, 6 the
+    /// environment (FUSE unusable, a store or cache directory this user
+    /// cannot use, a dead mount), 7 credentials refused, 8 the registry
+    /// unreachable; 1 when checks of several of these kinds failed.
+    Doctor(DoctorArgs),
 }
 
 impl Command {
@@ -141,6 +164,7 @@ impl Command {
                 | Command::Tag(_)
                 | Command::Untag(_)
                 | Command::Gc(_)
+                | Command::Doctor(_)
         )
     }
 }
@@ -395,4 +419,13 @@ pub struct GcArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print one JSON object: {"checks": [{name, status, detail, hint}], "ok": bool}.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }

@@ -26,7 +26,12 @@ use crate::store::{BundleStore, LocalStore};
 
 /// Runs the chosen subcommand.
 pub fn dispatch(cli: Cli) -> Result<()> {
-    let settings = config::load(&ProcessEnv, cli.config.as_deref())?;
+    let loaded = config::load(&ProcessEnv, cli.config.as_deref());
+    if let Command::Doctor(args) = &cli.command {
+        // A config that does not load is one of the things it reports.
+        return super::doctor::doctor(loaded, args);
+    }
+    let settings = loaded?;
     let progress = !cli.quiet && std::io::stderr().is_terminal();
     match cli.command {
         Command::Push(args) => push(&settings, args, progress),
@@ -40,6 +45,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Untag(args) => untag(&settings, args),
         Command::Gc(args) => gc(&settings, args),
         Command::Serve(args) => serve(&settings, args),
+        Command::Doctor(_) => unreachable!("doctor is dispatched above"),
     }
 }
 
@@ -84,11 +90,14 @@ pub fn remote_settings(
         jobs: args.jobs,
         cache_dir: settings.cache_dir.clone(),
         timeouts: timeouts(args, settings)?,
-        cache_size: args
-            .cache_size
-            .or(settings.cache_size)
-            .unwrap_or(DEFAULT_CAPACITY),
+        cache_size: cache_cap(settings, args.cache_size),
     }))
+}
+
+/// The cap of the disk cache: the flag, else the config's `cache_size`,
+/// else the default.
+pub fn cache_cap(settings: &Settings, flag: Option<u64>) -> u64 {
+    flag.or(settings.cache_size).unwrap_or(DEFAULT_CAPACITY)
 }
 
 /// The registry timeouts: each flag, else the config's key, else the default.
@@ -311,10 +320,7 @@ fn stop_push_on_signals(interrupt: &Interrupt) -> Result<Arc<AtomicBool>> {
 
 fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
     if args.cache {
-        let cap = args
-            .max_size
-            .or(settings.cache_size)
-            .unwrap_or(DEFAULT_CAPACITY);
+        let cap = cache_cap(settings, args.max_size);
         let unused = std::time::Duration::from_secs(args.older_than.saturating_mul(86_400));
         let report =
             crate::store::gc::collect_cache(&settings.cache_dir, cap, unused, args.dry_run)?;

@@ -5,13 +5,14 @@ use std::path::Path;
 
 use serde_json::json;
 
+use super::doctor::{Check, Status, passed};
 use crate::bundle::{Coverage, Inspection, PullReport, PushReport, VerifyReport};
 use crate::registry::UploadReport;
 use crate::store::{BlobCheck, RemoteCounters};
 
 /// A size in IEC units, as `--max-size` and the other size flags take
 /// them: "512 B", "50.0 MiB", "10.0 GiB".
-fn size(bytes: u64) -> String {
+pub(super) fn size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
@@ -26,7 +27,7 @@ fn size(bytes: u64) -> String {
 }
 
 /// A count and its noun: "1 tagged bundle", "2 tagged bundles".
-fn count(n: usize, one: &str, many: &str) -> String {
+pub(super) fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
@@ -367,4 +368,31 @@ pub fn gc_cache(dir: &Path, r: &crate::store::gc::CacheGcReport, as_json: bool) 
             count(r.in_use, "db", "dbs")
         );
     }
+}
+
+/// The report of `doctor`: one line per check (its status, its name, what
+/// was found and, for a problem, a hint), then the tally.
+pub fn doctor(checks: &[Check], as_json: bool) {
+    if as_json {
+        return print_json(&json!({ "checks": checks, "ok": passed(checks) }));
+    }
+    for check in checks {
+        let hint = check
+            .hint
+            .as_ref()
+            .map_or(String::new(), |hint| format!("; hint: {hint}"));
+        println!(
+            "{:<5} {:<16} {}{hint}",
+            check.status.word(),
+            check.name,
+            check.detail
+        );
+    }
+    let with = |status| checks.iter().filter(|c| c.status == status).count();
+    println!(
+        "{} ok, {}, {} failed",
+        count(with(Status::Ok), "check", "checks"),
+        count(with(Status::Warn), "warning", "warnings"),
+        with(Status::Fail)
+    );
 }

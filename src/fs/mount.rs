@@ -1,6 +1,8 @@
 //! Mounting and unmounting: checks before mounting, the FUSE session,
 //! SIGINT/SIGTERM, background prefetch, and `unmount` (including mounts
-//! whose daemon died).
+//! whose daemon died). Also what FUSE needs from the system, as probes
+//! `doctor` reports on: the device, the kernel's filesystem, the mount
+//! helper, and the mount table with the state of each mount.
 //!
 //! Signals: [`serve`] installs handlers for SIGINT, SIGTERM and SIGHUP
 //! (`signal-hook`: the handler only wakes a dedicated thread, whichever
@@ -45,21 +47,134 @@ fn mount_error(message: String) -> Error {
     Error::Mount(message)
 }
 
-/// Checks that `/dev/fuse` can be opened.
-pub fn check_dev_fuse() -> Result<()> {
+/// Where the FUSE device is.
+pub const DEV_FUSE: &str = "/dev/fuse";
+
+/// What keeps this process from using the FUSE device.
+#[derive(Debug)]
+pub enum FuseDeviceProblem {
+    /// There is no such file.
+    Missing,
+    /// Something other than a character device is there (its `st_mode`).
+    NotADevice { mode: u32 },
+    /// The device (its `st_mode`, if it could be read) does not open
+    /// read-write for this process.
+    CannotOpen {
+        mode: Option<u32>,
+        error: std::io::Error,
+    },
+}
+
+impl FuseDeviceProblem {
+    /// What is wrong, in a few words.
+    pub fn reason(&self) -> String {
+        match self {
+            FuseDeviceProblem::Missing => "no /dev/fuse".to_string(),
+            FuseDeviceProblem::NotADevice { mode } => format!(
+                "/dev/fuse is not a character device (mode {})",
+                file_mode(*mode)
+            ),
+            FuseDeviceProblem::CannotOpen { mode, error } => match mode {
+                Some(mode) => format!("cannot open /dev/fuse (mode {}): {error}", file_mode(*mode)),
+                None => format!("cannot open /dev/fuse: {error}"),
+            },
+        }
+    }
+
+    /// What to do about it.
+    pub fn hint(&self) -> String {
+        let device = "give the container the device (--device /dev/fuse)";
+        match self {
+            FuseDeviceProblem::Missing => {
+                format!("load the fuse kernel module (modprobe fuse), or {device}")
+            }
+            FuseDeviceProblem::NotADevice { .. } => {
+                format!("recreate it as root (mknod -m 0666 /dev/fuse c 10 229), or {device}")
+            }
+            FuseDeviceProblem::CannotOpen { error, .. } => match error.raw_os_error() {
+                Some(libc::EACCES) => "this user may not open it: run as root, or have it made \
+                                      read-write for all (mode 0666, as most systems set it)"
+                    .to_string(),
+                Some(libc::EPERM) => {
+                    format!("the container's device rules forbid it: {device}")
+                }
+                _ => "check the device: ls -l /dev/fuse".to_string(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for FuseDeviceProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason(), self.hint())
+    }
+}
+
+/// A file's permission bits in octal, e.g. `0666`.
+pub fn file_mode(st_mode: u32) -> String {
+    format!("{:04o}", st_mode & 0o7777)
+}
+
+/// Probes the FUSE device at `path` (normally [`DEV_FUSE`]): a character
+/// device that opens read-write. Returns its `st_mode`.
+pub fn probe_fuse_device(path: &Path) -> std::result::Result<u32, FuseDeviceProblem> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Err(FuseDeviceProblem::Missing),
+        Err(error) => return Err(FuseDeviceProblem::CannotOpen { mode: None, error }),
+    };
+    let mode = meta.mode();
+    if !meta.file_type().is_char_device() {
+        return Err(FuseDeviceProblem::NotADevice { mode });
+    }
     match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/fuse")
+        .open(path)
     {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound => Err(mount_error(
-            "no /dev/fuse: load the fuse kernel module (modprobe fuse), or give the container \
-             the device (--device /dev/fuse)"
-                .to_string(),
-        )),
-        Err(e) => Err(mount_error(format!("cannot open /dev/fuse: {e}"))),
+        Ok(_) => Ok(mode),
+        Err(error) => Err(FuseDeviceProblem::CannotOpen {
+            mode: Some(mode),
+            error,
+        }),
     }
+}
+
+/// Checks that `/dev/fuse` can be opened.
+pub fn check_dev_fuse() -> Result<()> {
+    probe_fuse_device(Path::new(DEV_FUSE))
+        .map(drop)
+        .map_err(|problem| mount_error(problem.to_string()))
+}
+
+/// Whether the kernel has the `fuse` filesystem, per `/proc/filesystems`.
+pub fn kernel_has_fuse() -> std::io::Result<bool> {
+    std::fs::read_to_string("/proc/filesystems").map(|text| lists_fuse(&text))
+}
+
+/// Whether a `/proc/filesystems` text lists `fuse` (lines like `nodev\tfuse`).
+fn lists_fuse(text: &str) -> bool {
+    text.lines()
+        .any(|line| line.split_whitespace().last() == Some("fuse"))
+}
+
+/// The helpers through which a user other than root mounts and unmounts,
+/// in the order fuser looks for them on `PATH`.
+pub const FUSERMOUNT: [&str; 2] = ["fusermount3", "fusermount"];
+
+/// The mount helper fuser would use for a user other than root:
+/// `$FUSERMOUNT_PATH` if set, else the first of [`FUSERMOUNT`] on `PATH`.
+pub fn find_fusermount() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("FUSERMOUNT_PATH") {
+        return Some(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH")?;
+    FUSERMOUNT.iter().find_map(|name| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
 }
 
 /// The name our mounts carry in the mount table: their source, and their
@@ -112,15 +227,66 @@ impl MountEntry {
     }
 }
 
-/// What is mounted at `path` now (the topmost mount), per `/proc/self/mountinfo`.
-pub fn mount_entry(path: &Path) -> Option<MountEntry> {
-    let file = File::open("/proc/self/mountinfo").ok()?;
+/// Every mount in `/proc/self/mountinfo`, in its order (a later mount at
+/// the same place is on top of an earlier one). Empty if it cannot be read.
+pub fn mount_table() -> Vec<MountEntry> {
+    let Ok(file) = File::open("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
     BufReader::new(file)
         .lines()
         .map_while(|l| l.ok())
         .filter_map(|line| MountEntry::parse(&line))
-        .filter(|entry| entry.mountpoint == path)
-        .last()
+        .collect()
+}
+
+/// What is mounted at `path` now (the topmost mount), per `/proc/self/mountinfo`.
+pub fn mount_entry(path: &Path) -> Option<MountEntry> {
+    mount_table()
+        .into_iter()
+        .rfind(|entry| entry.mountpoint == path)
+}
+
+/// How a mount answers a `stat` of its root.
+#[derive(Debug)]
+pub enum MountState {
+    /// It answers.
+    Answers,
+    /// Its server is gone: `ENOTCONN` (`ECONNABORTED` for a request caught
+    /// in the abort). `unmount` clears it.
+    Dead,
+    /// No answer within the time given: its server hangs.
+    Silent,
+    /// Another error, e.g. `EACCES` for another user's FUSE mount, which
+    /// the kernel does not let this user look into.
+    Failed(std::io::Error),
+}
+
+/// Whether an error from a path says it is a FUSE mount whose server is gone.
+fn is_dead_mount_error(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+}
+
+/// `stat`s the root of the mount at `path`, waiting at most `within` (a
+/// hung server would block the `stat` for good; the thread doing it is
+/// then left behind).
+pub fn mount_state(path: &Path, within: std::time::Duration) -> MountState {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = path.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("cachefs-stat".to_string())
+        .spawn(move || {
+            let _ = tx.send(std::fs::metadata(&owned).map(drop));
+        });
+    if let Err(e) = spawned {
+        return MountState::Failed(e);
+    }
+    match rx.recv_timeout(within) {
+        Ok(Ok(())) => MountState::Answers,
+        Ok(Err(e)) if is_dead_mount_error(&e) => MountState::Dead,
+        Ok(Err(e)) => MountState::Failed(e),
+        Err(_) => MountState::Silent,
+    }
 }
 
 /// Whether `path` is a mount point, per `/proc/self/mountinfo`.
@@ -171,8 +337,7 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf> {
     let shown = mountpoint.display();
     let meta = match std::fs::metadata(mountpoint) {
         Ok(meta) => meta,
-        // ENOTCONN, or ECONNABORTED for a request caught in the abort.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
+        Err(e) if is_dead_mount_error(&e) => {
             return Err(mount_error(format!(
                 "{shown} is a dead FUSE mount (transport endpoint is not connected); \
                  clear it with `mache-cachefs unmount {shown}`"
@@ -528,6 +693,58 @@ mod tests {
         let tmpfs = "99 1 0:5 / /tmp rw - tmpfs tmpfs rw,size=100k";
         assert!(!MountEntry::parse(tmpfs).unwrap().is_ours());
         assert_eq!(MountEntry::parse(tmpfs).unwrap().fuse_owner(), None);
+    }
+
+    #[test]
+    fn the_fuse_device_must_be_a_character_device_that_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = probe_fuse_device(&dir.path().join("fuse")).unwrap_err();
+        assert!(matches!(missing, FuseDeviceProblem::Missing), "{missing}");
+        assert!(
+            missing
+                .to_string()
+                .starts_with("no /dev/fuse: load the fuse kernel module")
+        );
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let problem = probe_fuse_device(&file).unwrap_err();
+        assert!(
+            matches!(problem, FuseDeviceProblem::NotADevice { .. }),
+            "{problem}"
+        );
+        assert!(
+            problem.reason().contains("not a character device"),
+            "{problem}"
+        );
+        // /dev/null: a character device everyone may open read-write.
+        let mode = probe_fuse_device(Path::new("/dev/null")).unwrap();
+        assert_eq!(file_mode(mode), "0666");
+    }
+
+    #[test]
+    fn proc_filesystems_lists_fuse_by_its_own_name() {
+        let text = "nodev\tsysfs\nnodev\tfuseblk\n\text4\nnodev\tfuse\n";
+        assert!(lists_fuse(text));
+        assert!(!lists_fuse("nodev\tsysfs\n\text4\nnodev\tfusectl\n"));
+    }
+
+    #[test]
+    fn a_directory_answers_and_a_missing_path_fails_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let within = std::time::Duration::from_secs(5);
+        assert!(matches!(
+            mount_state(dir.path(), within),
+            MountState::Answers
+        ));
+        match mount_state(&dir.path().join("gone"), within) {
+            MountState::Failed(e) => assert_eq!(e.kind(), ErrorKind::NotFound),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            mount_table()
+                .iter()
+                .any(|entry| entry.mountpoint == Path::new("/"))
+        );
     }
 
     #[test]

@@ -352,19 +352,78 @@ pub struct CredentialSources {
     pub config_token_file: Option<std::path::PathBuf>,
 }
 
+/// Which of the [`CredentialSources`] the credentials came from, for
+/// `doctor`: a name and a path at most, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `--token-file`.
+    TokenFile(std::path::PathBuf),
+    /// `--token`.
+    TokenFlag,
+    /// `$MACHE_CACHE_TOKEN`.
+    Environment,
+    /// The config file's `token_file`.
+    ConfigTokenFile(std::path::PathBuf),
+    /// The user's docker login.
+    Docker,
+    /// None of them: requests go out anonymous.
+    Anonymous,
+}
+
+impl std::fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CredentialSource::TokenFile(path) => {
+                write!(f, "a token from --token-file {}", path.display())
+            }
+            CredentialSource::TokenFlag => f.write_str("a token from --token"),
+            CredentialSource::Environment => f.write_str("a token from $MACHE_CACHE_TOKEN"),
+            CredentialSource::ConfigTokenFile(path) => {
+                write!(f, "a token from the config's token_file {}", path.display())
+            }
+            CredentialSource::Docker => f.write_str("the docker login"),
+            CredentialSource::Anonymous => f.write_str("no credentials (anonymous)"),
+        }
+    }
+}
+
 impl CredentialSources {
     /// The credentials for `registry` (`host[:port]`).
     pub fn resolve(&self, registry: &str) -> Result<Credentials> {
+        self.resolve_with_source(registry)
+            .map(|(credentials, _)| credentials)
+    }
+
+    /// The credentials for `registry` (`host[:port]`), and where they came from.
+    pub fn resolve_with_source(&self, registry: &str) -> Result<(Credentials, CredentialSource)> {
         if let Some(path) = &self.token_file {
-            return read_token_file(path);
+            return Ok((
+                read_token_file(path)?,
+                CredentialSource::TokenFile(path.clone()),
+            ));
         }
-        if let Some(token) = self.token.clone().or_else(|| self.env_token.clone()) {
-            return Ok(Credentials::Token(token));
+        if let Some(token) = &self.token {
+            return Ok((
+                Credentials::Token(token.clone()),
+                CredentialSource::TokenFlag,
+            ));
+        }
+        if let Some(token) = &self.env_token {
+            return Ok((
+                Credentials::Token(token.clone()),
+                CredentialSource::Environment,
+            ));
         }
         if let Some(path) = &self.config_token_file {
-            return read_token_file(path);
+            let source = CredentialSource::ConfigTokenFile(path.clone());
+            return Ok((read_token_file(path)?, source));
         }
-        Ok(docker_credentials(registry))
+        let credentials = docker_credentials(registry);
+        let source = match credentials {
+            Credentials::Anonymous => CredentialSource::Anonymous,
+            _ => CredentialSource::Docker,
+        };
+        Ok((credentials, source))
     }
 }
 
@@ -622,5 +681,22 @@ mod tests {
         assert_eq!(token(&sources), "from-flag");
         sources.token = None;
         assert_eq!(token(&sources), "from-env");
+    }
+
+    #[test]
+    fn the_source_is_named_without_the_secret() {
+        let sources = CredentialSources {
+            env_token: Some(Secret::new("from-env")),
+            ..CredentialSources::default()
+        };
+        let (_, source) = sources.resolve_with_source("r.example").unwrap();
+        assert_eq!(source, CredentialSource::Environment);
+        assert_eq!(source.to_string(), "a token from $MACHE_CACHE_TOKEN");
+        let file = CredentialSources {
+            config_token_file: Some("/nonexistent/token".into()),
+            ..CredentialSources::default()
+        };
+        let err = file.resolve_with_source("r.example").unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/token"), "{err}");
     }
 }

@@ -264,6 +264,22 @@ impl Client {
         result
     }
 
+    /// Asks the API root, `GET /v2/`, once, as `docker login` checks a
+    /// registry: one attempt, whose answer must begin within the connect
+    /// timeout, with the auth handshake if the registry asks for it. The
+    /// status of an answer (below 400, or `404`); the error otherwise
+    /// (unreachable, TLS, credentials refused).
+    pub async fn ping(&self) -> Result<StatusCode> {
+        let once = self.single_attempt();
+        let answer = once.send(Method::GET, self.api_root(), |r| r).await?;
+        Ok(answer.status())
+    }
+
+    /// The API root, `/v2/`, which probes ask.
+    fn api_root(&self) -> Url {
+        self.base.join("/v2/").expect("/v2/ is a valid path")
+    }
+
     /// HEADs blob `digest`: its headers if the registry has it, else `None`.
     pub async fn head_blob(&self, digest: &str) -> Result<Option<HeaderMap>> {
         let head = self
@@ -521,7 +537,7 @@ impl Client {
         }
         let client = self.clone();
         self.runtime.spawn(async move {
-            let url = client.base.join("/v2/").expect("/v2/ is a valid path");
+            let url = client.api_root();
             let limit = client.timeouts.connect + client.timeouts.read;
             for n in 0.. {
                 tokio::time::sleep(probe_interval(n)).await;

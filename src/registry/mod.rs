@@ -160,6 +160,43 @@ pub fn is_name_component(component: &str) -> bool {
     }
 }
 
+/// The registry URL and the repository name of `settings`, both checked.
+fn repository(settings: &RemoteSettings) -> Result<(Url, String)> {
+    let base = parse_remote(&settings.url, settings.insecure)?;
+    check_scope(&settings.scope)?;
+    Ok((base, format!("{PRODUCER}/{}", settings.scope)))
+}
+
+/// What a registry answered to [`ping`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pong {
+    /// The HTTP status of `GET /v2/`: below 400, or 404.
+    pub status: u16,
+    /// How long the answer took, the auth handshake included.
+    pub elapsed: std::time::Duration,
+}
+
+/// Checks that the registry of `settings` answers `GET /v2/` and accepts
+/// `credentials` (see [`Client::ping`]: one attempt within the connect
+/// timeout). Opens no disk cache: nothing changes on disk.
+pub fn ping(settings: &RemoteSettings, credentials: auth::Credentials) -> Result<Pong> {
+    let (base, repo) = repository(settings)?;
+    let client = Client::new(
+        base,
+        repo,
+        Auth::new(credentials),
+        settings.timeouts,
+        runtime(),
+    )?;
+    let started = std::time::Instant::now();
+    let asking = client.clone();
+    let status = client.run(async move { asking.ping().await })?;
+    Ok(Pong {
+        status: status.as_u16(),
+        elapsed: started.elapsed(),
+    })
+}
+
 /// The process's one runtime for registry I/O.
 fn runtime() -> tokio::runtime::Handle {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -189,9 +226,7 @@ impl RegistryStore {
     /// Connects nothing yet: checks the settings and sets up the client and
     /// the disk cache.
     pub fn open(settings: &RemoteSettings) -> Result<RegistryStore> {
-        let base = parse_remote(&settings.url, settings.insecure)?;
-        check_scope(&settings.scope)?;
-        let repo = format!("{PRODUCER}/{}", settings.scope);
+        let (base, repo) = repository(settings)?;
         let registry = client::host_port(&base);
         let credentials = settings.credentials.resolve(&registry)?;
         let client = Client::new(

@@ -473,6 +473,23 @@ fn shrink(root: &Path, limit: u64, target: u64, dry_run: bool) -> Trimmed {
     trimmed
 }
 
+/// What a cache directory holds: its chunks and their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub chunks: usize,
+    pub bytes: u64,
+}
+
+/// Counts the chunks of the cache at `root` on disk (the truth, not the
+/// ledger's figure, which may over-count), changing nothing. For `doctor`.
+pub fn usage(root: &Path) -> Usage {
+    let found = scan(&root.join("chunks"));
+    Usage {
+        chunks: found.len(),
+        bytes: found.iter().map(|(_, len, _)| len).sum(),
+    }
+}
+
 /// Removes (or, when `dry_run`, counts) the temporary files in
 /// `<root>/tmp` that killed writers left: older than [`TEMP_GRACE`] and
 /// locked by no writer (a live one holds its file locked until it is
@@ -607,6 +624,21 @@ mod tests {
         // Least recently used first, whoever wrote them: B's 3, A's 4.
         assert!(!a.contains(&c[3].0) && !b.contains(&c[4].0));
         assert_eq!(a.get(&c[0].0), Some(c[0].1.clone()), "used by B, kept");
+    }
+
+    #[test]
+    fn usage_counts_the_chunks_on_disk_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(usage(dir.path()), Usage::default(), "no cache yet");
+        assert!(!dir.path().join(LEDGER).exists());
+        let cache = DiskCache::open(dir.path(), 1000).unwrap();
+        for (hash, bytes) in chunks(3, 100) {
+            cache.put(&hash, &bytes);
+        }
+        set_ledger(dir.path(), Tally::counted_now(5000));
+        let counted = usage(dir.path());
+        assert_eq!((counted.chunks, counted.bytes), (3, 300));
+        assert_eq!(cache.stats().bytes, 5000, "the ledger is left as it was");
     }
 
     #[test]
