@@ -6,7 +6,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::chunk::{self, Shape};
+use crate::chunk::{self, InputCheck, Shape};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::lockfile::{self, Lockfile};
@@ -38,6 +38,10 @@ pub struct Inspection {
     pub chunks_corrupt: Option<usize>,
     pub raw_chunks: Option<usize>,
     pub ast_chunks: Option<usize>,
+    /// Raw chunks that are opaque (counted in `raw_chunks` too): another
+    /// input processor's output, whose input hashes cannot be checked
+    /// ([`InputCheck::Opaque`]).
+    pub opaque_chunks: Option<usize>,
     /// Whether chunks were read and hashed (`false`: checked by presence
     /// and length against the sizes index).
     pub chunks_hashed: bool,
@@ -148,6 +152,7 @@ fn describe(lockfile: &Lockfile, lockfile_hash: Option<Hash>) -> Inspection {
         chunks_corrupt: None,
         raw_chunks: None,
         ast_chunks: None,
+        opaque_chunks: None,
         chunks_hashed: false,
     }
 }
@@ -185,12 +190,18 @@ fn count_chunks(
             }
         })
         .collect();
-    let count = |wanted: fn(&ChunkState) -> bool| Some(states.iter().filter(|s| wanted(s)).count());
-    out.chunks_present = count(|s| !matches!(s, ChunkState::Missing));
-    out.chunks_missing = count(|s| matches!(s, ChunkState::Missing));
-    out.chunks_corrupt = count(|s| matches!(s, ChunkState::Corrupt));
-    out.raw_chunks = count(|s| matches!(s, ChunkState::Present(Shape::Raw)));
-    out.ast_chunks = count(|s| matches!(s, ChunkState::Present(Shape::Ast)));
+    let count =
+        |wanted: &dyn Fn(&ChunkState) -> bool| Some(states.iter().filter(|s| wanted(s)).count());
+    let processors = &lockfile.meta.input_processors;
+    out.chunks_present = count(&|s| !matches!(s, ChunkState::Missing));
+    out.chunks_missing = count(&|s| matches!(s, ChunkState::Missing));
+    out.chunks_corrupt = count(&|s| matches!(s, ChunkState::Corrupt));
+    out.raw_chunks = count(&|s| matches!(s, ChunkState::Present(Shape::Raw)));
+    out.ast_chunks = count(&|s| matches!(s, ChunkState::Present(Shape::Ast)));
+    out.opaque_chunks = count(&|s| {
+        matches!(s, ChunkState::Present(shape)
+            if InputCheck::of(*shape, processors) == InputCheck::Opaque)
+    });
     out.chunks_hashed = sizes.is_none();
 }
 

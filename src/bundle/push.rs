@@ -12,7 +12,7 @@ use crate::chunk;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::lockfile::{
-    self, Lockfile, Meta, PRODUCER, ProcessorVersion, SCHEMA_VERSION, SourceEntry,
+    self, BLAKE3_PROCESSOR, Lockfile, Meta, PRODUCER, ProcessorVersion, SCHEMA_VERSION, SourceEntry,
 };
 use crate::machedb;
 use crate::rows::{AstRow, SourceRow, kind_for_language};
@@ -345,7 +345,7 @@ fn new_lockfile(sources: Vec<SourceEntry>, generated_at_ms: u64) -> Lockfile {
             producer_version: env!("CARGO_PKG_VERSION").to_string(),
             schema_version: SCHEMA_VERSION.to_string(),
             input_processors: vec![ProcessorVersion {
-                kind: "blake3".to_string(),
+                kind: BLAKE3_PROCESSOR.to_string(),
                 version: "1.5.0".to_string(),
             }],
             generated_at_ms,

@@ -37,6 +37,15 @@ fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
+/// What follows a report that met opaque chunks ("" when there were
+/// none): they were restored as stored, their input hashes unchecked.
+fn opaque_note(n: usize, one: &str, many: &str) -> String {
+    match n {
+        0 => String::new(),
+        n => format!("; {} (input hash not checkable)", count(n, one, many)),
+    }
+}
+
 fn print_json(value: &serde_json::Value) {
     println!("{value}");
 }
@@ -134,6 +143,7 @@ fn pull_json(r: &PullReport) -> serde_json::Value {
     json!({
         "sources": r.sources,
         "ast_sources": r.ast_sources,
+        "opaque_sources": r.opaque_sources,
         "chunk_bytes": r.chunk_bytes,
         "root": r.root.to_prefixed(),
         "verified": r.verified,
@@ -154,12 +164,13 @@ pub fn pull(out_db: &Path, r: &PullReport, as_json: bool) {
         "chunk hashes verified; root not checked"
     };
     println!(
-        "restored {} ({} with AST, {}) into {} in {:.2}s ({verified})",
+        "restored {} ({} with AST, {}) into {} in {:.2}s ({verified}){}",
         count(r.sources, "source", "sources"),
         r.ast_sources,
         size(r.chunk_bytes),
         out_db.display(),
-        r.elapsed.as_secs_f64()
+        r.elapsed.as_secs_f64(),
+        opaque_note(r.opaque_sources, "opaque source", "opaque sources")
     );
 }
 
@@ -192,6 +203,7 @@ pub fn verify(v: &Verified, as_json: bool) {
         value["sources_checked"] = json!(r.checked.sources);
         value["chunks"] = json!(r.chunks);
         value["chunks_verified"] = json!(r.chunks_verified);
+        value["opaque_chunks"] = json!(r.opaque_chunks);
         value["blobs_checked"] = json!(v.blobs.map_or(0, |b| b.blobs));
         value["remote"] = json!(v.remote);
         value["seconds"] = json!(v.elapsed.as_secs_f64());
@@ -209,12 +221,13 @@ pub fn verify(v: &Verified, as_json: bool) {
         ),
     };
     println!(
-        "verified {} of {}: {blobs}{chunks}; root {} of {} in {:.2}s",
+        "verified {} of {}: {blobs}{chunks}; root {} of {} in {:.2}s{}",
         v.reference,
         v.store,
         r.checked.root.to_prefixed(),
         count(r.sources, "source", "sources"),
-        v.elapsed.as_secs_f64()
+        v.elapsed.as_secs_f64(),
+        opaque_note(r.opaque_chunks, "opaque chunk", "opaque chunks")
     );
 }
 
@@ -252,8 +265,12 @@ pub fn inspect(i: &Inspection, as_json: bool) {
         opt(i.chunks_missing),
         opt(i.chunks_corrupt)
     );
+    let opaque = match i.opaque_chunks {
+        Some(n) if n > 0 => format!(" ({n} opaque: input hash not checkable)"),
+        _ => String::new(),
+    };
     println!(
-        "shapes            {} raw, {} AST",
+        "shapes            {} raw{opaque}, {} AST",
         opt(i.raw_chunks),
         opt(i.ast_chunks)
     );
