@@ -50,6 +50,32 @@ fn print_json(value: &serde_json::Value) {
     println!("{value}");
 }
 
+/// How a push stored its sources, and how many had AST rows: "as raw
+/// chunks"; "(4 with AST rows, 11222 without) as AST chunks" (a db with an
+/// `_ast` table stores every source as an AST chunk, rows or not); "(0 with
+/// AST rows, 3 without) as 2 AST and 1 raw chunks".
+fn stored_as(r: &PushReport) -> String {
+    let one = r.sources == 1;
+    if r.ast_chunk_sources == 0 {
+        let raw = if one {
+            "as a raw chunk"
+        } else {
+            "as raw chunks"
+        };
+        return raw.to_string();
+    }
+    let shapes = match r.sources - r.ast_chunk_sources {
+        0 if one => "as an AST chunk".to_string(),
+        0 => "as AST chunks".to_string(),
+        raw => format!("as {} AST and {raw} raw chunks", r.ast_chunk_sources),
+    };
+    format!(
+        "({} with AST rows, {} without) {shapes}",
+        r.ast_sources,
+        r.sources - r.ast_sources
+    )
+}
+
 /// The report of `push`.
 pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport)>, as_json: bool) {
     if as_json {
@@ -73,6 +99,7 @@ pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport
             "root": r.root.to_prefixed(),
             "sources": r.sources,
             "ast_sources": r.ast_sources,
+            "ast_chunk_sources": r.ast_chunk_sources,
             "distinct_chunks": r.distinct_chunks,
             "new_chunks": r.new_chunks,
             "present_chunks": r.present_chunks,
@@ -97,9 +124,9 @@ pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport
         );
     } else {
         println!(
-            "pushed {} ({} as AST chunks) to {} as {tags} in {:.2}s",
+            "pushed {} {} to {} as {tags} in {:.2}s",
             count(r.sources, "source", "sources"),
-            r.ast_sources,
+            stored_as(r),
             store,
             r.elapsed.as_secs_f64()
         );
