@@ -8,6 +8,8 @@
 //!   does (`encoding/json` with HTML escaping off, struct field order, one
 //!   trailing newline), so both producers give the same `chunk_hash`;
 //! - [`decode`] turns either shape back into rows;
+//! - [`InputCheck`] says whether the bytes a chunk restores can be checked
+//!   against its source's `input_hash`, or the chunk is *opaque*;
 //! - [`render_ast_view`] (or [`ast_view_json`] on a [`Decoded`]) renders the
 //!   JSON the mount serves at `ast/<path>.json`, and [`ast_view_len`] gives
 //!   its length without rendering it.
@@ -26,7 +28,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::error::{Error, Result};
-use crate::lockfile::SourceEntry;
+use crate::lockfile::{BLAKE3_PROCESSOR, ProcessorVersion, SourceEntry};
 use crate::rows::{AstRow, SourceRow, language_for_kind};
 
 /// The two shapes a chunk can have (SPEC §3).
@@ -38,6 +40,39 @@ pub enum Shape {
     Ast,
 }
 
+/// Whether the bytes a chunk restores can be checked against its source's
+/// `input_hash` (the BLAKE3 of the source's raw bytes, SPEC §1).
+///
+/// An AST chunk carries the raw bytes (`content_b64`), so it always can. A
+/// raw chunk is the source itself only when every input processor the
+/// lockfile declares is `blake3`, which hashes a source without changing
+/// it: that is all mache declares. A bundle that declares any other
+/// processor (the conformance vectors list `tree-sitter-go` before
+/// `blake3`) may store that processor's output as its raw-shaped chunks,
+/// and nothing in the bundle recomputes the source from them. Such a chunk
+/// is *opaque*: not corrupt, just not checkable against `input_hash`. Its
+/// bytes are still protected by its `chunk_hash` and the lockfile root,
+/// which are always checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputCheck {
+    /// The restored bytes are the source's: they must hash to `input_hash`.
+    Checkable,
+    /// The chunk is a processor's output: its `input_hash` cannot be checked.
+    Opaque,
+}
+
+impl InputCheck {
+    /// The check a chunk of `shape` allows in a bundle whose lockfile
+    /// declares `processors`.
+    pub fn of(shape: Shape, processors: &[ProcessorVersion]) -> InputCheck {
+        let raw_is_source = processors.iter().all(|p| p.kind == BLAKE3_PROCESSOR);
+        match shape {
+            Shape::Raw if !raw_is_source => InputCheck::Opaque,
+            _ => InputCheck::Checkable,
+        }
+    }
+}
+
 /// A chunk turned back into rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decoded {
@@ -46,6 +81,16 @@ pub struct Decoded {
     /// The source's `_ast` rows: `Some` (possibly empty) for an AST chunk,
     /// `None` for a raw one.
     pub ast: Option<Vec<AstRow>>,
+}
+
+impl Decoded {
+    /// The shape of the chunk this came from.
+    pub fn shape(&self) -> Shape {
+        match self.ast {
+            Some(_) => Shape::Ast,
+            None => Shape::Raw,
+        }
+    }
 }
 
 /// Tells the shape of a chunk: AST iff the first byte is `{` and the whole
@@ -698,6 +743,39 @@ mod tests {
             language: Some("python".to_string()),
             content: b"print('hi')\n".to_vec(),
         }
+    }
+
+    fn processors(kinds: &[&str]) -> Vec<ProcessorVersion> {
+        kinds
+            .iter()
+            .map(|kind| ProcessorVersion {
+                kind: kind.to_string(),
+                version: "1.0".to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn raw_chunks_are_opaque_only_beside_a_processor_other_than_blake3() {
+        let mache = processors(&["blake3"]);
+        let vectors = processors(&["tree-sitter-go", "blake3"]);
+        assert_eq!(InputCheck::of(Shape::Raw, &mache), InputCheck::Checkable);
+        assert_eq!(InputCheck::of(Shape::Raw, &[]), InputCheck::Checkable);
+        assert_eq!(InputCheck::of(Shape::Raw, &vectors), InputCheck::Opaque);
+        assert_eq!(
+            InputCheck::of(Shape::Raw, &processors(&["BLAKE3"])),
+            InputCheck::Opaque
+        );
+        // An AST chunk carries the source's bytes whatever made it.
+        assert_eq!(InputCheck::of(Shape::Ast, &vectors), InputCheck::Checkable);
+    }
+
+    #[test]
+    fn a_decoded_chunk_knows_its_shape() {
+        let e = entry("a.py", "python-source");
+        assert_eq!(decode(b"print()\n", &e).unwrap().shape(), Shape::Raw);
+        let ast = encode_ast(&source("a.py"), &[]);
+        assert_eq!(decode(&ast, &e).unwrap().shape(), Shape::Ast);
     }
 
     #[test]

@@ -30,6 +30,13 @@ pub enum Error {
 
     #[error("invalid chunk {hash}: {reason}")]
     BadChunk { hash: Hash, reason: String },
+    /// A chunk, intact by its own hash, whose restored bytes do not hash to
+    /// its source's `input_hash`: it does not hold the source it claims.
+    #[error(
+        "corrupt chunk {}: source {:?} restores to bytes with blake3 {}, lockfile input_hash is {}",
+        .0.chunk, .0.path, .0.actual, .0.expected
+    )]
+    InputMismatch(Box<InputMismatch>),
 
     #[error("invalid mache db {path}: {reason}")]
     BadDb { path: PathBuf, reason: String },
@@ -162,6 +169,20 @@ pub enum Error {
     Refused(Refusal),
 }
 
+/// A source whose restored bytes are not what its lockfile entry says
+/// ([`Error::InputMismatch`]; boxed, to keep [`Error`] small).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputMismatch {
+    /// The chunk the source was restored from.
+    pub chunk: Hash,
+    /// The source's path.
+    pub path: String,
+    /// The lockfile's `input_hash`.
+    pub expected: Hash,
+    /// The BLAKE3 of the restored bytes.
+    pub actual: Hash,
+}
+
 /// Why the mounted filesystem refuses a request that is not a failure of
 /// the bundle or the store (each maps to its own errno in [`Error::errno`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -261,6 +282,7 @@ impl Error {
                 hash: *hash,
                 reason: reason.clone(),
             },
+            InputMismatch(mismatch) => InputMismatch(mismatch.clone()),
             ChunkMissing { hash, path, store } => ChunkMissing {
                 hash: *hash,
                 path: path.clone(),
@@ -345,6 +367,7 @@ impl Error {
             AuthFailed { .. } => Class::Auth,
             Sqlite { source, .. } => sqlite_class(source),
             RootMismatch { .. }
+            | InputMismatch(_)
             | Corrupt { .. }
             | BlobSize { .. }
             | BlobDigest { .. }

@@ -452,12 +452,93 @@ fn refs_lists_tags_and_tag_and_untag_move_them_atomically() {
     );
 }
 
+/// The `pushed/` record of the store's one pushed db.
+fn push_record(store: &std::path::Path) -> std::path::PathBuf {
+    let records = list_files(&store.join("pushed"));
+    assert_eq!(records.len(), 1, "{records:?}");
+    store.join("pushed").join(&records[0])
+}
+
+#[test]
+fn push_counts_sources_with_ast_rows_apart_from_those_stored_as_ast_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    let sources = [
+        Src::at("a.go", Some("go"), b"package a\n"),
+        Src::at("b.go", Some("go"), b"package b\n"),
+        Src::at("c.md", Some("markdown"), b"# c\n"),
+        Src::at("d.txt", Some("text"), b"d\n"),
+    ];
+    let nodes: [Node; 2] = [
+        ("a.go/File", "a.go", "source_file", [0, 10, 0, 0, 1, 0]),
+        (
+            "a.go/File/package",
+            "a.go",
+            "package_clause",
+            [0, 9, 0, 0, 0, 9],
+        ),
+    ];
+    make_db(&db, &sources, Some(&nodes));
+    let store = dir.path().join("store");
+    let pushed = run_ok(&["push", "--db", s(&db), s(&store)]);
+    assert!(
+        pushed.starts_with("pushed 4 sources (1 with AST rows, 3 without) as AST chunks to "),
+        "{pushed}"
+    );
+
+    // The unchanged re-push takes its count from the push record.
+    let again = json_of(run(&["push", "--db", s(&db), s(&store), "--json"]));
+    assert_eq!(again["kept"], true, "{again:#}");
+    assert_eq!(again["ast_sources"], 1);
+    assert_eq!(again["ast_chunk_sources"], 4);
+    // A record of the older form (the lockfile alone) means a full push.
+    let record = push_record(&store);
+    let text = std::fs::read_to_string(&record).unwrap();
+    let lockfile_line = text.lines().next().unwrap().to_string();
+    std::fs::write(&record, format!("{lockfile_line}\n")).unwrap();
+    let full = json_of(run(&["push", "--db", s(&db), s(&store), "--json"]));
+    assert_eq!(full["ast_sources"], 1, "{full:#}");
+    assert_eq!(full["ast_chunk_sources"], 4);
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), text, "rewritten");
+
+    // gc keeps the record of a live bundle; a pull counts as the push did.
+    let gc = json_of(run(&["gc", s(&store), "--grace", "0", "--json"]));
+    assert_eq!(gc["other_files_removed"], 0, "{gc:#}");
+    assert!(record.is_file());
+    let out = dir.path().join("pulled.db");
+    let pulled = json_of(run(&["pull", "--out-db", s(&out), s(&store), "--json"]));
+    assert_eq!(pulled["ast_sources"], 1);
+}
+
+#[test]
+fn push_says_which_sources_of_a_raw_db_went_in_the_ast_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mache.db");
+    let sources = [
+        Src::at("a.go", Some("go"), b"package a\n"),
+        Src::at("x.json", Some("json"), br#"{"source_id":"x"}"#),
+        Src::at("y.go", Some("go"), b"package y\n"),
+    ];
+    make_db(&db, &sources, None);
+    let store = dir.path().join("store");
+    let pushed = run_ok(&["push", "--db", s(&db), s(&store)]);
+    assert!(
+        pushed.starts_with(
+            "pushed 3 sources (0 with AST rows, 3 without) as 1 AST and 2 raw chunks to "
+        ),
+        "{pushed}"
+    );
+}
+
 #[test]
 fn reports_use_rfc3339_times_iec_sizes_and_singular_counts() {
     let dir = tempfile::tempdir().unwrap();
     let (db, store) = push_one_source(dir.path(), "one.go", b"package one\n");
     let pushed = run_ok(&["push", "--db", s(&db), s(&store), "--force"]);
-    assert!(pushed.starts_with("pushed 1 source ("), "{pushed}");
+    assert!(
+        pushed.starts_with("pushed 1 source as a raw chunk to "),
+        "{pushed}"
+    );
     assert!(
         pushed.contains(" B total") && !pushed.contains(" MB"),
         "{pushed}"

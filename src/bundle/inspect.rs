@@ -6,7 +6,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::chunk::{self, Shape};
+use crate::chunk::{self, InputCheck, Shape};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::lockfile::{self, Lockfile};
@@ -38,6 +38,10 @@ pub struct Inspection {
     pub chunks_corrupt: Option<usize>,
     pub raw_chunks: Option<usize>,
     pub ast_chunks: Option<usize>,
+    /// Raw chunks that are opaque (counted in `raw_chunks` too): another
+    /// input processor's output, whose input hashes cannot be checked
+    /// ([`InputCheck::Opaque`]).
+    pub opaque_chunks: Option<usize>,
     /// Whether chunks were read and hashed (`false`: checked by presence
     /// and length against the sizes index).
     pub chunks_hashed: bool,
@@ -142,12 +146,19 @@ pub fn inspect_remote(store: &dyn BundleStore, reference: &str) -> Result<Inspec
         .map(crate::registry::sha256_digest);
     if let Some(sizes) = &bundle.sizes {
         let mut seen = HashSet::new();
-        let shapes: Vec<bool> = (0..bundle.lockfile.sources.len())
+        let shapes: Vec<Shape> = (0..bundle.lockfile.sources.len())
             .filter(|&i| seen.insert(bundle.lockfile.sources[i].chunk_hash))
-            .map(|i| sizes.entries[i].ast_json_len.is_some())
+            .map(|i| match sizes.entries[i].ast_json_len {
+                Some(_) => Shape::Ast,
+                None => Shape::Raw,
+            })
             .collect();
-        inspection.ast_chunks = Some(shapes.iter().filter(|&&ast| ast).count());
-        inspection.raw_chunks = Some(shapes.len() - inspection.ast_chunks.unwrap_or_default());
+        let processors = &bundle.lockfile.meta.input_processors;
+        let count =
+            |wanted: &dyn Fn(Shape) -> bool| Some(shapes.iter().filter(|&&s| wanted(s)).count());
+        inspection.ast_chunks = count(&|s| s == Shape::Ast);
+        inspection.raw_chunks = count(&|s| s == Shape::Raw);
+        inspection.opaque_chunks = count(&|s| InputCheck::of(s, processors) == InputCheck::Opaque);
     }
     Ok(inspection)
 }
@@ -176,6 +187,7 @@ fn describe(lockfile: &Lockfile, lockfile_hash: Option<Hash>) -> Inspection {
         chunks_corrupt: None,
         raw_chunks: None,
         ast_chunks: None,
+        opaque_chunks: None,
         chunks_hashed: false,
         manifest: None,
     }
@@ -214,12 +226,18 @@ fn count_chunks(
             }
         })
         .collect();
-    let count = |wanted: fn(&ChunkState) -> bool| Some(states.iter().filter(|s| wanted(s)).count());
-    out.chunks_present = count(|s| !matches!(s, ChunkState::Missing));
-    out.chunks_missing = count(|s| matches!(s, ChunkState::Missing));
-    out.chunks_corrupt = count(|s| matches!(s, ChunkState::Corrupt));
-    out.raw_chunks = count(|s| matches!(s, ChunkState::Present(Shape::Raw)));
-    out.ast_chunks = count(|s| matches!(s, ChunkState::Present(Shape::Ast)));
+    let count =
+        |wanted: &dyn Fn(&ChunkState) -> bool| Some(states.iter().filter(|s| wanted(s)).count());
+    let processors = &lockfile.meta.input_processors;
+    out.chunks_present = count(&|s| !matches!(s, ChunkState::Missing));
+    out.chunks_missing = count(&|s| matches!(s, ChunkState::Missing));
+    out.chunks_corrupt = count(&|s| matches!(s, ChunkState::Corrupt));
+    out.raw_chunks = count(&|s| matches!(s, ChunkState::Present(Shape::Raw)));
+    out.ast_chunks = count(&|s| matches!(s, ChunkState::Present(Shape::Ast)));
+    out.opaque_chunks = count(&|s| {
+        matches!(s, ChunkState::Present(shape)
+            if InputCheck::of(*shape, processors) == InputCheck::Opaque)
+    });
     out.chunks_hashed = sizes.is_none();
 }
 

@@ -10,7 +10,8 @@ mod push;
 
 pub use inspect::{Inspection, inspect_bundle, inspect_remote, inspect_target};
 pub use pull::{
-    Coverage, Existing, PullReport, QUICK_SAMPLE, VerifyReport, pull, restore_source, verify,
+    Coverage, Existing, PullReport, QUICK_SAMPLE, Restored, VerifyReport, pull, restore_source,
+    verify,
 };
 pub use push::{Interrupt, PushOptions, PushReport, push};
 

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::chunk::{self, Decoded};
-use crate::error::{Error, Result};
+use crate::chunk::{self, Decoded, InputCheck};
+use crate::error::{Error, InputMismatch, Result};
 use crate::hash::Hash;
-use crate::lockfile::{Lockfile, SourceEntry};
+use crate::lockfile::{Lockfile, ProcessorVersion, SourceEntry};
 use crate::machedb::DbWriter;
 use crate::store::ChunkSource;
 use crate::store::local::shareable_temp_file;
@@ -28,6 +28,9 @@ pub struct PullReport {
     pub sources: usize,
     /// Sources restored with at least one `_ast` row.
     pub ast_sources: usize,
+    /// Sources whose chunks are opaque ([`InputCheck::Opaque`]): restored
+    /// as stored, their input hashes not checkable.
+    pub opaque_sources: usize,
     pub chunk_bytes: u64,
     pub root: Hash,
     pub verified: bool,
@@ -39,6 +42,7 @@ impl PullReport {
         PullReport {
             sources: 0,
             ast_sources: 0,
+            opaque_sources: 0,
             chunk_bytes: 0,
             root: lockfile.root,
             verified,
@@ -46,22 +50,37 @@ impl PullReport {
         }
     }
 
-    fn count(&mut self, decoded: &Decoded, chunk_len: u64) {
+    fn count(&mut self, restored: &Restored) {
         self.sources += 1;
-        self.chunk_bytes += chunk_len;
+        self.chunk_bytes += restored.chunk_len;
         // A source with AST rows: an AST chunk with no nodes has none.
-        self.ast_sources += usize::from(decoded.ast.as_ref().is_some_and(|n| !n.is_empty()));
+        let ast = restored.decoded.ast.as_ref();
+        self.ast_sources += usize::from(ast.is_some_and(|n| !n.is_empty()));
+        self.opaque_sources += usize::from(restored.input == InputCheck::Opaque);
     }
 }
 
-/// Fetches and decodes one source's chunk. With `verify`, the restored
-/// bytes must also hash to the lockfile's `input_hash`. Chunk hashes are
-/// always checked (the store never returns unverified bytes).
+/// One source restored from its chunk.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub decoded: Decoded,
+    /// The length of the chunk it came from.
+    pub chunk_len: u64,
+    /// Whether its bytes can be checked against its `input_hash`.
+    pub input: InputCheck,
+}
+
+/// Fetches and decodes one source's chunk, of a bundle whose lockfile
+/// declares `processors`. Chunk hashes are always checked (the store never
+/// returns unverified bytes). With `verify`, restored bytes that are the
+/// source's must also hash to the lockfile's `input_hash`; an opaque
+/// chunk's cannot be checked ([`InputCheck`]).
 pub fn restore_source(
     source: &dyn ChunkSource,
     entry: &SourceEntry,
+    processors: &[ProcessorVersion],
     verify: bool,
-) -> Result<(Decoded, u64)> {
+) -> Result<Restored> {
     let bytes = source
         .get_verified(&entry.chunk_hash)
         .map_err(|e| match e {
@@ -73,19 +92,29 @@ pub fn restore_source(
             other => other,
         })?;
     let decoded = chunk::decode(&bytes, entry)?;
-    if verify {
-        let actual = Hash::of(&decoded.source.content);
-        if actual != entry.input_hash {
-            return Err(Error::BadChunk {
-                hash: entry.chunk_hash,
-                reason: format!(
-                    "source {:?} restores to bytes with blake3 {actual}, lockfile input_hash is {}",
-                    entry.path, entry.input_hash
-                ),
-            });
-        }
+    let input = InputCheck::of(decoded.shape(), processors);
+    if verify && input == InputCheck::Checkable {
+        check_input_hash(entry, &decoded.source.content)?;
     }
-    Ok((decoded, bytes.len() as u64))
+    Ok(Restored {
+        decoded,
+        chunk_len: bytes.len() as u64,
+        input,
+    })
+}
+
+/// Fails unless `content` hashes to the entry's `input_hash`.
+fn check_input_hash(entry: &SourceEntry, content: &[u8]) -> Result<()> {
+    let actual = Hash::of(content);
+    if actual == entry.input_hash {
+        return Ok(());
+    }
+    Err(Error::InputMismatch(Box::new(InputMismatch {
+        chunk: entry.chunk_hash,
+        path: entry.path.clone(),
+        expected: entry.input_hash,
+        actual,
+    })))
 }
 
 /// Where [`for_each_restored`] takes chunks from.
@@ -97,17 +126,19 @@ enum Fetch {
     Fresh,
 }
 
-/// Calls `each` with every entry's decoded chunk, in order. A fetch thread
-/// asks the store for the chunks of [`WINDOWS_PER_FETCH`] windows at a time
+/// Calls `each` with every entry and its restored source, in order (see
+/// [`restore_source`] for `processors` and `verify`). A fetch thread asks
+/// the store for the chunks of [`WINDOWS_PER_FETCH`] windows at a time
 /// (into its disk cache, for a remote store), one batch ahead of the
 /// windows being decoded in parallel and written.
 fn for_each_restored(
     source: &dyn ChunkSource,
     entries: &[SourceEntry],
+    processors: &[ProcessorVersion],
     fetch: Fetch,
     verify: bool,
     progress: bool,
-    mut each: impl FnMut(&Decoded, u64) -> Result<()>,
+    mut each: impl FnMut(&SourceEntry, &Restored) -> Result<()>,
 ) -> Result<()> {
     let bar = progress.then(|| super::progress(entries.len(), "restoring"));
     let batches: Vec<&[SourceEntry]> = entries.chunks(WINDOW * WINDOWS_PER_FETCH).collect();
@@ -139,12 +170,12 @@ fn for_each_restored(
                     .recv()
                     .unwrap_or_else(|_| Err(Error::Remote("the fetch thread stopped".into())))?;
                 for window in batch.chunks(WINDOW) {
-                    let decoded: Vec<(Decoded, u64)> = window
+                    let restored: Vec<Restored> = window
                         .par_iter()
-                        .map(|entry| restore_source(source, entry, verify))
+                        .map(|entry| restore_source(source, entry, processors, verify))
                         .collect::<Result<_>>()?;
-                    for (d, len) in &decoded {
-                        each(d, *len)?;
+                    for (entry, restored) in window.iter().zip(&restored) {
+                        each(entry, restored)?;
                     }
                     if let Some(bar) = &bar {
                         bar.inc(window.len() as u64);
@@ -203,11 +234,13 @@ pub fn pull(
     for_each_restored(
         source,
         &lockfile.sources,
+        &lockfile.meta.input_processors,
         Fetch::Cached,
         verify,
         progress,
-        |decoded, len| {
-            report.count(decoded, len);
+        |_, restored| {
+            report.count(restored);
+            let decoded = &restored.decoded;
             writer.insert(&decoded.source, decoded.ast.as_deref())
         },
     )?;
@@ -275,12 +308,16 @@ pub struct VerifyReport {
     pub chunks: usize,
     /// Distinct chunks read from the store and verified.
     pub chunks_verified: usize,
+    /// Of those, the opaque ones: intact, their input hashes not checkable
+    /// ([`InputCheck::Opaque`]).
+    pub opaque_chunks: usize,
 }
 
 /// Checks a bundle without writing anything: the lockfile root, and for
 /// the chunks `coverage` picks, each one's hash (read from the store
-/// itself, past any cache), shape and source input hash. A sample takes
-/// each chunk's first source.
+/// itself, past any cache), shape and source input hash (unless the chunk
+/// is opaque: then it is counted). A sample takes each chunk's first
+/// source.
 pub fn verify(
     source: &dyn ChunkSource,
     lockfile: &Lockfile,
@@ -307,14 +344,19 @@ pub fn verify(
         }
     };
     let mut checked = PullReport::start(lockfile, true);
+    let mut opaque = HashSet::new();
     for_each_restored(
         source,
         entries,
+        &lockfile.meta.input_processors,
         Fetch::Fresh,
         true,
         progress,
-        |decoded, len| {
-            checked.count(decoded, len);
+        |entry, restored| {
+            checked.count(restored);
+            if restored.input == InputCheck::Opaque {
+                opaque.insert(entry.chunk_hash);
+            }
             Ok(())
         },
     )?;
@@ -325,6 +367,7 @@ pub fn verify(
         sources: lockfile.sources.len(),
         chunks: first_uses.len(),
         chunks_verified,
+        opaque_chunks: opaque.len(),
     })
 }
 

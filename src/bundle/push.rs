@@ -12,11 +12,11 @@ use crate::chunk;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::lockfile::{
-    self, Lockfile, Meta, PRODUCER, ProcessorVersion, SCHEMA_VERSION, SourceEntry,
+    self, BLAKE3_PROCESSOR, Lockfile, Meta, PRODUCER, ProcessorVersion, SCHEMA_VERSION, SourceEntry,
 };
 use crate::machedb;
 use crate::rows::{AstRow, SourceRow, kind_for_language};
-use crate::store::local::{Object, PutReport, Staged};
+use crate::store::local::{Object, PushRecord, PutReport, Staged};
 use crate::store::sizes::SourceSizes;
 use crate::store::{Bundle, LocalStore, SizeIndex};
 
@@ -67,7 +67,12 @@ pub struct PushReport {
     pub lockfile_hash: Hash,
     pub root: Hash,
     pub sources: usize,
+    /// Sources with at least one `_ast` row (as a pull counts them).
     pub ast_sources: usize,
+    /// Sources stored as AST-shaped chunks: every one of a db with an
+    /// `_ast` table, rows or not, and the few of a db without one that
+    /// must keep their id.
+    pub ast_chunk_sources: usize,
     pub distinct_chunks: usize,
     pub new_chunks: usize,
     pub present_chunks: usize,
@@ -135,7 +140,10 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
         lockfile_hash: Hash::default(),
         root: Hash::default(),
         sources: contents.sources.len(),
-        ast_sources: 0,
+        ast_sources: contents.ast.as_ref().map_or(0, |ast| {
+            ast.iter().filter(|nodes| !nodes.is_empty()).count()
+        }),
+        ast_chunk_sources: 0,
         distinct_chunks: 0,
         new_chunks: 0,
         present_chunks: 0,
@@ -183,7 +191,7 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
                             None => report.present_chunks += 1,
                         }
                     }
-                    report.ast_sources += usize::from(source_sizes.ast_json_len.is_some());
+                    report.ast_chunk_sources += usize::from(source_sizes.ast_json_len.is_some());
                     entries.push(entry);
                     sizes.push(source_sizes);
                 }
@@ -235,7 +243,11 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
         }
     };
     if let Some(fp) = fingerprint.filter(|_| !contents.reads_files) {
-        store.remember_push(&fp, &report.lockfile_hash)?;
+        let record = PushRecord {
+            lockfile_hash: report.lockfile_hash,
+            ast_sources: report.ast_sources,
+        };
+        store.remember_push(&fp, &record)?;
     }
     report.elapsed = started.elapsed();
     Ok(report)
@@ -295,15 +307,16 @@ fn raw_sources_needing_ast_shape(db: &Path, sources: &[SourceRow]) -> Result<Vec
 /// The fast path for a db whose file is byte-identical to one pushed
 /// before (and that read no files from disk): keep that bundle as it is
 /// (same lockfile, so the same hash), pointing `latest` and the tag at it,
-/// provided every chunk is still present with its recorded length. `None`
-/// means "do a full push".
+/// provided every chunk is still present with its recorded length; the
+/// sources with AST rows are those the push record counted. `None` means
+/// "do a full push".
 fn repush_unchanged(
     store: &LocalStore,
     opts: &PushOptions,
     fingerprint: &Hash,
 ) -> Option<Result<PushReport>> {
     let previous = store.recall_push(fingerprint)?;
-    let bundle = store.resolve(&previous.to_prefixed()).ok()?;
+    let bundle = store.resolve(&previous.lockfile_hash.to_prefixed()).ok()?;
     let sizes = bundle.sizes.as_ref()?;
     let mut distinct = HashSet::new();
     let mut chunk_bytes: u64 = 0;
@@ -315,8 +328,11 @@ fn repush_unchanged(
             chunk_bytes = chunk_bytes.saturating_add(size.chunk_len);
         }
     }
-    tracing::info!("db unchanged since bundle {previous}: keeping it");
-    let ast_sources = sizes
+    tracing::info!(
+        "db unchanged since bundle {}: keeping it",
+        previous.lockfile_hash
+    );
+    let ast_chunk_sources = sizes
         .entries
         .iter()
         .filter(|e| e.ast_json_len.is_some())
@@ -325,7 +341,8 @@ fn repush_unchanged(
         lockfile_hash: bundle.lockfile_hash,
         root: bundle.lockfile.root,
         sources: bundle.lockfile.sources.len(),
-        ast_sources,
+        ast_sources: previous.ast_sources,
+        ast_chunk_sources,
         distinct_chunks: distinct.len(),
         new_chunks: 0,
         present_chunks: distinct.len(),
@@ -345,7 +362,7 @@ fn new_lockfile(sources: Vec<SourceEntry>, generated_at_ms: u64) -> Lockfile {
             producer_version: env!("CARGO_PKG_VERSION").to_string(),
             schema_version: SCHEMA_VERSION.to_string(),
             input_processors: vec![ProcessorVersion {
-                kind: "blake3".to_string(),
+                kind: BLAKE3_PROCESSOR.to_string(),
                 version: "1.5.0".to_string(),
             }],
             generated_at_ms,

@@ -52,8 +52,10 @@ pub enum Command {
     /// Restore a bundle into a new mache.db.
     ///
     /// Every chunk is verified against its BLAKE3 hash, every restored source
-    /// against its input hash, and the lockfile root is recomputed. The db is
-    /// written to a temporary file and renamed, so a failed pull leaves nothing.
+    /// against its input hash (except opaque chunks: another processor's
+    /// output, restored as stored and counted), and the lockfile root is
+    /// recomputed. The db is written to a temporary file and renamed, so a
+    /// failed pull leaves nothing.
     Pull(PullArgs),
     /// Check a bundle in a store or on a registry without restoring it.
     ///
@@ -63,8 +65,9 @@ pub enum Command {
     /// spread evenly over the bundle, always the same ones; --full reads
     /// every chunk. In a local store every chunk is read. Each chunk read
     /// comes from the store itself (never the disk cache) and is
-    /// BLAKE3-checked with its source's input hash; the lockfile root is
-    /// recomputed. The exit code says it all: 0 intact,
+    /// BLAKE3-checked with its source's input hash (an opaque chunk, another
+    /// processor's output, has none to check and is counted); the lockfile
+    /// root is recomputed. The exit code says it all: 0 intact,
     /// 4 corrupt, 5 missing ref, 7 authentication, 8 registry failure, 9 a
     /// missing chunk or blob.
     Verify(VerifyArgs),

@@ -38,8 +38,43 @@ fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
+/// What follows a report that met opaque chunks ("" when there were
+/// none): they were restored as stored, their input hashes unchecked.
+fn opaque_note(n: usize, one: &str, many: &str) -> String {
+    match n {
+        0 => String::new(),
+        n => format!("; {} (input hash not checkable)", count(n, one, many)),
+    }
+}
+
 fn print_json(value: &serde_json::Value) {
     println!("{value}");
+}
+
+/// How a push stored its sources, and how many had AST rows: "as raw
+/// chunks"; "(4 with AST rows, 11222 without) as AST chunks" (a db with an
+/// `_ast` table stores every source as an AST chunk, rows or not); "(0 with
+/// AST rows, 3 without) as 2 AST and 1 raw chunks".
+fn stored_as(r: &PushReport) -> String {
+    let one = r.sources == 1;
+    if r.ast_chunk_sources == 0 {
+        let raw = if one {
+            "as a raw chunk"
+        } else {
+            "as raw chunks"
+        };
+        return raw.to_string();
+    }
+    let shapes = match r.sources - r.ast_chunk_sources {
+        0 if one => "as an AST chunk".to_string(),
+        0 => "as AST chunks".to_string(),
+        raw => format!("as {} AST and {raw} raw chunks", r.ast_chunk_sources),
+    };
+    format!(
+        "({} with AST rows, {} without) {shapes}",
+        r.ast_sources,
+        r.sources - r.ast_sources
+    )
 }
 
 /// The report of `push`.
@@ -65,6 +100,7 @@ pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport
             "root": r.root.to_prefixed(),
             "sources": r.sources,
             "ast_sources": r.ast_sources,
+            "ast_chunk_sources": r.ast_chunk_sources,
             "distinct_chunks": r.distinct_chunks,
             "new_chunks": r.new_chunks,
             "present_chunks": r.present_chunks,
@@ -89,9 +125,9 @@ pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport
         );
     } else {
         println!(
-            "pushed {} ({} as AST chunks) to {} as {tags} in {:.2}s",
+            "pushed {} {} to {} as {tags} in {:.2}s",
             count(r.sources, "source", "sources"),
-            r.ast_sources,
+            stored_as(r),
             store,
             r.elapsed.as_secs_f64()
         );
@@ -135,6 +171,7 @@ fn pull_json(r: &PullReport) -> serde_json::Value {
     json!({
         "sources": r.sources,
         "ast_sources": r.ast_sources,
+        "opaque_sources": r.opaque_sources,
         "chunk_bytes": r.chunk_bytes,
         "root": r.root.to_prefixed(),
         "verified": r.verified,
@@ -155,12 +192,13 @@ pub fn pull(out_db: &Path, r: &PullReport, as_json: bool) {
         "chunk hashes verified; root not checked"
     };
     println!(
-        "restored {} ({} with AST, {}) into {} in {:.2}s ({verified})",
+        "restored {} ({} with AST, {}) into {} in {:.2}s ({verified}){}",
         count(r.sources, "source", "sources"),
         r.ast_sources,
         size(r.chunk_bytes),
         out_db.display(),
-        r.elapsed.as_secs_f64()
+        r.elapsed.as_secs_f64(),
+        opaque_note(r.opaque_sources, "opaque source", "opaque sources")
     );
 }
 
@@ -193,6 +231,7 @@ pub fn verify(v: &Verified, as_json: bool) {
         value["sources_checked"] = json!(r.checked.sources);
         value["chunks"] = json!(r.chunks);
         value["chunks_verified"] = json!(r.chunks_verified);
+        value["opaque_chunks"] = json!(r.opaque_chunks);
         value["blobs_checked"] = json!(v.blobs.map_or(0, |b| b.blobs));
         value["remote"] = json!(v.remote);
         value["seconds"] = json!(v.elapsed.as_secs_f64());
@@ -210,12 +249,13 @@ pub fn verify(v: &Verified, as_json: bool) {
         ),
     };
     println!(
-        "verified {} of {}: {blobs}{chunks}; root {} of {} in {:.2}s",
+        "verified {} of {}: {blobs}{chunks}; root {} of {} in {:.2}s{}",
         v.reference,
         v.store,
         r.checked.root.to_prefixed(),
         count(r.sources, "source", "sources"),
-        v.elapsed.as_secs_f64()
+        v.elapsed.as_secs_f64(),
+        opaque_note(r.opaque_chunks, "opaque chunk", "opaque chunks")
     );
 }
 
@@ -263,8 +303,12 @@ pub fn inspect(i: &Inspection, as_json: bool) {
             );
         }
     }
+    let opaque = match i.opaque_chunks {
+        Some(n) if n > 0 => format!(" ({n} opaque: input hash not checkable)"),
+        _ => String::new(),
+    };
     println!(
-        "shapes            {} raw, {} AST",
+        "shapes            {} raw{opaque}, {} AST",
         opt(i.raw_chunks),
         opt(i.ast_chunks)
     );

@@ -5,8 +5,9 @@
 //! (whatever store is behind it) through [`Metered`], which counts fetches,
 //! and are kept in the [`ViewCache`]. Every chunk is verified by the store
 //! against its `chunk_hash`, and every restored source against the
-//! lockfile's `input_hash`; a failure is an error for that file only, is
-//! logged and counted, and is never cached.
+//! lockfile's `input_hash` unless its chunk is opaque (processor output,
+//! served as stored: see [`chunk::InputCheck`]); a failure is an error for
+//! that file only, is logged and counted, and is never cached.
 //!
 //! Sizes come from the sizes index our push writes, so listing a bundle
 //! reads no chunk. A bundle without one (written by the Go mache) learns a
@@ -215,7 +216,8 @@ impl Content {
     /// Fetches, verifies and decodes source `i`'s chunk into `view`.
     fn load(&self, i: usize, view: View) -> Result<Bytes> {
         let entry = &self.lockfile.sources[i];
-        let (decoded, _) = restore_source(self.source.as_ref(), entry, true)?;
+        let processors = &self.lockfile.meta.input_processors;
+        let decoded = restore_source(self.source.as_ref(), entry, processors, true)?.decoded;
         let content_len = decoded.source.content.len() as u64;
         self.check_size(i, View::Source, content_len)?;
         let ast_len = decoded

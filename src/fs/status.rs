@@ -126,7 +126,10 @@ impl Stats {
 pub fn is_verification_failure(err: &Error) -> bool {
     matches!(
         err,
-        Error::Corrupt { .. } | Error::BadChunk { .. } | Error::RootMismatch { .. }
+        Error::Corrupt { .. }
+            | Error::BadChunk { .. }
+            | Error::InputMismatch(_)
+            | Error::RootMismatch { .. }
     )
 }
 

@@ -551,6 +551,70 @@ fn mache_db_rows_equal_pull_and_a_second_mount_reuses_it() {
     );
 }
 
+/// The conformance vectors' bundle (SPEC §7), its lockfile edited by
+/// `edit`: raw-shaped chunks of a bundle whose processors include
+/// `tree-sitter-go`, so opaque.
+fn vectors_bundle(source: &FakeSource, edit: impl FnOnce(&mut Lockfile)) -> Bundle {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/build-cache-v1");
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    for chunk in ["chunk-001.bin", "chunk-002.bin"] {
+        let bytes = read(chunk);
+        source
+            .objects
+            .lock()
+            .unwrap()
+            .insert(Hash::of(&bytes), bytes);
+    }
+    let mut lockfile = crate::lockfile::binary::decode(&read("lockfile-config.bin")).unwrap();
+    edit(&mut lockfile);
+    let lockfile_bytes = crate::lockfile::binary::encode(&lockfile);
+    Bundle::new(Hash::of(&lockfile_bytes), lockfile_bytes, lockfile, None)
+}
+
+#[test]
+fn the_vectors_opaque_chunks_are_served_as_stored_and_in_mache_db() {
+    let source = Arc::new(FakeSource::default());
+    let bundle = vectors_bundle(&source, |_| {});
+    let chunks = bundle.lockfile.sources.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source.clone(), bundle, dir.path());
+    for entry in &chunks {
+        let bytes = read_all(&fs, &format!("sources/{}", entry.path)).unwrap();
+        assert_eq!(Hash::of(&bytes), entry.chunk_hash, "{}", entry.path);
+    }
+    let served = dir.path().join("served.db");
+    std::fs::write(&served, read_all(&fs, "mache.db").unwrap()).unwrap();
+    let conn = rusqlite::Connection::open(&served).unwrap();
+    let main: Vec<u8> = conn
+        .query_row(
+            "SELECT content FROM _source WHERE id = 'src/main.go'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let main_entry = chunks.iter().find(|e| e.path == "src/main.go").unwrap();
+    assert_eq!(Hash::of(&main), main_entry.chunk_hash);
+    assert_eq!(fs.status().counters.verification_failures, 0);
+}
+
+#[test]
+fn the_vectors_chunks_in_a_bundle_of_blake3_alone_fail_their_input_hash() {
+    let source = Arc::new(FakeSource::default());
+    let bundle = vectors_bundle(&source, |lockfile| {
+        lockfile
+            .meta
+            .input_processors
+            .retain(|p| p.kind == crate::lockfile::BLAKE3_PROCESSOR);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source.clone(), bundle, dir.path());
+    let err = read_all(&fs, "sources/src/main.go").unwrap_err();
+    assert!(matches!(err, Error::InputMismatch(_)), "{err}");
+    assert_eq!(err.errno(), libc::EIO);
+    assert_eq!(fs.status().counters.verification_failures, 1);
+}
+
 #[test]
 fn status_is_json_with_the_counters() {
     let source = Arc::new(FakeSource::default());

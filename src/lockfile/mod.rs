@@ -16,6 +16,9 @@ use crate::hash::Hash;
 pub const PRODUCER: &str = "mache";
 /// The only schema version this build reads and writes.
 pub const SCHEMA_VERSION: &str = "0.1.0";
+/// The input processor mache declares: it hashes each source and leaves
+/// its bytes as they are (see [`crate::chunk::InputCheck`]).
+pub const BLAKE3_PROCESSOR: &str = "blake3";
 
 /// A decoded lockfile (SPEC §2).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -221,10 +221,12 @@ impl Auth {
         scope: Option<&str>,
         failure: &Failure,
     ) -> Result<Cached> {
+        // A realm that is no URL names no token service: the registry (as
+        // `serve --token-file` does) takes a token given to us, nothing else.
         let mut url = Url::parse(realm)
             .ok()
             .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
-            .ok_or_else(|| failure.needs(format!("bad token realm {realm:?}")))?;
+            .ok_or_else(|| failure.needs("it takes a bearer token"))?;
         {
             let mut query = url.query_pairs_mut();
             if let Some(service) = service {

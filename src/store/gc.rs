@@ -211,12 +211,14 @@ struct Sweep<'a> {
 }
 
 impl Sweep<'_> {
-    /// Removes the files of `dir` that name (as `blake3:<hex>`) no hash of `live`.
+    /// Removes the files of `dir` whose first line names (as `blake3:<hex>`)
+    /// no hash of `live` (a push record has more lines).
     fn pointers(&mut self, dir: &Path, live: &HashSet<Hash>) {
         for (path, _) in files_below(dir, 1) {
-            let names = fs::read_to_string(&path)
-                .ok()
-                .and_then(|text| Hash::from_prefixed(text.trim()).ok());
+            let names = fs::read_to_string(&path).ok().and_then(|text| {
+                let first = text.lines().next().unwrap_or_default();
+                Hash::from_prefixed(first.trim()).ok()
+            });
             if names.is_none_or(|h| !live.contains(&h)) {
                 self.remove(&path, Kind::Other);
             }

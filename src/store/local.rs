@@ -7,7 +7,7 @@
 //! <store>/lockfiles/<hex>.bin              every pushed lockfile, by its BLAKE3
 //! <store>/lockfiles/<hex>.sizes.json       the sizes index of that lockfile
 //! <store>/refs/<name>                      "blake3:<lockfile hex>\n"
-//! <store>/pushed/<db blake3>                "blake3:<lockfile hex>": what an unchanged db was pushed as
+//! <store>/pushed/<db blake3>                "blake3:<lockfile hex>\nast_sources <n>\n": what an unchanged db was pushed as
 //! <store>/tmp/                             in-flight writes; nothing here is ever read
 //! ```
 //!
@@ -96,6 +96,20 @@ pub struct Staged {
     temp: TempPath,
     len: u64,
 }
+
+/// What a push of a db was, remembered by the db's fingerprint for its
+/// next push (`pushed/<fingerprint hex>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushRecord {
+    /// The lockfile it was pushed as.
+    pub lockfile_hash: Hash,
+    /// Its sources with at least one `_ast` row, which the bundle alone
+    /// does not tell.
+    pub ast_sources: usize,
+}
+
+/// The key of a push record's second line.
+const AST_SOURCES: &str = "ast_sources ";
 
 /// What a batch write did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -454,22 +468,33 @@ impl LocalStore {
             && fs::read(&path).is_ok_and(|held| held == bytes)
     }
 
-    /// Remembers that a db whose file hashes to `fingerprint` was pushed as
-    /// `lockfile_hash`, so an unchanged db can be re-pushed without
-    /// re-encoding (`pushed/<fingerprint hex>`).
-    pub fn remember_push(&self, fingerprint: &Hash, lockfile_hash: &Hash) -> Result<()> {
+    /// Remembers what a db whose file hashes to `fingerprint` was pushed
+    /// as, so an unchanged db can be re-pushed without re-encoding
+    /// (`pushed/<fingerprint hex>`).
+    pub fn remember_push(&self, fingerprint: &Hash, record: &PushRecord) -> Result<()> {
         let dir = self.root.join("pushed");
         fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let text = format!("{}\n", lockfile_hash.to_prefixed());
+        let text = format!(
+            "{}\n{AST_SOURCES}{}\n",
+            record.lockfile_hash.to_prefixed(),
+            record.ast_sources
+        );
         self.replace_file(&format!("pushed/{}", fingerprint.to_hex()), text.as_bytes())
     }
 
-    /// The lockfile a db with this fingerprint was last pushed as, if any.
-    pub fn recall_push(&self, fingerprint: &Hash) -> Option<Hash> {
+    /// What a db with this fingerprint was last pushed as, if anything (a
+    /// record in an older form is nothing: the db is pushed again).
+    pub fn recall_push(&self, fingerprint: &Hash) -> Option<PushRecord> {
         let path = self.root.join("pushed").join(fingerprint.to_hex());
         let text = fs::read_to_string(path).ok()?;
-        Hash::from_prefixed(text.trim()).ok()
+        let mut lines = text.lines();
+        let lockfile_hash = Hash::from_prefixed(lines.next()?).ok()?;
+        let ast_sources = lines.next()?.strip_prefix(AST_SOURCES)?.parse().ok()?;
+        Some(PushRecord {
+            lockfile_hash,
+            ast_sources,
+        })
     }
 
     /// The length of object `hash` if it is present: a `stat`, trusting its

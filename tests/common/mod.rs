@@ -251,6 +251,39 @@ pub fn push_one_source(dir: &Path, id: &str, content: &[u8]) -> (PathBuf, PathBu
     (db, store)
 }
 
+/// The build-cache/v1 conformance vectors (SPEC §7).
+pub fn vectors_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/build-cache-v1")
+}
+
+/// One file of the conformance vectors.
+pub fn vector(name: &str) -> Vec<u8> {
+    std::fs::read(vectors_dir().join(name)).unwrap()
+}
+
+/// The vectors' two chunks, in the order of their files.
+pub fn vector_chunks() -> [Vec<u8>; 2] {
+    [vector("chunk-001.bin"), vector("chunk-002.bin")]
+}
+
+/// Writes a store as the Go mache leaves one at `store`: `mache.lock.bin`
+/// and each blob under `objects/`, named by its BLAKE3 (SPEC §5).
+pub fn go_store(store: &Path, lockfile: &[u8], blobs: &[Vec<u8>]) {
+    std::fs::create_dir_all(store).unwrap();
+    std::fs::write(store.join("mache.lock.bin"), lockfile).unwrap();
+    for bytes in blobs {
+        let hex = blake3::hash(bytes).to_hex().to_string();
+        let path = store.join("objects").join(&hex[..2]).join(&hex[2..]);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+/// The conformance vectors' bundle as a store the Go mache wrote.
+pub fn vectors_store(store: &Path) {
+    go_store(store, &vector("lockfile-config.bin"), &vector_chunks());
+}
+
 /// A tmpfs of `size` mounted (as root) at `dir` with `options`; unmounted on drop.
 pub struct Tmpfs(pub PathBuf);
 
