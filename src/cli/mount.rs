@@ -38,7 +38,8 @@ pub struct MountArgs {
     /// Store directory (default: the configured store).
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
-    /// Which bundle: a ref name or blake3:<lockfile hash>.
+    /// Which bundle: a ref name, blake3:<lockfile hash>, or in a store
+    /// <repository>:<tag> (a tag serve keeps there, as `refs` lists them).
     #[arg(long = "ref", default_value = "latest", value_name = "REF")]
     pub reference: String,
     /// Memory for decoded chunks, e.g. 256MiB, 1G, 64M, or bytes.

@@ -8,7 +8,9 @@
 //! `mache.lock.bin` as `latest`): for a tag the repository does not have,
 //! a build-cache/v1 manifest is synthesized from the store's bundle
 //! ([`oci::synthesize`]) and stored, so that what it names (config, sizes
-//! index, the manifest itself) can be fetched like anything pushed.
+//! index, the manifest itself) can be fetched like anything pushed. The
+//! other way round, a bundle pushed by tag `latest` becomes the store's own
+//! `latest` when the store holds all of it ([`Registry::follow_latest`]).
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -25,7 +27,7 @@ use super::{App, blocking};
 use crate::error::Error;
 use crate::hash::Hash;
 use crate::lockfile::binary;
-use crate::store::local::{LOCK_BIN, check_ref_name};
+use crate::store::local::{LATEST, LOCK_BIN, check_ref_name};
 use crate::store::{Bundle, SizeIndex};
 
 /// What a manifest reference names.
@@ -254,7 +256,8 @@ fn parse(bytes: &[u8], headers: &HeaderMap) -> RegistryResult<Manifest> {
 
 /// Checks a parsed manifest against the store and records it: the blobs
 /// it names must be here; a build-cache/v1 config is also recorded as a
-/// lockfile. Returns the manifest's BLAKE3.
+/// lockfile, and pushed by tag `latest`, may move the store's own `latest`
+/// ([`Registry::follow_latest`]). Returns the manifest's BLAKE3.
 fn store(
     registry: &Registry,
     name: &str,
@@ -290,13 +293,17 @@ fn store(
             ));
         }
     }
-    if manifest.config.media_type == CONFIG_TYPE {
+    let lockfile = manifest.config.media_type == CONFIG_TYPE;
+    if lockfile {
         record_lockfile(registry, &config, manifest)?;
     }
     registry.put_blobs(&[bytes])?;
     registry.add_manifest(name, &computed.blake3)?;
     if let Reference::Tag(tag) = &reference {
         registry.set_tag(name, tag, &computed.blake3)?;
+        if lockfile && tag == LATEST {
+            registry.follow_latest(&config)?;
+        }
     }
     Ok(computed.blake3)
 }
@@ -345,9 +352,9 @@ pub async fn tags(app: &App, name: &str) -> RegistryResult<Response> {
     let owned_name = name.to_string();
     let tags = blocking(move || {
         let mut tags = registry.tags(&owned_name)?;
-        tags.extend(registry.store().refs()?.into_iter().map(|(tag, _)| tag));
+        tags.extend(registry.store().own_refs()?.into_iter().map(|(tag, _)| tag));
         if registry.store().root().join(LOCK_BIN).is_file() {
-            tags.push(crate::store::local::LATEST.to_string());
+            tags.push(LATEST.to_string());
         }
         tags.sort();
         tags.dedup();
