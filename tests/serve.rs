@@ -590,6 +590,10 @@ fn with_a_token_file_only_the_right_bearer_token_gets_in() {
     let path = format!("/v2/{NAME}/blobs/uploads/?digest={}", b3_digest(bytes));
     assert_eq!(server.request("POST", &path, &[], bytes).status, 401);
     assert_eq!(server.request("POST", &path, &auth, bytes).status, 201);
+    let tag = format!("/v2/{NAME}/manifests/t");
+    assert_eq!(server.request("DELETE", &tag, &[], b"").status, 401);
+    let deleted = server.request("DELETE", &tag, &auth, b"");
+    assert_eq!(deleted.error().0, "MANIFEST_UNKNOWN", "past the token");
 
     let log = server.log();
     assert!(log.contains("GET /v2/ 401"), "{log}");
@@ -946,4 +950,66 @@ fn a_manifest_not_a_bundle_is_no_ref_and_latest_moves_only_to_a_whole_bundle() {
             ("mache/team:latest".to_string(), reference)
         ]
     );
+}
+
+#[test]
+fn deleting_a_tag_or_a_manifest_over_http_unlists_it_and_gc_then_frees_what_only_it_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path(), &[]);
+    let store = server.store.clone();
+    let shared: &[u8] = b"package shared\n";
+    let one = push_remote(
+        dir.path(),
+        &server,
+        &[("s.go", shared), ("a.go", b"package a\n")],
+        "v1",
+    );
+    let two = push_remote(
+        dir.path(),
+        &server,
+        &[("s.go", shared), ("b.go", b"package b\n")],
+        "v2",
+    );
+    let chunk = |content: &[u8]| {
+        LocalStore::open(&store)
+            .unwrap()
+            .object_path(&mache_cachefs::hash::Hash::of(content))
+    };
+    let (a_chunk, b_chunk) = (chunk(b"package a\n"), chunk(b"package b\n"));
+    assert!(a_chunk.is_file() && b_chunk.is_file());
+
+    let v1 = format!("/v2/{TEAM}/manifests/v1");
+    let deleted = server.request("DELETE", &v1, &[], b"");
+    assert_eq!(deleted.status, 202, "{}", deleted.text());
+    let gone = server.get(&v1);
+    assert_eq!(gone.status, 404);
+    assert_eq!(gone.error().0, "MANIFEST_UNKNOWN");
+    assert_eq!(
+        server.request("DELETE", &v1, &[], b"").error().0,
+        "MANIFEST_UNKNOWN"
+    );
+    let names: Vec<String> = refs_of(&store).into_iter().map(|r| r.0).collect();
+    assert_eq!(names, ["latest", "mache/team:latest", "mache/team:v2"]);
+    assert!(a_chunk.is_file(), "objects stay until gc");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&run_ok(&["gc", s(&store), "--grace", "0", "--json"])).unwrap();
+    assert!(!a_chunk.is_file(), "v1's own chunk goes: {report:#}");
+    assert!(b_chunk.is_file() && chunk(shared).is_file());
+    assert_eq!(
+        report["objects_removed"], 4,
+        "v1's chunk, lockfile, sizes index and manifest: {report:#}"
+    );
+    let v1_lockfile = &one["lockfile"].as_str().unwrap()["blake3:".len()..];
+    assert!(!store.join(format!("lockfiles/{v1_lockfile}.bin")).exists());
+    run_ok(&["verify", s(&store), "--ref", "mache/team:v2"]);
+
+    // By digest: the manifest leaves the repository with both its tags.
+    let digest = two["remote"]["manifest"].as_str().unwrap();
+    let by_digest = format!("/v2/{TEAM}/manifests/{digest}");
+    assert_eq!(server.request("DELETE", &by_digest, &[], b"").status, 202);
+    assert_eq!(server.get(&by_digest).status, 404);
+    let names: Vec<String> = refs_of(&store).into_iter().map(|r| r.0).collect();
+    assert_eq!(names, ["latest"], "the store's own latest stays");
+    assert_eq!(server.request("DELETE", &by_digest, &[], b"").status, 404);
 }

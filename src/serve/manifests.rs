@@ -1,5 +1,5 @@
-//! Manifests and tags: `PUT`, `GET` and `HEAD` of `…/manifests/<ref>`, and
-//! `GET …/tags/list`.
+//! Manifests and tags: `PUT`, `GET`, `HEAD` and `DELETE` of
+//! `…/manifests/<ref>`, and `GET …/tags/list`.
 //!
 //! A manifest is stored as a blob (by BLAKE3) and returned byte for byte;
 //! its digest is `sha256:<BLAKE3>`, and a `GET` by digest accepts its true
@@ -56,12 +56,7 @@ pub async fn get(
     reference: &str,
     method: &Method,
 ) -> RegistryResult<Response> {
-    let unknown = || {
-        RegistryError::new(
-            Code::ManifestUnknown,
-            format!("no manifest {reference:?} in {name}"),
-        )
-    };
+    let unknown = || unknown(name, reference);
     let parsed = Reference::parse(reference)?.ok_or_else(unknown)?;
     let registry = app.registry.clone();
     let owned_name = name.to_string();
@@ -76,6 +71,48 @@ pub async fn get(
         _ => Body::from(bytes),
     };
     Ok(response.body(body).expect("valid response headers"))
+}
+
+/// `MANIFEST_UNKNOWN` for `reference` in repository `name`.
+fn unknown(name: &str, reference: &str) -> RegistryError {
+    RegistryError::new(
+        Code::ManifestUnknown,
+        format!("no manifest {reference:?} in {name}"),
+    )
+}
+
+/// `DELETE <name>/manifests/<tag or digest>`: a tag goes; a digest takes
+/// the manifest out of the repository with every tag of it naming it. 202;
+/// the objects stay until `gc`. Only what the repository itself holds can
+/// go (not the store's own refs it falls back to).
+pub async fn delete(app: &App, name: &str, reference: &str) -> RegistryResult<Response> {
+    let parsed = Reference::parse(reference)?.ok_or_else(|| unknown(name, reference))?;
+    let registry = app.registry.clone();
+    let owned_name = name.to_string();
+    let removed = blocking(move || remove(&registry, &owned_name, parsed)).await?;
+    if !removed {
+        return Err(unknown(name, reference));
+    }
+    Ok(Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .header(header::CONTENT_LENGTH, 0)
+        .body(Body::empty())
+        .expect("valid response headers"))
+}
+
+/// Removes what a reference names from repository `name`; returns
+/// whether there was anything.
+fn remove(registry: &Registry, name: &str, reference: Reference) -> RegistryResult<bool> {
+    match reference {
+        Reference::Tag(tag) => Ok(registry.remove_tag(name, &tag)?),
+        Reference::Digest(digest) => {
+            let Some(hash) = held_manifest(registry, name, &digest)? else {
+                return Ok(false);
+            };
+            registry.remove_manifest(name, &hash)?;
+            Ok(true)
+        }
+    }
 }
 
 /// The manifest a reference names in repository `name`, and its BLAKE3.

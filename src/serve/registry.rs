@@ -107,6 +107,18 @@ impl Registry {
         marker.is_file() && self.store.object_len(hash).is_some()
     }
 
+    /// Takes manifest `hash` out of repository `name`: every tag of the
+    /// repository naming it, then its marker. The objects stay (for `gc`).
+    pub fn remove_manifest(&self, name: &str, hash: &Hash) -> Result<()> {
+        for tag in self.tags(name)? {
+            if self.tag(name, &tag)? == Some(*hash) {
+                self.remove_tag(name, &tag)?;
+            }
+        }
+        self.store.remove_file(&marker_path(name, hash))?;
+        Ok(())
+    }
+
     /// Holds the store's lock shared while a manifest is checked and
     /// tagged, so `gc` cannot take a blob the check just found.
     pub fn lock_shared(&self) -> Result<crate::store::local::StoreLock> {
@@ -117,6 +129,11 @@ impl Registry {
     pub fn set_tag(&self, name: &str, tag: &str, hash: &Hash) -> Result<()> {
         let text = format!("{}\n", Digest::of_hash(hash));
         self.store.write_file(&tag_path(name, tag), text.as_bytes())
+    }
+
+    /// Removes `tag` of repository `name`; returns whether it was there.
+    pub fn remove_tag(&self, name: &str, tag: &str) -> Result<bool> {
+        self.store.remove_file(&tag_path(name, tag))
     }
 
     /// The manifest `tag` of repository `name` points at, if any.

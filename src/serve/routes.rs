@@ -148,6 +148,9 @@ async fn route(app: Arc<App>, rest: &str, request: Request) -> RegistryResult<Re
         (Route::Manifest { name, reference }, &Method::PUT) => {
             manifests::put(&app, &name, &reference, request).await
         }
+        (Route::Manifest { name, reference }, &Method::DELETE) => {
+            manifests::delete(&app, &name, &reference).await
+        }
         (Route::Tags { name }, &Method::GET) => manifests::tags(&app, &name).await,
         (_, method) => Err(RegistryError::new(
             Code::Unsupported,

@@ -609,14 +609,14 @@ impl LocalStore {
                     .into(),
             ));
         }
-        let path = self.root.join("refs").join(name);
+        let relative = format!("refs/{name}");
+        let path = self.root.join(&relative);
         let hash = match fs::read_to_string(&path) {
             Ok(text) => Hash::from_prefixed(text.trim())?,
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(self.ref_missing(name)),
             Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
         };
-        fs::remove_file(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
-        self.sync()?;
+        self.remove_file(&relative)?;
         Ok(hash)
     }
 
@@ -729,6 +729,20 @@ impl LocalStore {
             if entry.file_name().to_string_lossy().starts_with(prefix) {
                 let _ = fs::remove_file(entry.path());
             }
+        }
+    }
+
+    /// Removes the file at `relative` (a tag or an index kept beside the
+    /// objects), synced; returns whether it was there.
+    pub fn remove_file(&self, relative: &str) -> Result<bool> {
+        let path = self.root.join(relative);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                self.sync()?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
         }
     }
 
