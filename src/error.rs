@@ -88,8 +88,14 @@ pub enum Error {
         expected: Hash,
         actual: Hash,
     },
-    #[error("no ref {name:?} in {store}")]
-    RefMissing { name: String, store: String },
+    /// No such ref; `known` lists the refs the store has, where it can
+    /// tell cheaply (a local store), for the message.
+    #[error("no ref {name:?} in {store}{}", listed_refs(.known))]
+    RefMissing {
+        name: String,
+        store: String,
+        known: Option<Vec<String>>,
+    },
     /// `push --base` names no bundle of the repository.
     #[error("--base {name}: no such bundle in {store}")]
     BaseMissing { name: String, store: String },
@@ -99,6 +105,12 @@ pub enum Error {
     BadRefName(String),
     /// A file the store keeps beside its objects (an index, a tag) that
     /// does not hold what it should.
+    /// A `<repository>:<tag>` ref whose repository or tag is not a valid name.
+    #[error(
+        "invalid ref {0:?}: <repository>:<tag> takes a repository of /-separated lowercase \
+         components (e.g. mache/team) and a tag of letters, digits, '.', '_', '-'"
+    )]
+    BadServedRef(String),
     #[error("malformed {path} in the store: {reason}")]
     MalformedStoreFile { path: PathBuf, reason: String },
     #[error("not a store: {0} (no objects/ directory and no mache.lock.bin)")]
@@ -358,6 +370,7 @@ impl Error {
             | BadDb { .. }
             | OutDb { .. }
             | BadRefName(_)
+            | BadServedRef(_)
             | NotAStore(_)
             | BadConfig { .. }
             | BadSetting(_)
@@ -416,6 +429,23 @@ impl Error {
             _ => libc::EIO,
         }
     }
+}
+
+/// The refs a [`Error::RefMissing`] names: ` (refs: a, b, …)`, the first
+/// few of them; nothing when the store cannot tell.
+fn listed_refs(known: &Option<Vec<String>>) -> String {
+    const SHOWN: usize = 12;
+    let Some(names) = known else {
+        return String::new();
+    };
+    if names.is_empty() {
+        return " (it has no refs)".to_string();
+    }
+    let mut text = names[..names.len().min(SHOWN)].join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    format!(" (refs: {text})")
 }
 
 /// SQLite failures of the environment (a full disk, an I/O error, no
@@ -502,7 +532,8 @@ mod tests {
         assert_eq!(
             Error::RefMissing {
                 name: "v1".into(),
-                store: store()
+                store: store(),
+                known: None,
             }
             .exit_code(),
             exit::NOT_FOUND

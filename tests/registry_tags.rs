@@ -1,11 +1,13 @@
 //! `tag`, `untag` and `inspect` on a registry (`--remote`), against a real
 //! CNCF distribution registry: a tag is a manifest PUT, an untag removes
 //! only that tag even though this registry deletes only by digest, and a
-//! registry with deletes disabled refuses with a clear error.
+//! registry with deletes disabled refuses with a clear error. Against
+//! `serve`, which deletes tags, the tag goes with one DELETE.
 
 mod common;
 mod distribution_support;
 mod http_wire;
+mod serve_support;
 
 use std::path::Path;
 use std::process::Output;
@@ -153,4 +155,68 @@ fn inspect_takes_a_target_or_a_remote_not_both() {
         .output()
         .unwrap();
     assert_fails(&out, 2, "not both");
+}
+
+#[test]
+fn untag_on_serve_deletes_the_tag_and_the_store_no_longer_lists_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("served");
+    let server = serve_support::Server::start(dir.path(), &store, &[]);
+    let url = format!("http://127.0.0.1:{}", server.port());
+    let on_serve = |args: &[&str]| {
+        bin()
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .args(args)
+            .args(["--remote", &url, "--scope", "team"])
+            .output()
+            .unwrap()
+    };
+    let db_dir = dir.path().join("db");
+    std::fs::create_dir_all(&db_dir).unwrap();
+    let db = synthetic_db(&db_dir, 10, 4);
+    let local = dir.path().join("local");
+    json_of(on_serve(&[
+        "push",
+        "--db",
+        s(&db),
+        s(&local),
+        "--tag",
+        "v1",
+        "--json",
+    ]));
+    json_of(on_serve(&["tag", "v1", "keep", "--json"]));
+    let untagged = json_of(on_serve(&["untag", "v1", "--json"]));
+    assert_eq!(untagged["untagged"], "v1");
+    let listed = json_of(on_serve(&["refs", "--json"]));
+    assert_eq!(lockfile_of(&listed, "v1"), None, "{listed:#}");
+    assert!(lockfile_of(&listed, "keep").is_some(), "{listed:#}");
+    let local_refs = json_of(bin().args(["refs", s(&store), "--json"]).output().unwrap());
+    assert_eq!(
+        lockfile_of(&local_refs, "mache/team:v1"),
+        None,
+        "{local_refs:#}"
+    );
+    assert!(
+        lockfile_of(&local_refs, "mache/team:keep").is_some(),
+        "{local_refs:#}"
+    );
+    assert!(
+        server.log().contains("DELETE"),
+        "one DELETE by tag: {}",
+        server.log()
+    );
+    // The store's own untag removes a tag serve keeps, too.
+    let removed = json_of(
+        bin()
+            .args(["untag", "mache/team:keep", s(&store), "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(removed["untagged"], "mache/team:keep");
+    let local_refs = json_of(bin().args(["refs", s(&store), "--json"]).output().unwrap());
+    assert_eq!(
+        lockfile_of(&local_refs, "mache/team:keep"),
+        None,
+        "{local_refs:#}"
+    );
 }

@@ -569,6 +569,10 @@ fn with_a_token_file_only_the_right_bearer_token_gets_in() {
     let path = format!("/v2/{NAME}/blobs/uploads/?digest={}", b3_digest(bytes));
     assert_eq!(server.request("POST", &path, &[], bytes).status, 401);
     assert_eq!(server.request("POST", &path, &auth, bytes).status, 201);
+    let tag = format!("/v2/{NAME}/manifests/t");
+    assert_eq!(server.request("DELETE", &tag, &[], b"").status, 401);
+    let deleted = server.request("DELETE", &tag, &auth, b"");
+    assert_eq!(deleted.error().0, "MANIFEST_UNKNOWN", "past the token");
 
     let log = server.log();
     assert!(log.contains("GET /v2/ 401"), "{log}");
@@ -763,4 +767,228 @@ fn sigterm_lets_a_request_in_flight_finish_before_exiting_0() {
     assert!(status.success(), "{status:?}");
     assert_eq!(files_in(&store, "tmp"), Vec::<PathBuf>::new());
     assert_eq!(files_in(&store, "objects"), Vec::<PathBuf>::new());
+}
+
+/// The repository `push --remote … --scope team` pushes to.
+const TEAM: &str = "mache/team";
+
+/// Pushes a db of `files` (path, content) to the server's `mache/team`
+/// with `push --remote`, tagged `tag` (and `latest`); its JSON report.
+fn push_remote(
+    dir: &Path,
+    server: &Server,
+    files: &[(&str, &[u8])],
+    tag: &str,
+) -> serde_json::Value {
+    let db = dir.join(format!("{tag}.db"));
+    let sources: Vec<Src> = files
+        .iter()
+        .map(|(path, content)| Src::at(path, Some("go"), content))
+        .collect();
+    make_db(&db, &sources, None);
+    let remote = format!("http://{}", server.addr);
+    let out = bin()
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .args(["push", "--db", s(&db), s(&dir.join("local")), "--tag", tag])
+        .args(["--remote", &remote, "--scope", "team", "--json"])
+        .output()
+        .unwrap();
+    json_of(out)
+}
+
+/// `refs STORE --json`: each ref's name and lockfile, in its order.
+fn refs_of(store: &Path) -> Vec<(String, String)> {
+    let refs: serde_json::Value =
+        serde_json::from_str(&run_ok(&["refs", s(store), "--json"])).unwrap();
+    let lockfiles = refs["refs"].as_array().unwrap().iter();
+    ref_names(&refs)
+        .into_iter()
+        .zip(lockfiles.map(|r| r["lockfile"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn a_push_to_serve_is_a_ref_of_the_store_and_its_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path(), &[]);
+    let files: &[(&str, &[u8])] = &[("a.go", b"package a\n"), ("b.go", b"package b\n")];
+    let pushed = push_remote(dir.path(), &server, files, "v1");
+    let lockfile = pushed["lockfile"].as_str().unwrap().to_string();
+    let store = server.store.clone();
+
+    let names = |refs: &[(String, String)]| refs.iter().map(|r| r.0.clone()).collect::<Vec<_>>();
+    let refs = refs_of(&store);
+    assert_eq!(
+        names(&refs),
+        ["latest", "mache/team:latest", "mache/team:v1"],
+        "the store's own refs, then serve's tags"
+    );
+    assert!(refs.iter().all(|(_, l)| *l == lockfile), "{refs:?}");
+    let listed = run_ok(&["refs", s(&store)]);
+    assert!(listed.contains("mache/team:v1"), "{listed}");
+
+    let inspected: serde_json::Value = serde_json::from_str(&run_ok(&[
+        "inspect",
+        s(&store),
+        "--ref",
+        "mache/team:v1",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(inspected["lockfile"], lockfile.as_str());
+    assert_eq!(inspected["chunks_present"], 2, "{inspected:#}");
+    assert_eq!(inspected["refs"], serde_json::json!(names(&refs)));
+    // Its latest moved with the push: what the Go mache and `mount` read.
+    let latest: serde_json::Value =
+        serde_json::from_str(&run_ok(&["inspect", s(&store), "--json"])).unwrap();
+    assert_eq!(latest["lockfile"], lockfile.as_str());
+    run_ok(&["verify", s(&store), "--ref", "mache/team:latest"]);
+    let local = dir.path().join("local");
+    for file in ["mache.lock.bin", "mache.lock.toml"] {
+        assert_eq!(
+            std::fs::read(store.join(file)).unwrap(),
+            std::fs::read(local.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+
+    let missing = run_fails(
+        &["inspect", s(&store), "--ref", "mache/none:x"],
+        5,
+        "no ref \"mache/none:x\"",
+    );
+    assert!(
+        missing.contains("mache/team:v1"),
+        "names what exists: {missing}"
+    );
+    run_fails(
+        &["verify", s(&store), "--ref", "mache/team:v9"],
+        5,
+        "mache/team:latest",
+    );
+    run_fails(
+        &["inspect", s(&store), "--ref", "Mache/team:v1"],
+        3,
+        "<repository>:<tag>",
+    );
+}
+
+#[test]
+fn a_manifest_not_a_bundle_is_no_ref_and_latest_moves_only_to_a_whole_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path(), &[]);
+    let store = server.store.clone();
+    let config = b"{}";
+    let config_digest = b3_digest(config);
+    assert_eq!(
+        push_blob(&server.addr, TEAM, &config_digest, config).status,
+        201
+    );
+    let put = |tag: &str, body: &[u8]| {
+        let path = format!("/v2/{TEAM}/manifests/{tag}");
+        let reply = server.request("PUT", &path, &[("Content-Type", OCI_MANIFEST)], body);
+        assert_eq!(reply.status, 201, "{}", reply.text());
+    };
+    put("latest", &manifest_of((&config_digest, 2), &[]));
+    assert!(refs_of(&store).is_empty(), "an image is not a bundle");
+    run_fails(
+        &["inspect", s(&store), "--ref", "mache/team:latest"],
+        3,
+        "not a mache lockfile",
+    );
+
+    // The vector bundle by `latest` with one of its two chunks: not whole.
+    let [one, two, lockfile] = vector_blobs().try_into().unwrap();
+    for (_, bytes, digest) in [&one, &lockfile] {
+        assert_eq!(push_blob(&server.addr, TEAM, digest, bytes).status, 201);
+    }
+    let mut partial: serde_json::Value = serde_json::from_slice(&vector("manifest.json")).unwrap();
+    let layers = partial["layers"].as_array_mut().unwrap();
+    layers.retain(|l| l["digest"] == one.2.as_str());
+    assert_eq!(layers.len(), 1);
+    put("latest", &serde_json::to_vec(&partial).unwrap());
+    assert!(!store.join("mache.lock.bin").exists());
+    assert!(!store.join("refs/latest").exists());
+    let reference = format!("blake3:{LOCKFILE_HEX}");
+    assert_eq!(
+        refs_of(&store),
+        [("mache/team:latest".to_string(), reference.clone())]
+    );
+
+    let (_, bytes, digest) = &two;
+    assert_eq!(push_blob(&server.addr, TEAM, digest, bytes).status, 201);
+    put("latest", &vector("manifest.json"));
+    assert_eq!(
+        std::fs::read(store.join("mache.lock.bin")).unwrap(),
+        lockfile.1
+    );
+    assert_eq!(
+        refs_of(&store),
+        [
+            ("latest".to_string(), reference.clone()),
+            ("mache/team:latest".to_string(), reference)
+        ]
+    );
+}
+
+#[test]
+fn deleting_a_tag_or_a_manifest_over_http_unlists_it_and_gc_then_frees_what_only_it_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path(), &[]);
+    let store = server.store.clone();
+    let shared: &[u8] = b"package shared\n";
+    let one = push_remote(
+        dir.path(),
+        &server,
+        &[("s.go", shared), ("a.go", b"package a\n")],
+        "v1",
+    );
+    let two = push_remote(
+        dir.path(),
+        &server,
+        &[("s.go", shared), ("b.go", b"package b\n")],
+        "v2",
+    );
+    let chunk = |content: &[u8]| {
+        LocalStore::open(&store)
+            .unwrap()
+            .object_path(&mache_cachefs::hash::Hash::of(content))
+    };
+    let (a_chunk, b_chunk) = (chunk(b"package a\n"), chunk(b"package b\n"));
+    assert!(a_chunk.is_file() && b_chunk.is_file());
+
+    let v1 = format!("/v2/{TEAM}/manifests/v1");
+    let deleted = server.request("DELETE", &v1, &[], b"");
+    assert_eq!(deleted.status, 202, "{}", deleted.text());
+    let gone = server.get(&v1);
+    assert_eq!(gone.status, 404);
+    assert_eq!(gone.error().0, "MANIFEST_UNKNOWN");
+    assert_eq!(
+        server.request("DELETE", &v1, &[], b"").error().0,
+        "MANIFEST_UNKNOWN"
+    );
+    let names: Vec<String> = refs_of(&store).into_iter().map(|r| r.0).collect();
+    assert_eq!(names, ["latest", "mache/team:latest", "mache/team:v2"]);
+    assert!(a_chunk.is_file(), "objects stay until gc");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&run_ok(&["gc", s(&store), "--grace", "0", "--json"])).unwrap();
+    assert!(!a_chunk.is_file(), "v1's own chunk goes: {report:#}");
+    assert!(b_chunk.is_file() && chunk(shared).is_file());
+    assert_eq!(
+        report["objects_removed"], 4,
+        "v1's chunk, lockfile, sizes index and manifest: {report:#}"
+    );
+    let v1_lockfile = &one["lockfile"].as_str().unwrap()["blake3:".len()..];
+    assert!(!store.join(format!("lockfiles/{v1_lockfile}.bin")).exists());
+    run_ok(&["verify", s(&store), "--ref", "mache/team:v2"]);
+
+    // By digest: the manifest leaves the repository with both its tags.
+    let digest = two["remote"]["manifest"].as_str().unwrap();
+    let by_digest = format!("/v2/{TEAM}/manifests/{digest}");
+    assert_eq!(server.request("DELETE", &by_digest, &[], b"").status, 202);
+    assert_eq!(server.get(&by_digest).status, 404);
+    let names: Vec<String> = refs_of(&store).into_iter().map(|r| r.0).collect();
+    assert_eq!(names, ["latest"], "the store's own latest stays");
+    assert_eq!(server.request("DELETE", &by_digest, &[], b"").status, 404);
 }

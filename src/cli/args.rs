@@ -92,9 +92,11 @@ pub enum Command {
     #[command(override_usage = "mache-cachefs mount [OPTIONS] [STORE] <MOUNTPOINT>")]
     Mount(super::mount::MountArgs),
     /// List the tags of a store or a registry repository, and the bundle each
-    /// names (lockfile hash, sources, time).
+    /// names (lockfile hash, sources, time). A store lists the tags serve
+    /// keeps there after its own, as <repository>:<tag>.
     Refs(RefsArgs),
-    /// Point tag NEW at the bundle SRC names (a tag or blake3:<lockfile hash>).
+    /// Point tag NEW at the bundle SRC names (a tag, <repository>:<tag> or
+    /// blake3:<lockfile hash>).
     ///
     /// An existing NEW moves. The store's files are not touched otherwise.
     /// On a registry (--remote), SRC is a tag or a sha256: manifest digest,
@@ -307,7 +309,8 @@ pub struct PullArgs {
     /// Store directory (default: the configured store).
     #[arg(value_name = "STORE")]
     pub store: Option<PathBuf>,
-    /// Which bundle: a ref name or blake3:<lockfile hash>.
+    /// Which bundle: a ref name, blake3:<lockfile hash>, or in a store
+    /// <repository>:<tag> (a tag serve keeps there, as `refs` lists them).
     #[arg(long = "ref", default_value = "latest", value_name = "REF")]
     pub reference: String,
     /// Check the root and each source's input hash (chunk hashes are always checked).
@@ -323,7 +326,8 @@ pub struct VerifyArgs {
     /// Store directory (default: the configured store).
     #[arg(value_name = "STORE")]
     pub store: Option<PathBuf>,
-    /// Which bundle: a ref name or blake3:<lockfile hash>.
+    /// Which bundle: a ref name, blake3:<lockfile hash>, or in a store
+    /// <repository>:<tag> (a tag serve keeps there, as `refs` lists them).
     #[arg(long = "ref", default_value = "latest", value_name = "REF")]
     pub reference: String,
     /// Over a registry, read and check every chunk, not a sample. A local
@@ -342,8 +346,9 @@ pub struct InspectArgs {
     /// A store directory, a .bin or a .toml lockfile (default: the configured store).
     #[arg(value_name = "TARGET")]
     pub target: Option<PathBuf>,
-    /// Which bundle of a store directory or registry (default: latest); not
-    /// for a lockfile file.
+    /// Which bundle (default: latest): a ref name, or in a store
+    /// <repository>:<tag> or blake3:<lockfile hash>, on a registry a
+    /// sha256: manifest digest; not for a lockfile file.
     #[arg(long = "ref", value_name = "REF")]
     pub reference: Option<String>,
     /// Print the report as one JSON object.
@@ -367,7 +372,8 @@ pub struct RefsArgs {
 
 #[derive(Debug, Args)]
 pub struct TagArgs {
-    /// The bundle: a tag or blake3:<lockfile hash>.
+    /// The bundle: a tag, <repository>:<tag> (a tag serve keeps) or
+    /// blake3:<lockfile hash>.
     #[arg(value_name = "SRC")]
     pub source: String,
     /// The tag to set (letters, digits, . _ -).

@@ -40,7 +40,8 @@ pub struct MountArgs {
     /// The store directory, as the first PATH (the older spelling).
     #[arg(long = "store", value_name = "DIR", hide = true)]
     store_flag: Option<PathBuf>,
-    /// Which bundle: a ref name or blake3:<lockfile hash>.
+    /// Which bundle: a ref name, blake3:<lockfile hash>, or in a store
+    /// <repository>:<tag> (a tag serve keeps there, as `refs` lists them).
     #[arg(long = "ref", default_value = "latest", value_name = "REF")]
     pub reference: String,
     /// Memory for decoded chunks, e.g. 256MiB, 1G, 64M, or bytes.

@@ -127,6 +127,19 @@ pub fn check_scope(scope: &str) -> Result<()> {
     )))
 }
 
+/// Longest repository name accepted (OCI's recommended bound).
+pub const MAX_REPOSITORY_NAME: usize = 255;
+
+/// A repository name: at least two `/`-separated components (the first is
+/// the producer), each an [`is_name_component`], at most
+/// [`MAX_REPOSITORY_NAME`] characters. `serve` accepts only these, and a
+/// local store's `<repository>:<tag>` refs name them.
+pub fn is_repository_name(name: &str) -> bool {
+    name.len() <= MAX_REPOSITORY_NAME
+        && name.split('/').count() >= 2
+        && name.split('/').all(is_name_component)
+}
+
 /// One repository name component of the OCI distribution grammar:
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`. Shared by our client (scopes) and
 /// `serve` (repository names).
@@ -277,6 +290,7 @@ impl RegistryStore {
                 return Err(Error::RefMissing {
                     name,
                     store: client.describe(),
+                    known: None,
                 });
             };
             let claimed = headers

@@ -80,6 +80,7 @@ impl RegistryStore {
                 404 => Err(Error::RefMissing {
                     name,
                     store: client.describe(),
+                    known: None,
                 }),
                 _ => Ok(()),
             }

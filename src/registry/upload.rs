@@ -138,7 +138,7 @@ impl RegistryStore {
     fn base_manifest(&self, reference: &str) -> Result<Manifest> {
         check_reference(reference).map_err(|e| Error::BadSetting(format!("--base: {e}")))?;
         let bytes = self.get_manifest(reference).map_err(|e| match e {
-            Error::RefMissing { name, store } => Error::BaseMissing { name, store },
+            Error::RefMissing { name, store, .. } => Error::BaseMissing { name, store },
             e => e,
         })?;
         Manifest::parse(&bytes)

@@ -1,5 +1,5 @@
-//! Manifests and tags: `PUT`, `GET` and `HEAD` of `…/manifests/<ref>`, and
-//! `GET …/tags/list`.
+//! Manifests and tags: `PUT`, `GET`, `HEAD` and `DELETE` of
+//! `…/manifests/<ref>`, and `GET …/tags/list`.
 //!
 //! A manifest is stored as a blob (by BLAKE3) and returned byte for byte;
 //! its digest is `sha256:<BLAKE3>`, and a `GET` by digest accepts its true
@@ -8,7 +8,9 @@
 //! `mache.lock.bin` as `latest`): for a tag the repository does not have,
 //! a build-cache/v1 manifest is synthesized from the store's bundle
 //! ([`oci::synthesize`]) and stored, so that what it names (config, sizes
-//! index, the manifest itself) can be fetched like anything pushed.
+//! index, the manifest itself) can be fetched like anything pushed. The
+//! other way round, a bundle pushed by tag `latest` becomes the store's own
+//! `latest` when the store holds all of it ([`Registry::follow_latest`]).
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -25,7 +27,7 @@ use super::{App, blocking};
 use crate::error::Error;
 use crate::hash::Hash;
 use crate::lockfile::binary;
-use crate::store::local::{LOCK_BIN, check_ref_name};
+use crate::store::local::{LATEST, LOCK_BIN, check_ref_name};
 use crate::store::{Bundle, SizeIndex};
 
 /// What a manifest reference names.
@@ -54,12 +56,7 @@ pub async fn get(
     reference: &str,
     method: &Method,
 ) -> RegistryResult<Response> {
-    let unknown = || {
-        RegistryError::new(
-            Code::ManifestUnknown,
-            format!("no manifest {reference:?} in {name}"),
-        )
-    };
+    let unknown = || unknown(name, reference);
     let parsed = Reference::parse(reference)?.ok_or_else(unknown)?;
     let registry = app.registry.clone();
     let owned_name = name.to_string();
@@ -74,6 +71,48 @@ pub async fn get(
         _ => Body::from(bytes),
     };
     Ok(response.body(body).expect("valid response headers"))
+}
+
+/// `MANIFEST_UNKNOWN` for `reference` in repository `name`.
+fn unknown(name: &str, reference: &str) -> RegistryError {
+    RegistryError::new(
+        Code::ManifestUnknown,
+        format!("no manifest {reference:?} in {name}"),
+    )
+}
+
+/// `DELETE <name>/manifests/<tag or digest>`: a tag goes; a digest takes
+/// the manifest out of the repository with every tag of it naming it. 202;
+/// the objects stay until `gc`. Only what the repository itself holds can
+/// go (not the store's own refs it falls back to).
+pub async fn delete(app: &App, name: &str, reference: &str) -> RegistryResult<Response> {
+    let parsed = Reference::parse(reference)?.ok_or_else(|| unknown(name, reference))?;
+    let registry = app.registry.clone();
+    let owned_name = name.to_string();
+    let removed = blocking(move || remove(&registry, &owned_name, parsed)).await?;
+    if !removed {
+        return Err(unknown(name, reference));
+    }
+    Ok(Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .header(header::CONTENT_LENGTH, 0)
+        .body(Body::empty())
+        .expect("valid response headers"))
+}
+
+/// Removes what a reference names from repository `name`; returns
+/// whether there was anything.
+fn remove(registry: &Registry, name: &str, reference: Reference) -> RegistryResult<bool> {
+    match reference {
+        Reference::Tag(tag) => Ok(registry.remove_tag(name, &tag)?),
+        Reference::Digest(digest) => {
+            let Some(hash) = held_manifest(registry, name, &digest)? else {
+                return Ok(false);
+            };
+            registry.remove_manifest(name, &hash)?;
+            Ok(true)
+        }
+    }
 }
 
 /// The manifest a reference names in repository `name`, and its BLAKE3.
@@ -254,7 +293,8 @@ fn parse(bytes: &[u8], headers: &HeaderMap) -> RegistryResult<Manifest> {
 
 /// Checks a parsed manifest against the store and records it: the blobs
 /// it names must be here; a build-cache/v1 config is also recorded as a
-/// lockfile. Returns the manifest's BLAKE3.
+/// lockfile, and pushed by tag `latest`, may move the store's own `latest`
+/// ([`Registry::follow_latest`]). Returns the manifest's BLAKE3.
 fn store(
     registry: &Registry,
     name: &str,
@@ -290,13 +330,17 @@ fn store(
             ));
         }
     }
-    if manifest.config.media_type == CONFIG_TYPE {
+    let lockfile = manifest.config.media_type == CONFIG_TYPE;
+    if lockfile {
         record_lockfile(registry, &config, manifest)?;
     }
     registry.put_blobs(&[bytes])?;
     registry.add_manifest(name, &computed.blake3)?;
     if let Reference::Tag(tag) = &reference {
         registry.set_tag(name, tag, &computed.blake3)?;
+        if lockfile && tag == LATEST {
+            registry.follow_latest(&config)?;
+        }
     }
     Ok(computed.blake3)
 }
@@ -345,9 +389,9 @@ pub async fn tags(app: &App, name: &str) -> RegistryResult<Response> {
     let owned_name = name.to_string();
     let tags = blocking(move || {
         let mut tags = registry.tags(&owned_name)?;
-        tags.extend(registry.store().refs()?.into_iter().map(|(tag, _)| tag));
+        tags.extend(registry.store().own_refs()?.into_iter().map(|(tag, _)| tag));
         if registry.store().root().join(LOCK_BIN).is_file() {
-            tags.push(crate::store::local::LATEST.to_string());
+            tags.push(LATEST.to_string());
         }
         tags.sort();
         tags.dedup();

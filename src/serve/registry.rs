@@ -13,20 +13,19 @@
 //!
 //! The `_` keeps a repository's own entries apart from longer repository
 //! names below it (`mache/team` and `mache/team/tags` are both valid names;
-//! a name component never starts with `_`). Every method blocks: call them
+//! a name component never starts with `_`). The paths, and reading them,
+//! belong to [`crate::store::served`], which the store's own commands use
+//! too (`<repository>:<tag>` refs, `gc`). Every method blocks: call them
 //! from `spawn_blocking`.
-
-use std::fs;
-use std::io::ErrorKind;
-use std::path::PathBuf;
 
 use tempfile::TempPath;
 
 use super::digest::{Computed, Digest};
-use crate::error::{Error, Result};
+use crate::error::{Class, Result};
 use crate::hash::Hash;
-use crate::store::LocalStore;
-use crate::store::local::Object;
+use crate::store::local::{LATEST, Object};
+use crate::store::served::{marker_path, sha256_path, tag_path};
+use crate::store::{BundleStore, LocalStore};
 
 /// A store seen as a registry.
 #[derive(Debug, Clone)]
@@ -48,12 +47,7 @@ impl Registry {
     /// The object a digest names, if present: its BLAKE3 reading first,
     /// then the `sha256/` index.
     pub fn resolve_blob(&self, digest: &Digest) -> Result<Option<Hash>> {
-        let direct = digest.as_blake3();
-        if self.store.object_len(&direct).is_some() {
-            return Ok(Some(direct));
-        }
-        let indexed = self.read_hash_file(&format!("sha256/{}", digest.hex()))?;
-        Ok(indexed.filter(|hash| self.store.object_len(hash).is_some()))
+        self.store.object_of_digest(&digest.0)
     }
 
     /// Makes an upload, complete in `tmp/` and checked against its digest,
@@ -80,13 +74,12 @@ impl Registry {
     /// Writes `sha256/<sha256 hex>` → the blob's BLAKE3.
     fn index_sha256(&self, computed: &Computed) -> Result<()> {
         let text = format!("{}\n", computed.blake3.to_prefixed());
-        let relative = format!("sha256/{}", hex::encode(computed.sha256));
-        self.store.write_file(&relative, text.as_bytes())
+        self.store
+            .write_file(&sha256_path(&computed.sha256), text.as_bytes())
     }
 
     /// Reads a blob, verified against its BLAKE3.
     pub fn read_blob(&self, hash: &Hash) -> Result<Vec<u8>> {
-        use crate::store::BundleStore;
         self.store.chunks().get_verified(hash)
     }
 
@@ -105,16 +98,25 @@ impl Registry {
 
     /// Records that repository `name` holds manifest `hash`.
     pub fn add_manifest(&self, name: &str, hash: &Hash) -> Result<()> {
-        self.store.write_file(
-            &format!("repositories/{name}/_manifests/{}", hash.to_hex()),
-            b"",
-        )
+        self.store.write_file(&marker_path(name, hash), b"")
     }
 
     /// Whether repository `name` holds manifest `hash` (and it is stored).
     pub fn has_manifest(&self, name: &str, hash: &Hash) -> bool {
-        let marker = self.repository(name).join("_manifests").join(hash.to_hex());
+        let marker = self.store.root().join(marker_path(name, hash));
         marker.is_file() && self.store.object_len(hash).is_some()
+    }
+
+    /// Takes manifest `hash` out of repository `name`: every tag of the
+    /// repository naming it, then its marker. The objects stay (for `gc`).
+    pub fn remove_manifest(&self, name: &str, hash: &Hash) -> Result<()> {
+        for tag in self.tags(name)? {
+            if self.tag(name, &tag)? == Some(*hash) {
+                self.remove_tag(name, &tag)?;
+            }
+        }
+        self.store.remove_file(&marker_path(name, hash))?;
+        Ok(())
     }
 
     /// Holds the store's lock shared while a manifest is checked and
@@ -126,62 +128,52 @@ impl Registry {
     /// Points `tag` of repository `name` at manifest `hash`.
     pub fn set_tag(&self, name: &str, tag: &str, hash: &Hash) -> Result<()> {
         let text = format!("{}\n", Digest::of_hash(hash));
-        self.store
-            .write_file(&format!("repositories/{name}/_tags/{tag}"), text.as_bytes())
+        self.store.write_file(&tag_path(name, tag), text.as_bytes())
+    }
+
+    /// Removes `tag` of repository `name`; returns whether it was there.
+    pub fn remove_tag(&self, name: &str, tag: &str) -> Result<bool> {
+        self.store.remove_file(&tag_path(name, tag))
     }
 
     /// The manifest `tag` of repository `name` points at, if any.
     pub fn tag(&self, name: &str, tag: &str) -> Result<Option<Hash>> {
-        let relative = format!("repositories/{name}/_tags/{tag}");
-        let Some(text) = self.read_text(&relative)? else {
-            return Ok(None);
-        };
-        let digest = Digest::parse(text.trim()).map_err(|_| Error::MalformedStoreFile {
-            path: relative.into(),
-            reason: "a tag holds sha256:<64 hex digits>".to_string(),
-        })?;
-        Ok(Some(digest.as_blake3()))
+        self.store.served_manifest(name, tag)
     }
 
-    /// The tags of repository `name` (unsorted).
+    /// The tags of repository `name`, sorted.
     pub fn tags(&self, name: &str) -> Result<Vec<String>> {
-        let dir = self.repository(name).join("_tags");
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(format!("reading {}", dir.display()), e)),
+        self.store.repository_tags(name)
+    }
+
+    /// Moves the store's own `latest` to the bundle of lockfile `lockfile`
+    /// (recorded by [`record_lockfile`](Self::record_lockfile)), as a
+    /// local push does (`refs/latest` and the top-level
+    /// `mache.lock.bin`/`.toml`), when every chunk it names is an object of
+    /// the store; otherwise logs why not and leaves it. Returns whether it
+    /// moved.
+    pub fn follow_latest(&self, lockfile: &Hash) -> Result<bool> {
+        let bundle = match self.store.resolve(&lockfile.to_prefixed()) {
+            Ok(bundle) => bundle,
+            Err(e) if e.class() == Class::Input => {
+                tracing::info!("the store's latest stays: lockfile {lockfile}: {e}");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
         };
-        let mut tags = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
-            tags.push(entry.file_name().to_string_lossy().into_owned());
+        let sources = &bundle.lockfile.sources;
+        let absent = sources
+            .iter()
+            .find(|s| self.store.object_len(&s.chunk_hash).is_none());
+        if let Some(source) = absent {
+            tracing::info!(
+                "the store's latest stays: chunk {} of {:?} (lockfile {lockfile}) is not an object of it",
+                source.chunk_hash,
+                source.path
+            );
+            return Ok(false);
         }
-        Ok(tags)
-    }
-
-    fn repository(&self, name: &str) -> PathBuf {
-        self.store.root().join("repositories").join(name)
-    }
-
-    /// A `blake3:<hex>` file, if present.
-    fn read_hash_file(&self, relative: &str) -> Result<Option<Hash>> {
-        let Some(text) = self.read_text(relative)? else {
-            return Ok(None);
-        };
-        Hash::from_prefixed(text.trim())
-            .map(Some)
-            .map_err(|_| Error::MalformedStoreFile {
-                path: relative.into(),
-                reason: "an index entry holds blake3:<64 hex digits>".to_string(),
-            })
-    }
-
-    fn read_text(&self, relative: &str) -> Result<Option<String>> {
-        let path = self.store.root().join(relative);
-        match fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(text)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
-        }
+        self.store.point_ref(LATEST, &bundle)?;
+        Ok(true)
     }
 }

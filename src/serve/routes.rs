@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::{App, blobs, manifests, uploads};
-use crate::registry::is_name_component;
+use crate::registry::{MAX_REPOSITORY_NAME, is_repository_name};
 
 /// A parsed `/v2/<rest>` path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,24 +69,16 @@ impl Route {
     }
 }
 
-/// Longest repository name accepted (OCI's recommended bound).
-const MAX_NAME: usize = 255;
-
-/// A repository name: at least two `/`-separated components (the first is
-/// the producer), each matching `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+/// A repository name ([`is_repository_name`]), else `NAME_INVALID`.
 pub fn check_name(name: &str) -> RegistryResult<()> {
-    let components: Vec<&str> = name.split('/').collect();
-    if name.len() <= MAX_NAME
-        && components.len() >= 2
-        && components.iter().all(|c| is_name_component(c))
-    {
+    if is_repository_name(name) {
         return Ok(());
     }
     Err(RegistryError::new(
         Code::NameInvalid,
         format!(
             "invalid repository name {:?}: expected <producer>/<scope>, components of \
-             [a-z0-9] separated by '.', '_', '__' or dashes, at most {MAX_NAME} characters",
+             [a-z0-9] separated by '.', '_', '__' or dashes, at most {MAX_REPOSITORY_NAME} characters",
             name.chars().take(300).collect::<String>()
         ),
     ))
@@ -155,6 +147,9 @@ async fn route(app: Arc<App>, rest: &str, request: Request) -> RegistryResult<Re
         }
         (Route::Manifest { name, reference }, &Method::PUT) => {
             manifests::put(&app, &name, &reference, request).await
+        }
+        (Route::Manifest { name, reference }, &Method::DELETE) => {
+            manifests::delete(&app, &name, &reference).await
         }
         (Route::Tags { name }, &Method::GET) => manifests::tags(&app, &name).await,
         (_, method) => Err(RegistryError::new(

@@ -3,8 +3,9 @@
 //! Roots: every `refs/<tag>` and the top-level `mache.lock.bin` (a store
 //! the Go mache writes has only that), and every tag `serve` keeps for a
 //! repository (`repositories/<name>/_tags/<tag>`: a manifest, whose config,
-//! layers and sizes blob it reaches). From each root lockfile, its chunks
-//! and its sizes index are live. Everything else is garbage: objects,
+//! layers and sizes blob it reaches, read by [`super::served`]; a config
+//! that is a lockfile is a root lockfile too). From each root lockfile, its
+//! chunks and its sizes index are live. Everything else is garbage: objects,
 //! lockfiles and sizes files, `pushed/` records of gone lockfiles, `sha256/`
 //! aliases of gone objects, and untagged manifest markers.
 //!
@@ -107,72 +108,20 @@ pub fn collect(store: &LocalStore, grace: Duration, dry_run: bool) -> Result<GcR
 /// The root lockfiles, and the objects serve's tags reach directly
 /// (manifests, their configs, layers and sizes blobs).
 fn live_set(store: &LocalStore) -> Result<(HashSet<Hash>, HashSet<Hash>)> {
-    let mut lockfiles: HashSet<Hash> = store.refs()?.into_iter().map(|(_, h)| h).collect();
+    let mut lockfiles: HashSet<Hash> = store.own_refs()?.into_iter().map(|(_, h)| h).collect();
     if let Ok(bytes) = fs::read(store.root().join(LOCK_BIN)) {
         lockfiles.insert(Hash::of(&bytes));
     }
     let mut objects = HashSet::new();
-    for (path, _) in files_below(&store.root().join("repositories"), usize::MAX) {
-        if !path.parent().is_some_and(|p| p.ends_with("_tags")) {
+    for tag in store.served_tags()? {
+        let Some(reach) = store.served_reach(&tag)? else {
             continue;
-        }
-        let text = fs::read_to_string(&path)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        let manifest_hash = digest_hash(store, text.trim()).ok_or_else(|| {
-            Error::BadLockfile(format!(
-                "tag file {} is malformed; refusing to collect",
-                path.display()
-            ))
-        })?;
-        objects.insert(manifest_hash);
-        let bytes = fs::read(store.object_path(&manifest_hash)).map_err(|e| {
-            Error::io(
-                format!("reading the manifest that {} names", path.display()),
-                e,
-            )
-        })?;
-        let manifest: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::BadManifest(format!(
-                "{} names a manifest that is not JSON ({e}); refusing to collect",
-                path.display()
-            ))
-        })?;
-        for digest in manifest_digests(&manifest) {
-            if let Some(hash) = digest_hash(store, &digest) {
-                objects.insert(hash);
-                if manifest["config"]["digest"] == digest.as_str()
-                    && manifest["config"]["mediaType"] == crate::registry::manifest::CONFIG_TYPE
-                {
-                    lockfiles.insert(hash);
-                }
-            }
-        }
+        };
+        objects.insert(reach.manifest);
+        objects.extend(reach.blobs);
+        lockfiles.extend(reach.lockfile);
     }
     Ok((lockfiles, objects))
-}
-
-/// Every digest a manifest names: config, layers, our sizes annotation.
-fn manifest_digests(manifest: &serde_json::Value) -> Vec<String> {
-    let mut digests: Vec<String> = std::iter::once(&manifest["config"])
-        .chain(manifest["layers"].as_array().into_iter().flatten())
-        .filter_map(|d| d["digest"].as_str().map(str::to_string))
-        .collect();
-    if let Some(sizes) = manifest["annotations"][crate::registry::manifest::SIZES_KEY].as_str() {
-        digests.push(sizes.to_string());
-    }
-    digests
-}
-
-/// The BLAKE3 object a `sha256:` digest names: the hex itself when such an
-/// object exists (build-cache/v1), else through the `sha256/` alias.
-fn digest_hash(store: &LocalStore, digest: &str) -> Option<Hash> {
-    let hex = digest.strip_prefix("sha256:")?;
-    let hash = Hash::from_hex(hex).ok()?;
-    if store.object_path(&hash).is_file() {
-        return Some(hash);
-    }
-    let alias = fs::read_to_string(store.root().join("sha256").join(hex)).ok()?;
-    Hash::from_prefixed(alias.trim()).ok()
 }
 
 fn read_lockfile(store: &LocalStore, hash: &Hash) -> Result<Vec<u8>> {

@@ -11,6 +11,10 @@
 //! <store>/tmp/                             in-flight writes; nothing here is ever read
 //! ```
 //!
+//! Beside these, the tags `serve` keeps (`repositories/`, `sha256/`; see
+//! [`super::served`]) are refs of the store too, named
+//! `<repository>:<tag>`.
+//!
 //! Writes go to `tmp/` first and are moved into place only once complete and
 //! synced, so a crash or a full disk never leaves a partial object where a
 //! reader would see it. Objects are linked into place with no-clobber
@@ -28,6 +32,7 @@ use tempfile::{NamedTempFile, TempPath};
 
 use std::sync::Arc;
 
+use super::served::ServedTag;
 use super::tmp::TmpSession;
 use super::{Backend, Bundle, BundleStore, ChunkSource, SizeIndex, Verified};
 use crate::error::{Error, Result};
@@ -337,7 +342,8 @@ impl LocalStore {
         }
     }
 
-    fn read_verified(&self, hash: &Hash) -> Result<Vec<u8>> {
+    /// Object `hash`, checked against it.
+    pub(super) fn read_verified(&self, hash: &Hash) -> Result<Vec<u8>> {
         read_content_addressed(&self.object_path(hash), hash, || Error::ObjectMissing {
             hash: *hash,
             store: self.describe(),
@@ -506,9 +512,11 @@ impl LocalStore {
             .map(|m| m.len())
     }
 
-    /// Resolves `reference` to a bundle: a ref name (`latest`, `v1`), or
-    /// `blake3:<hex>` naming a lockfile directly. In a store written by the
-    /// Go mache, `latest` is its top-level `mache.lock.bin`.
+    /// Resolves `reference` to a bundle: a ref name (`latest`, `v1`),
+    /// `blake3:<hex>` naming a lockfile directly, or `<repository>:<tag>`
+    /// naming a tag `serve` keeps (the lockfile its manifest's config is).
+    /// In a store written by the Go mache, `latest` is its top-level
+    /// `mache.lock.bin`.
     pub fn resolve(&self, reference: &str) -> Result<Bundle> {
         let lockfile_bytes = self.read_lockfile_for(reference)?;
         let lockfile_hash = Hash::of(&lockfile_bytes);
@@ -520,6 +528,10 @@ impl LocalStore {
     fn read_lockfile_for(&self, reference: &str) -> Result<Vec<u8>> {
         if reference.starts_with(crate::hash::TEXT_PREFIX) {
             return self.read_lockfile_by_hash(&Hash::from_prefixed(reference)?);
+        }
+        if reference.contains(':') {
+            let tag = ServedTag::parse(reference)?;
+            return self.read_verified(&self.served_lockfile(&tag)?);
         }
         check_ref_name(reference)?;
         let ref_path = self.root.join("refs").join(reference);
@@ -543,10 +555,23 @@ impl LocalStore {
         }
     }
 
-    fn ref_missing(&self, name: &str) -> Error {
+    /// No ref `name`, naming the refs there are (only their names are
+    /// read: a served tag is listed whatever its manifest).
+    pub(super) fn ref_missing(&self, name: &str) -> Error {
+        let own = self
+            .own_refs()
+            .map(|refs| refs.into_iter().map(|(name, _)| name));
+        let served = self
+            .served_tags()
+            .map(|tags| tags.into_iter().map(|tag| tag.to_string()));
+        let known = match (own, served) {
+            (Ok(own), Ok(served)) => Some(own.chain(served).collect()),
+            _ => None,
+        };
         Error::RefMissing {
             name: name.to_string(),
             store: self.describe(),
+            known,
         }
     }
 
@@ -555,10 +580,7 @@ impl LocalStore {
             .root
             .join("lockfiles")
             .join(format!("{}.bin", hash.to_hex()));
-        read_content_addressed(&path, hash, || Error::RefMissing {
-            name: hash.to_prefixed(),
-            store: self.describe(),
-        })
+        read_content_addressed(&path, hash, || self.ref_missing(&hash.to_prefixed()))
     }
 
     /// The sizes index for a lockfile, if our push left one. A damaged index
@@ -587,16 +609,27 @@ impl LocalStore {
     pub fn tag(&self, reference: &str, name: &str) -> Result<Hash> {
         check_ref_name(name)?;
         let bundle = self.resolve(reference)?;
+        self.point_ref(name, &bundle)?;
+        Ok(bundle.lockfile_hash)
+    }
+
+    /// Points ref `name` at a resolved bundle (`latest` moves the top-level
+    /// lockfiles with it), synced.
+    pub fn point_ref(&self, name: &str, bundle: &Bundle) -> Result<()> {
+        check_ref_name(name)?;
         let toml = || crate::lockfile::text::to_toml(&bundle.lockfile);
         if self.write_ref(name, &bundle.lockfile_bytes, toml)? {
             self.sync()?;
         }
-        Ok(bundle.lockfile_hash)
+        Ok(())
     }
 
     /// Removes tag `name` (the bundle stays until `gc`). `latest` is not
     /// removed: every push moves it, and a mount without `--ref` reads it.
     pub fn untag(&self, name: &str) -> Result<Hash> {
+        if name.contains(':') {
+            return self.untag_served(&super::served::ServedTag::parse(name)?);
+        }
         check_ref_name(name)?;
         if name == LATEST {
             return Err(Error::Usage(
@@ -604,19 +637,43 @@ impl LocalStore {
                     .into(),
             ));
         }
-        let path = self.root.join("refs").join(name);
+        let relative = format!("refs/{name}");
+        let path = self.root.join(&relative);
         let hash = match fs::read_to_string(&path) {
             Ok(text) => Hash::from_prefixed(text.trim())?,
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(self.ref_missing(name)),
             Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
         };
-        fs::remove_file(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
-        self.sync()?;
+        self.remove_file(&relative)?;
         Ok(hash)
     }
 
-    /// Every ref in the store and the lockfile it names.
+    /// Removes a tag `serve` keeps (what `DELETE …/manifests/<tag>` does).
+    fn untag_served(&self, tag: &super::served::ServedTag) -> Result<Hash> {
+        let lockfile = self.served_lockfile(tag)?;
+        self.remove_file(&super::served::tag_path(&tag.repository, &tag.tag))?;
+        Ok(lockfile)
+    }
+
+    /// Every ref and the lockfile it names: the store's own
+    /// ([`own_refs`](Self::own_refs)), then each tag `serve` keeps whose
+    /// manifest is a bundle's, as `<repository>:<tag>`. A served tag that
+    /// cannot be read is left out with a warning.
     pub fn refs(&self) -> Result<Vec<(String, Hash)>> {
+        let mut refs = self.own_refs()?;
+        for tag in self.served_tags()? {
+            match self.served_lockfile(&tag) {
+                Ok(hash) => refs.push((tag.to_string(), hash)),
+                Err(Error::BadManifest(why)) => tracing::debug!("{why}: not listed"),
+                Err(e) => tracing::warn!("leaving {tag} out of the refs: {e}"),
+            }
+        }
+        Ok(refs)
+    }
+
+    /// The store's own refs (`refs/`, and a Go mache store's top-level
+    /// lockfile as `latest`) and the lockfile each names, sorted by name.
+    pub fn own_refs(&self) -> Result<Vec<(String, Hash)>> {
         let dir = self.root.join("refs");
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -707,6 +764,20 @@ impl LocalStore {
             if entry.file_name().to_string_lossy().starts_with(prefix) {
                 let _ = fs::remove_file(entry.path());
             }
+        }
+    }
+
+    /// Removes the file at `relative` (a tag or an index kept beside the
+    /// objects), synced; returns whether it was there.
+    pub fn remove_file(&self, relative: &str) -> Result<bool> {
+        let path = self.root.join(relative);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                self.sync()?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
         }
     }
 

@@ -18,6 +18,7 @@
 pub mod disk_cache;
 pub mod gc;
 pub mod local;
+pub mod served;
 pub mod sizes;
 pub mod tmp;
 mod verified;
@@ -166,14 +167,17 @@ pub trait ChunkSource: Send + Sync {
 
 /// A place bundles live: resolves refs, lists them, gives the chunk source.
 pub trait BundleStore: Send + Sync {
-    /// The bundle `reference` names: a tag (`latest`, `v1`) or
-    /// `blake3:<lockfile hash>`.
+    /// The bundle `reference` names: a tag (`latest`, `v1`),
+    /// `blake3:<lockfile hash>`, or in a local store `<repository>:<tag>`
+    /// (a tag `serve` keeps).
     fn resolve(&self, reference: &str) -> Result<Bundle>;
 
-    /// Every tag and the lockfile it names, sorted by name.
+    /// Every tag and the lockfile it names, sorted by name (a local store
+    /// lists the tags `serve` keeps after its own).
     fn refs(&self) -> Result<Vec<(String, Hash)>>;
 
-    /// Every tag and the bundle it names, sorted by name. The default
+    /// Every tag and the bundle it names, in the order of
+    /// [`refs`](Self::refs). The default
     /// resolves each of [`refs`](Self::refs); a remote store lists its tags
     /// and resolves each once.
     fn bundles(&self) -> Result<Vec<(String, Bundle)>> {
