@@ -125,7 +125,7 @@ pub fn load(env: &dyn Env, explicit_config: Option<&Path>) -> Result<Settings> {
     let size = |key: &str, text: &Option<String>| {
         text.as_deref()
             .map(|text| {
-                crate::cli::parse_size(text).map_err(|reason| Error::BadConfig {
+                crate::units::parse_size(text).map_err(|reason| Error::BadConfig {
                     path: path.clone(),
                     reason: format!("{key}: {reason}"),
                 })

@@ -134,6 +134,9 @@ pub enum Error {
 
     #[error("invalid registry manifest: {0}")]
     BadManifest(String),
+    /// A digest that is not `sha256:` and 64 lowercase hex digits.
+    #[error("invalid digest {0:?}: expected sha256: and 64 lowercase hex digits")]
+    BadDigest(String),
     /// A registry answered something this transport cannot use.
     #[error("{0}")]
     Remote(String),
@@ -375,6 +378,7 @@ impl Error {
             | BadConfig { .. }
             | BadSetting(_)
             | BadManifest(_)
+            | BadDigest(_)
             | Usage(_) => Class::Input,
             Remote(_) | Unreachable { .. } | RegistryError { .. } => Class::Remote,
             AuthFailed { .. } => Class::Auth,

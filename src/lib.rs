@@ -1,8 +1,11 @@
 //! mache-cachefs: a portable, lazily mounted code-intelligence cache.
 //!
 //! The layers, bottom up:
-//! - [`hash`], [`rows`]: the values everything else speaks in.
+//! - [`hash`], [`rows`], [`units`]: the values everything else speaks in;
+//!   `progress`, the one progress bar.
 //! - [`lockfile`], [`chunk`]: the wire formats shared with the Go `mache`.
+//! - [`oci`]: manifests, media types, annotations, digests and names of
+//!   OCI, as the registry client, `serve` and the store all read them.
 //! - [`machedb`]: reading a `mache.db` and writing a restored one.
 //! - [`store`]: where bundles and chunk bytes come from, behind small traits;
 //!   [`registry`] is the second kind of store, over HTTP.
@@ -21,10 +24,13 @@ pub mod fs;
 pub mod hash;
 pub mod lockfile;
 pub mod machedb;
+pub mod oci;
+mod progress;
 pub mod registry;
 pub mod rows;
 pub mod serve;
 pub mod store;
+pub mod units;
 
 pub use error::{Error, Result};
 pub use hash::Hash;

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use http_wire::{ServerRequest as Request, read_request};
 use mache_cachefs::hash::Hash;
-use mache_cachefs::registry::manifest::{MANIFEST_TYPE, v1_digest};
+use mache_cachefs::oci::{MANIFEST_TYPE, v1_digest};
 
 const SCOPE: &str = "team";
 const TOKEN: &str = "s3cret-token";

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use fake_registry::{Fault, SCOPE, assert_ok, setup, stderr};
 use mache_cachefs::hash::Hash;
-use mache_cachefs::registry::manifest::v1_digest;
+use mache_cachefs::oci::v1_digest;
 
 #[test]
 fn pull_and_verify_over_a_registry_equal_the_local_bundle_and_a_second_pull_is_cached() {

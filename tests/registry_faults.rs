@@ -42,8 +42,8 @@ use distribution_support::{Distribution, OCI_MANIFEST};
 use fake_registry::{
     Fault, HUGE, Refused, SCOPE, Setup, UNRESOLVABLE, assert_ok, remote_command, setup, stderr,
 };
-use mache_cachefs::registry::manifest::v1_digest;
-use mache_cachefs::registry::packed::{INDEX_TYPE, PACK_TYPE};
+use mache_cachefs::oci::v1_digest;
+use mache_cachefs::oci::{INDEX_TYPE, PACK_TYPE};
 use serve_support::Server;
 
 /// The slack on every promised bound, for a loaded machine.

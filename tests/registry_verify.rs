@@ -21,8 +21,8 @@ use std::process::Output;
 use common::*;
 use distribution_support::{Distribution, OCI_MANIFEST};
 use fake_registry::{FakeRegistry, Fault};
-use mache_cachefs::registry::manifest::v1_digest;
-use mache_cachefs::registry::packed::{INDEX_TYPE, PACK_TYPE};
+use mache_cachefs::oci::v1_digest;
+use mache_cachefs::oci::{INDEX_TYPE, PACK_TYPE};
 use mache_cachefs::store::LocalStore;
 
 const SCOPE: &str = "team/repo";

@@ -140,10 +140,7 @@ pub fn inspect_remote(store: &dyn BundleStore, reference: &str) -> Result<Inspec
     if !reference.contains(':') {
         inspection.refs = vec![reference.to_string()];
     }
-    inspection.manifest = bundle
-        .manifest
-        .as_deref()
-        .map(crate::registry::sha256_digest);
+    inspection.manifest = bundle.manifest.as_deref().map(crate::oci::sha256_digest);
     if let Some(sizes) = &bundle.sizes {
         let mut seen = HashSet::new();
         let shapes: Vec<Shape> = (0..bundle.lockfile.sources.len())

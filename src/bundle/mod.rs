@@ -14,16 +14,3 @@ pub use pull::{
     verify,
 };
 pub use push::{Interrupt, PushOptions, PushReport, push};
-
-use indicatif::{ProgressBar, ProgressStyle};
-
-/// A progress bar on stderr, drawn only when stderr is a terminal.
-pub(crate) fn progress(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    let style = ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({eta})")
-        .expect("progress template is valid")
-        .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_message(what.to_string());
-    bar
-}

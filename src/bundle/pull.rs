@@ -140,7 +140,7 @@ fn for_each_restored(
     progress: bool,
     mut each: impl FnMut(&SourceEntry, &Restored) -> Result<()>,
 ) -> Result<()> {
-    let bar = progress.then(|| super::progress(entries.len(), "restoring"));
+    let bar = progress.then(|| crate::progress::progress(entries.len(), "restoring"));
     let batches: Vec<&[SourceEntry]> = entries.chunks(WINDOW * WINDOWS_PER_FETCH).collect();
     let result = std::thread::scope(|scope| {
         let (fetched, ready) = std::sync::mpsc::sync_channel::<Result<()>>(1);

@@ -102,7 +102,7 @@ const WINDOW: usize = 512;
 /// until `gc`.
 pub fn push(store: &LocalStore, opts: &PushOptions) -> Result<PushReport> {
     let started = Instant::now();
-    crate::store::local::check_ref_name(&opts.tag)?;
+    crate::oci::check_tag(&opts.tag)?;
     let _writing = store.lock_shared()?;
     let store = store.with_tmp_session()?;
     match push_locked(&store, opts, started) {
@@ -158,7 +158,7 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
     let mut seen = HashSet::new();
     let bar = opts
         .progress
-        .then(|| super::progress(contents.sources.len(), "pushing"));
+        .then(|| crate::progress::progress(contents.sources.len(), "pushing"));
     // Windows are encoded and staged here while a second thread makes the
     // previous window durable and visible, so syncs and renames overlap
     // with encoding.

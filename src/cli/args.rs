@@ -203,7 +203,7 @@ pub struct RemoteArgs {
     pub jobs: usize,
     /// Cap of the disk cache of registry chunks, e.g. 10G (default: the
     /// config's cache_size, else 10 GiB).
-    #[arg(long, value_name = "SIZE", value_parser = super::mount::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_size)]
     pub cache_size: Option<u64>,
     /// Seconds to connect to the registry, TLS included (default 5; config
     /// connect_timeout).
@@ -217,7 +217,7 @@ pub struct RemoteArgs {
     /// Bytes per second a registry body must average once it has had the
     /// read timeout to start, e.g. 1K; slower is cut off (default 1K;
     /// config min_rate).
-    #[arg(long, value_name = "RATE", value_parser = super::mount::parse_size)]
+    #[arg(long, value_name = "RATE", value_parser = crate::units::parse_size)]
     pub min_rate: Option<u64>,
     /// Seconds one registry call may take, retries and waits included; past
     /// it the command fails (a mounted file read, EIO) instead of hanging
@@ -286,11 +286,11 @@ pub struct ServeArgs {
     pub token_file: Option<PathBuf>,
     /// Largest blob accepted, e.g. 4GiB, 512M, or bytes.
     #[arg(long, value_name = "SIZE", default_value = crate::serve::DEFAULT_MAX_BLOB,
-          value_parser = super::mount::parse_size)]
+          value_parser = crate::units::parse_size)]
     pub max_blob_size: u64,
     /// Largest manifest accepted (at least 16MiB to be a conformant provider).
     #[arg(long, value_name = "SIZE", default_value = crate::serve::DEFAULT_MAX_MANIFEST,
-          value_parser = super::mount::parse_size)]
+          value_parser = crate::units::parse_size)]
     pub max_manifest_size: u64,
 }
 
@@ -420,7 +420,7 @@ pub struct GcArgs {
     #[arg(long)]
     pub cache: bool,
     /// With --cache: the cap to trim to (default: the configured cache_size, else 10 GiB).
-    #[arg(long, value_name = "SIZE", value_parser = super::mount::parse_size, requires = "cache")]
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_size, requires = "cache")]
     pub max_size: Option<u64>,
     /// With --cache: remove built dbs and logs unused for this many days.
     #[arg(long, value_name = "DAYS", default_value_t = 7, requires = "cache")]

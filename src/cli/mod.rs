@@ -18,7 +18,6 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 pub use args::Cli;
-pub use mount::parse_size;
 
 use crate::error::{Error, exit};
 

@@ -491,7 +491,7 @@ fn start_prefetch(
                 .store(firsts.len() as u64, Ordering::Relaxed);
             let warmed = Warmed {
                 fs: &fs,
-                bar: progress.then(|| crate::bundle::progress(firsts.len(), "prefetch")),
+                bar: progress.then(|| crate::progress::progress(firsts.len(), "prefetch")),
             };
             let build_db = || {
                 if !stop.load(Ordering::Relaxed) {

@@ -16,11 +16,11 @@ use std::sync::{Mutex, RwLock};
 use futures_util::StreamExt;
 
 use super::client::{Client, header};
-use super::manifest::v1_digest;
 use super::packed;
-use super::{LAYOUT_PACKED, LAYOUT_V1, MAX_BLOB, MAX_PACK};
+use super::{MAX_BLOB, MAX_PACK};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
+use crate::oci::{LAYOUT_PACKED, LAYOUT_V1, v1_digest};
 use crate::store::{Backend, BatchSink, RemoteCounters};
 
 /// The blobs of a repository, fetched by digest, each bounded by the size

@@ -1,7 +1,6 @@
 //! Bundles on a registry: the build-cache/v1 transport of SPEC §6 over the
 //! OCI Distribution API, as a [`BundleStore`] beside the local store.
 //!
-//! - [`manifest`]: the manifest format, built for push and checked on pull;
 //! - [`client`]: HTTP with auth, timeouts, retries and bounded bodies;
 //! - [`auth`]: where credentials come from and the challenge handshake;
 //! - [`packed`]: the packed layout's plan and pack index;
@@ -25,7 +24,6 @@ pub mod auth;
 mod backend;
 pub mod client;
 pub mod health;
-pub mod manifest;
 pub mod packed;
 mod tags;
 mod upload;
@@ -44,20 +42,18 @@ use url::Url;
 use self::auth::{Auth, CredentialSources};
 use self::backend::RegistryBackend;
 use self::client::{Client, Timeouts, header};
-use self::manifest::{MANIFEST_TYPE, Manifest, hash_of_digest, v1_digest};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::lockfile::binary;
-use crate::store::local::check_ref_name;
+use crate::oci::{
+    self, Digest, MANIFEST_TYPE, Manifest, check_tag, hash_of_digest, is_name_component,
+    sha256_digest, v1_digest,
+};
 use crate::store::sizes::SizeIndex;
 use crate::store::{BlobCheck, Bundle, BundleStore, ChunkSource, DiskCache, Verified};
 
 /// The producer part of every repository name.
 pub const PRODUCER: &str = "mache";
-/// The name of the one-layer-per-source layout of SPEC §6.
-pub const LAYOUT_V1: &str = "build-cache/v1";
-/// The name of the packed layout, for registries that check SHA-256.
-pub const LAYOUT_PACKED: &str = "packed/1";
 /// Largest manifest (and tag list) we read (providers accept at least 16 MiB).
 pub const MAX_MANIFEST: u64 = 128 << 20;
 /// Largest lockfile, sizes index or pack index we read.
@@ -125,52 +121,6 @@ pub fn check_scope(scope: &str) -> Result<()> {
         "invalid scope {scope:?}: lowercase letters, digits and . _ - in /-separated parts, \
          each starting and ending with a letter or digit"
     )))
-}
-
-/// Longest repository name accepted (OCI's recommended bound).
-pub const MAX_REPOSITORY_NAME: usize = 255;
-
-/// A repository name: at least two `/`-separated components (the first is
-/// the producer), each an [`is_name_component`], at most
-/// [`MAX_REPOSITORY_NAME`] characters. `serve` accepts only these, and a
-/// local store's `<repository>:<tag>` refs name them.
-pub fn is_repository_name(name: &str) -> bool {
-    name.len() <= MAX_REPOSITORY_NAME
-        && name.split('/').count() >= 2
-        && name.split('/').all(is_name_component)
-}
-
-/// One repository name component of the OCI distribution grammar:
-/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`. Shared by our client (scopes) and
-/// `serve` (repository names).
-pub fn is_name_component(component: &str) -> bool {
-    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let bytes = component.as_bytes();
-    let mut i = 0;
-    loop {
-        let start = i;
-        while i < bytes.len() && alnum(&bytes[i]) {
-            i += 1;
-        }
-        if i == start {
-            return false;
-        }
-        if i == bytes.len() {
-            return true;
-        }
-        let separator = &component[i..];
-        let skip = if separator.starts_with("__") {
-            2
-        } else if separator.starts_with(['.', '_']) {
-            1
-        } else {
-            separator.bytes().take_while(|b| *b == b'-').count()
-        };
-        if skip == 0 {
-            return false;
-        }
-        i += skip;
-    }
 }
 
 /// The registry URL and the repository name of `settings`, both checked.
@@ -299,7 +249,7 @@ impl RegistryStore {
                 .map(str::to_string);
             let digest = v1_digest(&Hash::of(&bytes));
             let sha256 = sha256_digest(&bytes);
-            let pinned = if name.starts_with("sha256:") {
+            let pinned = if name.starts_with(oci::digest::PREFIX) {
                 Some(name.clone())
             } else {
                 claimed
@@ -532,7 +482,7 @@ impl RegistryStore {
     /// The manifest a tag last resolved to, from the disk cache, and when
     /// it was resolved. Never for a digest (nothing to remember).
     fn recall(&self, tag: &str) -> Option<(Vec<u8>, std::time::SystemTime)> {
-        if tag.starts_with("sha256:") {
+        if tag.starts_with(oci::digest::PREFIX) {
             return None;
         }
         let path = self.refs_dir.join(tag);
@@ -590,7 +540,7 @@ impl BundleStore for RegistryStore {
                 tracing::warn!("{warning}");
                 bundle.offline = Some(warning);
             }
-            None if !reference.starts_with("sha256:") => self.remember(reference, &bytes),
+            None if !reference.starts_with(oci::digest::PREFIX) => self.remember(reference, &bytes),
             None => {}
         }
         bundle.manifest = Some(bytes);
@@ -645,23 +595,14 @@ impl BundleStore for RegistryStore {
 /// Checks a registry reference before it goes into a URL: a tag (a valid
 /// ref name) or a manifest digest, `sha256:` and 64 lowercase hex digits.
 fn check_reference(reference: &str) -> Result<()> {
-    match reference.strip_prefix("sha256:") {
-        None => check_ref_name(reference),
-        Some(hex)
-            if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
-        {
-            Ok(())
-        }
-        Some(_) => Err(Error::BadSetting(format!(
-            "{reference}: a manifest digest is sha256: and 64 lowercase hex digits"
-        ))),
+    if !reference.starts_with(oci::digest::PREFIX) {
+        return check_tag(reference);
     }
-}
-
-/// A true SHA-256 digest of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+    Digest::parse(reference).map(drop).map_err(|_| {
+        Error::BadSetting(format!(
+            "{reference}: a manifest digest is sha256: and 64 lowercase hex digits"
+        ))
+    })
 }
 
 /// A registry name as a directory name.

@@ -36,12 +36,6 @@ use crate::store::sizes::SizeIndex;
 pub const PACK_TARGET: u64 = 32 << 20;
 /// The pack index's format tag.
 pub const INDEX_FORMAT: &str = "mache-cachefs.packindex/1";
-/// The config (binary lockfile) media type of the packed layout.
-pub const CONFIG_TYPE: &str = "application/vnd.mache-cachefs.lockfile.v1";
-/// The pack layer media type.
-pub const PACK_TYPE: &str = "application/vnd.mache-cachefs.pack.v1";
-/// The pack index layer media type.
-pub const INDEX_TYPE: &str = "application/vnd.mache-cachefs.packindex.v1+json";
 
 /// Where a chunk is: which pack (its digest and size), offset and length.
 #[derive(Debug, Clone, PartialEq, Eq)]

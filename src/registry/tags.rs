@@ -13,23 +13,20 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::RegistryStore;
-use super::manifest::{MANIFEST_TYPE, v1_digest};
 use super::upload::upload_sha256_blob;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
+use crate::oci::{
+    EMPTY_TYPE, MANIFEST_TYPE, PLACEHOLDER_TYPE, UNTAGGED_KEY, check_tag, sha256_digest, v1_digest,
+};
 use crate::store::BundleStore;
-use crate::store::local::{LATEST, check_ref_name};
-
-/// The OCI empty descriptor's media type, for the placeholder's config.
-const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
-/// What marks a placeholder manifest as ours.
-const PLACEHOLDER_TYPE: &str = "application/vnd.mache-cachefs.untagged.v1";
+use crate::store::local::LATEST;
 
 impl RegistryStore {
     /// Points tag `name` at the manifest `reference` names: the same
     /// bytes PUT by the new tag. Returns the bundle's lockfile hash.
     pub(super) fn tag_manifest_copy(&self, reference: &str, name: &str) -> Result<Hash> {
-        check_ref_name(name)?;
+        check_tag(name)?;
         let bundle = self.resolve(reference)?;
         let bytes = bundle
             .manifest
@@ -42,7 +39,7 @@ impl RegistryStore {
 
     /// Removes tag `name` (never `latest`). Returns the lockfile hash it named.
     pub(super) fn remove_tag(&self, name: &str) -> Result<Hash> {
-        check_ref_name(name)?;
+        check_tag(name)?;
         if name == LATEST {
             return Err(Error::Usage(
                 "latest cannot be removed: every push moves it (tag another bundle as latest instead)"
@@ -108,11 +105,11 @@ impl RegistryStore {
             "artifactType": PLACEHOLDER_TYPE,
             "config": { "mediaType": EMPTY_TYPE, "digest": empty, "size": 2 },
             "layers": [],
-            "annotations": { "dev.mache-cachefs.untagged": unique },
+            "annotations": { UNTAGGED_KEY: unique },
         })
         .to_string()
         .into_bytes();
-        let digest = super::sha256_digest(&placeholder);
+        let digest = sha256_digest(&placeholder);
         self.put_manifest(name, placeholder, &digest)?;
         self.delete_manifest(&digest)
     }

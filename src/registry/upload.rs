@@ -17,11 +17,12 @@ use reqwest::{Method, StatusCode};
 use sha2::Digest as _;
 
 use super::client::{self, BodyError, Client, header};
-use super::manifest::{MANIFEST_TYPE, Manifest, v1_digest};
-use super::{LAYOUT_PACKED, LAYOUT_V1, RegistryStore, check_reference, packed, sha256_digest};
+use super::{RegistryStore, check_reference, packed};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::store::local::check_ref_name;
+use crate::oci::{
+    Digest, LAYOUT_PACKED, LAYOUT_V1, MANIFEST_TYPE, Manifest, check_tag, sha256_digest, v1_digest,
+};
 use crate::store::sizes::SizeIndex;
 use crate::store::{Bundle, BundleStore, ChunkSource, LocalStore};
 
@@ -80,7 +81,7 @@ impl RegistryStore {
         bundle: &Bundle,
         options: &UploadOptions,
     ) -> Result<UploadReport> {
-        check_ref_name(options.tag)?;
+        check_tag(options.tag)?;
         let bases = options
             .bases
             .iter()
@@ -341,7 +342,7 @@ impl RegistryStore {
     ) -> Result<(UploadReport, Vec<(String, u64)>)> {
         let client = self.client.clone();
         let local = local.clone();
-        let bar = progress.then(|| crate::bundle::progress(blobs.len(), "uploading"));
+        let bar = progress.then(|| crate::progress::progress(blobs.len(), "uploading"));
         self.client.run(async move {
             let mut results = futures_util::stream::iter(blobs)
                 .map(|blob| upload_blob(&client, &local, blob))
@@ -563,7 +564,7 @@ fn hash_pack(chunks: &dyn ChunkSource, objects: &[(Hash, u64)]) -> Result<(Strin
         sha256.update(&bytes);
         size += len;
     }
-    Ok((format!("sha256:{}", hex::encode(sha256.finalize())), size))
+    Ok((Digest(sha256.finalize().into()).to_string(), size))
 }
 
 /// Whether the registry has blob `digest`.

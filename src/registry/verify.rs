@@ -18,8 +18,8 @@ use reqwest::header::CONTENT_LENGTH;
 
 use super::RegistryStore;
 use super::client::Client;
-use super::manifest::Manifest;
 use crate::error::{Error, Result};
+use crate::oci::Manifest;
 use crate::store::{BlobCheck, Bundle};
 
 impl RegistryStore {
@@ -69,7 +69,7 @@ impl RegistryStore {
     ) -> Result<()> {
         let client = self.client.clone();
         let jobs = self.jobs;
-        let bar = progress.then(|| crate::bundle::progress(blobs.len(), "checking"));
+        let bar = progress.then(|| crate::progress::progress(blobs.len(), "checking"));
         self.client.run(async move {
             let mut checked = futures_util::stream::iter(blobs)
                 .map(|(digest, size)| {

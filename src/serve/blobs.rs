@@ -14,7 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 
-use super::digest::Digest;
+use super::digest::parse_digest;
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::{App, blocking};
 use crate::hash::Hash;
@@ -29,7 +29,7 @@ pub async fn get(
     headers: &HeaderMap,
     method: &Method,
 ) -> RegistryResult<Response> {
-    let digest = Digest::parse(digest)?;
+    let digest = parse_digest(digest)?;
     let registry = app.registry.clone();
     let (hash, path, len) = blocking(move || {
         let store = registry.store();

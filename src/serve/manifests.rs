@@ -7,7 +7,7 @@
 //! every bundle of the store's own refs (`refs/<tag>`, or the Go mache's
 //! `mache.lock.bin` as `latest`): for a tag the repository does not have,
 //! a build-cache/v1 manifest is synthesized from the store's bundle
-//! ([`oci::synthesize`]) and stored, so that what it names (config, sizes
+//! ([`Manifest::for_bundle`]) and stored, so that what it names (config, sizes
 //! index, the manifest itself) can be fetched like anything pushed. The
 //! other way round, a bundle pushed by tag `latest` becomes the store's own
 //! `latest` when the store holds all of it ([`Registry::follow_latest`]).
@@ -18,16 +18,16 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use super::digest::{Computed, Digest};
+use super::digest::{check_digest, parse_digest};
 use super::errors::{Code, RegistryError, RegistryResult};
-use super::oci::{self, CONFIG_TYPE, MANIFEST_TYPE, Manifest, SIZES_ANNOTATION};
 use super::registry::Registry;
 use super::routes::Request;
 use super::{App, blocking};
 use crate::error::Error;
 use crate::hash::Hash;
 use crate::lockfile::binary;
-use crate::store::local::{LATEST, LOCK_BIN, check_ref_name};
+use crate::oci::{CONFIG_TYPE, Computed, Digest, MANIFEST_TYPE, Manifest, SIZES_KEY, check_tag};
+use crate::store::local::{LATEST, LOCK_BIN};
 use crate::store::{Bundle, SizeIndex};
 
 /// What a manifest reference names.
@@ -42,9 +42,9 @@ impl Reference {
     /// the store's ref names.
     fn parse(text: &str) -> RegistryResult<Option<Reference>> {
         if text.contains(':') {
-            return Digest::parse(text).map(|d| Some(Reference::Digest(d)));
+            return parse_digest(text).map(|d| Some(Reference::Digest(d)));
         }
-        let tag = check_ref_name(text).is_ok();
+        let tag = check_tag(text).is_ok();
         Ok(tag.then(|| Reference::Tag(text.to_string())))
     }
 }
@@ -159,8 +159,16 @@ fn from_store(
     };
     let chunk_lens = chunk_lens(registry, &bundle, tag)?;
     let sizes = bundle.sizes.as_ref().map(SizeIndex::to_json);
-    let sizes_hash = sizes.as_deref().map(Hash::of);
-    let manifest = oci::synthesize(&bundle, &chunk_lens, sizes_hash.as_ref());
+    let sizes_blob = sizes
+        .as_deref()
+        .map(|json| (Hash::of(json), json.len() as u64));
+    let manifest = Manifest::for_bundle(
+        &bundle.lockfile,
+        &bundle.lockfile_bytes,
+        &chunk_lens,
+        sizes_blob.as_ref().map(|(hash, len)| (hash, *len)),
+    )
+    .to_bytes();
     let hash = Hash::of(&manifest);
     let mut blobs = vec![bundle.lockfile_bytes.as_slice(), manifest.as_slice()];
     blobs.extend(sizes.as_deref());
@@ -305,7 +313,7 @@ fn store(
     let _writing = registry.lock_shared()?;
     let computed = Computed::of(bytes);
     if let Reference::Digest(digest) = &reference {
-        computed.check(digest, Code::DigestInvalid)?;
+        check_digest(&computed, digest, Code::DigestInvalid)?;
     }
     let config = registry
         .resolve_blob(&descriptor_digest(&manifest.config.digest, "config")?)?
@@ -346,7 +354,7 @@ fn store(
 }
 
 fn descriptor_digest(text: &str, what: &str) -> RegistryResult<Digest> {
-    Digest::parse(text).map_err(|e| {
+    parse_digest(text).map_err(|e| {
         RegistryError::new(
             Code::ManifestInvalid,
             format!("manifest {what}: {}", e.message),
@@ -370,8 +378,8 @@ fn record_lockfile(registry: &Registry, config: &Hash, manifest: &Manifest) -> R
     })?;
     let sizes = manifest
         .annotations
-        .get(SIZES_ANNOTATION)
-        .and_then(|text| Digest::parse(text).ok())
+        .get(SIZES_KEY)
+        .and_then(|text| parse_digest(text).ok())
         .map(|digest| registry.resolve_blob(&digest))
         .transpose()?
         .flatten()

@@ -7,8 +7,8 @@
 //! - `routes`: what a `/v2/…` path names and who answers it;
 //! - `blobs`, `uploads`, `manifests`: the handlers;
 //! - `registry`: the store seen as a registry (digests, repositories, tags);
-//! - `digest`: `sha256:` digests and the BLAKE3/SHA-256 pair behind them;
-//! - `oci`: the manifest model and the manifest synthesized for a bundle;
+//! - `digest`: refusing a digest that does not parse, or bytes that match
+//!   neither reading of theirs (the model is [`crate::oci`]);
 //! - `errors`: the OCI error envelope.
 //!
 //! File work runs on blocking threads (`blocking`); bodies are streamed,
@@ -18,7 +18,6 @@ mod blobs;
 mod digest;
 mod errors;
 mod manifests;
-mod oci;
 mod registry;
 mod routes;
 mod uploads;

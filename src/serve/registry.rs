@@ -20,9 +20,9 @@
 
 use tempfile::TempPath;
 
-use super::digest::{Computed, Digest};
 use crate::error::{Class, Result};
 use crate::hash::Hash;
+use crate::oci::{Computed, Digest};
 use crate::store::local::{LATEST, Object};
 use crate::store::served::{marker_path, sha256_path, tag_path};
 use crate::store::{BundleStore, LocalStore};

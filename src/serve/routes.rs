@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::{App, blobs, manifests, uploads};
-use crate::registry::{MAX_REPOSITORY_NAME, is_repository_name};
+use crate::oci::{MAX_REPOSITORY_NAME, is_repository_name};
 
 /// A parsed `/v2/<rest>` path.
 #[derive(Debug, Clone, PartialEq, Eq)]

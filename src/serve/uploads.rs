@@ -22,12 +22,13 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use tempfile::TempPath;
 
-use super::digest::{Digest, DualHasher};
+use super::digest::{check_digest, parse_digest};
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::registry::Registry;
 use super::routes::Request;
 use super::{App, blocking};
 use crate::error::Error;
+use crate::oci::{Digest, DualHasher};
 
 /// Body bytes gathered before one blocking write-and-hash.
 const FLUSH_BYTES: usize = 1 << 20;
@@ -140,7 +141,7 @@ impl Staging {
     /// On a mismatch the file is deleted and nothing is published.
     fn publish(self, registry: &Registry, claimed: &Digest) -> RegistryResult<()> {
         let computed = self.hasher.finish();
-        computed.check(claimed, Code::BlobDigestMismatch)?;
+        check_digest(&computed, claimed, Code::BlobDigestMismatch)?;
         drop(self.file);
         registry.publish_upload(self.temp, &computed)?;
         Ok(())
@@ -208,7 +209,7 @@ fn check_announced(headers: &HeaderMap, already: u64, limit: u64) -> RegistryRes
 /// mount of a blob already here with `?mount=`, else a new session.
 pub async fn start(app: &App, name: String, request: Request) -> RegistryResult<Response> {
     if let Some(digest) = request.query.get("digest") {
-        let digest = Digest::parse(digest)?;
+        let digest = parse_digest(digest)?;
         check_announced(&request.headers, 0, app.limits.max_blob)?;
         let staging = new_staging(app).await?;
         let staging = receive(staging, request.body, app.limits.max_blob).await?;
@@ -230,7 +231,7 @@ async fn mounted_blob(
     let Some(mount) = query.get("mount") else {
         return Ok(None);
     };
-    let digest = Digest::parse(mount)?;
+    let digest = parse_digest(mount)?;
     let registry = app.registry.clone();
     blocking(move || Ok(registry.resolve_blob(&digest)?.map(|_| digest))).await
 }
@@ -304,7 +305,7 @@ pub async fn finish(app: &App, name: &str, id: &str, request: Request) -> Regist
             "completing an upload needs ?digest=sha256:<hex>",
         )
     })?;
-    let digest = Digest::parse(digest)?;
+    let digest = parse_digest(digest)?;
     let session = app.uploads.get(name, id)?;
     app.uploads.remove(id);
     let staging = session

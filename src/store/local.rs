@@ -38,6 +38,7 @@ use super::{Backend, Bundle, BundleStore, ChunkSource, SizeIndex, Verified};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::lockfile::binary;
+use crate::oci::check_tag;
 
 /// The top-level binary lockfile name (shared with mache).
 pub const LOCK_BIN: &str = "mache.lock.bin";
@@ -403,7 +404,7 @@ impl LocalStore {
         sizes: &SizeIndex,
         tag: &str,
     ) -> Result<Hash> {
-        check_ref_name(tag)?;
+        check_tag(tag)?;
         let hash = Hash::of(lockfile_bytes);
         let hex = hash.to_hex();
         self.replace_file(&format!("lockfiles/{hex}.bin"), lockfile_bytes)?;
@@ -418,7 +419,7 @@ impl LocalStore {
     /// already says so is left untouched, so pointing at the bundle already
     /// there changes nothing.
     pub fn point_refs(&self, lockfile_bytes: &[u8], toml: &str, tag: &str) -> Result<()> {
-        check_ref_name(tag)?;
+        check_tag(tag)?;
         let mut changed = self.write_ref(LATEST, lockfile_bytes, || toml.to_string())?;
         changed |= self.write_ref(tag, lockfile_bytes, || toml.to_string())?;
         if changed {
@@ -533,7 +534,7 @@ impl LocalStore {
             let tag = ServedTag::parse(reference)?;
             return self.read_verified(&self.served_lockfile(&tag)?);
         }
-        check_ref_name(reference)?;
+        check_tag(reference)?;
         let ref_path = self.root.join("refs").join(reference);
         match fs::read_to_string(&ref_path) {
             Ok(text) => {
@@ -607,7 +608,7 @@ impl LocalStore {
     /// Points tag `name` at the bundle `reference` names (atomically; an
     /// existing tag moves). Returns the lockfile hash.
     pub fn tag(&self, reference: &str, name: &str) -> Result<Hash> {
-        check_ref_name(name)?;
+        check_tag(name)?;
         let bundle = self.resolve(reference)?;
         self.point_ref(name, &bundle)?;
         Ok(bundle.lockfile_hash)
@@ -616,7 +617,7 @@ impl LocalStore {
     /// Points ref `name` at a resolved bundle (`latest` moves the top-level
     /// lockfiles with it), synced.
     pub fn point_ref(&self, name: &str, bundle: &Bundle) -> Result<()> {
-        check_ref_name(name)?;
+        check_tag(name)?;
         let toml = || crate::lockfile::text::to_toml(&bundle.lockfile);
         if self.write_ref(name, &bundle.lockfile_bytes, toml)? {
             self.sync()?;
@@ -630,7 +631,7 @@ impl LocalStore {
         if name.contains(':') {
             return self.untag_served(&super::served::ServedTag::parse(name)?);
         }
-        check_ref_name(name)?;
+        check_tag(name)?;
         if name == LATEST {
             return Err(Error::Usage(
                 "latest cannot be removed: every push moves it (tag another bundle as latest instead)"
@@ -913,19 +914,4 @@ pub fn fanout_files(dir: &Path) -> Vec<(Hash, fs::DirEntry)> {
 /// Reads a whole file, with the path in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
-}
-
-/// Ref names are single path components a shell user can type.
-pub fn check_ref_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with(['.', '-'])
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::BadRefName(name.to_string()))
-    }
 }

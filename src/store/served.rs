@@ -16,20 +16,17 @@
 //! `sha256/` index (the packed layout, plain OCI clients):
 //! [`LocalStore::object_of_digest`].
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io::ErrorKind;
 
-use serde::Deserialize;
-
 use super::LocalStore;
-use super::local::check_ref_name;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::registry::is_repository_name;
-use crate::registry::manifest::{CONFIG_TYPE, SIZES_KEY};
-use crate::registry::packed;
+use crate::oci::{
+    CONFIG_TYPE, Manifest, PACKED_CONFIG_TYPE, check_tag, hash_of_digest, is_repository_name,
+    v1_digest,
+};
 
 /// The directory of serve's repositories, in the store.
 const REPOSITORIES: &str = "repositories";
@@ -37,8 +34,6 @@ const REPOSITORIES: &str = "repositories";
 const TAGS: &str = "_tags";
 /// A repository's manifest markers, below its directory.
 const MANIFESTS: &str = "_manifests";
-/// The wire prefix of every digest.
-const DIGEST_PREFIX: &str = "sha256:";
 
 /// A tag serve keeps, named `<repository>:<tag>` among the store's refs.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -55,7 +50,7 @@ impl ServedTag {
     pub fn parse(reference: &str) -> Result<ServedTag> {
         let bad = || Error::BadServedRef(reference.to_string());
         let (repository, tag) = reference.split_once(':').ok_or_else(bad)?;
-        if !is_repository_name(repository) || check_ref_name(tag).is_err() {
+        if !is_repository_name(repository) || check_tag(tag).is_err() {
             return Err(bad());
         }
         Ok(ServedTag {
@@ -101,40 +96,6 @@ pub struct Reach {
     pub lockfile: Option<Hash>,
 }
 
-/// What a stored manifest names, as far as the store cares. Every manifest
-/// serve accepted parses so (it checked this shape on the way in).
-#[derive(Deserialize)]
-struct Named {
-    config: Descriptor,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-}
-
-impl Named {
-    /// Whether the config is a lockfile: build-cache/v1's, or the packed
-    /// layout's (the same bytes, named by SHA-256).
-    fn config_is_lockfile(&self) -> bool {
-        [CONFIG_TYPE, packed::CONFIG_TYPE].contains(&self.config.media_type.as_str())
-    }
-
-    /// Every digest named: config, layers, our sizes annotation.
-    fn digests(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(&self.config)
-            .chain(&self.layers)
-            .map(|d| d.digest.as_str())
-            .chain(self.annotations.get(SIZES_KEY).map(String::as_str))
-    }
-}
-
 impl LocalStore {
     /// Every tag serve keeps, sorted by repository, then tag. Only names:
     /// nothing is read.
@@ -176,7 +137,7 @@ impl LocalStore {
         let mut tags: Vec<String> = read_dir(&dir)?
             .into_iter()
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .filter(|tag| check_ref_name(tag).is_ok())
+            .filter(|tag| check_tag(tag).is_ok())
             .collect();
         tags.sort();
         Ok(tags)
@@ -189,14 +150,10 @@ impl LocalStore {
         let Some(text) = self.read_text(&relative)? else {
             return Ok(None);
         };
-        let hash = text
-            .trim()
-            .strip_prefix(DIGEST_PREFIX)
-            .and_then(|hex| Hash::from_hex(hex).ok())
-            .ok_or_else(|| Error::MalformedStoreFile {
-                path: relative.into(),
-                reason: "a tag holds sha256:<64 hex digits>".to_string(),
-            })?;
+        let hash = hash_of_digest(text.trim()).map_err(|_| Error::MalformedStoreFile {
+            path: relative.into(),
+            reason: "a tag holds sha256:<64 hex digits>".to_string(),
+        })?;
         Ok(Some(hash))
     }
 
@@ -228,11 +185,10 @@ impl LocalStore {
             .ok_or_else(|| self.ref_missing(&tag.to_string()))?;
         if !named.config_is_lockfile() {
             return Err(Error::BadManifest(format!(
-                "{tag} names manifest sha256:{}, whose config is {:?}, not a mache lockfile \
-                 ({CONFIG_TYPE} or {})",
-                manifest.to_hex(),
+                "{tag} names manifest {}, whose config is {:?}, not a mache lockfile \
+                 ({CONFIG_TYPE} or {PACKED_CONFIG_TYPE})",
+                v1_digest(&manifest),
                 named.config.media_type,
-                packed::CONFIG_TYPE
             )));
         }
         self.object_of_digest_text(&named.config.digest)?
@@ -267,22 +223,22 @@ impl LocalStore {
 
     /// The manifest a served tag points at, verified, and what it names;
     /// `None` when there is no such tag.
-    fn read_served(&self, tag: &ServedTag) -> Result<Option<(Hash, Named)>> {
+    fn read_served(&self, tag: &ServedTag) -> Result<Option<(Hash, Manifest)>> {
         let Some(manifest) = self.served_manifest(&tag.repository, &tag.tag)? else {
             return Ok(None);
         };
         let bytes = self.read_verified(&manifest).map_err(|e| match e {
             Error::ObjectMissing { store, .. } => Error::BlobMissing {
                 what: "manifest",
-                digest: format!("{DIGEST_PREFIX}{}", manifest.to_hex()),
+                digest: v1_digest(&manifest),
                 store,
             },
             other => other,
         })?;
         let named = serde_json::from_slice(&bytes).map_err(|e| {
             Error::BadManifest(format!(
-                "{tag} names manifest sha256:{}, which is not an OCI image manifest: {e}",
-                manifest.to_hex()
+                "{tag} names manifest {}, which is not an OCI image manifest: {e}",
+                v1_digest(&manifest)
             ))
         })?;
         Ok(Some((manifest, named)))
@@ -291,12 +247,9 @@ impl LocalStore {
     /// [`object_of_digest`](Self::object_of_digest) of a digest's text;
     /// `None` for text that is not `sha256:` and 64 hex digits.
     fn object_of_digest_text(&self, digest: &str) -> Result<Option<Hash>> {
-        match digest
-            .strip_prefix(DIGEST_PREFIX)
-            .and_then(|hex| Hash::from_hex(hex).ok())
-        {
-            Some(hash) => self.object_of_digest(&hash.0),
-            None => Ok(None),
+        match hash_of_digest(digest) {
+            Ok(hash) => self.object_of_digest(&hash.0),
+            Err(_) => Ok(None),
         }
     }
 
@@ -372,7 +325,7 @@ mod tests {
             Object::new(manifest.to_string().into_bytes()),
         ];
         store.put_all(&objects.iter().collect::<Vec<_>>()).unwrap();
-        let text = format!("{DIGEST_PREFIX}{}\n", objects[1].hash().to_hex());
+        let text = format!("{}\n", v1_digest(&objects[1].hash()));
         store
             .write_file(&tag_path("mache/team", tag), text.as_bytes())
             .unwrap();
@@ -385,8 +338,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = b"lockfile bytes";
         let sha256: [u8; 32] = sha2::Sha256::digest(config).into();
-        let digest = format!("{DIGEST_PREFIX}{}", hex::encode(sha256));
-        let store = store_with_tag(dir.path(), "p", packed::CONFIG_TYPE, config, &digest);
+        let digest = crate::oci::sha256_digest(config);
+        let store = store_with_tag(dir.path(), "p", PACKED_CONFIG_TYPE, config, &digest);
         let tag = ServedTag::parse("mache/team:p").unwrap();
         assert!(
             matches!(
@@ -410,7 +363,7 @@ mod tests {
     fn a_config_that_is_no_lockfile_and_a_missing_tag_say_so() {
         let dir = tempfile::tempdir().unwrap();
         let config = b"{}";
-        let digest = format!("{DIGEST_PREFIX}{}", Hash::of(config).to_hex());
+        let digest = v1_digest(&Hash::of(config));
         let store = store_with_tag(
             dir.path(),
             "img",
@@ -435,25 +388,5 @@ mod tests {
             missing.to_string().contains("(refs: mache/team:img)"),
             "{missing}"
         );
-    }
-
-    #[test]
-    fn a_manifest_names_its_config_layers_and_sizes_index() {
-        let named: Named = serde_json::from_value(serde_json::json!({
-            "config": {"mediaType": CONFIG_TYPE, "digest": "sha256:c"},
-            "layers": [{"mediaType": "x", "digest": "sha256:l"}],
-            "annotations": {SIZES_KEY: "sha256:s", "other": "sha256:o"},
-        }))
-        .unwrap();
-        assert!(named.config_is_lockfile());
-        assert_eq!(
-            named.digests().collect::<Vec<_>>(),
-            ["sha256:c", "sha256:l", "sha256:s"]
-        );
-        let empty: Named = serde_json::from_value(serde_json::json!({
-            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": "sha256:e"},
-        }))
-        .unwrap();
-        assert!(!empty.config_is_lockfile());
     }
 }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use mache_cachefs::hash::Hash;
 
 use crate::http_wire::{ServerRequest as Request, read_request};
-use mache_cachefs::registry::manifest::{MANIFEST_TYPE, Manifest, v1_digest};
+use mache_cachefs::oci::{MANIFEST_TYPE, Manifest, v1_digest};
 use mache_cachefs::store::{Bundle, LocalStore};
 
 use crate::common::{Node, Src, bin, make_db, run_ok, s};
