@@ -134,6 +134,16 @@ pub enum Error {
 
     #[error("invalid registry manifest: {0}")]
     BadManifest(String),
+    #[error("corrupt frame at {offset} of pack {pack}: {reason}")]
+    BadFrame {
+        pack: String,
+        offset: u64,
+        reason: String,
+    },
+    #[error(
+        "the bundle uses {found}, which this mache-cachefs does not read: upgrade mache-cachefs"
+    )]
+    NewerLayout { found: String },
     /// A registry answered something this transport cannot use.
     #[error("{0}")]
     Remote(String),
@@ -375,6 +385,7 @@ impl Error {
             | BadConfig { .. }
             | BadSetting(_)
             | BadManifest(_)
+            | NewerLayout { .. }
             | Usage(_) => Class::Input,
             Remote(_) | Unreachable { .. } | RegistryError { .. } => Class::Remote,
             AuthFailed { .. } => Class::Auth,
@@ -382,6 +393,7 @@ impl Error {
             RootMismatch { .. }
             | InputMismatch(_)
             | Corrupt { .. }
+            | BadFrame { .. }
             | BlobSize { .. }
             | BlobDigest { .. }
             | DigestRefused { .. }

@@ -143,41 +143,54 @@ impl Manifest {
                 manifest.schema_version, manifest.media_type
             )));
         }
-        let (layers, last): (&str, Option<&str>) = match manifest.config.media_type.as_str() {
-            CONFIG_TYPE => (CHUNK_TYPE, None),
-            packed::CONFIG_TYPE => (packed::PACK_TYPE, Some(packed::INDEX_TYPE)),
+        match manifest.config.media_type.as_str() {
+            CONFIG_TYPE => {
+                if let Some(layer) = manifest.layers.iter().find(|l| l.media_type != CHUNK_TYPE) {
+                    return Err(Error::BadManifest(format!(
+                        "layer {} has media type {:?}, not {CHUNK_TYPE}",
+                        layer.digest, layer.media_type
+                    )));
+                }
+            }
+            packed::CONFIG_TYPE => manifest.check_packed_layers()?,
             other => {
                 return Err(Error::BadManifest(format!(
                     "not a mache bundle: its config is {other:?}, not {CONFIG_TYPE} or {}",
                     packed::CONFIG_TYPE
                 )));
             }
-        };
-        let (body, tail) = match last {
-            Some(_) => manifest
-                .layers
-                .split_last()
-                .map(|(tail, body)| (body, Some(tail)))
-                .ok_or_else(|| {
-                    Error::BadManifest("a packed bundle without its pack index".into())
-                })?,
-            None => (&manifest.layers[..], None),
-        };
-        if let Some(layer) = body.iter().find(|l| l.media_type != layers) {
-            return Err(Error::BadManifest(format!(
-                "layer {} has media type {:?}, not {layers}",
-                layer.digest, layer.media_type
-            )));
-        }
-        if let (Some(tail), Some(wanted)) = (tail, last)
-            && tail.media_type != wanted
-        {
-            return Err(Error::BadManifest(format!(
-                "the last layer is {:?}, not the pack index ({wanted})",
-                tail.media_type
-            )));
         }
         Ok(manifest)
+    }
+
+    /// A packed bundle's layers: packs (of either version), then the pack
+    /// index, whose media type gives the layout's version (a later one
+    /// than this build reads is [`Error::NewerLayout`]).
+    fn check_packed_layers(&self) -> Result<()> {
+        let (index, packs) = self
+            .layers
+            .split_last()
+            .ok_or_else(|| Error::BadManifest("a packed bundle without its pack index".into()))?;
+        if packed::index_version(&index.media_type)?.is_none() {
+            return Err(Error::BadManifest(format!(
+                "the last layer is {:?}, not the pack index ({})",
+                index.media_type,
+                packed::INDEX_TYPE
+            )));
+        }
+        let pack_types = [packed::PACK_TYPE, packed::PACK_TYPE_V1];
+        match packs
+            .iter()
+            .find(|l| !pack_types.contains(&l.media_type.as_str()))
+        {
+            Some(layer) => Err(Error::BadManifest(format!(
+                "layer {} has media type {:?}, not {}",
+                layer.digest,
+                layer.media_type,
+                packed::PACK_TYPE
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Whether this is a packed bundle (else build-cache/v1).
@@ -212,8 +225,7 @@ impl Manifest {
         };
         let mut layers: Vec<Descriptor> = packs
             .iter()
-            .cloned()
-            .map(|p| layer(packed::PACK_TYPE, p))
+            .map(|(digest, size)| layer(packed::PACK_TYPE, (digest.clone(), *size)))
             .collect();
         layers.push(layer(packed::INDEX_TYPE, index));
         let mut manifest = Manifest::for_bundle(lockfile, lockfile_bytes, &[], None);

@@ -24,6 +24,7 @@
 pub mod auth;
 mod backend;
 pub mod client;
+pub mod frames;
 pub mod health;
 pub mod manifest;
 pub mod packed;
@@ -57,7 +58,7 @@ pub const PRODUCER: &str = "mache";
 /// The name of the one-layer-per-source layout of SPEC §6.
 pub const LAYOUT_V1: &str = "build-cache/v1";
 /// The name of the packed layout, for registries that check SHA-256.
-pub const LAYOUT_PACKED: &str = "packed/1";
+pub const LAYOUT_PACKED: &str = "packed/2";
 /// Largest manifest (and tag list) we read (providers accept at least 16 MiB).
 pub const MAX_MANIFEST: u64 = 128 << 20;
 /// Largest lockfile, sizes index or pack index we read.
