@@ -324,7 +324,7 @@ fn a_packed_bundle_mounts_reads_whole_with_range_reads_and_read_ahead() {
         String::from_utf8_lossy(&diff.stdout)
     );
     let status = m.status();
-    assert_eq!(status["remote"]["layout"], "packed/1", "{status:#}");
+    assert_eq!(status["remote"]["layout"], "packed/2", "{status:#}");
     let requests = status["remote"]["requests"].as_u64().unwrap();
     let files = sample.files().len() as u64;
     assert!(
@@ -360,7 +360,7 @@ fn a_bundle_on_the_distribution_registry_mounts_a_second_mount_makes_no_blob_req
         "{}",
         String::from_utf8_lossy(&diff.stdout)
     );
-    assert_eq!(first.status()["remote"]["layout"], "packed/1");
+    assert_eq!(first.status()["remote"]["layout"], "packed/2");
     crate::harness::assert_db_answers_equal(sample, &first.path("mache.db"));
     first.unmount();
 

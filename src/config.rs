@@ -38,6 +38,8 @@ pub struct ConfigFile {
     pub offline_after: Option<f64>,
     /// The least rate of a registry body, e.g. "1K" (bytes per second).
     pub min_rate: Option<String>,
+    /// The zstd level of packed pushes (`--compression-level`).
+    pub compression_level: Option<i32>,
 }
 
 /// Registry timeouts the config file sets; flags win over them.
@@ -62,6 +64,8 @@ pub struct Settings {
     pub cache_size: Option<u64>,
     /// Registry timeouts from the config file.
     pub timeouts: ConfiguredTimeouts,
+    /// The zstd level of packed pushes.
+    pub compression_level: Option<i32>,
     /// The config file that was read, if any.
     pub config_path: Option<PathBuf>,
 }
@@ -143,6 +147,15 @@ pub fn load(env: &dyn Env, explicit_config: Option<&Path>) -> Result<Settings> {
             .transpose()
     };
     let cache_size = size("cache_size", &file.cache_size)?;
+    let compression_level = file
+        .compression_level
+        .map(|level| {
+            crate::registry::frames::check_level(level).map_err(|reason| Error::BadConfig {
+                path: path.clone(),
+                reason: format!("compression_level: {reason}"),
+            })
+        })
+        .transpose()?;
     let timeouts = ConfiguredTimeouts {
         connect: seconds("connect_timeout", file.connect_timeout)?,
         read: seconds("read_timeout", file.read_timeout)?,
@@ -152,6 +165,7 @@ pub fn load(env: &dyn Env, explicit_config: Option<&Path>) -> Result<Settings> {
     };
     Ok(Settings {
         cache_size,
+        compression_level,
         timeouts,
         store,
         cache_dir: file

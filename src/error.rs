@@ -137,6 +137,16 @@ pub enum Error {
     /// A digest that is not `sha256:` and 64 lowercase hex digits.
     #[error("invalid digest {0:?}: expected sha256: and 64 lowercase hex digits")]
     BadDigest(String),
+    #[error("corrupt frame at {offset} of pack {pack}: {reason}")]
+    BadFrame {
+        pack: String,
+        offset: u64,
+        reason: String,
+    },
+    #[error(
+        "the bundle uses {found}, which this mache-cachefs does not read: upgrade mache-cachefs"
+    )]
+    NewerLayout { found: String },
     /// A registry answered something this transport cannot use.
     #[error("{0}")]
     Remote(String),
@@ -379,6 +389,7 @@ impl Error {
             | BadSetting(_)
             | BadManifest(_)
             | BadDigest(_)
+            | NewerLayout { .. }
             | Usage(_) => Class::Input,
             Remote(_) | Unreachable { .. } | RegistryError { .. } => Class::Remote,
             AuthFailed { .. } => Class::Auth,
@@ -386,6 +397,7 @@ impl Error {
             RootMismatch { .. }
             | InputMismatch(_)
             | Corrupt { .. }
+            | BadFrame { .. }
             | BlobSize { .. }
             | BlobDigest { .. }
             | DigestRefused { .. }

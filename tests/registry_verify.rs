@@ -50,7 +50,7 @@ fn push_packed(registry: &Distribution, dir: &Path, n: usize) -> Vec<(String, u6
         &registry.url(),
         &["push", "--db", s(&db), s(&local), "--json"],
     ));
-    assert_eq!(pushed["remote"]["layout"], "packed/1", "{pushed:#}");
+    assert_eq!(pushed["remote"]["layout"], "packed/2", "{pushed:#}");
     let reply = registry.request(
         "GET",
         &format!("/v2/{REPO}/manifests/latest"),

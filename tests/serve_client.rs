@@ -218,7 +218,7 @@ fn the_packed_layout_round_trips_reuses_its_packs_and_an_unchanged_repush_upload
         ))
     };
     let first = push(&db);
-    assert_eq!(first["remote"]["layout"], "packed/1");
+    assert_eq!(first["remote"]["layout"], "packed/2");
     assert_eq!(
         first["remote"]["uploaded"], 3,
         "one pack, the lockfile, the index: {first:#}"

@@ -270,6 +270,18 @@ pub struct PushArgs {
     /// registry has anyway). Needs a registry.
     #[arg(long = "base", value_name = "REF")]
     pub bases: Vec<String>,
+    /// The zstd level of the packed layout's frames, 1 to 19 (default: the
+    /// config's compression_level, else 9: within 1.15x of the smallest
+    /// at about 45 MB/s a core; 3 is 4x faster and 15% larger).
+    #[arg(long, value_name = "LEVEL", value_parser = parse_level)]
+    pub compression_level: Option<i32>,
+}
+
+fn parse_level(text: &str) -> Result<i32, String> {
+    let level = text
+        .parse::<i32>()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    crate::registry::frames::check_level(level)
 }
 
 #[derive(Debug, Args)]

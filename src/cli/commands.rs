@@ -198,6 +198,10 @@ fn push(settings: &Settings, args: PushArgs, progress: bool) -> Result<()> {
                 layout: args.layout,
                 bases: &args.bases,
                 progress: opts.progress,
+                compression_level: args
+                    .compression_level
+                    .or(settings.compression_level)
+                    .unwrap_or(crate::registry::frames::DEFAULT_LEVEL),
             };
             Some((
                 registry.describe(),

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::digest::{hash_of_digest, sha256_digest, v1_digest};
 use super::{
     CHUNK_TYPE, CONFIG_TYPE, INDEX_TYPE, KIND_KEY, LAYOUT_KEY, LAYOUT_PACKED, MANIFEST_TYPE,
-    PACK_TYPE, PACKED_CONFIG_TYPE, PATH_KEY, PRODUCER_KEY, PRODUCER_VERSION_KEY,
+    PACK_TYPE, PACK_TYPE_V1, PACKED_CONFIG_TYPE, PATH_KEY, PRODUCER_KEY, PRODUCER_VERSION_KEY,
     SCHEMA_VERSION_KEY, SIZES_KEY,
 };
 use crate::error::{Error, Result};
@@ -156,41 +156,51 @@ impl Manifest {
                 manifest.schema_version
             )));
         }
-        let (layers, last): (&str, Option<&str>) = match manifest.config.media_type.as_str() {
-            CONFIG_TYPE => (CHUNK_TYPE, None),
-            PACKED_CONFIG_TYPE => (PACK_TYPE, Some(INDEX_TYPE)),
+        match manifest.config.media_type.as_str() {
+            CONFIG_TYPE => {
+                if let Some(layer) = manifest.layers.iter().find(|l| l.media_type != CHUNK_TYPE) {
+                    return Err(Error::BadManifest(format!(
+                        "layer {} has media type {:?}, not {CHUNK_TYPE}",
+                        layer.digest, layer.media_type
+                    )));
+                }
+            }
+            PACKED_CONFIG_TYPE => manifest.check_packed_layers()?,
             other => {
                 return Err(Error::BadManifest(format!(
                     "not a mache bundle: its config is {other:?}, not {CONFIG_TYPE} or \
                      {PACKED_CONFIG_TYPE}"
                 )));
             }
-        };
-        let (body, tail) = match last {
-            Some(_) => manifest
-                .layers
-                .split_last()
-                .map(|(tail, body)| (body, Some(tail)))
-                .ok_or_else(|| {
-                    Error::BadManifest("a packed bundle without its pack index".into())
-                })?,
-            None => (&manifest.layers[..], None),
-        };
-        if let Some(layer) = body.iter().find(|l| l.media_type != layers) {
-            return Err(Error::BadManifest(format!(
-                "layer {} has media type {:?}, not {layers}",
-                layer.digest, layer.media_type
-            )));
-        }
-        if let (Some(tail), Some(wanted)) = (tail, last)
-            && tail.media_type != wanted
-        {
-            return Err(Error::BadManifest(format!(
-                "the last layer is {:?}, not the pack index ({wanted})",
-                tail.media_type
-            )));
         }
         Ok(manifest)
+    }
+
+    /// A packed bundle's layers: packs (of either version), then the pack
+    /// index, whose media type gives the layout's version (a later one
+    /// than this build reads is [`Error::NewerLayout`]).
+    fn check_packed_layers(&self) -> Result<()> {
+        let (index, packs) = self
+            .layers
+            .split_last()
+            .ok_or_else(|| Error::BadManifest("a packed bundle without its pack index".into()))?;
+        if super::index_version(&index.media_type)?.is_none() {
+            return Err(Error::BadManifest(format!(
+                "the last layer is {:?}, not the pack index ({INDEX_TYPE})",
+                index.media_type
+            )));
+        }
+        let pack_types = [PACK_TYPE, PACK_TYPE_V1];
+        match packs
+            .iter()
+            .find(|l| !pack_types.contains(&l.media_type.as_str()))
+        {
+            Some(layer) => Err(Error::BadManifest(format!(
+                "layer {} has media type {:?}, not {PACK_TYPE}",
+                layer.digest, layer.media_type
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Whether this is a packed bundle (else build-cache/v1).

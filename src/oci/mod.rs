@@ -34,10 +34,17 @@ pub const CHUNK_TYPE: &str = "application/vnd.cloister.build-cache.v1.chunk";
 
 /// The config (binary lockfile) media type of the packed layout.
 pub const PACKED_CONFIG_TYPE: &str = "application/vnd.mache-cachefs.lockfile.v1";
-/// The pack layer media type of the packed layout.
-pub const PACK_TYPE: &str = "application/vnd.mache-cachefs.pack.v1";
-/// The pack index layer media type of the packed layout.
-pub const INDEX_TYPE: &str = "application/vnd.mache-cachefs.packindex.v1+json";
+/// The media type of a pack of frames (packed/2; a packed/1 pack is one
+/// whose frames are all stored as they are).
+pub const PACK_TYPE: &str = "application/vnd.mache-cachefs.pack.v2";
+/// The media type of a pack of chunks stored as they are (packed/1).
+pub const PACK_TYPE_V1: &str = "application/vnd.mache-cachefs.pack.v1";
+/// The pack index layer media type: zstd-compressed JSON (packed/2).
+pub const INDEX_TYPE: &str = "application/vnd.mache-cachefs.packindex.v2+json+zstd";
+/// The pack index layer media type of packed/1: plain JSON.
+pub const INDEX_TYPE_V1: &str = "application/vnd.mache-cachefs.packindex.v1+json";
+/// The version of the packed layout a push writes.
+pub const PACKED_VERSION: u32 = 2;
 /// The artifact type of `untag`'s placeholder manifests.
 pub const PLACEHOLDER_TYPE: &str = "application/vnd.mache-cachefs.untagged.v1";
 
@@ -61,4 +68,21 @@ pub const UNTAGGED_KEY: &str = "dev.mache-cachefs.untagged";
 /// The name of the build-cache/v1 layout.
 pub const LAYOUT_V1: &str = "build-cache/v1";
 /// The name of the packed layout, as [`LAYOUT_KEY`] carries it.
-pub const LAYOUT_PACKED: &str = "packed/1";
+pub const LAYOUT_PACKED: &str = "packed/2";
+
+/// The packed layout version a pack index media type names: `Ok(Some(1))`
+/// or `Ok(Some(2))`; a later version is [`NewerLayout`](crate::error::Error::NewerLayout) (this build
+/// cannot read it: "upgrade mache-cachefs"); anything else `Ok(None)`.
+pub fn index_version(media_type: &str) -> crate::error::Result<Option<u32>> {
+    let version = media_type
+        .strip_prefix("application/vnd.mache-cachefs.packindex.v")
+        .and_then(|rest| rest.split_once("+json"))
+        .and_then(|(n, _)| n.parse::<u32>().ok());
+    match version {
+        Some(v @ 1..=PACKED_VERSION) => Ok(Some(v)),
+        Some(v) => Err(crate::error::Error::NewerLayout {
+            found: format!("packed/{v}"),
+        }),
+        None => Ok(None),
+    }
+}

@@ -9,13 +9,14 @@
 //! results to the calling thread through an async channel, so no task ever
 //! blocks a runtime thread that user reads need.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, RwLock};
 
 use futures_util::StreamExt;
 
 use super::client::{Client, header};
+use super::frames::{self, Frame};
 use super::packed;
 use super::{MAX_BLOB, MAX_PACK};
 use crate::error::{Error, Result};
@@ -64,63 +65,84 @@ impl RegistryBackend {
     }
 }
 
-/// The chunks of the packed bundles resolved so far.
+/// The chunks of the packed bundles resolved so far, by frame.
 #[derive(Default)]
 struct PackedChunks {
     locations: HashMap<Hash, packed::Location>,
-    /// Per pack digest: `(offset, len, hash)`, sorted by offset.
-    members: HashMap<String, Vec<(u64, u64, Hash)>>,
+    /// Per pack digest: its frames, sorted by offset, each once.
+    frames: HashMap<String, Vec<Member>>,
+}
+
+/// A frame of a pack and the chunks in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Member {
+    frame: Frame,
+    /// `(hash, offset, len)` in the frame's decoded bytes.
+    chunks: Vec<(Hash, u64, u64)>,
 }
 
 impl PackedChunks {
     fn add(&mut self, locations: HashMap<Hash, packed::Location>) {
+        let mut touched = HashSet::new();
         for (hash, location) in locations {
-            let members = self.members.entry(location.pack.clone()).or_default();
-            members.push((location.offset, location.len, hash));
+            let frames = self.frames.entry(location.pack.clone()).or_default();
+            let chunk = (hash, location.offset, location.len);
+            match frames.iter_mut().find(|m| m.frame == location.frame) {
+                Some(member) if !member.chunks.contains(&chunk) => member.chunks.push(chunk),
+                Some(_) => {}
+                None => frames.push(Member {
+                    frame: location.frame,
+                    chunks: vec![chunk],
+                }),
+            }
+            touched.insert(location.pack.clone());
             self.locations.insert(hash, location);
         }
-        for members in self.members.values_mut() {
-            members.sort_unstable();
-            members.dedup();
+        for pack in touched {
+            let frames = self.frames.get_mut(&pack).expect("a touched pack");
+            frames.sort_unstable_by_key(|m| (m.frame.offset, m.frame.stored_len));
         }
     }
 
-    /// A window of consecutive `members` of one pack (`all` its chunks).
-    fn window_of(&self, members: Vec<(u64, u64, Hash)>, all: &[(u64, u64, Hash)]) -> Window {
-        let location = self.locations[&members[0].2].clone();
+    /// A window of consecutive `members` of one pack.
+    fn window_of(&self, pack: &str, members: Vec<Member>) -> Window {
+        let first = members[0].chunks[0].0;
         Window {
-            location,
+            location: self.locations[&first].clone(),
             members,
-            pack: all.to_vec(),
+            pack: self.frames.get(pack).cloned().unwrap_or_default(),
         }
     }
 
-    /// The chunks one read of `hash` brings: it and the ones right after it
-    /// in its pack, up to [`READ_AHEAD`] bytes (Nydus's `amplify_io`).
-    /// Only when `sequential` (the read continues the previous one in this
-    /// pack): a random read takes its own chunk alone.
+    /// The frames one read of `hash` brings: its own and the ones right
+    /// after it in its pack, up to [`READ_AHEAD`] bytes (Nydus's
+    /// `amplify_io`). Only when `sequential` (the read continues the
+    /// previous one in this pack): a random read takes its own frame alone.
     fn window(
         &self,
         hash: &Hash,
         sequential: impl Fn(&packed::Location) -> bool,
     ) -> Option<Window> {
         let location = self.locations.get(hash)?.clone();
-        let members = self.members.get(&location.pack)?;
-        let start = members.partition_point(|m| m.0 < location.offset);
+        let frames = self.frames.get(&location.pack)?;
+        let start = frames.partition_point(|m| m.frame.offset < location.frame.offset);
         let ahead = if sequential(&location) { READ_AHEAD } else { 0 };
-        let mut window = Vec::new();
-        let mut end = location.offset;
-        for &(offset, len, member) in &members[start..] {
-            if offset < end || (!window.is_empty() && offset + len - location.offset > ahead) {
+        let mut window: Vec<Member> = Vec::new();
+        let mut end = location.frame.offset;
+        for member in &frames[start..] {
+            let frame = member.frame;
+            if frame.offset < end
+                || (!window.is_empty() && frame.end() - location.frame.offset > ahead)
+            {
                 break;
             }
-            window.push((offset, len, member));
-            end = offset + len;
+            end = frame.end();
+            window.push(member.clone());
         }
         Some(Window {
             location,
             members: window,
-            pack: members.clone(),
+            pack: frames.clone(),
         })
     }
 }
@@ -145,7 +167,7 @@ impl Request {
     fn hashes(&self) -> Vec<Hash> {
         match self {
             Request::Blob(hash, _) => vec![*hash],
-            Request::Range(window) => window.members.iter().map(|m| m.2).collect(),
+            Request::Range(window) => window.chunks().map(|(hash, _, _)| hash).collect(),
         }
     }
 }
@@ -154,51 +176,64 @@ impl Request {
 const MAX_RANGE: u64 = 8 << 20;
 
 impl RegistryBackend {
-    /// Groups `hashes` into requests: packed chunks of one pack that lie
-    /// next to each other share a `Range` request (up to [`MAX_RANGE`]).
+    /// Groups `hashes` into requests: the frames of one pack that hold
+    /// them and lie next to each other share a `Range` request (up to
+    /// [`MAX_RANGE`]).
     fn plan_requests(&self, hashes: &[Hash]) -> Vec<Request> {
         let packed = self.packed.read().unwrap_or_else(|e| e.into_inner());
-        let mut by_pack: HashMap<&str, Vec<(u64, u64, Hash)>> = HashMap::new();
+        let mut by_pack: HashMap<&str, Vec<Frame>> = HashMap::new();
         let mut requests = Vec::new();
         for hash in hashes {
             match packed.locations.get(hash) {
-                Some(l) => by_pack
-                    .entry(&l.pack)
-                    .or_default()
-                    .push((l.offset, l.len, *hash)),
+                Some(l) => by_pack.entry(&l.pack).or_default().push(l.frame),
                 None => requests.push(Request::Blob(*hash, self.size_of(hash))),
             }
         }
         for (pack, mut wanted) in by_pack {
-            wanted.sort_unstable();
+            wanted.sort_unstable_by_key(|f| (f.offset, f.stored_len));
             wanted.dedup();
-            let all = packed.members.get(pack).cloned().unwrap_or_default();
-            let mut run: Vec<(u64, u64, Hash)> = Vec::new();
-            for member in wanted {
+            let all = &packed.frames[pack];
+            let member = |frame: &Frame| {
+                all.iter()
+                    .find(|m| m.frame == *frame)
+                    .expect("a located frame is a member")
+                    .clone()
+            };
+            let mut run: Vec<Member> = Vec::new();
+            for frame in wanted {
                 let joins = run.last().is_some_and(|last| {
-                    last.0 + last.1 == member.0 && member.0 + member.1 - run[0].0 <= MAX_RANGE
+                    last.frame.end() == frame.offset
+                        && frame.end() - run[0].frame.offset <= MAX_RANGE
                 });
                 if !joins && !run.is_empty() {
                     requests.push(Request::Range(
-                        packed.window_of(std::mem::take(&mut run), &all),
+                        packed.window_of(pack, std::mem::take(&mut run)),
                     ));
                 }
-                run.push(member);
+                run.push(member(&frame));
             }
             if !run.is_empty() {
-                requests.push(Request::Range(packed.window_of(run, &all)));
+                requests.push(Request::Range(packed.window_of(pack, run)));
             }
         }
         requests
     }
 }
 
-/// One read of a packed chunk: where it is, the chunks the read brings, and
-/// all chunks of its pack (what a registry that ignores `Range` sends).
+/// One read of packed chunks: the pack (as the first chunk's location
+/// names it), the frames the read brings, and all frames of the pack (what
+/// a registry that ignores `Range` sends).
 struct Window {
     location: packed::Location,
-    members: Vec<(u64, u64, Hash)>,
-    pack: Vec<(u64, u64, Hash)>,
+    members: Vec<Member>,
+    pack: Vec<Member>,
+}
+
+impl Window {
+    /// The chunks the read brings, `(hash, offset, len)` in their frames.
+    fn chunks(&self) -> impl Iterator<Item = (Hash, u64, u64)> + '_ {
+        self.members.iter().flat_map(|m| m.chunks.iter().copied())
+    }
 }
 
 /// How far a cold read of a packed chunk reads ahead in its pack.
@@ -228,23 +263,26 @@ impl RegistryBackend {
     }
 }
 
-/// GETs the bytes of `members` (consecutive chunks of one pack) with one
-/// `Range` request. A registry that ignores `Range` answers the whole pack:
-/// then every chunk of it is returned, to be verified and cached at once.
+/// GETs the frames of `window` (consecutive in one pack) with one `Range`
+/// request and decodes them into their chunks. A registry that ignores
+/// `Range` answers the whole pack: then every chunk of it is returned, to
+/// be verified and cached at once.
 async fn get_pack_range(client: &Client, window: Window) -> Result<Vec<(Hash, Vec<u8>)>> {
     let Window {
         location,
         members,
         pack,
     } = window;
-    let start = members.first().map_or(location.offset, |m| m.0);
+    let start = members
+        .first()
+        .map_or(location.frame.offset, |m| m.frame.offset);
     let end = members
         .last()
-        .map_or(location.offset + location.len, |m| m.0 + m.1);
+        .map_or(location.frame.end(), |m| m.frame.end());
     if end == start {
-        // Only empty chunks: there is nothing to ask for (a `Range` cannot
+        // Only empty frames: there is nothing to ask for (a `Range` cannot
         // name zero bytes, and one past the end of a pack is a 416).
-        return Ok(members.into_iter().map(|m| (m.2, Vec::new())).collect());
+        return decode_members(&members, &[], 0, &location.pack);
     }
     if location.pack_size > MAX_PACK || end - start > MAX_BLOB {
         return Err(Error::BadManifest(format!(
@@ -272,35 +310,47 @@ async fn get_pack_range(client: &Client, window: Window) -> Result<Vec<(Hash, Ve
         });
     };
     let whole = !headers.contains_key(reqwest::header::CONTENT_RANGE);
-    let (base, members) = if whole {
-        if body.len() as u64 != location.pack_size {
-            return Err(Error::Unreachable {
-                registry: client.registry(),
-                reason: format!(
-                    "pack {} came with {} of {} bytes",
-                    location.pack,
-                    body.len(),
-                    location.pack_size
-                ),
-            });
-        }
-        (0, pack)
+    let expected = if whole {
+        location.pack_size
     } else {
-        if body.len() as u64 != end - start {
-            return Err(Error::Unreachable {
-                registry: client.registry(),
-                reason: format!("a range of {} bytes came with {}", end - start, body.len()),
-            });
-        }
-        (start, members)
+        end - start
     };
-    Ok(members
-        .into_iter()
-        .map(|(offset, len, hash)| {
-            let from = (offset - base) as usize;
-            (hash, body[from..from + len as usize].to_vec())
-        })
-        .collect())
+    if body.len() as u64 != expected {
+        return Err(Error::Unreachable {
+            registry: client.registry(),
+            reason: format!(
+                "a read of {expected} bytes of pack {} came with {}",
+                location.pack,
+                body.len()
+            ),
+        });
+    }
+    let (base, members) = if whole { (0, pack) } else { (start, members) };
+    let pack = location.pack;
+    tokio::task::spawn_blocking(move || decode_members(&members, &body, base, &pack))
+        .await
+        .expect("decoding frames does not panic")
+}
+
+/// The chunks of `members`, whose frames are in `body` (which starts at
+/// byte `base` of `pack`), each frame decoded.
+fn decode_members(
+    members: &[Member],
+    body: &[u8],
+    base: u64,
+    pack: &str,
+) -> Result<Vec<(Hash, Vec<u8>)>> {
+    let mut chunks = Vec::new();
+    for member in members {
+        let frame = &member.frame;
+        let from = (frame.offset - base) as usize;
+        let stored = &body[from..from + frame.stored_len as usize];
+        let raw = frames::decode(stored, frame, pack)?;
+        for &(hash, offset, len) in &member.chunks {
+            chunks.push((hash, raw[offset as usize..(offset + len) as usize].to_vec()));
+        }
+    }
+    Ok(chunks)
 }
 
 /// GETs blob `hash`: exactly `size` bytes when known, else at most `limit`
@@ -345,7 +395,7 @@ impl Backend for RegistryBackend {
             let sequential = |l: &packed::Location| {
                 recent
                     .get(&l.pack)
-                    .is_some_and(|&(start, end)| (start..=end).contains(&l.offset))
+                    .is_some_and(|&(start, end)| (start..=end).contains(&l.frame.offset))
             };
             self.packed
                 .read()
@@ -360,7 +410,7 @@ impl Backend for RegistryBackend {
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(
                             window.location.pack.clone(),
-                            (first.0 + first.1, last.0 + last.1),
+                            (first.frame.end(), last.frame.end()),
                         );
                 }
                 let client = self.client.clone();

@@ -7,6 +7,7 @@
 //! - `backend`: fetching chunks (a [`Backend`](crate::store::Backend),
 //!   verified and cached on disk by [`Verified`] in front of it);
 //! - `upload`: pushing a bundle of the local store;
+//! - [`frames`]: packed/2's frames: zstd, bounded decoding;
 //! - `tags`: `tag` and `untag` on a registry (manifest PUT and DELETE);
 //! - `verify`: what `verify` checks besides the chunks (every blob there,
 //!   with its manifest's size);
@@ -23,6 +24,7 @@
 pub mod auth;
 mod backend;
 pub mod client;
+pub mod frames;
 pub mod health;
 pub mod packed;
 mod tags;
