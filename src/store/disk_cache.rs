@@ -34,6 +34,13 @@
 //!   chunk is gone.
 //! - **Never in the way**: a full or read-only cache directory only costs
 //!   the caching (one warning); reads are still served from the network.
+//! - **Compressed at rest**: a chunk is kept as one zstd frame (level
+//!   [`AT_REST_LEVEL`], about 440 MB/s a core; source code shrinks about
+//!   6×, AST chunks more) when that is smaller, else as it is, so the cap
+//!   holds that many times more. A read tries a file that starts as a zstd
+//!   frame decompressed (at most the frame's declared size, itself at most
+//!   [`MAX_CHUNK`]) and then as it is: only bytes that hash to the chunk's
+//!   name are served, and copies written before compression still read.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -60,6 +67,12 @@ const RECOUNT_AFTER: Duration = Duration::from_secs(3600);
 
 /// The ledger's file name in the cache directory.
 const LEDGER: &str = "ledger";
+
+/// The zstd level chunks are kept at.
+pub const AT_REST_LEVEL: i32 = 3;
+
+/// A cached frame declaring more than this is not decompressed.
+const MAX_CHUNK: u64 = 256 << 20;
 
 /// Counters of the disk cache, for the status file and reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -135,9 +148,13 @@ impl DiskCache {
     /// The verified bytes of `hash`, if cached. A corrupt copy is deleted.
     pub fn get(&self, hash: &Hash) -> Option<Vec<u8>> {
         let path = self.path_of(hash);
-        let Some((file, bytes)) = read_whole(&path) else {
+        let Some((file, stored)) = read_whole(&path) else {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return None;
+        };
+        let bytes = match decompressed(&stored).filter(|raw| Hash::of(raw) == *hash) {
+            Some(raw) => raw,
+            None => stored,
         };
         if Hash::of(&bytes) != *hash {
             tracing::warn!(
@@ -215,6 +232,11 @@ impl DiskCache {
     fn insert(&self, ledger: &Ledger, hash: &Hash, bytes: &[u8]) -> io::Result<()> {
         let path = self.path_of(hash);
         let mut temp = self.temp_file()?;
+        let compressed = zstd::bulk::compress(bytes, AT_REST_LEVEL)?;
+        let bytes = match compressed.len() < bytes.len() {
+            true => &compressed[..],
+            false => bytes,
+        };
         temp.write_all(bytes)?;
         temp.as_file().set_modified(SystemTime::now())?;
         fs::create_dir_all(path.parent().expect("a chunk path has a parent"))?;
@@ -302,6 +324,23 @@ impl DiskCache {
             );
         }
     }
+}
+
+/// A cached copy that is one zstd frame, decompressed; `None` for one
+/// that is not (kept as it is), or declares no size or more than
+/// [`MAX_CHUNK`].
+fn decompressed(stored: &[u8]) -> Option<Vec<u8>> {
+    const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    if !stored.starts_with(&MAGIC) {
+        return None;
+    }
+    let declared = zstd::zstd_safe::get_frame_content_size(stored).ok()??;
+    if declared > MAX_CHUNK {
+        return None;
+    }
+    zstd::bulk::decompress(stored, declared as usize)
+        .ok()
+        .filter(|raw| raw.len() as u64 == declared)
 }
 
 /// The open file and the whole contents of `path`.
@@ -555,14 +594,60 @@ fn scan(chunks: &Path) -> Vec<(Hash, u64, SystemTime)> {
 mod tests {
     use super::*;
 
-    /// `n` distinct chunks of `len` bytes each, with their hashes.
+    /// `n` distinct chunks of `len` bytes each that do not compress (so
+    /// they are kept as they are), with their hashes.
     fn chunks(n: u8, len: usize) -> Vec<(Hash, Vec<u8>)> {
         (0..n)
             .map(|i| {
-                let bytes = vec![i; len];
+                let mut bytes = vec![0; len];
+                blake3::Hasher::new()
+                    .update(&[i])
+                    .finalize_xof()
+                    .fill(&mut bytes);
                 (Hash::of(&bytes), bytes)
             })
             .collect()
+    }
+
+    #[test]
+    fn chunks_are_kept_compressed_when_that_is_smaller_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let text = "fn main() { println!(\"hi\"); }\n".repeat(300).into_bytes();
+        let text_hash = Hash::of(&text);
+        cache.put(&text_hash, &text);
+        let stored = fs::metadata(cache.path_of(&text_hash)).unwrap().len();
+        assert!(stored * 20 < text.len() as u64, "{stored} bytes on disk");
+        assert_eq!(cache.get(&text_hash).unwrap(), text);
+        assert_eq!(
+            cache.stats().bytes,
+            stored,
+            "the ledger counts what is on disk"
+        );
+
+        let (noise_hash, noise) = chunks(1, 4096).remove(0);
+        cache.put(&noise_hash, &noise);
+        assert_eq!(fs::read(cache.path_of(&noise_hash)).unwrap(), noise);
+        assert_eq!(cache.get(&noise_hash).unwrap(), noise);
+
+        // A chunk that is itself a zstd frame, kept as it is (as a cache
+        // written before compression keeps every chunk), still reads.
+        let frame = zstd::bulk::compress(b"inner bytes", 3).unwrap();
+        let frame_hash = Hash::of(&frame);
+        let path = cache.path_of(&frame_hash);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, &frame).unwrap();
+        assert_eq!(cache.get(&frame_hash).unwrap(), frame);
+
+        // A compressed copy that no longer decompresses to its name is
+        // corrupt: dropped, never served.
+        fs::write(
+            cache.path_of(&text_hash),
+            zstd::bulk::compress(b"other", 3).unwrap(),
+        )
+        .unwrap();
+        assert!(cache.get(&text_hash).is_none());
+        assert_eq!(cache.stats().corrupt, 1);
     }
 
     /// The bytes really in `chunks/`.
