@@ -18,6 +18,7 @@ pub mod bundle;
 pub mod cache;
 pub mod chunk;
 pub mod cli;
+pub mod compression;
 pub mod config;
 pub mod error;
 pub mod fs;

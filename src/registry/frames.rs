@@ -132,15 +132,7 @@ pub fn encode(raw: &[u8], level: i32) -> Result<(Codec, Vec<u8>)> {
     if raw.is_empty() {
         return Ok((Codec::Stored, Vec::new()));
     }
-    let mut compressor = zstd::bulk::Compressor::new(level)
-        .and_then(|mut c| {
-            c.include_contentsize(true)?;
-            c.include_checksum(false)?;
-            Ok(c)
-        })
-        .map_err(|e| Error::io("starting zstd", e))?;
-    let compressed = compressor
-        .compress(raw)
+    let compressed = crate::compression::compress(raw, level)
         .map_err(|e| Error::io("compressing a frame", e))?;
     Ok(match compressed.len() < raw.len() {
         true => (Codec::Zstd, compressed),
@@ -192,7 +184,7 @@ pub fn decode(stored: &[u8], frame: &Frame, pack: &str) -> Result<Vec<u8>> {
             }
             let capacity = usize::try_from(frame.raw_len)
                 .map_err(|_| bad(format!("{} bytes decoded is too large", frame.raw_len)))?;
-            let raw = zstd::bulk::decompress(stored, capacity)
+            let raw = crate::compression::decompress(stored, capacity)
                 .map_err(|e| bad(format!("does not decode: {e}")))?;
             if raw.len() != capacity {
                 return Err(bad(format!(

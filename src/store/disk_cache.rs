@@ -232,7 +232,7 @@ impl DiskCache {
     fn insert(&self, ledger: &Ledger, hash: &Hash, bytes: &[u8]) -> io::Result<()> {
         let path = self.path_of(hash);
         let mut temp = self.temp_file()?;
-        let compressed = zstd::bulk::compress(bytes, AT_REST_LEVEL)?;
+        let compressed = crate::compression::compress(bytes, AT_REST_LEVEL)?;
         let bytes = match compressed.len() < bytes.len() {
             true => &compressed[..],
             false => bytes,
@@ -338,7 +338,7 @@ fn decompressed(stored: &[u8]) -> Option<Vec<u8>> {
     if declared > MAX_CHUNK {
         return None;
     }
-    zstd::bulk::decompress(stored, declared as usize)
+    crate::compression::decompress(stored, declared as usize)
         .ok()
         .filter(|raw| raw.len() as u64 == declared)
 }
