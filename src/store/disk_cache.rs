@@ -39,7 +39,7 @@
 //!   6×, AST chunks more) when that is smaller, else as it is, so the cap
 //!   holds that many times more. A read tries a file that starts as a zstd
 //!   frame decompressed (at most the frame's declared size, itself at most
-//!   [`MAX_CHUNK`]) and then as it is: only bytes that hash to the chunk's
+//!   256 MiB) and then as it is: only bytes that hash to the chunk's
 //!   name are served, and copies written before compression still read.
 
 use std::fs::{self, File};
