@@ -36,13 +36,7 @@ fn assert_restored(restored: &Path, original: &Path) {
 }
 
 fn remote(registry: &Distribution, dir: &Path, args: &[&str]) -> Output {
-    bin()
-        .env("XDG_CACHE_HOME", dir.join("cache"))
-        .env("DOCKER_CONFIG", dir.join("docker"))
-        .args(args)
-        .args(["--remote", &registry.url(), "--scope", SCOPE])
-        .output()
-        .unwrap()
+    run_remote(dir, &registry.url(), SCOPE, args)
 }
 
 fn push(registry: &Distribution, dir: &Path, db: &Path) -> serde_json::Value {

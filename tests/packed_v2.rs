@@ -20,13 +20,7 @@ const SCOPE: &str = "team/v2";
 const REPO: &str = "mache/team/v2";
 
 fn remote(registry: &Distribution, dir: &Path, args: &[&str]) -> Output {
-    bin()
-        .env("XDG_CACHE_HOME", dir.join("cache"))
-        .env("DOCKER_CONFIG", dir.join("docker"))
-        .args(args)
-        .args(["--remote", &registry.url(), "--scope", SCOPE])
-        .output()
-        .unwrap()
+    run_remote(dir, &registry.url(), SCOPE, args)
 }
 
 /// A synthetic db of `n` sources in a directory of its own.

@@ -18,13 +18,7 @@ use distribution_support::Distribution;
 const SCOPE: &str = "team/tags";
 
 fn remote(registry: &Distribution, dir: &Path, args: &[&str]) -> Output {
-    bin()
-        .env("XDG_CACHE_HOME", dir.join("cache"))
-        .env("DOCKER_CONFIG", dir.join("docker"))
-        .args(args)
-        .args(["--remote", &registry.url(), "--scope", SCOPE])
-        .output()
-        .unwrap()
+    run_remote(dir, &registry.url(), SCOPE, args)
 }
 
 /// Pushes a small db to the registry as `tag`; returns its lockfile hash.

@@ -31,13 +31,7 @@ const REPO: &str = "mache/team/repo";
 /// The binary with `args` against the registry at `url`, with this test's
 /// own disk cache and docker config.
 fn remote(dir: &Path, url: &str, args: &[&str]) -> Output {
-    bin()
-        .env("XDG_CACHE_HOME", dir.join("cache"))
-        .env("DOCKER_CONFIG", dir.join("docker"))
-        .args(args)
-        .args(["--remote", url, "--scope", SCOPE])
-        .output()
-        .unwrap()
+    run_remote(dir, url, SCOPE, args)
 }
 
 /// Pushes a synthetic db of `n` sources to a distribution registry (it

@@ -319,3 +319,15 @@ pub fn ref_names(refs: &serde_json::Value) -> Vec<String> {
         .map(|r| r["name"].as_str().expect("a ref name").to_string())
         .collect()
 }
+
+/// The binary with `args` against the registry at `url`, scope `scope`,
+/// with `dir`'s own disk cache and docker config.
+pub fn run_remote(dir: &Path, url: &str, scope: &str, args: &[&str]) -> Output {
+    bin()
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .env("DOCKER_CONFIG", dir.join("docker"))
+        .args(args)
+        .args(["--remote", url, "--scope", scope])
+        .output()
+        .unwrap()
+}
