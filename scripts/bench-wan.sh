@@ -269,7 +269,8 @@ for b in "${bundles[@]}"; do
   read -r grep_files[$name] grep_dir[$name] < <(python3 "$work/grepdir.py" "$work/$name/files.txt")
   n=$((files / 100 > 20 ? files / 100 : 20))
   sample_n[$name]=$n
-  shuf -n "$n" --random-source=<(yes) "$work/$name/files.txt" >"$work/$name/sample.txt"
+  py "import random, sys; paths = open(sys.argv[1]).read().split('\n')[:-1]; print('\n'.join(random.Random(1).sample(paths, $n)))" \
+    "$work/$name/files.txt" >"$work/$name/sample.txt"
   # Reading them cold takes a round trip per distinct non-empty chunk
   # (casync's tree hard-links each file to its chunk: one inode a chunk).
   sample_chunks[$name]=$( (cd "$work/$name/chunks" && xargs -d '\n' stat -c '%s %i' <"$work/$name/sample.txt") | awk '$1 > 0 { print $2 }' | sort -u | wc -l)

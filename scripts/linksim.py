@@ -20,7 +20,11 @@ The model, per direction (client to server, server to client):
     wire ahead of time, so connections share it round-robin by chunk, and a
     receiver that stops reading stops the sender (bounded queues).
 Not modelled: loss, slow start and TCP windows (the proxy buffers), so a
-transfer here is a best case for a real link of that rate and RTT.
+transfer here is a best case for a real link of that rate and RTT. The
+proxy's own loopback sockets forward at once (TCP_NODELAY) and ACK at once
+(TCP_QUICKACK after each read): otherwise a server that leaves Nagle on,
+like Python's http.server, waits up to 40 ms for loopback's delayed ACK
+before each response body, a stall that is loopback's, not the link's.
 
 It prints `listening on PORT` once it accepts connections. On SIGUSR1 it
 writes its counters to --stats as one JSON object, replacing the file
