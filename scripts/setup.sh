@@ -29,6 +29,8 @@ have nft || need+=(nftables)
 have ip || need+=(iproute2)
 # The peer the registry benchmark compares with (content-addressed chunks, a lazy FUSE mount over HTTP).
 have casync || need+=(casync)
+# The WAN benchmark compares the bytes a pull downloads with `zstd -3` of the same chunks.
+have zstd || need+=(zstd)
 
 if ((${#need[@]})); then
   sudo=""
