@@ -356,15 +356,26 @@ impl RegistryStore {
         &self,
         manifest: &Manifest,
     ) -> Result<(Bundle, HashMap<Hash, packed::Location>)> {
-        let lockfile_bytes =
-            self.get_sha256_blob("lockfile", &manifest.config.digest, manifest.config.size)?;
+        let (packs, index) = manifest.packs();
+        let index = index.expect("a parsed packed manifest has its index");
+        // The manifest names both: fetched at once, one round trip, not two.
+        let (lockfile_bytes, index_bytes) = std::thread::scope(|scope| {
+            let index =
+                scope.spawn(|| self.get_sha256_blob("pack index", &index.digest, index.size));
+            let config = &manifest.config;
+            let lockfile = self.get_sha256_blob("lockfile", &config.digest, config.size);
+            (
+                lockfile,
+                index
+                    .join()
+                    .expect("fetching the pack index does not panic"),
+            )
+        });
+        let (lockfile_bytes, index_bytes) = (lockfile_bytes?, index_bytes?);
         let lockfile_hash = Hash::of(&lockfile_bytes);
         let lockfile = binary::decode_supported(&lockfile_bytes).map_err(|e| {
             Error::BadManifest(format!("its config blob is not a mache lockfile: {e}"))
         })?;
-        let (packs, index) = manifest.packs();
-        let index = index.expect("a parsed packed manifest has its index");
-        let index_bytes = self.get_sha256_blob("pack index", &index.digest, index.size)?;
         let located = packed::PackIndex::check(&index_bytes, &packs, &lockfile, &lockfile_hash)?;
         let bundle = Bundle::new(lockfile_hash, lockfile_bytes, lockfile, located.sizes);
         Ok((bundle, located.locations))
