@@ -66,32 +66,15 @@ echo "mount ready               $ready ms (goal < 2000); find listed $found file
 
 # Cold reads of single files, and of 1% of the files.
 (cd "$work/tree" && find . -type f | sed 's|^\./||' | shuf -n $((n / 100)) --random-source=<(yes)) >"$work/sample.txt"
-# Reads the first LIMIT files of LISTING under ROOT with READERS threads;
-# prints the median time of one read (ms) and the wall time of all (ms).
-cat >"$work/readtime.py" <<'PY'
-import statistics, sys, time
-from concurrent.futures import ThreadPoolExecutor
-root, listing, limit, readers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-def read(path):
-    start = time.perf_counter()
-    with open(f"{root}/{path}", "rb") as f:
-        f.read()
-    return (time.perf_counter() - start) * 1000
-paths = [p for p in open(listing).read().split('\n')[:limit] if p]
-start = time.perf_counter()
-with ThreadPoolExecutor(readers) as pool:
-    times = list(pool.map(read, paths))
-print(f"{statistics.median(times):.2f} {(time.perf_counter() - start) * 1000:.0f}")
-PY
 unmount; fresh_cache; mount_fresh
 gets=$(requests GET blobs/)
-read -r one_median _ < <(python3 "$work/readtime.py" "$mnt/sources" "$work/sample.txt" 200 1)
+read -r one_median _ < <(python3 scripts/readtime.py "$mnt/sources" "$work/sample.txt" 200 1)
 one_gets=$(($(requests GET blobs/) - gets))
 echo "cold read of one file     median $one_median ms over 200 files, $one_gets range requests (goal < 3 ms)"
 unmount; fresh_cache; mount_fresh
-read -r _ percent_ms < <(python3 "$work/readtime.py" "$mnt/sources" "$work/sample.txt" $((n / 100)) 1)
+read -r _ percent_ms < <(python3 scripts/readtime.py "$mnt/sources" "$work/sample.txt" $((n / 100)) 1)
 unmount; fresh_cache; mount_fresh
-read -r _ percent8_ms < <(python3 "$work/readtime.py" "$mnt/sources" "$work/sample.txt" $((n / 100)) 8)
+read -r _ percent8_ms < <(python3 scripts/readtime.py "$mnt/sources" "$work/sample.txt" $((n / 100)) 8)
 unmount
 # A full pull (the baseline), a full cold read with --prefetch (mount, then
 # read every file at once: the reads join the prefetch's fetches), and the
@@ -206,14 +189,14 @@ cas_unmount
 echo "casync: make $casync_make_ms ms, store $(du -sm "$work/casync/www/store.castr" | cut -f1) MB of $(find "$work/casync/www/store.castr" -type f | wc -l) chunks; mount ready $ready ms ($cas_at_mount chunk requests); find made $cas_find chunk requests"
 before=$(cas_requests)
 cas_mount
-read -r cas_median _ < <(python3 "$work/readtime.py" "$cas_mnt" "$work/sample.txt" 200 1)
+read -r cas_median _ < <(python3 scripts/readtime.py "$cas_mnt" "$work/sample.txt" 200 1)
 cas_one=$(($(cas_requests) - before))
 cas_unmount
 cas_mount
-read -r _ cas_percent_ms < <(python3 "$work/readtime.py" "$cas_mnt" "$work/sample.txt" $((n / 100)) 1)
+read -r _ cas_percent_ms < <(python3 scripts/readtime.py "$cas_mnt" "$work/sample.txt" $((n / 100)) 1)
 cas_unmount
 cas_mount
-read -r _ cas_percent8_ms < <(python3 "$work/readtime.py" "$cas_mnt" "$work/sample.txt" $((n / 100)) 8)
+read -r _ cas_percent8_ms < <(python3 scripts/readtime.py "$cas_mnt" "$work/sample.txt" $((n / 100)) 8)
 cas_unmount
 echo "casync: cold read of one file median $cas_median ms ($cas_one chunk requests for 200 files); 1% cold: $cas_percent_ms ms by 1 reader, $cas_percent8_ms ms by 8   ours: $percent_ms / $percent8_ms ms"
 rm -rf "$work/casync/out"

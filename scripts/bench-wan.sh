@@ -178,23 +178,6 @@ cas_unmount() {
 }
 prefetched() { grep -q '"finished": true' "$mnt/.cachefs/status" && grep -q '"state": "ready"' "$mnt/.cachefs/status"; }
 
-# Reads the first LIMIT files of LISTING under ROOT with READERS threads;
-# prints the median time of one read (ms) and the wall time of all (ms).
-cat >"$work/readtime.py" <<'PY'
-import statistics, sys, time
-from concurrent.futures import ThreadPoolExecutor
-root, listing, limit, readers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-def read(path):
-    start = time.perf_counter()
-    with open(f"{root}/{path}", "rb") as f:
-        f.read()
-    return (time.perf_counter() - start) * 1000
-paths = [p for p in open(listing).read().split('\n')[:limit] if p]
-start = time.perf_counter()
-with ThreadPoolExecutor(readers) as pool:
-    times = list(pool.map(read, paths))
-print(f"{statistics.median(times):.2f} {(time.perf_counter() - start) * 1000:.0f}")
-PY
 # casync's tree: each source's chunk (from STORE, found by the mount's
 # chunk_hash xattr) under the source's path; LISTING gets the paths, sorted.
 cat >"$work/chunktree.py" <<'PY'
@@ -302,7 +285,7 @@ measure() {
 # Reads the sample of bundle $name under ROOT, one reader: sets m_median
 # (one read, ms) and m_wall (all of them, ms, without Python's start).
 read_sample() {
-  read -r m_median m_wall < <(timeout 1800 python3 "$work/readtime.py" "$1" "$work/$name/sample.txt" "${sample_n[$name]}" 1)
+  read -r m_median m_wall < <(timeout 1800 python3 scripts/readtime.py "$1" "$work/$name/sample.txt" "${sample_n[$name]}" 1)
 }
 
 echo "bench-wan: set up in $(($(date +%s) - setup_started)) s"

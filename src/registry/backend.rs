@@ -9,7 +9,7 @@
 //! results to the calling thread through an async channel, so no task ever
 //! blocks a runtime thread that user reads need.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, RwLock};
 
@@ -73,6 +73,11 @@ struct PackedChunks {
     frames: HashMap<String, Vec<Member>>,
 }
 
+/// Where a frame is in its pack: what orders and finds a pack's frames.
+fn frame_key(frame: &Frame) -> (u64, u64) {
+    (frame.offset, frame.stored_len)
+}
+
 /// A frame of a pack and the chunks in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Member {
@@ -83,24 +88,36 @@ struct Member {
 
 impl PackedChunks {
     fn add(&mut self, locations: HashMap<Hash, packed::Location>) {
-        let mut touched = HashSet::new();
+        let mut by_pack: HashMap<String, Vec<(Hash, packed::Location)>> = HashMap::new();
         for (hash, location) in locations {
-            let frames = self.frames.entry(location.pack.clone()).or_default();
-            let chunk = (hash, location.offset, location.len);
-            match frames.iter_mut().find(|m| m.frame == location.frame) {
-                Some(member) if !member.chunks.contains(&chunk) => member.chunks.push(chunk),
-                Some(_) => {}
-                None => frames.push(Member {
-                    frame: location.frame,
-                    chunks: vec![chunk],
-                }),
-            }
-            touched.insert(location.pack.clone());
-            self.locations.insert(hash, location);
+            by_pack
+                .entry(location.pack.clone())
+                .or_default()
+                .push((hash, location));
         }
-        for pack in touched {
-            let frames = self.frames.get_mut(&pack).expect("a touched pack");
-            frames.sort_unstable_by_key(|m| (m.frame.offset, m.frame.stored_len));
+        for (pack, located) in by_pack {
+            let frames = self.frames.entry(pack).or_default();
+            let mut at: HashMap<(u64, u64), usize> = frames
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (frame_key(&m.frame), i))
+                .collect();
+            for (hash, location) in located {
+                let chunk = (hash, location.offset, location.len);
+                match at.get(&frame_key(&location.frame)) {
+                    Some(&i) if !frames[i].chunks.contains(&chunk) => frames[i].chunks.push(chunk),
+                    Some(_) => {}
+                    None => {
+                        at.insert(frame_key(&location.frame), frames.len());
+                        frames.push(Member {
+                            frame: location.frame,
+                            chunks: vec![chunk],
+                        });
+                    }
+                }
+                self.locations.insert(hash, location);
+            }
+            frames.sort_unstable_by_key(|m| frame_key(&m.frame));
         }
     }
 
@@ -190,14 +207,14 @@ impl RegistryBackend {
             }
         }
         for (pack, mut wanted) in by_pack {
-            wanted.sort_unstable_by_key(|f| (f.offset, f.stored_len));
+            wanted.sort_unstable_by_key(frame_key);
             wanted.dedup();
             let all = &packed.frames[pack];
             let member = |frame: &Frame| {
-                all.iter()
-                    .find(|m| m.frame == *frame)
-                    .expect("a located frame is a member")
-                    .clone()
+                let i = all
+                    .binary_search_by_key(&frame_key(frame), |m| frame_key(&m.frame))
+                    .expect("a located frame is a member");
+                all[i].clone()
             };
             let mut run: Vec<Member> = Vec::new();
             for frame in wanted {

@@ -18,6 +18,7 @@
 //! stay BLAKE3 of the uncompressed bytes and are checked after decoding, by
 //! [`Verified`](crate::store::Verified), like any other chunk.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
@@ -143,8 +144,9 @@ pub fn encode(raw: &[u8], level: i32) -> Result<(Codec, Vec<u8>)> {
 /// Decodes a frame's stored bytes (exactly `frame.stored_len` of them) to
 /// exactly `frame.raw_len` bytes. A zstd frame that is not exactly one
 /// frame, declares another content size or decodes to another length is
-/// [`Error::BadFrame`], before more than `raw_len` bytes are allocated.
-pub fn decode(stored: &[u8], frame: &Frame, pack: &str) -> Result<Vec<u8>> {
+/// [`Error::BadFrame`], before more than `raw_len` bytes are allocated. A
+/// stored frame is its bytes, borrowed.
+pub fn decode<'a>(stored: &'a [u8], frame: &Frame, pack: &str) -> Result<Cow<'a, [u8]>> {
     let bad = |reason: String| Error::BadFrame {
         pack: pack.to_string(),
         offset: frame.offset,
@@ -158,7 +160,7 @@ pub fn decode(stored: &[u8], frame: &Frame, pack: &str) -> Result<Vec<u8>> {
         )));
     }
     match frame.codec {
-        Codec::Stored if frame.raw_len == frame.stored_len => Ok(stored.to_vec()),
+        Codec::Stored if frame.raw_len == frame.stored_len => Ok(Cow::Borrowed(stored)),
         Codec::Stored => Err(bad(format!(
             "stored as is, yet the index says {} bytes decoded",
             frame.raw_len
@@ -192,7 +194,7 @@ pub fn decode(stored: &[u8], frame: &Frame, pack: &str) -> Result<Vec<u8>> {
                     raw.len()
                 )));
             }
-            Ok(raw)
+            Ok(Cow::Owned(raw))
         }
     }
 }

@@ -464,17 +464,6 @@ impl<'a> PackIndexBuilder<'a> {
         self.packs.iter().position(|(d, _)| d == digest)
     }
 
-    /// The frame number of `frame` of pack `pack`, listed once.
-    fn frame(&mut self, pack: usize, frame: Frame) -> usize {
-        match self.frames.iter().position(|f| *f == (pack, frame)) {
-            Some(i) => i,
-            None => {
-                self.frames.push((pack, frame));
-                self.frames.len() - 1
-            }
-        }
-    }
-
     /// The chunks of earlier bundles whose packs are listed again.
     fn reuse(mut self, previous: &HashMap<Hash, packed::Location>) -> Self {
         let mut frames: HashMap<(usize, u64, u64), usize> = HashMap::new();
@@ -485,14 +474,10 @@ impl<'a> PackIndexBuilder<'a> {
                 continue;
             };
             let key = (pack, location.frame.offset, location.frame.stored_len);
-            let frame = match frames.get(&key) {
-                Some(&frame) => frame,
-                None => {
-                    let frame = self.frame(pack, location.frame);
-                    frames.insert(key, frame);
-                    frame
-                }
-            };
+            let frame = *frames.entry(key).or_insert_with(|| {
+                self.frames.push((pack, location.frame));
+                self.frames.len() - 1
+            });
             self.located
                 .insert(*hash, (frame, location.offset, location.len));
         }

@@ -154,18 +154,18 @@ impl DiskCache {
         };
         let bytes = match decompressed(&stored).filter(|raw| Hash::of(raw) == *hash) {
             Some(raw) => raw,
-            None => stored,
+            None if Hash::of(&stored) == *hash => stored,
+            None => {
+                tracing::warn!(
+                    "disk cache: {} is corrupt; fetching it again",
+                    path.display()
+                );
+                self.corrupt.fetch_add(1, Ordering::Relaxed);
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                self.remove(&path);
+                return None;
+            }
         };
-        if Hash::of(&bytes) != *hash {
-            tracing::warn!(
-                "disk cache: {} is corrupt; fetching it again",
-                path.display()
-            );
-            self.corrupt.fetch_add(1, Ordering::Relaxed);
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            self.remove(&path);
-            return None;
-        }
         self.hits.fetch_add(1, Ordering::Relaxed);
         let _ = file.set_modified(SystemTime::now());
         Some(bytes)
