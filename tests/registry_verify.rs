@@ -114,7 +114,7 @@ fn quick_verify_heads_every_pack_and_reads_a_sample_by_range_and_full_reads_ever
         }
         // Read from the registry on every run, the cache notwithstanding.
         assert!((1..=64).contains(&ranges), "{run}: {ranges} range reads");
-        // Each sampled chunk brings its frame (up to 128 KiB before zstd):
+        // Each sampled chunk brings its frame (up to 256 KiB before zstd):
         // 64 of this small bundle's ~200 frames, well short of all of it.
         let fetched = quick["remote"]["bytes_fetched"].as_u64().unwrap();
         assert!(

@@ -2,8 +2,10 @@
 //! chunks of a bundle (every one, or an even sample) are read from the
 //! store itself and checked without writing anything.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -13,14 +15,16 @@ use crate::error::{Error, InputMismatch, Result};
 use crate::hash::Hash;
 use crate::lockfile::{Lockfile, ProcessorVersion, SourceEntry};
 use crate::machedb::DbWriter;
-use crate::store::ChunkSource;
 use crate::store::local::shareable_temp_file;
+use crate::store::{ChunkSource, Room};
 
 /// Sources decoded in parallel before being written in order.
 const WINDOW: usize = 256;
-/// Windows whose chunks are asked of the store in one go (a remote store
-/// overlaps the requests), while the windows before them are decoded.
-const WINDOWS_PER_FETCH: usize = 8;
+/// Decoded windows that may wait for the writer.
+const WINDOWS_AHEAD: usize = 2;
+/// Chunk bytes a stream from a remote store may bring ahead of the decoder
+/// ([`Room`]): what bounds a pull's memory when the link outruns the db.
+const STREAM_ROOM: u64 = 64 << 20;
 
 /// What a pull (or verify) did.
 #[derive(Debug, Clone)]
@@ -71,27 +75,39 @@ pub struct Restored {
 }
 
 /// Fetches and decodes one source's chunk, of a bundle whose lockfile
-/// declares `processors`. Chunk hashes are always checked (the store never
-/// returns unverified bytes). With `verify`, restored bytes that are the
-/// source's must also hash to the lockfile's `input_hash`; an opaque
-/// chunk's cannot be checked ([`InputCheck`]).
+/// declares `processors` (see [`restore_chunk`]).
 pub fn restore_source(
     source: &dyn ChunkSource,
     entry: &SourceEntry,
     processors: &[ProcessorVersion],
     verify: bool,
 ) -> Result<Restored> {
-    let bytes = source
-        .get_verified(&entry.chunk_hash)
-        .map_err(|e| match e {
-            Error::ObjectMissing { hash, store } => Error::ChunkMissing {
-                hash,
-                path: entry.path.clone(),
-                store,
-            },
-            other => other,
-        })?;
-    let decoded = chunk::decode(&bytes, entry)?;
+    restore_chunk(&get_chunk(source, entry)?, entry, processors, verify)
+}
+
+/// The verified bytes of the entry's chunk; a missing one is named by the
+/// entry's path.
+fn get_chunk(source: &dyn ChunkSource, entry: &SourceEntry) -> Result<Vec<u8>> {
+    source.get_verified(&entry.chunk_hash).map_err(|e| match e {
+        Error::ObjectMissing { hash, store } => Error::ChunkMissing {
+            hash,
+            path: entry.path.clone(),
+            store,
+        },
+        other => other,
+    })
+}
+
+/// Decodes one source's verified chunk `bytes`. With `verify`, restored
+/// bytes that are the source's must also hash to the lockfile's
+/// `input_hash`; an opaque chunk's cannot be checked ([`InputCheck`]).
+fn restore_chunk(
+    bytes: &[u8],
+    entry: &SourceEntry,
+    processors: &[ProcessorVersion],
+    verify: bool,
+) -> Result<Restored> {
+    let decoded = chunk::decode(bytes, entry)?;
     let input = InputCheck::of(decoded.shape(), processors);
     if verify && input == InputCheck::Checkable {
         check_input_hash(entry, &decoded.source.content)?;
@@ -122,15 +138,17 @@ fn check_input_hash(entry: &SourceEntry, content: &[u8]) -> Result<()> {
 enum Fetch {
     /// Wherever is quickest: a cache in front of the store first.
     Cached,
-    /// The store itself, past any cache ([`ChunkSource::refetch`]).
+    /// The store itself, past any cache ([`ChunkSource::streamed`]).
     Fresh,
 }
 
 /// Calls `each` with every entry and its restored source, in order (see
-/// [`restore_source`] for `processors` and `verify`). A fetch thread asks
-/// the store for the chunks of [`WINDOWS_PER_FETCH`] windows at a time
-/// (into its disk cache, for a remote store), one batch ahead of the
-/// windows being decoded in parallel and written.
+/// [`restore_chunk`] for `processors` and `verify`), on the calling thread
+/// while the next windows are decoded. Chunks a cache does not hold (or,
+/// [`Fetch::Fresh`], every chunk of a store with a cache in front) are
+/// streamed from the store by a fetch thread as they arrive, overlapping
+/// the requests with the decoding and the writing ([`Arrivals`]); the rest
+/// are read where they are.
 fn for_each_restored(
     source: &dyn ChunkSource,
     entries: &[SourceEntry],
@@ -138,60 +156,235 @@ fn for_each_restored(
     fetch: Fetch,
     verify: bool,
     progress: bool,
-    mut each: impl FnMut(&SourceEntry, &Restored) -> Result<()>,
+    each: impl FnMut(&SourceEntry, &Restored) -> Result<()>,
 ) -> Result<()> {
     let bar = progress.then(|| crate::progress::progress(entries.len(), "restoring"));
-    let batches: Vec<&[SourceEntry]> = entries.chunks(WINDOW * WINDOWS_PER_FETCH).collect();
+    let mut uses: HashMap<Hash, usize> = HashMap::new();
+    let mut distinct = Vec::new();
+    for entry in entries {
+        *uses.entry(entry.chunk_hash).or_insert_with(|| {
+            distinct.push(entry.chunk_hash);
+            0
+        }) += 1;
+    }
+    let streamed = source.streamed(&distinct, fetch == Fetch::Fresh);
+    let arrivals = Arrivals::expecting(&streamed, &uses);
     let result = std::thread::scope(|scope| {
-        let (fetched, ready) = std::sync::mpsc::sync_channel::<Result<()>>(1);
-        let batches = &batches;
+        if !streamed.is_empty() {
+            scope.spawn(|| {
+                let result = source.stream(&streamed, &arrivals.room, &|hash, bytes| {
+                    arrivals.put(hash, bytes)
+                });
+                arrivals.end(result);
+            });
+        }
+        let (decoded, windows) = sync_channel::<Result<Vec<Restored>>>(WINDOWS_AHEAD);
+        let arrivals = &arrivals;
         scope.spawn(move || {
-            for batch in batches {
-                let mut seen = HashSet::new();
-                let hashes: Vec<Hash> = batch
-                    .iter()
-                    .map(|e| e.chunk_hash)
-                    .filter(|h| seen.insert(*h))
-                    .collect();
-                let result = match fetch {
-                    Fetch::Cached => source.warm(&hashes),
-                    Fetch::Fresh => source.refetch(&hashes),
-                };
-                let failed = result.is_err();
-                // A closed channel: the reader stopped; so do we.
-                if fetched.send(result).is_err() || failed {
+            let mut at = 0;
+            while at < entries.len() {
+                let restored = arrivals.next_window(&entries[at..]).and_then(|window| {
+                    restore_window(source, &entries[at..], window, processors, verify)
+                });
+                at += restored.as_ref().map_or(0, Vec::len);
+                let failed = restored.is_err();
+                // A closed channel: the writer stopped; so do we.
+                if decoded.send(restored).is_err() || failed {
                     break;
                 }
             }
         });
-        let mut restore = || -> Result<()> {
-            for batch in batches {
-                ready
-                    .recv()
-                    .unwrap_or_else(|_| Err(Error::Remote("the fetch thread stopped".into())))?;
-                for window in batch.chunks(WINDOW) {
-                    let restored: Vec<Restored> = window
-                        .par_iter()
-                        .map(|entry| restore_source(source, entry, processors, verify))
-                        .collect::<Result<_>>()?;
-                    for (entry, restored) in window.iter().zip(&restored) {
-                        each(entry, restored)?;
-                    }
-                    if let Some(bar) = &bar {
-                        bar.inc(window.len() as u64);
-                    }
-                }
-            }
-            Ok(())
-        };
-        let result = restore();
-        drop(ready);
+        let result = write_in_order(entries, windows, bar.as_ref(), each);
+        arrivals.close();
         result
     });
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     result
+}
+
+/// Decodes the first `window.len()` of `entries` in parallel, each from
+/// its streamed bytes in `window` or, where `None`, from the source.
+fn restore_window(
+    source: &dyn ChunkSource,
+    entries: &[SourceEntry],
+    window: Vec<Option<Arc<Vec<u8>>>>,
+    processors: &[ProcessorVersion],
+    verify: bool,
+) -> Result<Vec<Restored>> {
+    entries[..window.len()]
+        .par_iter()
+        .zip(window)
+        .map(|(entry, bytes)| {
+            let bytes = match bytes {
+                Some(bytes) => bytes,
+                None => Arc::new(get_chunk(source, entry)?),
+            };
+            restore_chunk(&bytes, entry, processors, verify)
+        })
+        .collect()
+}
+
+/// Hands each decoded window from `windows` to `each`, entry by entry.
+/// Dropping `windows` on return stops the decoder.
+fn write_in_order(
+    entries: &[SourceEntry],
+    windows: Receiver<Result<Vec<Restored>>>,
+    bar: Option<&indicatif::ProgressBar>,
+    mut each: impl FnMut(&SourceEntry, &Restored) -> Result<()>,
+) -> Result<()> {
+    let mut at = 0;
+    while at < entries.len() {
+        let restored = windows
+            .recv()
+            .unwrap_or_else(|_| Err(Error::Remote("the decoding thread stopped".into())))?;
+        for (entry, restored) in entries[at..].iter().zip(&restored) {
+            each(entry, restored)?;
+        }
+        at += restored.len();
+        if let Some(bar) = bar {
+            bar.inc(restored.len() as u64);
+        }
+    }
+    Ok(())
+}
+
+/// The chunks a stream brought that the decoder has not used up yet, each
+/// held until its last use, then its room given back.
+struct Arrivals {
+    state: Mutex<Arrived>,
+    changed: Condvar,
+    room: Arc<Room>,
+}
+
+struct Arrived {
+    /// Every streamed chunk not used up: its uses left, its bytes once here.
+    chunks: HashMap<Hash, Expected>,
+    /// How the stream ended; `None` while it runs.
+    ended: Option<std::result::Result<(), Arc<Error>>>,
+    /// The consumer stopped.
+    closed: bool,
+}
+
+struct Expected {
+    uses: usize,
+    bytes: Option<Arc<Vec<u8>>>,
+}
+
+impl Arrivals {
+    /// Expects `streamed`, each used as often as `uses` says.
+    fn expecting(streamed: &[Hash], uses: &HashMap<Hash, usize>) -> Arrivals {
+        let chunks = streamed
+            .iter()
+            .map(|hash| {
+                let uses = uses.get(hash).copied().unwrap_or(1);
+                (*hash, Expected { uses, bytes: None })
+            })
+            .collect();
+        Arrivals {
+            state: Mutex::new(Arrived {
+                chunks,
+                ended: None,
+                closed: false,
+            }),
+            changed: Condvar::new(),
+            room: Arc::new(Room::new(STREAM_ROOM)),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Arrived> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A chunk arrived; one nobody expects (a neighbour of the ones asked
+    /// for) gives its room back at once. `false` once the consumer stopped.
+    fn put(&self, hash: Hash, bytes: Vec<u8>) -> bool {
+        let mut state = self.state();
+        if state.closed {
+            return false;
+        }
+        match state.chunks.get_mut(&hash) {
+            Some(expected) if expected.bytes.is_none() => {
+                expected.bytes = Some(Arc::new(bytes));
+                self.changed.notify_all();
+            }
+            _ => self.room.give(bytes.len() as u64),
+        }
+        true
+    }
+
+    /// The stream ended.
+    fn end(&self, result: Result<()>) {
+        self.state().ended = Some(result.map_err(Arc::new));
+        self.changed.notify_all();
+    }
+
+    /// The consumer stopped: the stream stops too.
+    fn close(&self) {
+        self.state().closed = true;
+        self.room.close();
+        self.changed.notify_all();
+    }
+
+    /// The next window of `entries` to decode: at most [`WINDOW`], as far
+    /// as their chunks are here (waiting for the first one only), so the
+    /// decoder keeps up with a stream that trickles in and takes big
+    /// windows from one that is ahead. Each is its streamed bytes, or
+    /// `None` where the chunk is not streamed (the caller reads it).
+    fn next_window(&self, entries: &[SourceEntry]) -> Result<Vec<Option<Arc<Vec<u8>>>>> {
+        let mut window = Vec::new();
+        for entry in entries.iter().take(WINDOW) {
+            match self.take(&entry.chunk_hash, window.is_empty())? {
+                Take::Bytes(bytes) => window.push(Some(bytes)),
+                Take::Elsewhere => window.push(None),
+                Take::NotYet => break,
+            }
+        }
+        Ok(window)
+    }
+
+    /// The bytes of `hash` if they are here, waiting for them if still to
+    /// come and `wait`. Elsewhere if it is not streamed (or the stream
+    /// ended without it: the caller gets it itself).
+    fn take(&self, hash: &Hash, wait: bool) -> Result<Take> {
+        let mut state = self.state();
+        loop {
+            let Some(expected) = state.chunks.get_mut(hash) else {
+                return Ok(Take::Elsewhere);
+            };
+            if let Some(bytes) = expected.bytes.clone() {
+                expected.uses -= 1;
+                if expected.uses == 0 {
+                    state.chunks.remove(hash);
+                    self.room.give(bytes.len() as u64);
+                }
+                return Ok(Take::Bytes(bytes));
+            }
+            if state.closed {
+                return Err(Error::Remote("the pull stopped".into()));
+            }
+            match &state.ended {
+                Some(Err(error)) => return Err(error.share()),
+                Some(Ok(())) => return Ok(Take::Elsewhere),
+                None if !wait => return Ok(Take::NotYet),
+                None => {}
+            }
+            self.room.waiting(true);
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            self.room.waiting(false);
+        }
+    }
+}
+
+/// What [`Arrivals::take`] found.
+#[derive(Debug)]
+enum Take {
+    Bytes(Arc<Vec<u8>>),
+    /// Not streamed: read it from the source.
+    Elsewhere,
+    /// Streamed, not here yet.
+    NotYet,
 }
 
 /// What `pull` may do to a file already at its target.
@@ -383,6 +576,62 @@ fn spread<T>(items: &[T], n: usize) -> Vec<&T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chunk(i: u8) -> (Hash, Vec<u8>) {
+        let bytes = vec![i; 1000];
+        (Hash::of(&bytes), bytes)
+    }
+
+    #[test]
+    fn arrivals_hand_out_each_chunk_as_often_as_it_is_used_then_give_its_room_back() {
+        let (a, a_bytes) = chunk(1);
+        let (b, b_bytes) = chunk(2);
+        let (other, _) = chunk(3);
+        let uses = HashMap::from([(a, 2), (b, 1)]);
+        let arrivals = Arrivals::expecting(&[a, b], &uses);
+        let bytes = |take: Result<Take>| match take.unwrap() {
+            Take::Bytes(bytes) => bytes.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            matches!(arrivals.take(&other, true), Ok(Take::Elsewhere)),
+            "not streamed: the caller gets it"
+        );
+        assert!(matches!(arrivals.take(&a, false), Ok(Take::NotYet)));
+        // Out of order, and a neighbour nobody asked for.
+        assert!(arrivals.put(b, b_bytes.clone()));
+        assert!(arrivals.put(other, vec![0; 10]));
+        assert!(arrivals.put(a, a_bytes.clone()));
+        assert_eq!(bytes(arrivals.take(&a, false)), a_bytes);
+        assert_eq!(bytes(arrivals.take(&b, true)), b_bytes);
+        assert_eq!(bytes(arrivals.take(&a, true)), a_bytes);
+        assert!(arrivals.state().chunks.is_empty(), "all used up");
+        arrivals.close();
+        assert!(
+            !arrivals.put(a, a_bytes),
+            "a closed consumer stops the stream"
+        );
+    }
+
+    #[test]
+    fn a_waiting_decoder_gets_the_streams_failure_or_fetches_itself_after_a_clean_end() {
+        let (a, _) = chunk(1);
+        let (b, _) = chunk(2);
+        let uses = HashMap::from([(a, 1), (b, 1)]);
+        let arrivals = Arrivals::expecting(&[a, b], &uses);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| arrivals.take(&a, true).unwrap_err());
+            arrivals.end(Err(Error::Remote("link down".into())));
+            let err = waiter.join().unwrap();
+            assert!(err.to_string().contains("link down"), "{err}");
+        });
+        let arrivals = Arrivals::expecting(&[a, b], &uses);
+        arrivals.end(Ok(()));
+        assert!(
+            matches!(arrivals.take(&b, true), Ok(Take::Elsewhere)),
+            "ended without it: fetched by the caller"
+        );
+    }
 
     #[test]
     fn a_sample_is_spread_evenly_from_the_first_item_and_is_all_of_a_few() {

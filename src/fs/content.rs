@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::fs::status::Stats;
 use crate::hash::Hash;
 use crate::lockfile::{Lockfile, SourceEntry};
-use crate::store::{ChunkSource, SizeIndex};
+use crate::store::{ChunkSource, Room, SizeIndex, StreamSink};
 
 /// Marks a size not learned yet.
 const UNKNOWN: u64 = u64::MAX;
@@ -55,6 +55,17 @@ impl ChunkSource for Metered {
 
     fn warm(&self, hashes: &[Hash]) -> Result<()> {
         self.inner.warm(hashes)
+    }
+
+    fn streamed(&self, hashes: &[Hash], fresh: bool) -> Vec<Hash> {
+        self.inner.streamed(hashes, fresh)
+    }
+
+    fn stream(&self, hashes: &[Hash], room: &Arc<Room>, sink: &StreamSink<'_>) -> Result<()> {
+        self.inner.stream(hashes, room, &|hash, bytes| {
+            self.stats.fetched(bytes.len() as u64);
+            sink(hash, bytes)
+        })
     }
 
     fn remote_status(&self) -> Option<crate::store::RemoteStatus> {

@@ -180,6 +180,14 @@ enum Batch {
 }
 
 impl Request {
+    /// The decoded bytes this request brings (as far as known).
+    fn raw_len(&self) -> u64 {
+        match self {
+            Request::Blob(_, size) => size.unwrap_or(0),
+            Request::Range(window) => window.chunks().map(|(_, _, len)| len).sum(),
+        }
+    }
+
     /// The chunks this request brings.
     fn hashes(&self) -> Vec<Hash> {
         match self {
@@ -189,26 +197,45 @@ impl Request {
     }
 }
 
-/// A batch's ranges are cut at this size.
+/// A batch's ranges are cut at a 64th of the bytes it asks for (so the
+/// first chunks arrive early, and the last ones late by little), within
+/// these bounds.
+const MIN_RANGE: u64 = 256 << 10;
 const MAX_RANGE: u64 = 8 << 20;
+const RANGES_PER_BATCH: u64 = 64;
 
 impl RegistryBackend {
-    /// Groups `hashes` into requests: the frames of one pack that hold
-    /// them and lie next to each other share a `Range` request (up to
-    /// [`MAX_RANGE`]).
+    /// Groups `hashes` into requests, in their order as far as packs allow
+    /// (packs in the order `hashes` first names them, each one's frames by
+    /// offset): the frames of one pack that hold them and lie next to each
+    /// other share a `Range` request (cut as [`RANGES_PER_BATCH`] says).
     fn plan_requests(&self, hashes: &[Hash]) -> Vec<Request> {
         let packed = self.packed.read().unwrap_or_else(|e| e.into_inner());
-        let mut by_pack: HashMap<&str, Vec<Frame>> = HashMap::new();
+        let mut packs: Vec<(&str, Vec<Frame>)> = Vec::new();
+        let mut pack_at: HashMap<&str, usize> = HashMap::new();
         let mut requests = Vec::new();
         for hash in hashes {
             match packed.locations.get(hash) {
-                Some(l) => by_pack.entry(&l.pack).or_default().push(l.frame),
+                Some(l) => {
+                    let i = *pack_at.entry(&l.pack).or_insert_with(|| {
+                        packs.push((&l.pack, Vec::new()));
+                        packs.len() - 1
+                    });
+                    packs[i].1.push(l.frame);
+                }
                 None => requests.push(Request::Blob(*hash, self.size_of(hash))),
             }
         }
-        for (pack, mut wanted) in by_pack {
+        for (_, wanted) in &mut packs {
             wanted.sort_unstable_by_key(frame_key);
             wanted.dedup();
+        }
+        let asked: u64 = packs
+            .iter()
+            .flat_map(|(_, frames)| frames.iter().map(|f| f.stored_len))
+            .sum();
+        let max_range = (asked / RANGES_PER_BATCH).clamp(MIN_RANGE, MAX_RANGE);
+        for (pack, wanted) in packs {
             let all = &packed.frames[pack];
             let member = |frame: &Frame| {
                 let i = all
@@ -220,7 +247,7 @@ impl RegistryBackend {
             for frame in wanted {
                 let joins = run.last().is_some_and(|last| {
                     last.frame.end() == frame.offset
-                        && frame.end() - run[0].frame.offset <= MAX_RANGE
+                        && frame.end() - run[0].frame.offset <= max_range
                 });
                 if !joins && !run.is_empty() {
                     requests.push(Request::Range(
@@ -445,9 +472,19 @@ impl Backend for RegistryBackend {
         let requests = self.plan_requests(hashes);
         let client = self.client.clone();
         let jobs = self.jobs;
+        let room = sink.room();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(jobs * 2);
         self.client.runtime_spawn(async move {
-            let mut fetched = futures_util::stream::iter(requests)
+            let fetched = futures_util::stream::iter(requests)
+                .then(|request| {
+                    let room = room.clone();
+                    async move {
+                        if let Some(room) = room {
+                            room.take(request.raw_len()).await;
+                        }
+                        request
+                    }
+                })
                 .map(|request| {
                     let client = client.clone();
                     let tx = tx.clone();
@@ -462,6 +499,7 @@ impl Backend for RegistryBackend {
                     }
                 })
                 .buffer_unordered(jobs);
+            let mut fetched = std::pin::pin!(fetched);
             while let Some(result) = fetched.next().await {
                 let failed = result.is_err();
                 if tx.send(Batch::Landed(result)).await.is_err() || failed {
@@ -477,6 +515,9 @@ impl Backend for RegistryBackend {
                         sink.landed(hash, bytes);
                     }
                 }
+            }
+            if sink.stopped() {
+                break;
             }
         }
         Ok(())

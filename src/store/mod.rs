@@ -18,6 +18,7 @@
 pub mod disk_cache;
 pub mod gc;
 pub mod local;
+pub mod room;
 pub mod served;
 pub mod sizes;
 pub mod tmp;
@@ -31,6 +32,7 @@ use crate::lockfile::Lockfile;
 
 pub use disk_cache::DiskCache;
 pub use local::LocalStore;
+pub use room::Room;
 pub use sizes::SizeIndex;
 pub use verified::Verified;
 
@@ -51,9 +53,14 @@ pub trait Backend: Send + Sync {
     /// Fetches many objects, telling `sink` which ones a request is about
     /// to fetch and handing it every one as it arrives (in any order). The
     /// default fetches them one by one; a remote backend overlaps the
-    /// requests. Stops at the first failure.
+    /// requests, in the order of `hashes` as far as it can, each taking
+    /// the sink's [`room`](BatchSink::room) first. Stops at the first
+    /// failure, or when the sink says it [`stopped`](BatchSink::stopped).
     fn fetch_many(&self, hashes: &[Hash], sink: &dyn BatchSink) -> Result<()> {
         for hash in hashes {
+            if sink.stopped() {
+                break;
+            }
             sink.starting(std::slice::from_ref(hash));
             sink.landed(*hash, self.fetch(hash)?);
         }
@@ -80,6 +87,10 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// Where [`ChunkSource::stream`] hands verified chunks: `false` stops the
+/// stream.
+pub type StreamSink<'a> = dyn Fn(Hash, Vec<u8>) -> bool + Sync + 'a;
+
 /// Where [`Backend::fetch_many`] reports to.
 pub trait BatchSink: Sync {
     /// A request for `hashes` is about to go out (they are no longer just
@@ -87,6 +98,15 @@ pub trait BatchSink: Sync {
     fn starting(&self, hashes: &[Hash]);
     /// Object `hash` arrived (unverified).
     fn landed(&self, hash: Hash, bytes: Vec<u8>);
+    /// Whether the batch should stop: nobody wants the rest.
+    fn stopped(&self) -> bool {
+        false
+    }
+    /// The room a request must take for its bytes before it goes out;
+    /// `None`: no limit.
+    fn room(&self) -> Option<Arc<Room>> {
+        None
+    }
 }
 
 /// The health of a remote store, for the status file: `up` or `down`
@@ -148,11 +168,21 @@ pub trait ChunkSource: Send + Sync {
         Ok(())
     }
 
-    /// Fetches the given chunks from the store itself even where a cache
-    /// holds them (in parallel, each verified, the cache refreshed), so the
-    /// gets that follow check what the store holds: what `verify` reads. A
-    /// no-op where there is no cache in front of the store.
-    fn refetch(&self, _hashes: &[Hash]) -> Result<()> {
+    /// Of `hashes`, the ones [`stream`](Self::stream) fetches: those a
+    /// cache in front of the store does not hold, or with `fresh` all of
+    /// them (to check what the store itself holds: what `verify` reads).
+    /// None where there is no cache in front of the store (it is read in
+    /// place, as quickly as a cache would be).
+    fn streamed(&self, _hashes: &[Hash], _fresh: bool) -> Vec<Hash> {
+        Vec::new()
+    }
+
+    /// Fetches `hashes` (as [`streamed`](Self::streamed) chose them) from
+    /// the store itself, a request going out only when `room` has room for
+    /// its bytes, and hands each chunk to `sink` verified as it arrives, in
+    /// any order; each is also kept in the disk cache. Stops when `sink`
+    /// returns `false`. The first failure.
+    fn stream(&self, _hashes: &[Hash], _room: &Arc<Room>, _sink: &StreamSink<'_>) -> Result<()> {
         Ok(())
     }
 

@@ -27,10 +27,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{Backend, BatchSink, ChunkSource, DiskCache, RemoteStatus};
+use rayon::prelude::*;
+
+use super::{Backend, BatchSink, ChunkSource, DiskCache, RemoteStatus, Room, StreamSink};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 
@@ -220,6 +223,13 @@ impl Verified {
 
     /// Checks bytes fetched from the backend, keeps them on disk, returns them.
     fn admit(&self, hash: &Hash, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        let bytes = self.check(hash, bytes)?;
+        self.keep(hash, &bytes);
+        Ok(bytes)
+    }
+
+    /// Returns bytes fetched from the backend if they hash to `hash`.
+    fn check(&self, hash: &Hash, bytes: Vec<u8>) -> Result<Vec<u8>> {
         let actual = Hash::of(&bytes);
         if actual != *hash {
             return Err(Error::Corrupt {
@@ -228,17 +238,27 @@ impl Verified {
                 actual,
             });
         }
-        if let Some(disk) = &self.disk {
-            disk.put(hash, &bytes);
-        }
         Ok(bytes)
     }
 
+    /// Keeps verified bytes in the disk cache, if there is one.
+    fn keep(&self, hash: &Hash, bytes: &[u8]) {
+        if let Some(disk) = &self.disk {
+            disk.put(hash, bytes);
+        }
+    }
+
     /// Fetches `hashes` from the backend in one batch (it overlaps the
-    /// requests) into the disk cache, each verified; the first failure.
-    /// Leads a flight for each, so reads of them wait for this fetch; one
-    /// another caller is already fetching is left to it unless `in_flight_too`.
-    fn fetch_into_disk(&self, hashes: &[Hash], in_flight_too: bool) -> Result<()> {
+    /// requests) into the disk cache, each verified, and hands them to
+    /// `forward`'s sink if there is one; the first failure. Leads a flight
+    /// for each, so reads of them wait for this fetch; one another caller
+    /// is already fetching is left to it unless `in_flight_too`.
+    fn fetch_batch(
+        &self,
+        hashes: &[Hash],
+        in_flight_too: bool,
+        forward: Option<Forward<'_>>,
+    ) -> Result<()> {
         let mut leads = HashMap::new();
         let mut wanted = Vec::new();
         for hash in hashes {
@@ -254,20 +274,30 @@ impl Verified {
         if wanted.is_empty() {
             return Ok(());
         }
-        let batch = BatchLeads {
-            verified: self,
-            leads: Mutex::new(leads),
-            failure: Mutex::new(None),
-        };
-        self.backend.fetch_many(&wanted, &batch)?;
-        match batch
-            .failure
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner())
-        {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        std::thread::scope(|scope| {
+            let (keep, kept) = sync_channel(KEEP_QUEUE);
+            let keeper = self.disk.as_ref().map(|disk| {
+                scope.spawn(move || keep_all(disk, kept));
+                keep
+            });
+            let batch = BatchLeads {
+                verified: self,
+                leads: Mutex::new(leads),
+                failure: Mutex::new(None),
+                forward,
+                stopped: AtomicBool::new(false),
+                keeper,
+            };
+            self.backend.fetch_many(&wanted, &batch)?;
+            match batch
+                .failure
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+            {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        })
     }
 
     fn fetch_verified(&self, hash: &Hash) -> Result<Vec<u8>> {
@@ -321,6 +351,46 @@ struct BatchLeads<'a> {
     verified: &'a Verified,
     leads: Mutex<HashMap<Hash, Lead<'a>>>,
     failure: Mutex<Option<Error>>,
+    /// A streaming batch: where its chunks go, and its room.
+    forward: Option<Forward<'a>>,
+    /// The sink wants no more.
+    stopped: AtomicBool,
+    /// Where verified chunks go to be kept in the disk cache (off the
+    /// thread that receives them); `None` without a disk cache.
+    keeper: Option<SyncSender<Keep<'a>>>,
+}
+
+/// A verified chunk to keep in the disk cache, and the flight that lands
+/// once it is there.
+type Keep<'a> = (Hash, Vec<u8>, Option<Lead<'a>>);
+
+/// Chunks a batch may have waiting to be written into the disk cache.
+const KEEP_QUEUE: usize = 256;
+/// Chunks written into the disk cache at once, in parallel.
+const KEEP_AT_ONCE: usize = 64;
+
+/// Writes what arrives on `kept` into `disk` until the batch ends: as many
+/// as are waiting (up to [`KEEP_AT_ONCE`]) at a time, compressed and
+/// written in parallel.
+fn keep_all(disk: &DiskCache, kept: Receiver<Keep<'_>>) {
+    while let Ok(first) = kept.recv() {
+        let mut chunks = vec![first];
+        while chunks.len() < KEEP_AT_ONCE
+            && let Ok(next) = kept.try_recv()
+        {
+            chunks.push(next);
+        }
+        chunks.into_par_iter().for_each(|(hash, bytes, lead)| {
+            disk.put(&hash, &bytes);
+            drop(lead);
+        });
+    }
+}
+
+/// Where a streaming batch hands its verified chunks.
+struct Forward<'a> {
+    sink: &'a StreamSink<'a>,
+    room: Arc<Room>,
 }
 
 impl BatchSink for BatchLeads<'_> {
@@ -334,22 +404,46 @@ impl BatchSink for BatchLeads<'_> {
     }
 
     fn landed(&self, hash: Hash, bytes: Vec<u8>) {
-        let admitted = self.verified.admit(&hash, bytes);
-        let failed = self.verified.record(&hash, &admitted);
+        let checked = self.verified.check(&hash, bytes);
+        let failed = self.verified.record(&hash, &checked);
         let lead = self
             .leads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&hash);
-        if let Some(mut lead) = lead {
-            lead.outcome = Some(Landed::of(&admitted, failed));
+        let lead = lead.map(|mut lead| {
+            lead.outcome = Some(Landed::of(&checked, failed));
+            lead
+        });
+        match checked {
+            Ok(bytes) => {
+                // The consumer first; the disk cache after.
+                if let Some(forward) = &self.forward
+                    && !(forward.sink)(hash, bytes.clone())
+                {
+                    self.stopped.store(true, Ordering::Release);
+                }
+                // Its flight stays until it is on disk: a read that comes
+                // meanwhile waits for it rather than fetching it again.
+                if let Some(keeper) = &self.keeper {
+                    let _ = keeper.send((hash, bytes, lead));
+                }
+            }
+            Err(e) => {
+                self.failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e);
+            }
         }
-        if let Err(e) = admitted {
-            self.failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert(e);
-        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    fn room(&self) -> Option<Arc<Room>> {
+        self.forward.as_ref().map(|f| f.room.clone())
     }
 }
 
@@ -385,14 +479,26 @@ impl ChunkSource for Verified {
             .filter(|h| !disk.contains(h))
             .copied()
             .collect();
-        self.fetch_into_disk(&missing, false)
+        self.fetch_batch(&missing, false, None)
     }
 
-    fn refetch(&self, hashes: &[Hash]) -> Result<()> {
-        match self.disk {
-            Some(_) => self.fetch_into_disk(hashes, true),
-            None => Ok(()),
-        }
+    fn streamed(&self, hashes: &[Hash], fresh: bool) -> Vec<Hash> {
+        let Some(disk) = &self.disk else {
+            return Vec::new();
+        };
+        hashes
+            .iter()
+            .filter(|h| fresh || !disk.contains(h))
+            .copied()
+            .collect()
+    }
+
+    fn stream(&self, hashes: &[Hash], room: &Arc<Room>, sink: &StreamSink<'_>) -> Result<()> {
+        let forward = Forward {
+            sink,
+            room: room.clone(),
+        };
+        self.fetch_batch(hashes, true, Some(forward))
     }
 
     fn describe(&self) -> String {
@@ -440,6 +546,9 @@ mod tests {
                 std::thread::yield_now();
             }
             for hash in hashes {
+                if sink.stopped() {
+                    break;
+                }
                 sink.starting(std::slice::from_ref(hash));
                 sink.landed(*hash, self.fetch(hash)?);
             }
@@ -603,31 +712,74 @@ mod tests {
         assert_eq!(source.disk().unwrap().stats().corrupt, 1);
     }
 
+    /// Streams `hashes` from `source` (what `streamed` picks): the chunks
+    /// handed over, in order of arrival.
+    fn streamed(source: &Verified, hashes: &[Hash], fresh: bool) -> Result<Vec<(Hash, Vec<u8>)>> {
+        let got = Mutex::new(Vec::new());
+        let picked = source.streamed(hashes, fresh);
+        let room = Arc::new(Room::new(1 << 20));
+        source.stream(&picked, &room, &|hash, bytes| {
+            got.lock().unwrap().push((hash, bytes));
+            true
+        })?;
+        Ok(got.into_inner().unwrap())
+    }
+
     #[test]
-    fn refetch_reads_the_backend_past_the_cache_and_finds_its_wrong_bytes() {
+    fn a_fresh_stream_reads_the_backend_past_the_cache_and_finds_its_wrong_bytes() {
         let hash = Hash::of(b"chunk");
         let dir = tempfile::tempdir().unwrap();
         let disk = || Some(DiskCache::open(dir.path(), 1 << 20).unwrap());
         let backend = counting(&[(&hash, b"chunk")]);
         let source = Verified::new(backend.clone(), disk());
-        source.warm(&[hash]).unwrap();
-        source.warm(&[hash]).unwrap();
         assert_eq!(
-            backend.fetches.load(Ordering::SeqCst),
-            1,
-            "warm skips cached"
+            streamed(&source, &[hash], false).unwrap(),
+            [(hash, b"chunk".to_vec())]
         );
-        source.refetch(&[hash]).unwrap();
+        assert!(source.disk().unwrap().contains(&hash), "kept on disk");
+        assert_eq!(backend.fetches.load(Ordering::SeqCst), 1);
+        source.warm(&[hash]).unwrap();
+        assert!(
+            streamed(&source, &[hash], false).unwrap().is_empty(),
+            "a cached chunk is read from the cache, not streamed"
+        );
+        assert_eq!(backend.fetches.load(Ordering::SeqCst), 1);
+        assert_eq!(streamed(&source, &[hash], true).unwrap().len(), 1);
         assert_eq!(
             backend.fetches.load(Ordering::SeqCst),
             2,
-            "refetch does not"
+            "a fresh stream reads the store"
         );
         // The store's copy went bad: the good cached copy does not hide it.
         let rotten = Verified::new(counting(&[(&hash, b"chunK")]), disk());
-        rotten.warm(&[hash]).unwrap();
-        let err = rotten.refetch(&[hash]).unwrap_err();
+        let err = streamed(&rotten, &[hash], true).unwrap_err();
         assert!(matches!(err, Error::Corrupt { expected, .. } if expected == hash));
+    }
+
+    #[test]
+    fn a_stream_stops_when_its_sink_wants_no_more() {
+        let chunks: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 10]).collect();
+        let hashes: Vec<Hash> = chunks.iter().map(|c| Hash::of(c)).collect();
+        let objects: Vec<(&Hash, &[u8])> = hashes
+            .iter()
+            .zip(&chunks)
+            .map(|(h, c)| (h, &c[..]))
+            .collect();
+        let backend = counting(&objects);
+        let source = Verified::new(backend.clone(), None);
+        let room = Arc::new(Room::new(1 << 20));
+        let handed = AtomicUsize::new(0);
+        source
+            .stream(&hashes, &room, &|_, _| {
+                handed.fetch_add(1, Ordering::SeqCst) < 2
+            })
+            .unwrap();
+        assert_eq!(
+            handed.load(Ordering::SeqCst),
+            3,
+            "stopped after the sink said so"
+        );
+        assert_eq!(backend.fetches.load(Ordering::SeqCst), 3);
     }
 
     #[test]
