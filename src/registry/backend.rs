@@ -21,7 +21,7 @@ use super::packed;
 use super::{MAX_BLOB, MAX_PACK};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::oci::{LAYOUT_PACKED, LAYOUT_V1, v1_digest};
+use crate::oci::{LAYOUT_V1, v1_digest};
 use crate::store::{Backend, BatchSink, RemoteCounters};
 
 /// The blobs of a repository, fetched by digest, each bounded by the size
@@ -56,18 +56,20 @@ impl RegistryBackend {
             .extend(sizes);
     }
 
-    /// Records where a packed bundle keeps its chunks.
-    pub(super) fn learn_packs(&self, locations: HashMap<Hash, packed::Location>) {
-        self.packed
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .add(locations);
+    /// Records where a packed bundle of `layout` (`packed/1`, `packed/2`)
+    /// keeps its chunks.
+    pub(super) fn learn_packs(&self, locations: HashMap<Hash, packed::Location>, layout: String) {
+        let mut packed = self.packed.write().unwrap_or_else(|e| e.into_inner());
+        packed.add(locations);
+        packed.layout = Some(layout);
     }
 }
 
 /// The chunks of the packed bundles resolved so far, by frame.
 #[derive(Default)]
 struct PackedChunks {
+    /// The layout of the last one (what the status file shows).
+    layout: Option<String>,
     locations: HashMap<Hash, packed::Location>,
     /// Per pack digest: its frames, sorted by offset, each once.
     frames: HashMap<String, Vec<Member>>,
@@ -539,16 +541,13 @@ impl Backend for RegistryBackend {
         let c = self.client.counters();
         Some(RemoteCounters {
             remote: self.client.describe(),
-            layout: match self
+            layout: self
                 .packed
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
-                .locations
-                .is_empty()
-            {
-                true => LAYOUT_V1.to_string(),
-                false => LAYOUT_PACKED.to_string(),
-            },
+                .layout
+                .clone()
+                .unwrap_or_else(|| LAYOUT_V1.to_string()),
             requests: c.requests.load(Ordering::Relaxed),
             bytes_fetched: c.bytes.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),

@@ -345,7 +345,14 @@ impl RegistryStore {
     /// A packed bundle; the chunks' locations go to the backend.
     fn packed_bundle_of(&self, manifest: &Manifest) -> Result<Bundle> {
         let (bundle, locations) = self.read_packed(manifest)?;
-        self.backend.learn_packs(locations);
+        let version = manifest
+            .packs()
+            .1
+            .and_then(|index| crate::oci::index_version(&index.media_type).ok().flatten());
+        let layout = version.map_or(crate::oci::LAYOUT_PACKED.to_string(), |v| {
+            format!("packed/{v}")
+        });
+        self.backend.learn_packs(locations, layout);
         Ok(bundle)
     }
 
