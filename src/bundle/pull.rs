@@ -298,12 +298,19 @@ impl Arrivals {
     }
 
     /// A chunk arrived; one nobody expects (a neighbour of the ones asked
-    /// for) gives its room back at once. `false` once the consumer stopped.
-    fn put(&self, hash: Hash, bytes: Vec<u8>) -> bool {
+    /// for) gives its room back at once. `None`: it will not come this way
+    /// (another fetch is bringing it: the decoder gets it itself). `false`
+    /// once the consumer stopped.
+    fn put(&self, hash: Hash, bytes: Option<Vec<u8>>) -> bool {
         let mut state = self.state();
         if state.closed {
             return false;
         }
+        let Some(bytes) = bytes else {
+            state.chunks.remove(&hash);
+            self.changed.notify_all();
+            return true;
+        };
         match state.chunks.get_mut(&hash) {
             Some(expected) if expected.bytes.is_none() => {
                 expected.bytes = Some(Arc::new(bytes));
@@ -599,16 +606,16 @@ mod tests {
         );
         assert!(matches!(arrivals.take(&a, false), Ok(Take::NotYet)));
         // Out of order, and a neighbour nobody asked for.
-        assert!(arrivals.put(b, b_bytes.clone()));
-        assert!(arrivals.put(other, vec![0; 10]));
-        assert!(arrivals.put(a, a_bytes.clone()));
+        assert!(arrivals.put(b, Some(b_bytes.clone())));
+        assert!(arrivals.put(other, Some(vec![0; 10])));
+        assert!(arrivals.put(a, Some(a_bytes.clone())));
         assert_eq!(bytes(arrivals.take(&a, false)), a_bytes);
         assert_eq!(bytes(arrivals.take(&b, true)), b_bytes);
         assert_eq!(bytes(arrivals.take(&a, true)), a_bytes);
         assert!(arrivals.state().chunks.is_empty(), "all used up");
         arrivals.close();
         assert!(
-            !arrivals.put(a, a_bytes),
+            !arrivals.put(a, Some(a_bytes)),
             "a closed consumer stops the stream"
         );
     }
@@ -626,6 +633,11 @@ mod tests {
             assert!(err.to_string().contains("link down"), "{err}");
         });
         let arrivals = Arrivals::expecting(&[a, b], &uses);
+        assert!(arrivals.put(a, None));
+        assert!(
+            matches!(arrivals.take(&a, true), Ok(Take::Elsewhere)),
+            "another fetch brings it: fetched by the caller, joining it"
+        );
         arrivals.end(Ok(()));
         assert!(
             matches!(arrivals.take(&b, true), Ok(Take::Elsewhere)),

@@ -63,7 +63,9 @@ impl ChunkSource for Metered {
 
     fn stream(&self, hashes: &[Hash], room: &Arc<Room>, sink: &StreamSink<'_>) -> Result<()> {
         self.inner.stream(hashes, room, &|hash, bytes| {
-            self.stats.fetched(bytes.len() as u64);
+            if let Some(bytes) = &bytes {
+                self.stats.fetched(bytes.len() as u64);
+            }
             sink(hash, bytes)
         })
     }

@@ -87,9 +87,10 @@ pub trait Backend: Send + Sync {
     }
 }
 
-/// Where [`ChunkSource::stream`] hands verified chunks: `false` stops the
-/// stream.
-pub type StreamSink<'a> = dyn Fn(Hash, Vec<u8>) -> bool + Sync + 'a;
+/// Where [`ChunkSource::stream`] hands verified chunks, or `None` for one
+/// that another fetch already under way brings (the consumer gets it
+/// itself, joining that fetch): `false` stops the stream.
+pub type StreamSink<'a> = dyn Fn(Hash, Option<Vec<u8>>) -> bool + Sync + 'a;
 
 /// Where [`Backend::fetch_many`] reports to.
 pub trait BatchSink: Sync {
@@ -180,8 +181,9 @@ pub trait ChunkSource: Send + Sync {
     /// Fetches `hashes` (as [`streamed`](Self::streamed) chose them) from
     /// the store itself, a request going out only when `room` has room for
     /// its bytes, and hands each chunk to `sink` verified as it arrives, in
-    /// any order; each is also kept in the disk cache. Stops when `sink`
-    /// returns `false`. The first failure.
+    /// any order (or at once as `None`, one another fetch is bringing);
+    /// each is also kept in the disk cache. Stops when `sink` returns
+    /// `false`. The first failure.
     fn stream(&self, _hashes: &[Hash], _room: &Arc<Room>, _sink: &StreamSink<'_>) -> Result<()> {
         Ok(())
     }

@@ -252,7 +252,8 @@ impl Verified {
     /// requests) into the disk cache, each verified, and hands them to
     /// `forward`'s sink if there is one; the first failure. Leads a flight
     /// for each, so reads of them wait for this fetch; one another caller
-    /// is already fetching is left to it unless `in_flight_too`.
+    /// is already fetching is left to it unless `in_flight_too` (and named
+    /// to the sink as `None`).
     fn fetch_batch(
         &self,
         hashes: &[Hash],
@@ -268,7 +269,11 @@ impl Verified {
                     wanted.push(*hash);
                 }
                 Ok(_) if in_flight_too => wanted.push(*hash),
-                Ok(_) => {}
+                Ok(_) => {
+                    if let Some(forward) = &forward {
+                        (forward.sink)(*hash, None);
+                    }
+                }
             }
         }
         if wanted.is_empty() {
@@ -419,7 +424,7 @@ impl BatchSink for BatchLeads<'_> {
             Ok(bytes) => {
                 // The consumer first; the disk cache after.
                 if let Some(forward) = &self.forward
-                    && !(forward.sink)(hash, bytes.clone())
+                    && !(forward.sink)(hash, Some(bytes.clone()))
                 {
                     self.stopped.store(true, Ordering::Release);
                 }
@@ -498,7 +503,7 @@ impl ChunkSource for Verified {
             sink,
             room: room.clone(),
         };
-        self.fetch_batch(hashes, true, Some(forward))
+        self.fetch_batch(hashes, false, Some(forward))
     }
 
     fn describe(&self) -> String {
@@ -719,7 +724,9 @@ mod tests {
         let picked = source.streamed(hashes, fresh);
         let room = Arc::new(Room::new(1 << 20));
         source.stream(&picked, &room, &|hash, bytes| {
-            got.lock().unwrap().push((hash, bytes));
+            got.lock()
+                .unwrap()
+                .push((hash, bytes.expect("nothing else in flight")));
             true
         })?;
         Ok(got.into_inner().unwrap())
