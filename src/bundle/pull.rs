@@ -75,7 +75,7 @@ pub struct Restored {
 }
 
 /// Fetches and decodes one source's chunk, of a bundle whose lockfile
-/// declares `processors` (see [`restore_chunk`]).
+/// declares `processors` (see `restore_chunk`).
 pub fn restore_source(
     source: &dyn ChunkSource,
     entry: &SourceEntry,
