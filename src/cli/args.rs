@@ -136,8 +136,8 @@ pub enum Command {
     /// problem, what to do. It checks FUSE (/dev/fuse: a character device
     /// this user can open read-write; the kernel's fuse filesystem in
     /// /proc/filesystems; fusermount3 or fusermount on PATH and setuid root,
-    /// unless run as root; user_allow_other in /etc/fuse.conf, for
-    /// information), the config file read (or where none was found), the
+    /// unless run as root; user_allow_other in /etc/fuse.conf, which mount
+    /// --allow-other needs for a user other than root), the config file read (or where none was found), the
     /// store (a store directory, writable, its tags, free space), the cache
     /// dir (its chunks against the cap, writable, free space), a registry
     /// when one is configured or given with --remote (GET /v2/ answered
