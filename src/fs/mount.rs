@@ -733,7 +733,8 @@ pub enum Unmounted {
     /// It was busy: detached from the tree now, torn down when the last
     /// open file closes.
     Lazily,
-    /// Via `fusermount3 -u` (not root).
+    /// Via `fusermount3 -u` (not root); a busy one is detached with `-z`
+    /// and counts as [`Unmounted::Lazily`].
     WithFusermount,
 }
 
@@ -773,17 +774,23 @@ pub fn unmount(mountpoint: &Path) -> Result<Unmounted> {
     }
 }
 
+/// `fusermount3 -u`, then `-u -z` (lazily) if the mount is busy.
 fn fusermount_unmount(path: &Path) -> Result<Unmounted> {
+    let helper = probe_fusermount()
+        .map_err(|problem| mount_error(format!("unmounting {}: {problem}", path.display())))?;
     let mut last = String::new();
-    for args in [&["-u"][..], &["-u", "-z"][..]] {
-        let output = std::process::Command::new("fusermount3")
+    for (args, how) in [
+        (&["-u"][..], Unmounted::WithFusermount),
+        (&["-u", "-z"][..], Unmounted::Lazily),
+    ] {
+        let output = std::process::Command::new(&helper)
             .args(args)
             .arg("--")
             .arg(path)
             .output()
-            .map_err(|e| mount_error(format!("running fusermount3: {e}")))?;
+            .map_err(|e| mount_error(format!("running {}: {e}", helper.display())))?;
         if output.status.success() {
-            return Ok(Unmounted::WithFusermount);
+            return Ok(how);
         }
         last = String::from_utf8_lossy(&output.stderr).trim().to_string();
     }
