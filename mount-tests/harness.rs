@@ -413,9 +413,8 @@ pub fn daemon_pid(stderr: &str) -> Option<u32> {
 /// Waits (bounded) for process `pid` to go away; kills it if it lingers.
 /// Returns whether it went away by itself.
 pub fn wait_for_exit(pid: u32) -> bool {
-    let proc_dir = Path::new("/proc").join(pid.to_string());
     let deadline = Instant::now() + READY_DEADLINE;
-    while is_alive(&proc_dir) {
+    while is_alive(pid) {
         if Instant::now() > deadline {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -440,9 +439,10 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// A process that exited but was not reaped yet (a zombie) counts as gone.
-fn is_alive(proc_dir: &Path) -> bool {
-    std::fs::read_to_string(proc_dir.join("stat"))
+/// Whether process `pid` runs; one that exited but was not reaped yet (a
+/// zombie) counts as gone.
+pub fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat"))
         .map(|stat| {
             let state = stat.rsplit(')').next().unwrap_or("").trim_start();
             !state.starts_with('Z')

@@ -12,16 +12,17 @@
 //! the mode).
 
 use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use mache_cachefs::fs::mount::{MountEntry, mount_entry};
 
 use crate::harness::{
-    BIN, FIND_FILES, Sample, TestMount, daemon_pid, is_mounted, parse_listing, require_tools, run,
-    sample, stdout, wait_for_exit, wait_until,
+    BIN, FIND_FILES, Sample, TestMount, daemon_pid, is_alive, is_mounted, parse_listing,
+    require_tools, run, sample, stdout, wait_for_exit, wait_until,
 };
 use crate::sharing::{OTHER_USER, other_user};
 
@@ -33,6 +34,23 @@ const FUSE_CONF: &str = "/etc/fuse.conf";
 fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A test's turn: the device has the mode it asked for until the turn
+/// ends, and no other test here runs meanwhile.
+struct Turn {
+    _device: DeviceMode,
+    _serial: MutexGuard<'static, ()>,
+}
+
+/// Waits for this test's turn, then gives `/dev/fuse` `mode` (and group
+/// `gid`, if given) for it.
+fn turn(mode: u32, gid: Option<u32>) -> Turn {
+    let serial = serial();
+    Turn {
+        _device: DeviceMode::set(mode, gid),
+        _serial: serial,
+    }
 }
 
 /// The device's group and mode as they were, put back on drop.
@@ -200,9 +218,23 @@ impl User {
         entry
     }
 
+    /// A new user (see [`User::new`]) whose mount is up.
+    fn mounted(sample: &Sample) -> User {
+        let mut user = User::new(sample);
+        user.mount(&[]);
+        user
+    }
+
     /// The user's `unmount`: it succeeds, the mountpoint is an empty
     /// directory again and the daemon exits.
     fn unmount(&mut self) {
+        self.unmount_saying(format!("unmounted {}", self.mnt().display()));
+        self.daemon_exits();
+    }
+
+    /// The user's `unmount`: it succeeds printing `line`, and the
+    /// mountpoint is an empty directory again.
+    fn unmount_saying(&self, line: String) {
         let out = self
             .cachefs()
             .arg("unmount")
@@ -211,10 +243,14 @@ impl User {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "the user's unmount failed: {stderr}");
-        assert_eq!(stderr.trim(), format!("unmounted {}", self.mnt().display()));
+        assert_eq!(stderr.trim(), line);
         assert!(!is_mounted(self.mnt()), "still mounted after unmount");
         let left = std::fs::read_dir(self.mnt()).unwrap().count();
         assert_eq!(left, 0, "the mountpoint is empty again");
+    }
+
+    /// The daemon goes away by itself.
+    fn daemon_exits(&mut self) {
         let pid = self.mount.daemon.take().expect("a daemon");
         assert!(wait_for_exit(pid), "the daemon is gone after unmount");
     }
@@ -273,26 +309,23 @@ fn mounts_reads_and_unmounts(sample: &Sample) {
 
 #[test]
 fn a_user_mounts_reads_and_unmounts_with_dev_fuse_open_to_all() {
-    let _serial = serial();
+    let _turn = turn(0o666, None);
     let sample = sample();
-    let _device = DeviceMode::set(0o666, None);
     mounts_reads_and_unmounts(sample);
 }
 
 #[test]
 fn a_user_mounts_reads_and_unmounts_with_dev_fuse_open_to_its_group() {
-    let _serial = serial();
-    let sample = sample();
     let (_, gid) = other_user();
-    let _device = DeviceMode::set(0o660, Some(gid));
+    let _turn = turn(0o660, Some(gid));
+    let sample = sample();
     mounts_reads_and_unmounts(sample);
 }
 
 #[test]
 fn a_user_the_device_is_closed_to_gets_one_line_saying_why() {
-    let _serial = serial();
+    let _turn = turn(0o600, None);
     let sample = sample();
-    let _device = DeviceMode::set(0o600, None);
     let user = User::new(sample);
     for daemon in [false, true] {
         let mut mount = user.cachefs();
@@ -338,11 +371,9 @@ fn a_user_the_device_is_closed_to_gets_one_line_saying_why() {
 
 #[test]
 fn a_user_clears_its_own_dead_mount() {
-    let _serial = serial();
+    let _turn = turn(0o666, None);
     let sample = sample();
-    let _device = DeviceMode::set(0o666, None);
-    let mut user = User::new(sample);
-    user.mount(&[]);
+    let mut user = User::mounted(sample);
     let pid = user.mount.daemon.unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -360,10 +391,39 @@ fn a_user_clears_its_own_dead_mount() {
 }
 
 #[test]
-fn allow_other_needs_user_allow_other_and_then_lets_other_users_read() {
-    let _serial = serial();
+fn a_user_unmounting_a_busy_mount_detaches_it_and_the_daemon_ends_at_the_close() {
+    let _turn = turn(0o666, None);
     let sample = sample();
-    let _device = DeviceMode::set(0o666, None);
+    let mut user = User::mounted(sample);
+    // A shell of the user's holds a file open until its stdin closes.
+    let mut holder = user
+        .run_as("sh")
+        .args(["-c", "exec 3<\"$1\" && echo open && read -r _", "sh"])
+        .arg(user.source(&sample.small_py()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "open\n", "the holder opened the file");
+    user.unmount_saying(format!(
+        "{} was busy: detached; it goes away when its open files are closed",
+        user.mnt().display()
+    ));
+    let pid = user.mount.daemon.unwrap();
+    assert!(is_alive(pid), "the daemon serves the open file");
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    user.daemon_exits();
+}
+
+#[test]
+fn allow_other_needs_user_allow_other_and_then_lets_other_users_read() {
+    let _turn = turn(0o666, None);
+    let sample = sample();
     let _conf = FuseConf::set("# mache-cachefs test: no user_allow_other\n");
     let mut user = User::new(sample);
     let out = user.mount_command(&["--allow-other"]);

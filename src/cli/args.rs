@@ -89,6 +89,9 @@ pub enum Command {
     /// Nothing is fetched until something reads; every chunk is verified.
     /// Runs in the foreground until Ctrl-C/SIGTERM, or with --daemon in the
     /// background (stop it with `mache-cachefs unmount`).
+    ///
+    /// Any user whom /dev/fuse lets in can mount (through the setuid
+    /// fusermount3); only that user reads the mount unless --allow-other.
     #[command(override_usage = "mache-cachefs mount [OPTIONS] [STORE] <MOUNTPOINT>")]
     Mount(super::mount::MountArgs),
     /// List the tags of a store or a registry repository, and the bundle each
