@@ -37,9 +37,14 @@ pub fn require_environment() {
         Path::new("/dev/fuse").exists(),
         "/dev/fuse is missing: load the fuse module or run with --device /dev/fuse"
     );
-    for tool in [
+    require_tools(&[
         "sqlite3", "getfattr", "python3", "diff", "tar", "find", "ls",
-    ] {
+    ]);
+}
+
+/// Fails loudly unless every one of `tools` is on PATH.
+pub fn require_tools(tools: &[&str]) {
+    for tool in tools {
         let found = std::env::var_os("PATH")
             .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
             .unwrap_or(false);
@@ -109,13 +114,17 @@ impl Sample {
     }
 }
 
+/// `find` arguments that list the regular files below its root as
+/// [`parse_listing`] reads them.
+pub const FIND_FILES: [&str; 4] = ["-type", "f", "-printf", "%P\\t%s\\n"];
+
 /// Relative paths and sizes of every regular file below `root`, sorted.
 pub fn list_files(root: &Path) -> Vec<(String, u64)> {
-    let out = stdout(
-        Command::new("find")
-            .arg(root)
-            .args(["-type", "f", "-printf", "%P\\t%s\\n"]),
-    );
+    parse_listing(&stdout(Command::new("find").arg(root).args(FIND_FILES)))
+}
+
+/// The relative paths and sizes a `find` with [`FIND_FILES`] printed, sorted.
+pub fn parse_listing(out: &str) -> Vec<(String, u64)> {
     let mut files: Vec<(String, u64)> = out
         .lines()
         .map(|line| {
@@ -230,9 +239,14 @@ pub struct TestMount {
 impl TestMount {
     /// Fresh directories (mountpoint and cache) without mounting yet.
     pub fn dirs() -> TestMount {
+        TestMount::dirs_in(Path::new(env!("CARGO_TARGET_TMPDIR")))
+    }
+
+    /// Fresh directories below `base` without mounting yet.
+    pub fn dirs_in(base: &Path) -> TestMount {
         let dir = tempfile::Builder::new()
             .prefix("mount-test-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .tempdir_in(base)
             .unwrap();
         let mnt = dir.path().join("mnt");
         let cache_home = dir.path().join("cache");
@@ -286,11 +300,7 @@ impl TestMount {
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert!(output.status.success(), "mount --daemon failed: {stderr}");
-        self.daemon = stderr
-            .split("daemon pid ")
-            .nth(1)
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|pid| pid.parse().ok());
+        self.daemon = daemon_pid(&stderr);
         assert!(self.daemon.is_some(), "no daemon pid in {stderr:?}");
         assert!(
             is_mounted(&self.mnt),
@@ -391,25 +401,48 @@ impl Drop for TestMount {
     }
 }
 
+/// The daemon's pid in what `mount --daemon` printed ("daemon pid N").
+pub fn daemon_pid(stderr: &str) -> Option<u32> {
+    stderr
+        .split("daemon pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|pid| pid.parse().ok())
+}
+
 /// Waits (bounded) for process `pid` to go away; kills it if it lingers.
-pub fn wait_for_exit(pid: u32) {
-    let proc_dir = Path::new("/proc").join(pid.to_string());
+/// Returns whether it went away by itself.
+pub fn wait_for_exit(pid: u32) -> bool {
     let deadline = Instant::now() + READY_DEADLINE;
-    while is_alive(&proc_dir) {
+    while is_alive(pid) {
         if Instant::now() > deadline {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            break;
+            return false;
         }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Polls `done` until it holds; panics naming `what` after [`READY_DEADLINE`].
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + READY_DEADLINE;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {READY_DEADLINE:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
-/// A process that exited but was not reaped yet (a zombie) counts as gone.
-fn is_alive(proc_dir: &Path) -> bool {
-    std::fs::read_to_string(proc_dir.join("stat"))
+/// Whether process `pid` runs; one that exited but was not reaped yet (a
+/// zombie) counts as gone.
+pub fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat"))
         .map(|stat| {
             let state = stat.rsplit(')').next().unwrap_or("").trim_start();
             !state.starts_with('Z')

@@ -18,6 +18,7 @@ mod serve_support;
 mod shared_cache;
 mod sharing;
 mod starvation;
+mod users;
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read};

@@ -10,10 +10,10 @@ use std::process::{Command, Output};
 use crate::harness::{BIN, TestMount, is_mounted, run, sample};
 
 /// The second user's name.
-const OTHER_USER: &str = "mache-cachefs-test";
+pub const OTHER_USER: &str = "mache-cachefs-test";
 
 /// The uid and gid of the second user, created if missing.
-fn other_user() -> (u32, u32) {
+pub fn other_user() -> (u32, u32) {
     let id = |flag: &str| {
         Command::new("id")
             .arg(flag)

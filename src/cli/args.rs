@@ -89,6 +89,9 @@ pub enum Command {
     /// Nothing is fetched until something reads; every chunk is verified.
     /// Runs in the foreground until Ctrl-C/SIGTERM, or with --daemon in the
     /// background (stop it with `mache-cachefs unmount`).
+    ///
+    /// Any user whom /dev/fuse lets in can mount (through the setuid
+    /// fusermount3); only that user reads the mount unless --allow-other.
     #[command(override_usage = "mache-cachefs mount [OPTIONS] [STORE] <MOUNTPOINT>")]
     Mount(super::mount::MountArgs),
     /// List the tags of a store or a registry repository, and the bundle each
@@ -136,8 +139,8 @@ pub enum Command {
     /// problem, what to do. It checks FUSE (/dev/fuse: a character device
     /// this user can open read-write; the kernel's fuse filesystem in
     /// /proc/filesystems; fusermount3 or fusermount on PATH and setuid root,
-    /// unless run as root; user_allow_other in /etc/fuse.conf, for
-    /// information), the config file read (or where none was found), the
+    /// unless run as root; user_allow_other in /etc/fuse.conf, which mount
+    /// --allow-other needs for a user other than root), the config file read (or where none was found), the
     /// store (a store directory, writable, its tags, free space), the cache
     /// dir (its chunks against the cap, writable, free space), a registry
     /// when one is configured or given with --remote (GET /v2/ answered

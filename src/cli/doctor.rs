@@ -8,7 +8,6 @@
 //! is changed: no directory is created, no cache trimmed.
 
 use std::io::ErrorKind;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -208,69 +207,47 @@ fn fuse_checks() -> Vec<Check> {
 /// The setuid helper through which a user other than root mounts.
 fn fusermount_check() -> Check {
     const NAME: &str = "fusermount";
-    let root = nix::unistd::geteuid().is_root();
-    let direct = "not needed as root, who mounts directly";
-    let Some(path) = fuse::find_fusermount() else {
-        let none = "neither fusermount3 nor fusermount is on PATH";
-        if root {
-            return Check::ok(NAME, format!("{none} ({direct})"));
-        }
-        return Check::fail(
-            NAME,
-            Class::Environment,
-            format!("{none}: only root can mount"),
-            Some("install fuse3 (apt install fuse3, or dnf install fuse3)".into()),
+    if nix::unistd::geteuid().is_root() {
+        let found = fuse::find_fusermount().map_or_else(
+            || "neither fusermount3 nor fusermount is on PATH".to_string(),
+            |path| path.display().to_string(),
         );
-    };
-    let shown = path.display();
-    if root {
-        return Check::ok(NAME, format!("{shown} ({direct})"));
+        return Check::ok(
+            NAME,
+            format!("{found} (not needed as root, who mounts directly)"),
+        );
     }
-    match std::fs::metadata(&path) {
-        Ok(meta) if meta.uid() == 0 && meta.mode() & libc::S_ISUID != 0 => {
-            Check::ok(NAME, format!("{shown} is setuid root"))
-        }
-        Ok(meta) => Check::fail(
+    match fuse::probe_fusermount() {
+        Ok(path) => Check::ok(
             NAME,
-            Class::Environment,
             format!(
-                "{shown} is not setuid root (owner uid {}, mode {}): this user cannot mount",
-                meta.uid(),
-                fuse::file_mode(meta.mode())
+                "{} is setuid root: this user mounts and unmounts through it",
+                path.display()
             ),
-            Some(format!(
-                "reinstall fuse3, or as root: chown root {shown} && chmod u+s {shown}"
-            )),
         ),
-        Err(e) => Check::fail(
+        Err(problem) => Check::fail(
             NAME,
             Class::Environment,
-            format!("{shown}: {e}"),
-            Some("check $FUSERMOUNT_PATH, or reinstall fuse3".into()),
+            problem.reason(),
+            Some(problem.hint()),
         ),
     }
 }
 
-/// `user_allow_other` in /etc/fuse.conf: information only.
+/// `user_allow_other` in /etc/fuse.conf, which `mount --allow-other` needs
+/// for a user other than root: information only.
 fn fuse_conf_check() -> Check {
-    let why = "mache-cachefs does not mount with allow_other";
-    let detail = match std::fs::read_to_string("/etc/fuse.conf") {
-        Ok(text) if allows_other(&text) => {
-            format!("user_allow_other is set in /etc/fuse.conf ({why})")
-        }
-        Ok(_) => format!("user_allow_other is not set in /etc/fuse.conf (not needed: {why})"),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            format!("no /etc/fuse.conf (not needed: {why})")
-        }
-        Err(e) => format!("cannot read /etc/fuse.conf: {e} (not needed: {why})"),
+    let conf = fuse::FUSE_CONF;
+    let users = "mount --allow-other";
+    let detail = match fuse::user_allow_other() {
+        Ok(true) => format!("user_allow_other is set in {conf}: every user may {users}"),
+        Ok(false) => format!(
+            "user_allow_other is not set in {conf}: only root may {users} \
+             (other mounts do not need it)"
+        ),
+        Err(e) => format!("cannot read {conf}: {e} (only root may {users})"),
     };
     Check::ok("fuse-conf", detail)
-}
-
-/// Whether a fuse.conf text sets `user_allow_other` (not commented out).
-fn allows_other(text: &str) -> bool {
-    text.lines()
-        .any(|line| line.split('#').next().unwrap_or("").trim() == "user_allow_other")
 }
 
 /// Which config file was read, and what the environment overrides.
@@ -590,14 +567,6 @@ fn mount_checks() -> Vec<Check> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn user_allow_other_counts_only_when_not_commented_out() {
-        assert!(allows_other("# comment\nuser_allow_other\n"));
-        assert!(allows_other("  user_allow_other  # yes\n"));
-        assert!(!allows_other("#user_allow_other\nmount_max = 1000\n"));
-        assert!(!allows_other(""));
-    }
 
     #[test]
     fn the_store_must_be_a_store_directory() {

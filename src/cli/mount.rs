@@ -23,7 +23,7 @@ use clap::Args;
 use super::commands::open_store;
 use crate::config::Settings;
 use crate::error::Error;
-use crate::fs::mount::{FUSE_SUPER_MAGIC, Unmounted, check_dev_fuse, check_mountpoint};
+use crate::fs::mount::{FUSE_SUPER_MAGIC, Unmounted, check_can_mount, check_mountpoint};
 use crate::fs::{self, CacheFs, FsSettings, ServeOptions};
 use crate::store::{BundleStore, ChunkSource};
 use crate::units::parse_size;
@@ -54,6 +54,11 @@ pub struct MountArgs {
     /// Detach and run in the background; return once the mount answers.
     #[arg(long)]
     pub daemon: bool,
+    /// Let every user read the mount, not only the user who mounted it
+    /// (FUSE's allow_other). A user other than root needs user_allow_other
+    /// in /etc/fuse.conf for it.
+    #[arg(long)]
+    pub allow_other: bool,
     /// Threads answering FUSE requests.
     #[arg(long, default_value_t = 4, value_name = "N", hide = true)]
     pub threads: usize,
@@ -144,6 +149,7 @@ fn mount_foreground(
         prefetch: args.prefetch,
         prefetch_parallelism: 4,
         progress: !quiet && notify.is_none() && std::io::stderr().is_terminal(),
+        allow_other: args.allow_other,
     };
     let shown = args.mountpoint().display().to_string();
     fs::serve(cachefs, &options, || {
@@ -165,7 +171,7 @@ fn daemonize(settings: &Settings, args: &MountArgs, quiet: bool) -> Result<()> {
     // Fail fast on what can be checked cheaply here; the daemon resolves the
     // ref and reports any failure, with its exit code, through the pipe.
     open_store(settings, args.store()?, &args.remote)?;
-    check_dev_fuse()?;
+    check_can_mount(args.allow_other)?;
     let mountpoint = check_mountpoint(args.mountpoint())?;
 
     std::fs::create_dir_all(&settings.cache_dir)

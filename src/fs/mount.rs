@@ -2,7 +2,14 @@
 //! SIGINT/SIGTERM, background prefetch, and `unmount` (including mounts
 //! whose daemon died). Also what FUSE needs from the system, as probes
 //! `doctor` reports on: the device, the kernel's filesystem, the mount
-//! helper, and the mount table with the state of each mount.
+//! helper, `/etc/fuse.conf`, and the mount table with the state of each
+//! mount.
+//!
+//! Users other than root: the device must open for them (mode 0666, or a
+//! group of theirs); the kernel then refuses their `mount(2)` and fuser
+//! mounts through the setuid `fusermount3`, which opens the device as the
+//! calling user too, so no helper gets around a device they cannot open.
+//! Their `unmount` goes through `fusermount3 -u`.
 //!
 //! Signals: [`serve`] installs handlers for SIGINT, SIGTERM and SIGHUP
 //! (`signal-hook`: the handler only wakes a dedicated thread, whichever
@@ -17,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fuser::{Config, MountOption, Session};
+use fuser::{Config, MountOption, Session, SessionACL};
 use nix::mount::{MntFlags, umount2};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -38,6 +45,8 @@ pub struct ServeOptions {
     pub prefetch_parallelism: usize,
     /// Draw the prefetch's progress on stderr (a foreground mount on a terminal).
     pub progress: bool,
+    /// Let every user read the mount (`allow_other`), not only its owner.
+    pub allow_other: bool,
 }
 
 /// The filesystem type `statfs` reports for FUSE mounts.
@@ -92,8 +101,11 @@ impl FuseDeviceProblem {
                 format!("recreate it as root (mknod -m 0666 /dev/fuse c 10 229), or {device}")
             }
             FuseDeviceProblem::CannotOpen { error, .. } => match error.raw_os_error() {
-                Some(libc::EACCES) => "this user may not open it: run as root, or have it made \
-                                      read-write for all (mode 0666, as most systems set it)"
+                Some(libc::EACCES) => "this user may not use FUSE (fusermount3 opens the device \
+                                      as this user too): run as root, or have root make it \
+                                      read-write for all (chmod 0666 /dev/fuse, as most systems \
+                                      set it) or for a group of this user's (chgrp GROUP \
+                                      /dev/fuse && chmod 0660 /dev/fuse)"
                     .to_string(),
                 Some(libc::EPERM) => {
                     format!("the container's device rules forbid it: {device}")
@@ -142,7 +154,7 @@ pub fn probe_fuse_device(path: &Path) -> std::result::Result<u32, FuseDeviceProb
 }
 
 /// Checks that `/dev/fuse` can be opened.
-pub fn check_dev_fuse() -> Result<()> {
+fn check_dev_fuse() -> Result<()> {
     probe_fuse_device(Path::new(DEV_FUSE))
         .map(drop)
         .map_err(|problem| mount_error(problem.to_string()))
@@ -175,6 +187,118 @@ pub fn find_fusermount() -> Option<PathBuf> {
             .map(|dir| dir.join(name))
             .find(|candidate| candidate.is_file())
     })
+}
+
+/// What keeps a user other than root from mounting through the helper.
+#[derive(Debug)]
+pub enum FusermountProblem {
+    /// Neither `fusermount3` nor `fusermount` is on `PATH`.
+    Missing,
+    /// The helper at `path` is not setuid root (its owner and `st_mode`).
+    NotSetuidRoot { path: PathBuf, uid: u32, mode: u32 },
+    /// The helper at `path` cannot be looked at.
+    Unreadable {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+impl FusermountProblem {
+    /// What is wrong, in a few words.
+    pub fn reason(&self) -> String {
+        match self {
+            FusermountProblem::Missing => {
+                "neither fusermount3 nor fusermount is on PATH: only root can mount".to_string()
+            }
+            FusermountProblem::NotSetuidRoot { path, uid, mode } => format!(
+                "{} is not setuid root (owner uid {uid}, mode {}): this user cannot mount",
+                path.display(),
+                file_mode(*mode)
+            ),
+            FusermountProblem::Unreadable { path, error } => {
+                format!("{}: {error}", path.display())
+            }
+        }
+    }
+
+    /// What to do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            FusermountProblem::Missing => {
+                "install fuse3 (apt install fuse3, or dnf install fuse3)".to_string()
+            }
+            FusermountProblem::NotSetuidRoot { path, .. } => {
+                let shown = path.display();
+                format!("reinstall fuse3, or as root: chown root {shown} && chmod u+s {shown}")
+            }
+            FusermountProblem::Unreadable { .. } => {
+                "check $FUSERMOUNT_PATH, or reinstall fuse3".to_string()
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FusermountProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason(), self.hint())
+    }
+}
+
+/// The mount helper fuser would use ([`find_fusermount`]), if it is setuid
+/// root, as a user other than root needs it.
+pub fn probe_fusermount() -> std::result::Result<PathBuf, FusermountProblem> {
+    let path = find_fusermount().ok_or(FusermountProblem::Missing)?;
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.uid() == 0 && meta.mode() & libc::S_ISUID != 0 => Ok(path),
+        Ok(meta) => Err(FusermountProblem::NotSetuidRoot {
+            path,
+            uid: meta.uid(),
+            mode: meta.mode(),
+        }),
+        Err(error) => Err(FusermountProblem::Unreadable { path, error }),
+    }
+}
+
+/// FUSE's system-wide settings, read by `fusermount3`.
+pub const FUSE_CONF: &str = "/etc/fuse.conf";
+
+/// Whether [`FUSE_CONF`] lets users other than root mount with
+/// `allow_other` (`user_allow_other`); a missing file does not.
+pub fn user_allow_other() -> std::io::Result<bool> {
+    match std::fs::read_to_string(FUSE_CONF) {
+        Ok(text) => Ok(allows_other(&text)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a fuse.conf text sets `user_allow_other` (not commented out).
+fn allows_other(text: &str) -> bool {
+    text.lines()
+        .any(|line| line.split('#').next().unwrap_or("").trim() == "user_allow_other")
+}
+
+/// Checks that this process can mount: the device opens and, for a user
+/// other than root, a setuid `fusermount3` is there to mount through and,
+/// with `allow_other`, [`FUSE_CONF`] sets `user_allow_other`.
+pub fn check_can_mount(allow_other: bool) -> Result<()> {
+    check_dev_fuse()?;
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    probe_fusermount().map_err(|problem| mount_error(problem.to_string()))?;
+    if !allow_other {
+        return Ok(());
+    }
+    let unset = match user_allow_other() {
+        Ok(true) => return Ok(()),
+        Ok(false) => "it is not set there".to_string(),
+        Err(e) => format!("cannot read it: {e}"),
+    };
+    Err(mount_error(format!(
+        "--allow-other needs user_allow_other in {FUSE_CONF} for a user other than root \
+         ({unset}): have root add that line, or mount without --allow-other"
+    )))
 }
 
 /// The name our mounts carry in the mount table: their source, and their
@@ -380,7 +504,7 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf> {
 /// or the process gets SIGINT/SIGTERM/SIGHUP. `ready` is called once the
 /// kernel has accepted the mount (requests are answered from then on).
 pub fn serve(fs: CacheFs, options: &ServeOptions, ready: impl FnOnce()) -> Result<()> {
-    check_dev_fuse()?;
+    check_can_mount(options.allow_other)?;
     let mountpoint = check_mountpoint(&options.mountpoint)?;
 
     let io = IoPools::start(IO_THREADS)?;
@@ -397,6 +521,9 @@ pub fn serve(fs: CacheFs, options: &ServeOptions, ready: impl FnOnce()) -> Resul
         MountOption::FSName(FS_NAME.to_string()),
         MountOption::Subtype(FS_NAME.to_string()),
     ];
+    if options.allow_other {
+        config.acl = SessionACL::All;
+    }
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
     // Before mounting, so that no signal can leave a mount without a server.
@@ -606,7 +733,8 @@ pub enum Unmounted {
     /// It was busy: detached from the tree now, torn down when the last
     /// open file closes.
     Lazily,
-    /// Via `fusermount3 -u` (not root).
+    /// Via `fusermount3 -u` (not root); a busy one is detached with `-z`
+    /// and counts as [`Unmounted::Lazily`].
     WithFusermount,
 }
 
@@ -646,17 +774,23 @@ pub fn unmount(mountpoint: &Path) -> Result<Unmounted> {
     }
 }
 
+/// `fusermount3 -u`, then `-u -z` (lazily) if the mount is busy.
 fn fusermount_unmount(path: &Path) -> Result<Unmounted> {
+    let helper = probe_fusermount()
+        .map_err(|problem| mount_error(format!("unmounting {}: {problem}", path.display())))?;
     let mut last = String::new();
-    for args in [&["-u"][..], &["-u", "-z"][..]] {
-        let output = std::process::Command::new("fusermount3")
+    for (args, how) in [
+        (&["-u"][..], Unmounted::WithFusermount),
+        (&["-u", "-z"][..], Unmounted::Lazily),
+    ] {
+        let output = std::process::Command::new(&helper)
             .args(args)
             .arg("--")
             .arg(path)
             .output()
-            .map_err(|e| mount_error(format!("running fusermount3: {e}")))?;
+            .map_err(|e| mount_error(format!("running {}: {e}", helper.display())))?;
         if output.status.success() {
-            return Ok(Unmounted::WithFusermount);
+            return Ok(how);
         }
         last = String::from_utf8_lossy(&output.stderr).trim().to_string();
     }
@@ -719,6 +853,14 @@ mod tests {
         // /dev/null: a character device everyone may open read-write.
         let mode = probe_fuse_device(Path::new("/dev/null")).unwrap();
         assert_eq!(file_mode(mode), "0666");
+    }
+
+    #[test]
+    fn user_allow_other_counts_only_when_not_commented_out() {
+        assert!(allows_other("# comment\nuser_allow_other\n"));
+        assert!(allows_other("  user_allow_other  # yes\n"));
+        assert!(!allows_other("#user_allow_other\nmount_max = 1000\n"));
+        assert!(!allows_other(""));
     }
 
     #[test]
