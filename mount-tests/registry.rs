@@ -423,18 +423,22 @@ fn prefetch_from_the_distribution_registry_fetches_whole_packs_and_then_needs_no
     registry.settle();
     let gets = registry.blob_gets() - before;
     let files = sample.files().len();
-    // The lockfile, the index, and the packs in ranges of up to 8 MiB (cut
-    // at chunk boundaries and between prefetch batches, so some are less).
+    // The lockfile, the index, and the packs in ranges: each prefetch batch
+    // (64 MiB of chunks) is cut into at most 64 ranges, and a range ends
+    // at the end of its pack (32 MiB of chunks). Whole frames, many chunks
+    // a request, never one request a chunk.
     let bundle = sample.bundle();
     let sizes = bundle
         .sizes
         .as_ref()
         .expect("our push writes a sizes index");
     let bundle_bytes: u64 = sizes.entries.iter().map(|e| e.chunk_len).sum();
-    let most = 2 + bundle_bytes.div_ceil(4 << 20) as usize;
+    let batches = bundle_bytes.div_ceil(64 << 20) as usize;
+    let packs = bundle_bytes.div_ceil(32 << 20) as usize;
+    let most = 2 + 64 * batches + packs;
     assert!(
-        gets <= most,
-        "{gets} blob requests for {files} files ({bundle_bytes} bytes)"
+        gets <= most && gets * 10 <= distinct as usize,
+        "{gets} blob requests for {distinct} chunks, {files} files ({bundle_bytes} bytes)"
     );
 
     // Everything is on this machine now: the registry can go.

@@ -31,8 +31,6 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rayon::prelude::*;
-
 use super::{Backend, BatchSink, ChunkSource, DiskCache, RemoteStatus, Room, StreamSink};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
@@ -279,10 +277,13 @@ impl Verified {
         if wanted.is_empty() {
             return Ok(());
         }
+        let (keep, kept) = sync_channel(KEEP_QUEUE);
+        let kept = Mutex::new(kept);
         std::thread::scope(|scope| {
-            let (keep, kept) = sync_channel(KEEP_QUEUE);
             let keeper = self.disk.as_ref().map(|disk| {
-                scope.spawn(move || keep_all(disk, kept));
+                for _ in 0..KEEPERS {
+                    scope.spawn(|| keep_all(disk, &kept));
+                }
                 keep
             });
             let batch = BatchLeads {
@@ -371,24 +372,21 @@ type Keep<'a> = (Hash, Vec<u8>, Option<Lead<'a>>);
 
 /// Chunks a batch may have waiting to be written into the disk cache.
 const KEEP_QUEUE: usize = 256;
-/// Chunks written into the disk cache at once, in parallel.
-const KEEP_AT_ONCE: usize = 64;
+/// Threads of a batch writing into the disk cache. Their own threads, not
+/// the rayon pool's: a decoder on the pool may be waiting for a flight
+/// that only lands once its chunk is on disk.
+const KEEPERS: usize = 2;
 
-/// Writes what arrives on `kept` into `disk` until the batch ends: as many
-/// as are waiting (up to [`KEEP_AT_ONCE`]) at a time, compressed and
-/// written in parallel.
-fn keep_all(disk: &DiskCache, kept: Receiver<Keep<'_>>) {
-    while let Ok(first) = kept.recv() {
-        let mut chunks = vec![first];
-        while chunks.len() < KEEP_AT_ONCE
-            && let Ok(next) = kept.try_recv()
-        {
-            chunks.push(next);
-        }
-        chunks.into_par_iter().for_each(|(hash, bytes, lead)| {
-            disk.put(&hash, &bytes);
-            drop(lead);
-        });
+/// Writes what arrives on `kept` into `disk` until the batch ends, landing
+/// each chunk's flight once it is there.
+fn keep_all(disk: &DiskCache, kept: &Mutex<Receiver<Keep<'_>>>) {
+    loop {
+        let next = kept.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok((hash, bytes, lead)) = next else {
+            return;
+        };
+        disk.put(&hash, &bytes);
+        drop(lead);
     }
 }
 
