@@ -1,14 +1,13 @@
 //! Reading a `mache.db` and writing a restored one (SPEC §4).
 //!
-//! The reader turns `_source` (ordered by id) and `_ast` into [`SourceRow`]s
-//! and [`AstRow`]s, resolving NULL content from disk. The writer creates the
+//! The reader ([`DbReader`]) turns `_source` (ordered by id) and `_ast`
+//! into windows of [`SourceRow`]s and their [`AstRow`]s, resolving NULL
+//! content from disk, in memory bounded by a window. The writer creates the
 //! restore schema and fills it in one transaction, in rollback-journal mode,
 //! so the result opens read-only anywhere with no `-wal`/`-shm` files.
 
-use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
-use rayon::prelude::*;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, params};
 
@@ -18,20 +17,6 @@ use crate::rows::{AstRow, SourceRow};
 
 /// The first 16 bytes of every SQLite database file.
 pub const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
-
-/// Everything a push needs from a db.
-#[derive(Debug, Default)]
-pub struct DbContents {
-    /// `_source` rows ordered by id, content resolved.
-    pub sources: Vec<SourceRow>,
-    /// `_ast` rows of each source (same order as `sources`), each list
-    /// ordered by node_id; `None` when the db has no `_ast` table (raw
-    /// chunks are pushed then).
-    pub ast: Option<Vec<Vec<AstRow>>>,
-    /// Whether some row's content was read from a file (NULL content): then
-    /// the db's bytes alone do not determine the bundle.
-    pub reads_files: bool,
-}
 
 /// BLAKE3 of the db file, when that alone determines what the db reads
 /// as: `None` while a non-empty `-wal` file holds changes the main file
@@ -50,40 +35,360 @@ pub fn fingerprint(db_path: &Path) -> Result<Option<Hash>> {
     Ok(Some(Hash(*hasher.finalize().as_bytes())))
 }
 
-/// Reads a mache db. NULL `content` means "read the file at `path`",
-/// relative to `source_root`; an empty BLOB is an empty file.
-pub fn read_db(db_path: &Path, source_root: &Path) -> Result<DbContents> {
-    let bad = |reason: String| Error::BadDb {
-        path: db_path.to_path_buf(),
-        reason,
-    };
-    check_is_file(db_path)?;
+/// A mache db to push, read a window of sources at a time: memory grows
+/// with a window, not with the db. Sources come in id order (the primary
+/// key's, byte-wise), each with its `_ast` rows in node_id order, merged
+/// from a second connection reading `_ast` sorted by source and node (an
+/// external sort SQLite bounds). NULL `content` means "read the file at
+/// `path`", relative to `source_root`; an empty BLOB is an empty file.
+pub struct DbReader {
+    path: PathBuf,
+    source_root: PathBuf,
+    conn: Connection,
+    has_ast: bool,
+}
+
+/// Consecutive sources of a db and their AST rows.
+#[derive(Debug, Default)]
+pub struct DbWindow {
+    /// `_source` rows in id order, content resolved.
+    pub sources: Vec<SourceRow>,
+    /// Each source's `_ast` rows, in node_id order; `None` when the db has
+    /// no `_ast` table (raw chunks are pushed then).
+    pub ast: Option<Vec<Vec<AstRow>>>,
+}
+
+/// What [`DbReader::for_each_head`] sees of a source without its content.
+#[derive(Debug)]
+pub struct SourceHead {
+    pub id: String,
+    pub path: Option<String>,
+    /// Its content is NULL (a file on disk) or starts with `{`: it may read
+    /// as an AST chunk ([`DbReader::content_of`] gets it to tell).
+    pub may_be_json: bool,
+}
+
+/// `_ast` rows sent from their reader at a time.
+const AST_BATCH: usize = 4096;
+
+impl DbReader {
+    /// Opens the db read-only and checks it has a `_source` table.
+    pub fn open(db_path: &Path, source_root: &Path) -> Result<DbReader> {
+        check_is_file(db_path)?;
+        let conn = open_read_only(db_path)?;
+        if !has_table(&conn, "_source").map_err(|e| sql(db_path, e))? {
+            return Err(bad_db(db_path, "no _source table (is this a mache db?)"));
+        }
+        let has_ast = has_table(&conn, "_ast").map_err(|e| sql(db_path, e))?;
+        // One read transaction: every pass sees the same rows.
+        conn.execute_batch("BEGIN").map_err(|e| sql(db_path, e))?;
+        Ok(DbReader {
+            path: db_path.to_path_buf(),
+            source_root: source_root.to_path_buf(),
+            conn,
+            has_ast,
+        })
+    }
+
+    /// Whether the db has an `_ast` table.
+    pub fn has_ast(&self) -> bool {
+        self.has_ast
+    }
+
+    /// The number of `_source` rows; none is an error (an empty bundle).
+    pub fn count_sources(&self) -> Result<usize> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM _source", [], |row| row.get(0))
+            .map_err(|e| sql(&self.path, e))?;
+        match n {
+            0 => Err(bad_db(
+                &self.path,
+                "_source has no rows; refusing to make an empty bundle",
+            )),
+            n => Ok(n as usize),
+        }
+    }
+
+    /// Calls `each` with every source's id, path and whether it may be
+    /// JSON, in id order, reading no content.
+    pub fn for_each_head(&self, mut each: impl FnMut(SourceHead)) -> Result<()> {
+        let path = &self.path;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, path, content IS NULL OR CAST(substr(content, 1, 1) AS BLOB) = X'7B' \
+                 FROM _source ORDER BY id",
+            )
+            .map_err(|e| sql(path, e))?;
+        let mut rows = stmt.query([]).map_err(|e| sql(path, e))?;
+        let mut ids = IdOrder::default();
+        while let Some(row) = rows.next().map_err(|e| sql(path, e))? {
+            let get = |i| row.get_ref(i).map_err(|e| sql(path, e));
+            let id = ids.next(path, text_of(get(0)?))?;
+            each(SourceHead {
+                id,
+                path: text_of(get(1)?),
+                may_be_json: int_of(get(2)?) != 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// The content of the source `id` (of `path`), read from its file if
+    /// NULL.
+    pub fn content_of(&self, id: &str, path: Option<&str>) -> Result<Vec<u8>> {
+        let content = self
+            .conn
+            .query_row("SELECT content FROM _source WHERE id = ?1", [id], |row| {
+                Ok(content_bytes(row.get_ref(0)?))
+            })
+            .map_err(|e| sql(&self.path, e))?;
+        match content {
+            Some(bytes) => Ok(bytes),
+            None => read_by_path(&self.path, &self.source_root, id, path),
+        }
+    }
+
+    /// Calls `each` with consecutive windows of at most `size` sources, in
+    /// id order, and their AST rows; `_ast` is read on a second thread.
+    /// Returns whether some content was read from a file (then the db's
+    /// bytes alone do not determine the bundle).
+    pub fn for_each_window(
+        &self,
+        size: usize,
+        mut each: impl FnMut(DbWindow) -> Result<()>,
+    ) -> Result<bool> {
+        std::thread::scope(|scope| {
+            let (to_merge, batches) = std::sync::mpsc::sync_channel(4);
+            let ast_reader = self.has_ast.then(|| {
+                let path = &self.path;
+                scope.spawn(move || read_ast_sorted(path, &to_merge))
+            });
+            let mut ast = self.has_ast.then(|| AstGroups::new(batches));
+            let merged = self.merge_windows(size, ast.as_mut(), &mut each);
+            // The reader stops at its next send once the merge is gone.
+            drop(ast);
+            let read = ast_reader.map_or(Ok(()), |reader| {
+                reader.join().expect("the _ast reader does not panic")
+            });
+            let reads_files = merged?;
+            read?;
+            Ok(reads_files)
+        })
+    }
+
+    fn merge_windows(
+        &self,
+        size: usize,
+        mut ast: Option<&mut AstGroups>,
+        each: &mut impl FnMut(DbWindow) -> Result<()>,
+    ) -> Result<bool> {
+        let path = &self.path;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, path, language, content FROM _source ORDER BY id")
+            .map_err(|e| sql(path, e))?;
+        let mut rows = stmt.query([]).map_err(|e| sql(path, e))?;
+        let mut ids = IdOrder::default();
+        let mut reads_files = false;
+        let mut window = DbWindow::default();
+        while let Some(row) = rows.next().map_err(|e| sql(path, e))? {
+            let get = |i| row.get_ref(i).map_err(|e| sql(path, e));
+            let id = ids.next(path, text_of(get(0)?))?;
+            let source_path = text_of(get(1)?);
+            let content = match content_bytes(get(3)?) {
+                Some(bytes) => bytes,
+                None => {
+                    reads_files = true;
+                    read_by_path(path, &self.source_root, &id, source_path.as_deref())?
+                }
+            };
+            if let Some(ast) = ast.as_deref_mut() {
+                let nodes = ast.take_for(path, &id)?;
+                window.ast.get_or_insert_with(Vec::new).push(nodes);
+            }
+            window.sources.push(SourceRow {
+                id,
+                path: source_path,
+                language: text_of(get(2)?),
+                content,
+            });
+            if window.sources.len() == size {
+                each(std::mem::take(&mut window))?;
+            }
+        }
+        if let Some(ast) = ast {
+            ast.finish(path)?;
+        }
+        if !window.sources.is_empty() {
+            each(window)?;
+        }
+        Ok(reads_files)
+    }
+}
+
+fn bad_db(path: &Path, reason: &str) -> Error {
+    Error::BadDb {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// A content column's bytes; `None` for NULL (the file at the row's path).
+fn content_bytes(value: ValueRef<'_>) -> Option<Vec<u8>> {
+    match value {
+        ValueRef::Null => None,
+        ValueRef::Blob(b) => Some(b.to_vec()),
+        ValueRef::Text(t) => Some(t.to_vec()),
+        ValueRef::Integer(i) => Some(i.to_string().into_bytes()),
+        ValueRef::Real(r) => Some(r.to_string().into_bytes()),
+    }
+}
+
+/// Checks that ids come strictly ascending, byte-wise: unique, and in the
+/// order the two tables are merged in.
+#[derive(Default)]
+struct IdOrder {
+    last: Option<String>,
+}
+
+impl IdOrder {
+    fn next(&mut self, db: &Path, id: Option<String>) -> Result<String> {
+        let Some(id) = id else {
+            return Err(bad_db(db, "a _source row has a NULL id"));
+        };
+        match &self.last {
+            Some(last) if *last == id => {
+                return Err(bad_db(
+                    db,
+                    &format!("two _source rows have the id {id:?}; ids must be unique"),
+                ));
+            }
+            Some(last) if *last > id => {
+                return Err(bad_db(
+                    db,
+                    &format!("_source id {id:?} sorts before {last:?}: ids must be text"),
+                ));
+            }
+            _ => {}
+        }
+        self.last = Some(id.clone());
+        Ok(id)
+    }
+}
+
+/// Streams `_ast` to `to_merge` sorted by source_id then node_id, in
+/// batches of [`AST_BATCH`] `(source_id, row)` pairs; stops when the
+/// receiver is gone.
+fn read_ast_sorted(
+    db_path: &Path,
+    to_merge: &std::sync::mpsc::SyncSender<Result<Vec<AstRow>>>,
+) -> Result<()> {
     let conn = open_read_only(db_path)?;
-    if !has_table(&conn, "_source").map_err(|e| sql(db_path, e))? {
-        return Err(bad("no _source table (is this a mache db?)".to_string()));
+    let mut stmt = conn
+        .prepare(
+            "SELECT node_id, source_id, node_kind, start_byte, end_byte, start_row, start_col, \
+             end_row, end_col FROM _ast ORDER BY source_id, node_id",
+        )
+        .map_err(|e| sql(db_path, e))?;
+    let mut rows = stmt.query([]).map_err(|e| sql(db_path, e))?;
+    let mut batch = Vec::with_capacity(AST_BATCH);
+    loop {
+        let row = match rows.next() {
+            Ok(Some(row)) => row,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = to_merge.send(Err(sql(db_path, e)));
+                return Ok(());
+            }
+        };
+        let get = |i| row.get_ref(i).map_err(|e| sql(db_path, e));
+        batch.push(AstRow {
+            node_id: text_of(get(0)?).unwrap_or_default(),
+            source_id: text_of(get(1)?).unwrap_or_default(),
+            node_kind: text_of(get(2)?).unwrap_or_default(),
+            start_byte: int_of(get(3)?),
+            end_byte: int_of(get(4)?),
+            start_row: int_of(get(5)?),
+            start_col: int_of(get(6)?),
+            end_row: int_of(get(7)?),
+            end_col: int_of(get(8)?),
+        });
+        if batch.len() == AST_BATCH
+            && to_merge
+                .send(Ok(std::mem::replace(
+                    &mut batch,
+                    Vec::with_capacity(AST_BATCH),
+                )))
+                .is_err()
+        {
+            return Ok(());
+        }
     }
-    let with_ast = has_table(&conn, "_ast").map_err(|e| sql(db_path, e))?;
-    // The two tables are read at once, on two connections.
-    let (sources, ast) = std::thread::scope(|scope| {
-        let ast = with_ast.then(|| scope.spawn(|| read_ast(&open_read_only(db_path)?, db_path)));
-        let sources = read_sources(&conn, db_path, source_root);
-        let ast = ast.map(|handle| handle.join().expect("the _ast reader does not panic"));
-        (sources, ast.transpose())
-    });
-    let (sources, reads_files) = sources?;
-    if sources.is_empty() {
-        return Err(bad(
-            "_source has no rows; refusing to make an empty bundle".to_string()
-        ));
+    if !batch.is_empty() {
+        let _ = to_merge.send(Ok(batch));
     }
-    let ast = ast?
-        .map(|by_id| align_ast(db_path, &sources, by_id))
-        .transpose()?;
-    Ok(DbContents {
-        sources,
-        ast,
-        reads_files,
-    })
+    Ok(())
+}
+
+/// The `_ast` rows in source_id order, handed out source by source.
+struct AstGroups {
+    batches: std::sync::mpsc::Receiver<Result<Vec<AstRow>>>,
+    pending: std::collections::VecDeque<AstRow>,
+    done: bool,
+}
+
+impl AstGroups {
+    fn new(batches: std::sync::mpsc::Receiver<Result<Vec<AstRow>>>) -> AstGroups {
+        AstGroups {
+            batches,
+            pending: std::collections::VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// The next row's source_id, reading a batch if needed.
+    fn peek(&mut self) -> Result<Option<&str>> {
+        while self.pending.is_empty() && !self.done {
+            match self.batches.recv() {
+                Ok(batch) => self.pending.extend(batch?),
+                Err(_) => self.done = true,
+            }
+        }
+        Ok(self.pending.front().map(|row| row.source_id.as_str()))
+    }
+
+    /// The rows of source `id` (sources are asked for in id order); rows
+    /// of a source_id before it have no source.
+    fn take_for(&mut self, db: &Path, id: &str) -> Result<Vec<AstRow>> {
+        let mut nodes = Vec::new();
+        while let Some(source_id) = self.peek()? {
+            match source_id.cmp(id) {
+                std::cmp::Ordering::Less => return Err(orphan(db, source_id)),
+                std::cmp::Ordering::Equal => {
+                    nodes.push(self.pending.pop_front().expect("peeked"));
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// Fails if rows are left: they name no source.
+    fn finish(&mut self, db: &Path) -> Result<()> {
+        match self.peek()? {
+            Some(source_id) => Err(orphan(db, source_id)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn orphan(db: &Path, source_id: &str) -> Error {
+    bad_db(
+        db,
+        &format!("_ast rows name the source_id {source_id:?}, which has no _source row"),
+    )
 }
 
 /// Whether the file is a mache db: a SQLite db with a `_source` table.
@@ -140,59 +445,6 @@ fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     .map(|n| n > 0)
 }
 
-/// The `_source` rows, and whether any content was read from a file.
-fn read_sources(
-    conn: &Connection,
-    db_path: &Path,
-    source_root: &Path,
-) -> Result<(Vec<SourceRow>, bool)> {
-    let mut stmt = conn
-        .prepare("SELECT id, path, language, content FROM _source")
-        .map_err(|e| sql(db_path, e))?;
-    let mut rows = stmt.query([]).map_err(|e| sql(db_path, e))?;
-    let mut sources = Vec::new();
-    let mut reads_files = false;
-    while let Some(row) = rows.next().map_err(|e| sql(db_path, e))? {
-        let id =
-            text_of(row.get_ref(0).map_err(|e| sql(db_path, e))?).ok_or_else(|| Error::BadDb {
-                path: db_path.to_path_buf(),
-                reason: format!("_source row {} has a NULL id", sources.len() + 1),
-            })?;
-        let path = text_of(row.get_ref(1).map_err(|e| sql(db_path, e))?);
-        let language = text_of(row.get_ref(2).map_err(|e| sql(db_path, e))?);
-        let content = match row.get_ref(3).map_err(|e| sql(db_path, e))? {
-            ValueRef::Null => {
-                reads_files = true;
-                read_by_path(db_path, source_root, &id, path.as_deref())?
-            }
-            ValueRef::Blob(b) => b.to_vec(),
-            ValueRef::Text(t) => t.to_vec(),
-            ValueRef::Integer(i) => i.to_string().into_bytes(),
-            ValueRef::Real(r) => r.to_string().into_bytes(),
-        };
-        sources.push(SourceRow {
-            id,
-            path,
-            language,
-            content,
-        });
-    }
-    // Sorting here rather than with ORDER BY spares SQLite a walk of the
-    // primary-key index with one table lookup per row; byte-wise order is
-    // SQLite's BINARY collation.
-    sources.par_sort_unstable_by(|a, b| a.id.cmp(&b.id));
-    if let Some(pair) = sources.windows(2).find(|pair| pair[0].id == pair[1].id) {
-        return Err(Error::BadDb {
-            path: db_path.to_path_buf(),
-            reason: format!(
-                "two _source rows have the id {:?}; ids must be unique",
-                pair[0].id
-            ),
-        });
-    }
-    Ok((sources, reads_files))
-}
-
 /// A column as text, the way SQLite would cast it; `None` for NULL.
 fn text_of(value: ValueRef<'_>) -> Option<String> {
     match value {
@@ -247,71 +499,6 @@ fn safe_join(root: &Path, rel: &str) -> Option<PathBuf> {
         .components()
         .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
     normal.then(|| root.join(rel))
-}
-
-/// Every `_ast` row, grouped by source id.
-fn read_ast(conn: &Connection, db_path: &Path) -> Result<HashMap<String, Vec<AstRow>>> {
-    let mut stmt = conn
-        .prepare(
-            "SELECT node_id, source_id, node_kind, start_byte, end_byte, start_row, start_col, \
-             end_row, end_col FROM _ast",
-        )
-        .map_err(|e| sql(db_path, e))?;
-    let mut rows = stmt.query([]).map_err(|e| sql(db_path, e))?;
-    let mut by_id: HashMap<String, Vec<AstRow>> = HashMap::new();
-    while let Some(row) = rows.next().map_err(|e| sql(db_path, e))? {
-        let get = |i| row.get_ref(i).map_err(|e| sql(db_path, e));
-        let source_id = text_of(get(1)?).unwrap_or_default();
-        let node = AstRow {
-            node_id: text_of(get(0)?).unwrap_or_default(),
-            source_id: String::new(),
-            node_kind: text_of(get(2)?).unwrap_or_default(),
-            start_byte: int_of(get(3)?),
-            end_byte: int_of(get(4)?),
-            start_row: int_of(get(5)?),
-            start_col: int_of(get(6)?),
-            end_row: int_of(get(7)?),
-            end_col: int_of(get(8)?),
-        };
-        match by_id.get_mut(&source_id) {
-            Some(nodes) => nodes.push(node),
-            None => {
-                by_id.insert(source_id, vec![node]);
-            }
-        }
-    }
-    Ok(by_id)
-}
-
-/// Lines the AST rows up with the sources (each list in node_id order:
-/// byte-wise, as SQLite's BINARY collation, sorted in parallel rather than by
-/// one large SQL sort). Rows whose source does not exist are an error.
-fn align_ast(
-    db_path: &Path,
-    sources: &[SourceRow],
-    mut by_id: HashMap<String, Vec<AstRow>>,
-) -> Result<Vec<Vec<AstRow>>> {
-    let mut aligned: Vec<Vec<AstRow>> = sources
-        .iter()
-        .map(|source| by_id.remove(&source.id).unwrap_or_default())
-        .collect();
-    let orphans: usize = by_id.values().map(Vec::len).sum();
-    if orphans > 0 {
-        return Err(Error::BadDb {
-            path: db_path.to_path_buf(),
-            reason: format!("{orphans} _ast rows name a source_id that has no _source row"),
-        });
-    }
-    aligned
-        .par_iter_mut()
-        .zip(sources)
-        .for_each(|(nodes, source)| {
-            nodes.sort_unstable_by(|a, b| a.node_id.cmp(&b.node_id));
-            for node in nodes.iter_mut() {
-                node.source_id.clone_from(&source.id);
-            }
-        });
-    Ok(aligned)
 }
 
 /// `_ast` rows one INSERT statement writes: a statement of many rows

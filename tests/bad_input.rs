@@ -95,7 +95,7 @@ fn ast_rows_without_a_source_are_refused() {
     run_fails(
         &["push", "--db", s(&db), s(&dir.path().join("store"))],
         3,
-        "1 _ast rows name a source_id",
+        "_ast rows name the source_id \"ghost.py\", which has no _source row",
     );
 }
 

@@ -128,21 +128,20 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
         report.elapsed = started.elapsed();
         return Ok(report);
     }
-    let contents = machedb::read_db(&opts.db, &source_root)?;
-    let whole = match &contents.ast {
-        Some(_) => vec![false; contents.sources.len()],
-        None => raw_sources_needing_ast_shape(&opts.db, &contents.sources)?,
+    let db = machedb::DbReader::open(&opts.db, &source_root)?;
+    let sources = db.count_sources()?;
+    let whole = match db.has_ast() {
+        true => vec![false; sources],
+        false => raw_sources_needing_ast_shape(&db, &opts.db)?,
     };
-    tracing::info!(sources = contents.sources.len(), elapsed = ?started.elapsed(), "read db");
+    tracing::info!(sources, elapsed = ?started.elapsed(), "read the db's ids");
     opts.interrupt.check()?;
 
     let mut report = PushReport {
         lockfile_hash: Hash::default(),
         root: Hash::default(),
-        sources: contents.sources.len(),
-        ast_sources: contents.ast.as_ref().map_or(0, |ast| {
-            ast.iter().filter(|nodes| !nodes.is_empty()).count()
-        }),
+        sources,
+        ast_sources: 0,
         ast_chunk_sources: 0,
         distinct_chunks: 0,
         new_chunks: 0,
@@ -153,16 +152,16 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
         kept: false,
         elapsed: Duration::ZERO,
     };
-    let mut entries = Vec::with_capacity(contents.sources.len());
-    let mut sizes = Vec::with_capacity(contents.sources.len());
+    let mut entries = Vec::with_capacity(sources);
+    let mut sizes = Vec::with_capacity(sources);
     let mut seen = HashSet::new();
     let bar = opts
         .progress
-        .then(|| crate::progress::progress(contents.sources.len(), "pushing"));
-    // Windows are encoded and staged here while a second thread makes the
-    // previous window durable and visible, so syncs and renames overlap
+        .then(|| crate::progress::progress(sources, "pushing"));
+    // Windows are read, encoded and staged here while a second thread makes
+    // the previous window durable and visible, so syncs and renames overlap
     // with encoding.
-    let published = std::thread::scope(|scope| {
+    let (reads_files, published) = std::thread::scope(|scope| {
         let (to_publisher, batches) = std::sync::mpsc::sync_channel::<Vec<Staged>>(1);
         let publisher = scope.spawn(move || {
             let mut total = PutReport::default();
@@ -172,43 +171,53 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
             }
             Ok::<_, Error>(total)
         });
-        let produced = (|| {
-            for (n, window) in contents.sources.chunks(WINDOW).enumerate() {
-                opts.interrupt.check()?;
-                let ast = contents
-                    .ast
-                    .as_ref()
-                    .map(|ast| &ast[n * WINDOW..][..window.len()]);
-                let whole = &whole[n * WINDOW..][..window.len()];
-                let staged = encode_and_stage(store, &opts.db, window, ast, whole, &seen)?;
-                let mut to_publish = Vec::new();
-                for (entry, source_sizes, staged) in staged {
-                    if seen.insert(entry.chunk_hash) {
-                        report.distinct_chunks += 1;
-                        report.chunk_bytes += source_sizes.chunk_len;
-                        match staged {
-                            Some(staged) => to_publish.push(staged),
-                            None => report.present_chunks += 1,
-                        }
+        let mut at = 0;
+        let produced = db.for_each_window(WINDOW, |window| {
+            opts.interrupt.check()?;
+            let n = window.sources.len();
+            let whole = whole.get(at..at + n).ok_or_else(|| Error::BadDb {
+                path: opts.db.clone(),
+                reason: "_source changed while it was read".to_string(),
+            })?;
+            at += n;
+            report.ast_sources += window.ast.as_ref().map_or(0, |ast| {
+                ast.iter().filter(|nodes| !nodes.is_empty()).count()
+            });
+            let staged = encode_and_stage(
+                store,
+                &opts.db,
+                &window.sources,
+                window.ast.as_deref(),
+                whole,
+                &seen,
+            )?;
+            let mut to_publish = Vec::new();
+            for (entry, source_sizes, staged) in staged {
+                if seen.insert(entry.chunk_hash) {
+                    report.distinct_chunks += 1;
+                    report.chunk_bytes += source_sizes.chunk_len;
+                    match staged {
+                        Some(staged) => to_publish.push(staged),
+                        None => report.present_chunks += 1,
                     }
-                    report.ast_chunk_sources += usize::from(source_sizes.ast_json_len.is_some());
-                    entries.push(entry);
-                    sizes.push(source_sizes);
                 }
-                if to_publisher.send(to_publish).is_err() {
-                    break; // The publisher failed; its error is reported below.
-                }
-                if let Some(bar) = &bar {
-                    bar.inc(window.len() as u64);
-                }
+                report.ast_chunk_sources += usize::from(source_sizes.ast_json_len.is_some());
+                entries.push(entry);
+                sizes.push(source_sizes);
             }
-            Ok::<_, Error>(())
-        })();
+            // A closed channel: the publisher failed; its error is reported below.
+            let _ = to_publisher.send(to_publish);
+            if let Some(bar) = &bar {
+                bar.inc(n as u64);
+            }
+            Ok(())
+        });
         drop(to_publisher);
         let published = publisher
             .join()
             .expect("the publisher thread does not panic");
-        produced.and(published)
+        let reads_files = produced?;
+        Ok::<_, Error>((reads_files, published?))
     })?;
     report.new_chunks += published.new;
     report.present_chunks += published.present;
@@ -242,7 +251,7 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
             store.record_bundle(&lockfile_bytes, &toml, &sizes, &opts.tag)?
         }
     };
-    if let Some(fp) = fingerprint.filter(|_| !contents.reads_files) {
+    if let Some(fp) = fingerprint.filter(|_| !reads_files) {
         let record = PushRecord {
             lockfile_hash: report.lockfile_hash,
             ast_sources: report.ast_sources,
@@ -267,19 +276,37 @@ fn keep(store: &LocalStore, bundle: &Bundle, tag: &str) -> Result<()> {
 /// would equal another source's. Repeated until no two restored ids clash
 /// (ids are unique, so it ends). A source that must go whole but has an
 /// empty id cannot (an AST chunk needs one) and is refused.
-fn raw_sources_needing_ast_shape(db: &Path, sources: &[SourceRow]) -> Result<Vec<bool>> {
-    let mut whole: Vec<bool> = sources
-        .par_iter()
-        .map(|source| chunk::detect(&source.content) == chunk::Shape::Ast)
-        .collect();
+///
+/// Only ids and paths are kept (as 64-bit hashes: a collision can only make
+/// a source go whole, which restores it as well), and only the content of
+/// sources that may be JSON is read.
+fn raw_sources_needing_ast_shape(db: &machedb::DbReader, db_path: &Path) -> Result<Vec<bool>> {
+    let mut restored = Vec::new();
+    let mut whole = Vec::new();
+    let mut may_be_json = Vec::new();
+    let mut empty_ids = HashMap::new();
+    db.for_each_head(|head| {
+        let i = whole.len();
+        restored.push((
+            short_hash(&head.id),
+            short_hash(head.path.as_deref().unwrap_or("")),
+        ));
+        whole.push(false);
+        if head.id.is_empty() {
+            empty_ids.insert(i, head.path.clone());
+        }
+        if head.may_be_json {
+            may_be_json.push((i, head.id, head.path));
+        }
+    })?;
+    for (i, id, path) in may_be_json {
+        whole[i] = chunk::detect(&db.content_of(&id, path.as_deref())?) == chunk::Shape::Ast;
+    }
     loop {
-        let mut by_restored_id: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, source) in sources.iter().enumerate() {
-            let restored = match whole[i] {
-                true => source.id.as_str(),
-                false => source.path.as_deref().unwrap_or(""),
-            };
-            by_restored_id.entry(restored).or_default().push(i);
+        let mut by_restored_id: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, &(id, path)) in restored.iter().enumerate() {
+            let key = if whole[i] { id } else { path };
+            by_restored_id.entry(key).or_default().push(i);
         }
         let mut changed = false;
         for clash in by_restored_id.values().filter(|group| group.len() > 1) {
@@ -291,17 +318,29 @@ fn raw_sources_needing_ast_shape(db: &Path, sources: &[SourceRow]) -> Result<Vec
             break;
         }
     }
-    if let Some(i) = (0..sources.len()).find(|&i| whole[i] && sources[i].id.is_empty()) {
+    if let Some(path) = empty_ids
+        .iter()
+        .find(|(i, _)| whole[**i])
+        .map(|(_, path)| path)
+    {
         return Err(Error::BadDb {
-            path: db.to_path_buf(),
+            path: db_path.to_path_buf(),
             reason: format!(
                 "the _source row with path {:?} has an empty id, and its path is shared or its \
                  content reads as an AST chunk, so no chunk would restore it (give it an id)",
-                sources[i].path.as_deref().unwrap_or("")
+                path.as_deref().unwrap_or("")
             ),
         });
     }
     Ok(whole)
+}
+
+/// A 64-bit hash of `text`, the same for the same text within a run.
+fn short_hash(text: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The fast path for a db whose file is byte-identical to one pushed
