@@ -28,11 +28,22 @@ pub fn fingerprint(db_path: &Path) -> Result<Option<Hash>> {
     if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
         return Ok(None);
     }
+    // Read a block at a time, each hashed on every core: a memory map of
+    // the whole file would count the whole db in the process's RSS.
+    const BLOCK: u64 = 16 << 20;
+    let reading = |e| Error::io(format!("reading {}", db_path.display()), e);
+    let mut file = std::fs::File::open(db_path).map_err(reading)?;
     let mut hasher = blake3::Hasher::new();
-    hasher
-        .update_mmap_rayon(db_path)
-        .map_err(|e| Error::io(format!("reading {}", db_path.display()), e))?;
-    Ok(Some(Hash(*hasher.finalize().as_bytes())))
+    let mut block = Vec::with_capacity(BLOCK as usize);
+    loop {
+        block.clear();
+        std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, BLOCK), &mut block)
+            .map_err(reading)?;
+        if block.is_empty() {
+            return Ok(Some(Hash(*hasher.finalize().as_bytes())));
+        }
+        hasher.update_rayon(&block);
+    }
 }
 
 /// A mache db to push, read a window of sources at a time: memory grows

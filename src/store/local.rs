@@ -22,8 +22,9 @@
 //! error. A store written by the Go mache (only `mache.lock.bin`, no refs) is
 //! read as having one ref, `latest`.
 
+use std::borrow::Cow;
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -420,8 +421,8 @@ impl LocalStore {
     /// there changes nothing.
     pub fn point_refs(&self, lockfile_bytes: &[u8], toml: &str, tag: &str) -> Result<()> {
         check_tag(tag)?;
-        let mut changed = self.write_ref(LATEST, lockfile_bytes, || toml.to_string())?;
-        changed |= self.write_ref(tag, lockfile_bytes, || toml.to_string())?;
+        let mut changed = self.write_ref(LATEST, lockfile_bytes, || Cow::Borrowed(toml))?;
+        changed |= self.write_ref(tag, lockfile_bytes, || Cow::Borrowed(toml))?;
         if changed {
             self.sync()?;
         }
@@ -436,11 +437,11 @@ impl LocalStore {
     /// moved it, and `gc` keeps nothing only they reached. Files that
     /// already hold these bytes are left untouched. Returns whether anything
     /// was written; the caller syncs.
-    fn write_ref(
+    fn write_ref<'t>(
         &self,
         name: &str,
         lockfile_bytes: &[u8],
-        toml: impl FnOnce() -> String,
+        toml: impl FnOnce() -> Cow<'t, str>,
     ) -> Result<bool> {
         let ref_text = format!("{}\n", Hash::of(lockfile_bytes).to_prefixed());
         let refs_dir = self.root.join("refs");
@@ -468,11 +469,23 @@ impl LocalStore {
         Ok(changed)
     }
 
-    /// Whether the file at `relative` exists with exactly `bytes`.
+    /// Whether the file at `relative` exists with exactly `bytes`, compared
+    /// a block at a time (a lockfile of a million sources is hundreds of
+    /// megabytes: not read whole beside the one in memory).
     fn file_holds(&self, relative: &str, bytes: &[u8]) -> bool {
+        const BLOCK: usize = 1 << 20;
         let path = self.root.join(relative);
-        fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64)
-            && fs::read(&path).is_ok_and(|held| held == bytes)
+        let Ok(mut file) = fs::File::open(&path) else {
+            return false;
+        };
+        if !file.metadata().is_ok_and(|m| m.len() == bytes.len() as u64) {
+            return false;
+        }
+        let mut block = vec![0u8; BLOCK];
+        bytes.chunks(BLOCK).all(|expected| {
+            let held = &mut block[..expected.len()];
+            file.read_exact(held).is_ok() && held == expected
+        })
     }
 
     /// Remembers what a db whose file hashes to `fingerprint` was pushed
@@ -618,7 +631,7 @@ impl LocalStore {
     /// lockfiles with it), synced.
     pub fn point_ref(&self, name: &str, bundle: &Bundle) -> Result<()> {
         check_tag(name)?;
-        let toml = || crate::lockfile::text::to_toml(&bundle.lockfile);
+        let toml = || Cow::Owned(crate::lockfile::text::to_toml(&bundle.lockfile));
         if self.write_ref(name, &bundle.lockfile_bytes, toml)? {
             self.sync()?;
         }
