@@ -308,6 +308,17 @@ for profile in "${profiles[@]}"; do
     mount_fresh() { "$bin" -q mount --daemon "${remote[@]}" "$mnt"; }
     prefetch_done() { "$bin" -q mount --daemon --prefetch "${remote[@]}" "$mnt" && wait_until 1800 prefetched; }
     first_sql() { mount_fresh && sqlite3 "$mnt/mache.db" 'select count(*) from _source'; }
+    # against_pull LABEL ROW COMMAND: COMMAND from a fresh cache, then
+    # unmounted; printed and tabled against the floor and the pull.
+    against_pull() {
+      fresh_cache
+      measure reg "$3"
+      unmount
+      local floor
+      floor=$(floor_ms "$m_bytes")
+      printf '%-21s %s\n' "$1" "$(secs "$m_ms") s, $(mb "$m_bytes") MB, $m_gets requests   floor $(secs "$floor") s: $(ratio "$m_ms" "$floor")x   pull: $(ratio "$m_ms" "$pull_ms")x"
+      row "$name" "$2" "$(secs "$m_ms") s, $(mb "$m_bytes") MB, $m_gets requests" "$(secs "$floor") s" "$(ratio "$m_ms" "$floor")" "—"
+    }
     echo "-- $name ($rate, RTT $rtt)"
 
     # pull, and casync extract.
@@ -347,21 +358,10 @@ for profile in "${profiles[@]}"; do
     echo "grep -r, ${grep_files[$name]} files   $(secs "$m_ms") s, $(mb "$m_bytes") MB, $m_gets requests (goal <= 10) in ${grep_dir[$name]}   floor $(secs "$floor") s (1 round trip + bytes): $(ratio "$m_ms" "$floor")x"
     row "$name" "\`grep -r\`, a cold directory of ${grep_files[$name]} files" "$(secs "$m_ms") s, $(mb "$m_bytes") MB, $m_gets requests" "$(secs "$floor") s (1 RTT + bytes)" "$(ratio "$m_ms" "$floor")" "—"
 
-    # --prefetch to its end.
-    fresh_cache
-    measure reg prefetch_done
-    unmount
-    floor=$(floor_ms "$m_bytes")
-    echo "--prefetch to its end $(secs "$m_ms") s, $(mb "$m_bytes") MB, $m_gets requests   floor $(secs "$floor") s: $(ratio "$m_ms" "$floor")x   pull: $(ratio "$m_ms" "$pull_ms")x"
-    row "$name" "\`mount --prefetch\` to its end" "$(secs "$m_ms") s, $(mb "$m_bytes") MB, $m_gets requests" "$(secs "$floor") s" "$(ratio "$m_ms" "$floor")" "—"
-
-    # Mount to the first sqlite3 answer on mache.db.
-    fresh_cache
-    measure reg first_sql
-    unmount
-    floor=$(floor_ms "$m_bytes")
-    echo "mount to first sqlite $(secs "$m_ms") s, $(mb "$m_bytes") MB, $m_gets requests   floor $(secs "$floor") s: $(ratio "$m_ms" "$floor")x   pull: $(ratio "$m_ms" "$pull_ms")x"
-    row "$name" "mount to the first \`sqlite3 mache.db\` answer" "$(secs "$m_ms") s, $(mb "$m_bytes") MB, $m_gets requests" "$(secs "$floor") s" "$(ratio "$m_ms" "$floor")" "—"
+    # --prefetch to its end, and mount to the first sqlite3 answer on
+    # mache.db: each against its floor and the pull.
+    against_pull "--prefetch to its end" "\`mount --prefetch\` to its end" prefetch_done
+    against_pull "mount to first sqlite" "mount to the first \`sqlite3 mache.db\` answer" first_sql
   done
   stop_link reg
   stop_link cas

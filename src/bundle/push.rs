@@ -205,8 +205,11 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
                 entries.push(entry);
                 sizes.push(source_sizes);
             }
-            // A closed channel: the publisher failed; its error is reported below.
-            let _ = to_publisher.send(to_publish);
+            // A closed channel: the publisher failed. Stop reading; its
+            // error is the one reported below.
+            to_publisher
+                .send(to_publish)
+                .map_err(|_| Error::Remote("the publisher stopped".into()))?;
             if let Some(bar) = &bar {
                 bar.inc(n as u64);
             }
@@ -216,8 +219,8 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
         let published = publisher
             .join()
             .expect("the publisher thread does not panic");
-        let reads_files = produced?;
-        Ok::<_, Error>((reads_files, published?))
+        let published = published?;
+        Ok::<_, Error>((produced?, published))
     })?;
     report.new_chunks += published.new;
     report.present_chunks += published.present;

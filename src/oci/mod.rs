@@ -69,6 +69,8 @@ pub const UNTAGGED_KEY: &str = "dev.mache-cachefs.untagged";
 pub const LAYOUT_V1: &str = "build-cache/v1";
 /// The name of the packed layout, as [`LAYOUT_KEY`] carries it.
 pub const LAYOUT_PACKED: &str = "packed/2";
+/// The name of the packed layout's first version, still read.
+pub const LAYOUT_PACKED_V1: &str = "packed/1";
 
 /// The packed layout version a pack index media type names: `Ok(Some(1))`
 /// or `Ok(Some(2))`; a later version is [`NewerLayout`](crate::error::Error::NewerLayout) (this build

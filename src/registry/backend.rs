@@ -58,7 +58,11 @@ impl RegistryBackend {
 
     /// Records where a packed bundle of `layout` (`packed/1`, `packed/2`)
     /// keeps its chunks.
-    pub(super) fn learn_packs(&self, locations: HashMap<Hash, packed::Location>, layout: String) {
+    pub(super) fn learn_packs(
+        &self,
+        locations: HashMap<Hash, packed::Location>,
+        layout: &'static str,
+    ) {
         let mut packed = self.packed.write().unwrap_or_else(|e| e.into_inner());
         packed.add(locations);
         packed.layout = Some(layout);
@@ -69,7 +73,7 @@ impl RegistryBackend {
 #[derive(Default)]
 struct PackedChunks {
     /// The layout of the last one (what the status file shows).
-    layout: Option<String>,
+    layout: Option<&'static str>,
     locations: HashMap<Hash, packed::Location>,
     /// Per pack digest: its frames, sorted by offset, each once.
     frames: HashMap<String, Vec<Member>>,
@@ -546,8 +550,8 @@ impl Backend for RegistryBackend {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .layout
-                .clone()
-                .unwrap_or_else(|| LAYOUT_V1.to_string()),
+                .unwrap_or(LAYOUT_V1)
+                .to_string(),
             requests: c.requests.load(Ordering::Relaxed),
             bytes_fetched: c.bytes.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),

@@ -344,14 +344,7 @@ impl RegistryStore {
 
     /// A packed bundle; the chunks' locations go to the backend.
     fn packed_bundle_of(&self, manifest: &Manifest) -> Result<Bundle> {
-        let (bundle, locations) = self.read_packed(manifest)?;
-        let version = manifest
-            .packs()
-            .1
-            .and_then(|index| crate::oci::index_version(&index.media_type).ok().flatten());
-        let layout = version.map_or(crate::oci::LAYOUT_PACKED.to_string(), |v| {
-            format!("packed/{v}")
-        });
+        let (bundle, locations, layout) = self.read_packed(manifest)?;
         self.backend.learn_packs(locations, layout);
         Ok(bundle)
     }
@@ -362,7 +355,7 @@ impl RegistryStore {
     fn read_packed(
         &self,
         manifest: &Manifest,
-    ) -> Result<(Bundle, HashMap<Hash, packed::Location>)> {
+    ) -> Result<(Bundle, HashMap<Hash, packed::Location>, &'static str)> {
         let (packs, index) = manifest.packs();
         let index = index.expect("a parsed packed manifest has its index");
         // The manifest names both: fetched at once, one round trip, not two.
@@ -385,7 +378,7 @@ impl RegistryStore {
         })?;
         let located = packed::PackIndex::check(&index_bytes, &packs, &lockfile, &lockfile_hash)?;
         let bundle = Bundle::new(lockfile_hash, lockfile_bytes, lockfile, located.sizes);
-        Ok((bundle, located.locations))
+        Ok((bundle, located.locations, located.layout))
     }
 
     /// A blob named by its true SHA-256 (a packed bundle's lockfile or pack

@@ -106,6 +106,8 @@ const MAX_INDEX: u64 = super::MAX_METADATA;
 pub struct Packed {
     pub locations: HashMap<Hash, Location>,
     pub sizes: Option<SizeIndex>,
+    /// The layout the index is of (`packed/1` or `packed/2`).
+    pub layout: &'static str,
 }
 
 impl PackIndex {
@@ -129,14 +131,14 @@ impl PackIndex {
         let header: Header = serde_json::from_slice(&json)
             .map_err(|e| bad(format!("not JSON of {INDEX_FORMAT}: {e}")))?;
         let parse_error = |e: serde_json::Error| bad(format!("not JSON of {}: {e}", header.format));
-        let locations = match header.format.as_str() {
+        let (locations, layout) = match header.format.as_str() {
             INDEX_FORMAT_V1 => {
                 let index: PackIndexV1 = serde_json::from_slice(&json).map_err(parse_error)?;
-                index.locate(packs)?
+                (index.locate(packs)?, crate::oci::LAYOUT_PACKED_V1)
             }
             INDEX_FORMAT => {
                 let index: PackIndex = serde_json::from_slice(&json).map_err(parse_error)?;
-                index.locate(packs, lockfile)?
+                (index.locate(packs, lockfile)?, crate::oci::LAYOUT_PACKED)
             }
             other => return Err(bad(format!("unknown format {other:?}"))),
         };
@@ -181,7 +183,11 @@ impl PackIndex {
                 )));
             }
         }
-        Ok(Packed { locations, sizes })
+        Ok(Packed {
+            locations,
+            sizes,
+            layout,
+        })
     }
 
     /// Where each chunk is: the lockfile's distinct chunks in

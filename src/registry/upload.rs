@@ -243,7 +243,8 @@ impl RegistryStore {
         if !manifest.is_packed() {
             return Ok(HashMap::new());
         }
-        self.read_packed(manifest).map(|(_, locations)| locations)
+        self.read_packed(manifest)
+            .map(|(_, locations, _)| locations)
     }
 
     /// build-cache/v1: one layer per source.

@@ -250,14 +250,8 @@ impl Verified {
     /// requests) into the disk cache, each verified, and hands them to
     /// `forward`'s sink if there is one; the first failure. Leads a flight
     /// for each, so reads of them wait for this fetch; one another caller
-    /// is already fetching is left to it unless `in_flight_too` (and named
-    /// to the sink as `None`).
-    fn fetch_batch(
-        &self,
-        hashes: &[Hash],
-        in_flight_too: bool,
-        forward: Option<Forward<'_>>,
-    ) -> Result<()> {
+    /// is already fetching is left to it (and named to the sink as `None`).
+    fn fetch_batch(&self, hashes: &[Hash], forward: Option<Forward<'_>>) -> Result<()> {
         let mut leads = HashMap::new();
         let mut wanted = Vec::new();
         for hash in hashes {
@@ -266,7 +260,6 @@ impl Verified {
                     leads.insert(*hash, lead);
                     wanted.push(*hash);
                 }
-                Ok(_) if in_flight_too => wanted.push(*hash),
                 Ok(_) => {
                     if let Some(forward) = &forward {
                         (forward.sink)(*hash, None);
@@ -482,7 +475,7 @@ impl ChunkSource for Verified {
             .filter(|h| !disk.contains(h))
             .copied()
             .collect();
-        self.fetch_batch(&missing, false, None)
+        self.fetch_batch(&missing, None)
     }
 
     fn streamed(&self, hashes: &[Hash], fresh: bool) -> Vec<Hash> {
@@ -501,7 +494,7 @@ impl ChunkSource for Verified {
             sink,
             room: room.clone(),
         };
-        self.fetch_batch(hashes, false, Some(forward))
+        self.fetch_batch(hashes, Some(forward))
     }
 
     fn describe(&self) -> String {
