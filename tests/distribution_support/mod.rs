@@ -123,18 +123,33 @@ impl Distribution {
         unreachable!("the last attempt returns or panics")
     }
 
-    /// Polls `GET /v2/` until it answers as expected. `Err` with the exit
-    /// status if the process exited first; panics after [`READY_TIMEOUT`].
+    /// Waits until this registry has bound its port (it logs `listening on
+    /// ADDR` after the bind, so a reply cannot come from another test's
+    /// registry that took the port first), then polls `GET /v2/` until it
+    /// answers as expected. `Err` with the exit status if the process exited
+    /// first; panics after [`READY_TIMEOUT`].
     fn wait_until_ready(&mut self) -> Result<(), ExitStatus> {
         let want = match self.credentials {
             Some(_) => 401,
             None => 200,
         };
         let target = format!("/v2/?{MARK}ready");
+        let listening = format!("msg=\"listening on {}\"", self.name());
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 return Err(status);
+            }
+            if !self.log().contains(&listening) {
+                if Instant::now() > deadline {
+                    panic!(
+                        "docker-registry did not bind {} within {READY_TIMEOUT:?}; log:\n{}",
+                        self.name(),
+                        self.log()
+                    );
+                }
+                std::thread::sleep(POLL);
+                continue;
             }
             if let Ok(reply) = try_http(&self.name(), "GET", &target, &[], b"") {
                 assert_eq!(
