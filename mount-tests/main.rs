@@ -367,6 +367,8 @@ fn ls_and_stat_of_the_root_build_nothing_and_cp_and_sqlite3_read_mache_db_whole(
     let status = m.status();
     assert_eq!(status["chunks_fetched"], 0, "{status:#}");
     assert_eq!(status["mache_db"]["state"], "absent", "{status:#}");
+    // The push recorded the db's size: shown before anything is built.
+    let shown = std::fs::metadata(m.path("mache.db")).unwrap().len();
 
     let copy = m.dir.path().join("copy.db");
     run(Command::new("cp").arg(m.path("mache.db")).arg(&copy));
@@ -385,6 +387,85 @@ fn ls_and_stat_of_the_root_build_nothing_and_cp_and_sqlite3_read_mache_db_whole(
     let size = std::fs::metadata(m.path("mache.db")).unwrap().len();
     assert_eq!(size, std::fs::metadata(&copy).unwrap().len());
     assert!(size > 0);
+    assert_eq!(shown, size, "the size shown before the build is the db's");
+}
+
+/// The FUSE OPEN requests a mount has served.
+fn opens(m: &TestMount) -> u64 {
+    m.status()["requests"]["open"]
+        .as_u64()
+        .expect("an open count")
+}
+
+/// Reads `files` of the mount's `sources/` twice with `cat`.
+fn cat_twice(m: &TestMount, files: &[(String, u64)]) {
+    for _ in 0..2 {
+        let mut cat = Command::new("cat");
+        cat.args(files.iter().map(|(path, _)| m.path("sources").join(path)));
+        let out = run(&mut cat);
+        let total: u64 = files.iter().map(|(_, size)| size).sum();
+        assert_eq!(out.stdout.len() as u64, total);
+    }
+}
+
+#[test]
+fn opens_are_stateless_from_the_first_one_when_the_push_recorded_mache_db() {
+    let sample = sample();
+    let files: Vec<_> = sample.files().into_iter().take(50).collect();
+    let m = TestMount::daemon(&sample.store, &[]);
+    cat_twice(&m, &files);
+    assert!(
+        opens(&m) <= 1,
+        "the kernel asks once, then opens without us: {:#}",
+        m.status()
+    );
+    assert_eq!(m.status()["mache_db"]["state"], "absent");
+    let count = stdout(
+        Command::new("sqlite3")
+            .arg(m.path("mache.db"))
+            .arg("SELECT count(*) FROM _source"),
+    );
+    assert_eq!(count.trim(), sample.files().len().to_string());
+    assert_eq!(m.status()["mache_db"]["state"], "ready");
+}
+
+#[test]
+fn without_a_record_opens_are_stateful_until_mache_db_is_built() {
+    let sample = sample();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = sample.copy_store(dir.path());
+    // As pushed by an older version: a sizes index without the db record.
+    for entry in std::fs::read_dir(store.join("lockfiles")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().ends_with(".sizes.json") {
+            let mut index: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            assert!(index.as_object_mut().unwrap().remove("db").is_some());
+            std::fs::write(&path, serde_json::to_vec(&index).unwrap()).unwrap();
+        }
+    }
+    let files: Vec<_> = sample.files().into_iter().take(50).collect();
+    let m = TestMount::daemon(&store, &[]);
+    assert_eq!(std::fs::metadata(m.path("mache.db")).unwrap().len(), 0);
+    cat_twice(&m, &files);
+    assert!(
+        opens(&m) >= 100,
+        "one open per cat of a file: {:#}",
+        m.status()
+    );
+    let size = std::fs::metadata(m.path("mache.db")).unwrap().len();
+    assert_eq!(size, 0, "a stat builds nothing");
+    run(Command::new("sqlite3")
+        .arg(m.path("mache.db"))
+        .arg("SELECT count(*) FROM _source"));
+    assert!(std::fs::metadata(m.path("mache.db")).unwrap().len() > 0);
+    let before = opens(&m);
+    cat_twice(&m, &files);
+    assert!(
+        opens(&m) <= before + 1,
+        "stateless once built: {:#}",
+        m.status()
+    );
 }
 
 #[test]

@@ -40,6 +40,11 @@ pub enum Error {
 
     #[error("invalid mache db {path}: {reason}")]
     BadDb { path: PathBuf, reason: String },
+    #[error(
+        "mache.db built at {path} does not match its bundle's record: {reason} \
+         (a mache-cachefs bug, or a damaged sizes index)"
+    )]
+    DbMismatch { path: PathBuf, reason: String },
     #[error("--out-db {path} {reason}")]
     OutDb { path: PathBuf, reason: String },
     #[error("sqlite error on {path}: {source}")]
@@ -398,6 +403,7 @@ impl Error {
             | InputMismatch(_)
             | Corrupt { .. }
             | BadFrame { .. }
+            | DbMismatch { .. }
             | BlobSize { .. }
             | BlobDigest { .. }
             | DigestRefused { .. }

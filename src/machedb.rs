@@ -28,22 +28,9 @@ pub fn fingerprint(db_path: &Path) -> Result<Option<Hash>> {
     if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
         return Ok(None);
     }
-    // Read a block at a time, each hashed on every core: a memory map of
-    // the whole file would count the whole db in the process's RSS.
-    const BLOCK: u64 = 16 << 20;
-    let reading = |e| Error::io(format!("reading {}", db_path.display()), e);
-    let mut file = std::fs::File::open(db_path).map_err(reading)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut block = Vec::with_capacity(BLOCK as usize);
-    loop {
-        block.clear();
-        std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, BLOCK), &mut block)
-            .map_err(reading)?;
-        if block.is_empty() {
-            return Ok(Some(Hash(*hasher.finalize().as_bytes())));
-        }
-        hasher.update_rayon(&block);
-    }
+    let hash = Hash::of_file(db_path)
+        .map_err(|e| Error::io(format!("reading {}", db_path.display()), e))?;
+    Ok(Some(hash))
 }
 
 /// A mache db to push, read a window of sources at a time: memory grows
@@ -548,6 +535,18 @@ const CREATE_AST: &str = "CREATE TABLE _ast(node_id TEXT PRIMARY KEY, source_id 
      node_kind TEXT NOT NULL, start_byte INTEGER, end_byte INTEGER, start_row INTEGER, \
      start_col INTEGER, end_row INTEGER, end_col INTEGER)";
 
+/// The version of the restored db's layout: its schema, pragmas and the
+/// order rows go in. Bump it with any change to what [`DbWriter`] writes.
+const DB_LAYOUT: &str = "mache-cachefs.db/1";
+
+/// What writes restored dbs: the layout version and the SQLite library (bundled,
+/// so pinned by this build). The same rows through the same synthesizer
+/// make the same bytes, which is what a [`DbRecord`](crate::store::sizes::DbRecord)
+/// of this name promises.
+pub fn synthesizer() -> String {
+    format!("{DB_LAYOUT} sqlite {}", rusqlite::version())
+}
+
 /// Writes a restored db: `_source` always, `_ast` from the first source
 /// that comes with an AST (so a bundle of raw chunks restores without it).
 /// All rows go in one transaction; nothing is visible until [`finish`](Self::finish).
@@ -567,7 +566,8 @@ impl DbWriter {
         let path = shown_as;
         let conn = Connection::open(file).map_err(|e| sql(path, e))?;
         conn.execute_batch(
-            "PRAGMA journal_mode = DELETE; PRAGMA synchronous = OFF; BEGIN;
+            "PRAGMA page_size = 4096; PRAGMA encoding = 'UTF-8';
+             PRAGMA journal_mode = DELETE; PRAGMA synchronous = OFF; BEGIN;
              CREATE TABLE _source(id TEXT PRIMARY KEY, path TEXT, language TEXT, content BLOB);",
         )
         .map_err(|e| sql(path, e))?;
@@ -650,15 +650,22 @@ impl DbWriter {
 
     /// Commits, closes and fsyncs the db.
     pub fn finish(self) -> Result<()> {
+        let (file, path) = (self.file.clone(), self.path.clone());
+        self.commit()?;
+        let file = std::fs::File::open(&file)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        file.sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", path.display()), e))
+    }
+
+    /// Commits and closes the db, leaving it to the page cache: for a db
+    /// that is only read back (and hashed), never kept.
+    pub fn commit(self) -> Result<()> {
         let path = self.path;
         self.conn
             .execute_batch("COMMIT;")
             .map_err(|e| sql(&path, e))?;
-        self.conn.close().map_err(|(_, e)| sql(&path, e))?;
-        let file = std::fs::File::open(&self.file)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        file.sync_all()
-            .map_err(|e| Error::io(format!("syncing {}", path.display()), e))
+        self.conn.close().map_err(|(_, e)| sql(&path, e))
     }
 }
 

@@ -68,6 +68,31 @@ fn a_push_sends_compressed_frames_and_the_bundle_pulls_back_equal() {
     ));
     assert_eq!(dump_sources(&out).len(), 500);
     assert!(dump_sources(&out) == dump_sources_normalized(&db));
+
+    // The record of the db a pull makes travels with the bundle: in the
+    // pack index's sizes (what `inspect` reads) and as manifest annotations.
+    let record = json_of(remote(&registry, dir.path(), &["inspect", "--json"]))["mache_db"].clone();
+    assert_eq!(record["size"], std::fs::metadata(&out).unwrap().len());
+    let hash = mache_cachefs::hash::Hash::of_file(&out).unwrap();
+    assert_eq!(record["blake3"], hash.to_prefixed());
+    let manifest: serde_json::Value = registry
+        .request(
+            "GET",
+            &format!("/v2/{REPO}/manifests/latest"),
+            &[("Accept", distribution_support::OCI_MANIFEST)],
+            b"",
+        )
+        .json();
+    let annotations = &manifest["annotations"];
+    assert_eq!(
+        annotations["dev.mache-cachefs.db.size"],
+        record["size"].to_string()
+    );
+    assert_eq!(annotations["dev.mache-cachefs.db.blake3"], record["blake3"]);
+    assert_eq!(
+        annotations["dev.mache-cachefs.db.synthesizer"],
+        record["synthesizer"]
+    );
 }
 
 /// The original's rows as a pull restores them (a NULL language as '').

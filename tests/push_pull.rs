@@ -592,3 +592,69 @@ fn help_cites_no_spec_section() {
         assert!(!help.contains("SPEC") && !help.contains('§'), "{help}");
     }
 }
+
+/// What `inspect --json` says of the `mache.db` a store's bundle makes.
+fn recorded_db(store: &std::path::Path) -> serde_json::Value {
+    let inspection = json_of(run(&["inspect", "--json", s(store)]));
+    inspection["mache_db"].clone()
+}
+
+#[test]
+fn push_records_the_size_and_blake3_of_the_db_a_pull_makes_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("disk.txt"), b"read from disk\n").unwrap();
+    let ast_db = dir.path().join("ast.db");
+    make_db(&ast_db, &ast_sources(), Some(&nodes()));
+    let raw_db = synthetic_db(dir.path(), 2_000, 3);
+    for (name, db) in [("ast", &ast_db), ("raw", &raw_db)] {
+        let store = dir.path().join(format!("store-{name}"));
+        run_ok(&["push", "--db", s(db), s(&store)]);
+        let record = recorded_db(&store);
+        assert!(
+            record["synthesizer"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("mache-cachefs.db/1 sqlite ")),
+            "{record}"
+        );
+        for attempt in 0..2 {
+            let restored = dir.path().join(format!("{name}-{attempt}.db"));
+            run_ok(&["pull", "--out-db", s(&restored), s(&store)]);
+            let size = std::fs::metadata(&restored).unwrap().len();
+            let hash = mache_cachefs::hash::Hash::of_file(&restored).unwrap();
+            assert_eq!(record["size"], size, "{name}: {record}");
+            assert_eq!(record["blake3"], hash.to_prefixed(), "{name}: {record}");
+        }
+    }
+}
+
+#[test]
+fn a_kept_bundle_without_a_db_record_gets_one_at_its_next_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = synthetic_db(dir.path(), 50, 4);
+    let store = dir.path().join("store");
+    run_ok(&["push", "--db", s(&db), s(&store)]);
+    let record = recorded_db(&store);
+    // As an older push left it: the sizes index without the record.
+    let sizes: Vec<_> = list_files(&store.join("lockfiles"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".sizes.json"))
+        .map(|p| store.join("lockfiles").join(p))
+        .collect();
+    assert_eq!(sizes.len(), 1);
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sizes[0]).unwrap()).unwrap();
+    index.as_object_mut().unwrap().remove("db");
+    std::fs::write(&sizes[0], serde_json::to_vec(&index).unwrap()).unwrap();
+    assert_eq!(recorded_db(&store), serde_json::Value::Null);
+
+    // The db file changes (so the push reads it) but its sources do not.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes(x); INSERT INTO notes VALUES (1);")
+        .unwrap();
+    let held = lockfiles(&store);
+    let again = json_of(run(&["push", "--db", s(&db), s(&store), "--json"]));
+    assert_eq!(again["kept"], true, "{again}");
+    assert_eq!(lockfiles(&store), held, "no new lockfile");
+    assert_eq!(recorded_db(&store), record);
+}

@@ -48,6 +48,27 @@ pub struct Inspection {
     /// The registry manifest's digest, for a bundle of a registry (whose
     /// chunks `inspect` does not read).
     pub manifest: Option<String>,
+    /// The record of the `mache.db` the bundle synthesizes, if its push
+    /// made one.
+    pub mache_db: Option<DbRecordReport>,
+}
+
+/// A [`DbRecord`](crate::store::sizes::DbRecord) as `inspect` prints it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DbRecordReport {
+    pub size: u64,
+    pub blake3: String,
+    pub synthesizer: String,
+}
+
+impl DbRecordReport {
+    fn of(bundle: &Bundle) -> Option<DbRecordReport> {
+        bundle.db_record().map(|db| DbRecordReport {
+            size: db.size,
+            blake3: db.hash.to_prefixed(),
+            synthesizer: db.synthesizer.clone(),
+        })
+    }
 }
 
 /// Inspects a store directory (at `reference`, default `latest`), a `.bin`
@@ -116,6 +137,7 @@ fn not_a_lockfile(target: &Path, bytes: &[u8], err: Error) -> Error {
 /// Inspects a resolved bundle against the store holding its chunks.
 pub fn inspect_bundle(store: &LocalStore, bundle: &Bundle) -> Result<Inspection> {
     let mut inspection = describe(&bundle.lockfile, Some(bundle.lockfile_hash));
+    inspection.mache_db = DbRecordReport::of(bundle);
     inspection.refs = store
         .refs()?
         .into_iter()
@@ -141,6 +163,7 @@ pub fn inspect_remote(store: &dyn BundleStore, reference: &str) -> Result<Inspec
         inspection.refs = vec![reference.to_string()];
     }
     inspection.manifest = bundle.manifest.as_deref().map(crate::oci::sha256_digest);
+    inspection.mache_db = DbRecordReport::of(&bundle);
     if let Some(sizes) = &bundle.sizes {
         let mut seen = HashSet::new();
         let shapes: Vec<Shape> = (0..bundle.lockfile.sources.len())
@@ -187,6 +210,7 @@ fn describe(lockfile: &Lockfile, lockfile_hash: Option<Hash>) -> Inspection {
         opaque_chunks: None,
         chunks_hashed: false,
         manifest: None,
+        mache_db: None,
     }
 }
 

@@ -7,6 +7,7 @@
 mod inspect;
 mod pull;
 mod push;
+mod record;
 
 pub use inspect::{Inspection, inspect_bundle, inspect_remote, inspect_target};
 pub use pull::{

@@ -101,7 +101,7 @@ fn get_chunk(source: &dyn ChunkSource, entry: &SourceEntry) -> Result<Vec<u8>> {
 /// Decodes one source's verified chunk `bytes`. With `verify`, restored
 /// bytes that are the source's must also hash to the lockfile's
 /// `input_hash`; an opaque chunk's cannot be checked ([`InputCheck`]).
-fn restore_chunk(
+pub(super) fn restore_chunk(
     bytes: &[u8],
     entry: &SourceEntry,
     processors: &[ProcessorVersion],

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
@@ -19,6 +20,8 @@ use crate::rows::{AstRow, SourceRow, kind_for_language};
 use crate::store::local::{Object, PushRecord, PutReport, Staged};
 use crate::store::sizes::SourceSizes;
 use crate::store::{Bundle, LocalStore, SizeIndex};
+
+use super::record::{DbRecorder, EntryChunk};
 
 /// What to push.
 #[derive(Debug, Clone)]
@@ -92,6 +95,15 @@ struct Encoded {
     chunk: Object,
 }
 
+/// One encoded source of a window, its chunk staged unless the store has it.
+struct EncodedSource {
+    entry: SourceEntry,
+    sizes: SourceSizes,
+    staged: Option<Staged>,
+    /// The chunk's bytes, for the db recorder.
+    chunk: Vec<u8>,
+}
+
 /// Sources encoded and stored per step: chunks are dropped once stored, so
 /// memory stays bounded by the window, not the db.
 const WINDOW: usize = 512;
@@ -160,14 +172,21 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
         .then(|| crate::progress::progress(sources, "pushing"));
     // Windows are read, encoded and staged here while a second thread makes
     // the previous window durable and visible, so syncs and renames overlap
-    // with encoding.
-    let (reads_files, published) = std::thread::scope(|scope| {
-        let (to_publisher, batches) = std::sync::mpsc::sync_channel::<Vec<Staged>>(1);
+    // with encoding, and a third builds the db a pull of what is stored
+    // makes, for its record.
+    let (reads_files, published, db_record) = std::thread::scope(|scope| {
+        let (to_publisher, batches) =
+            std::sync::mpsc::sync_channel::<(Vec<Staged>, Vec<EntryChunk>)>(1);
+        let (to_recorder, stored) = std::sync::mpsc::sync_channel::<Vec<EntryChunk>>(1);
+        let recorder = scope.spawn(move || record_db(store, stored));
         let publisher = scope.spawn(move || {
             let mut total = PutReport::default();
-            for batch in batches {
+            for (batch, chunks) in batches {
                 opts.interrupt.check()?;
                 total.add(store.publish(batch)?);
+                to_recorder
+                    .send(chunks)
+                    .map_err(|_| Error::Remote("the db recorder stopped".into()))?;
             }
             Ok::<_, Error>(total)
         });
@@ -192,7 +211,14 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
                 &seen,
             )?;
             let mut to_publish = Vec::new();
-            for (entry, source_sizes, staged) in staged {
+            let mut window_chunks = Vec::with_capacity(n);
+            for encoded in staged {
+                let EncodedSource {
+                    entry,
+                    sizes: source_sizes,
+                    staged,
+                    chunk,
+                } = encoded;
                 if seen.insert(entry.chunk_hash) {
                     report.distinct_chunks += 1;
                     report.chunk_bytes += source_sizes.chunk_len;
@@ -202,13 +228,14 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
                     }
                 }
                 report.ast_chunk_sources += usize::from(source_sizes.ast_json_len.is_some());
+                window_chunks.push((entry.clone(), chunk));
                 entries.push(entry);
                 sizes.push(source_sizes);
             }
             // A closed channel: the publisher failed. Stop reading; its
             // error is the one reported below.
             to_publisher
-                .send(to_publish)
+                .send((to_publish, window_chunks))
                 .map_err(|_| Error::Remote("the publisher stopped".into()))?;
             if let Some(bar) = &bar {
                 bar.inc(n as u64);
@@ -219,8 +246,15 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
         let published = publisher
             .join()
             .expect("the publisher thread does not panic");
+        let recorded = recorder
+            .join()
+            .expect("the db recorder thread does not panic");
+        // A recorder that failed stopped the publisher, and a publisher that
+        // failed stopped the reading: the first to fail names the cause.
+        let recorder = recorded?;
         let published = published?;
-        Ok::<_, Error>((produced?, published))
+        let produced = produced?;
+        Ok::<_, Error>((produced, published, recorder.finish()?))
     })?;
     report.new_chunks += published.new;
     report.present_chunks += published.present;
@@ -240,6 +274,17 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
     report.lockfile_hash = match tagged {
         Some(current) => {
             tracing::info!("{} already names these sources: keeping it", opts.tag);
+            let sizes = current
+                .sizes
+                .as_ref()
+                .expect("kept only with a sizes index");
+            if sizes.db.as_ref() != Some(&db_record) {
+                // Recorded by an older push, or by another synthesizer.
+                store.record_sizes(&SizeIndex {
+                    db: Some(db_record),
+                    ..sizes.clone()
+                })?;
+            }
             keep(store, &current, &opts.tag)?;
             report.kept = true;
             current.lockfile_hash
@@ -250,6 +295,7 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
             let sizes = SizeIndex {
                 lockfile_hash: Hash::of(&lockfile_bytes),
                 entries: sizes,
+                db: Some(db_record),
             };
             store.record_bundle(&lockfile_bytes, &toml, &sizes, &opts.tag)?
         }
@@ -263,6 +309,17 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Builds the db of the windows of sources `stored` sends once their
+/// chunks are stored ([`DbRecorder`]), to be finished once the whole push
+/// is known to have succeeded (dropped, it leaves nothing).
+fn record_db(store: &LocalStore, stored: Receiver<Vec<EntryChunk>>) -> Result<DbRecorder<'_>> {
+    let mut recorder = DbRecorder::create(store, &input_processors())?;
+    for window in stored {
+        recorder.add(&window)?;
+    }
+    Ok(recorder)
 }
 
 /// Points `latest` and `tag` at an existing bundle.
@@ -403,16 +460,21 @@ fn new_lockfile(sources: Vec<SourceEntry>, generated_at_ms: u64) -> Lockfile {
             producer: PRODUCER.to_string(),
             producer_version: env!("CARGO_PKG_VERSION").to_string(),
             schema_version: SCHEMA_VERSION.to_string(),
-            input_processors: vec![ProcessorVersion {
-                kind: BLAKE3_PROCESSOR.to_string(),
-                version: "1.5.0".to_string(),
-            }],
+            input_processors: input_processors(),
             generated_at_ms,
         },
         root: Lockfile::compute_root(&sources),
         sources,
         topology: Vec::new(),
     }
+}
+
+/// The input processors a pushed lockfile declares.
+fn input_processors() -> Vec<ProcessorVersion> {
+    vec![ProcessorVersion {
+        kind: BLAKE3_PROCESSOR.to_string(),
+        version: "1.5.0".to_string(),
+    }]
 }
 
 /// `SOURCE_DATE_EPOCH` (whole seconds since the epoch) when set, for
@@ -447,7 +509,7 @@ fn encode_and_stage(
     ast: Option<&[Vec<AstRow>]>,
     whole: &[bool],
     seen_before: &HashSet<Hash>,
-) -> Result<Vec<(SourceEntry, SourceSizes, Option<Staged>)>> {
+) -> Result<Vec<EncodedSource>> {
     window_sources(window, ast)
         .zip(whole)
         .map(|((source, nodes), &whole)| {
@@ -462,7 +524,12 @@ fn encode_and_stage(
             } else {
                 store.stage(&chunk)?
             };
-            Ok((entry, sizes, staged))
+            Ok(EncodedSource {
+                entry,
+                sizes,
+                staged,
+                chunk: chunk.into_bytes(),
+            })
         })
         .collect()
 }

@@ -284,6 +284,15 @@ pub fn inspect(i: &Inspection, as_json: bool) {
     if !i.refs.is_empty() {
         println!("refs              {}", i.refs.join(", "));
     }
+    if let Some(db) = &i.mache_db {
+        println!(
+            "mache.db          {} ({} bytes), {}, by {}",
+            size(db.size),
+            db.size,
+            db.blake3,
+            db.synthesizer
+        );
+    }
     println!("distinct chunks   {}", i.distinct_chunks);
     match (i.chunks_present, i.chunks_hashed) {
         (None, _) if i.manifest.is_some() => {

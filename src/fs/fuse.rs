@@ -313,13 +313,16 @@ impl Filesystem for FuseFs {
         self.answer(
             lane,
             reply,
-            move |fs| fs.open(ino.0, write).map(|()| (ino.0, fs.db_ready())),
-            move |reply, (ino, db_ready)| {
-                if no_open && db_ready {
+            move |fs| {
+                fs.open(ino.0, write)
+                    .map(|()| (ino.0, fs.opens_stateless()))
+            },
+            move |reply, (ino, stateless)| {
+                if no_open && stateless {
                     // Stateless from now on: no more OPEN/RELEASE requests,
                     // and the kernel keeps page caches across opens. Not
-                    // before `mache.db` is built: its open builds it, and
-                    // a `stat` before that does not know its size.
+                    // while `mache.db`'s size is unknown (no record, not
+                    // built): its open builds it, to learn that size.
                     reply.error(Errno::ENOSYS);
                 } else if ino == super::tree::STATUS {
                     // A new snapshot at each open; bypass the page cache.

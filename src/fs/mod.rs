@@ -179,6 +179,7 @@ impl CacheFs {
             },
         );
         let has_index = sizes.is_some();
+        let db_record = sizes.as_ref().and_then(|sizes| sizes.db.clone());
         let content = Content::new(
             lockfile.clone(),
             sizes,
@@ -186,7 +187,12 @@ impl CacheFs {
             ViewCache::new(settings.memory_cache),
             stats.clone(),
         );
-        let synth = Synth::new(&settings.cache_dir, &lockfile, synth::BUILD_BACKOFF);
+        let synth = Synth::new(
+            &settings.cache_dir,
+            &lockfile,
+            db_record,
+            synth::BUILD_BACKOFF,
+        );
         let mtime = UNIX_EPOCH + Duration::from_millis(lockfile.meta.generated_at_ms);
         let distinct_chunks = lockfile.distinct_chunks();
         CacheFs {
@@ -276,9 +282,11 @@ impl CacheFs {
         }
     }
 
-    /// Whether the db is built (so opens need no longer reach us).
-    pub fn db_ready(&self) -> bool {
-        self.synth.ready().is_some()
+    /// Whether every file's size is known without an open, so opens need
+    /// not reach us: true once `mache.db` is built, or from the start when
+    /// its push recorded its size.
+    pub fn opens_stateless(&self) -> bool {
+        self.synth.known_size().is_some()
     }
 
     /// Whether listing or looking up in directory `ino` might fetch a chunk.
@@ -306,11 +314,12 @@ impl CacheFs {
                 1,
                 false,
             ),
-            // Its size is known once it is built (by the first open or
-            // read), never by a `stat`: until then 0, and not to be cached,
-            // so the `stat` after an open sees the real size.
-            Node::MacheDb => match self.synth.ready() {
-                Some(db) => (Kind::File, db.size, 1, false),
+            // Its size is recorded by the push, or known once it is built
+            // (by the first open or read), never by a `stat`: until then 0,
+            // and not to be cached, so the `stat` after an open sees the
+            // real size.
+            Node::MacheDb => match self.synth.known_size() {
+                Some(size) => (Kind::File, size, 1, false),
                 None => (Kind::File, 0, 1, true),
             },
             Node::LockToml => (Kind::File, self.lock_toml().len() as u64, 1, false),
@@ -421,14 +430,16 @@ impl CacheFs {
         }
         match node {
             Node::Dir(_) => Err(refused(Refusal::IsADirectory)),
-            Node::MacheDb => self.db().map(|_| ()),
+            // Opened to learn its size: built now. With the size known,
+            // its first read builds it.
+            Node::MacheDb if self.synth.known_size().is_none() => self.db().map(|_| ()),
             _ => Ok(()),
         }
     }
 
     /// Whether opening `ino` might build the db.
     pub fn open_may_block(&self, ino: u64) -> bool {
-        ino == tree::MACHE_DB && self.synth.ready().is_none()
+        ino == tree::MACHE_DB && self.synth.known_size().is_none()
     }
 
     /// Up to `size` bytes of file `ino` from `offset`. The first read of a
@@ -476,7 +487,7 @@ impl CacheFs {
             // A read from the start gets a new snapshot; later offsets
             // continue the one it got. Snapshots all have one size.
             Node::Status => Some(Ok(shared(self.status_snapshot(offset == 0)))),
-            Node::MacheDb if !wait && !self.db_ready() => None,
+            Node::MacheDb if !wait && self.synth.ready().is_none() => None,
             Node::MacheDb => Some(
                 self.db()
                     .and_then(|db| self.read_db(db, window(db.size as usize))),

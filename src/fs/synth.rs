@@ -15,6 +15,14 @@
 //! the same bundle finds the file and reuses it after checking it holds one
 //! `_source` row per lockfile source.
 //!
+//! A bundle whose push recorded the db ([`DbRecord`], trusted only when
+//! this build's synthesizer made it) has its size known from the start, so
+//! the mount shows it without building anything; the build then checks its
+//! result against the record's size and BLAKE3, and a db that differs is
+//! removed and refused ([`Error::DbMismatch`]) rather than served at a size
+//! the kernel was not told. A db reused from an earlier mount must have the
+//! recorded size.
+//!
 //! A failed build is remembered for a while ([`Backoff`]: 5 s, doubling up
 //! to 60 s while builds keep failing): opens in that time fail at once with
 //! its error instead of rerunning a build that cannot succeed (a registry
@@ -35,6 +43,8 @@ use crate::fs::content::Metered;
 use crate::fs::status::{DbStatus, Stats};
 use crate::hash::Hash;
 use crate::lockfile::Lockfile;
+use crate::machedb;
+use crate::store::sizes::DbRecord;
 
 /// A built db, open for reading.
 #[derive(Debug)]
@@ -71,6 +81,9 @@ struct Failure {
 /// The db of one mounted bundle.
 pub struct Synth {
     path: PathBuf,
+    /// What the bundle's push found the db to be, if it recorded it with
+    /// this build's synthesizer.
+    record: Option<DbRecord>,
     built: OnceLock<BuiltDb>,
     /// Held while building: one build at a time, later callers wait for it.
     building: Mutex<()>,
@@ -94,11 +107,30 @@ pub fn db_file_name(lockfile: &Lockfile) -> String {
 
 impl Synth {
     /// The db for `lockfile`, kept under `cache_dir/dbs/`, a failed build
-    /// remembered for `backoff`. Nothing is read or built until
-    /// [`Synth::get`].
-    pub fn new(cache_dir: &Path, lockfile: &Lockfile, backoff: Backoff) -> Synth {
+    /// remembered for `backoff`; `record` is the bundle's, if any (used
+    /// only if this build's synthesizer made it). Nothing is read or built
+    /// until [`Synth::get`].
+    pub fn new(
+        cache_dir: &Path,
+        lockfile: &Lockfile,
+        record: Option<DbRecord>,
+        backoff: Backoff,
+    ) -> Synth {
+        let ours = machedb::synthesizer();
+        let record = record.filter(|record| {
+            let usable = record.synthesizer == ours;
+            if !usable {
+                tracing::info!(
+                    "mache.db was recorded by {:?}, this build synthesizes {ours:?}: \
+                     its size is known once it is built",
+                    record.synthesizer
+                );
+            }
+            usable
+        });
         Synth {
             path: cache_dir.join("dbs").join(db_file_name(lockfile)),
+            record,
             built: OnceLock::new(),
             building: Mutex::new(()),
             failed: Mutex::new(None),
@@ -120,6 +152,14 @@ impl Synth {
     /// The db if it is ready now.
     pub fn ready(&self) -> Option<&BuiltDb> {
         self.built.get()
+    }
+
+    /// The db's size if known without building it: recorded, or built.
+    pub fn known_size(&self) -> Option<u64> {
+        match self.built.get() {
+            Some(db) => Some(db.size),
+            None => self.record.as_ref().map(|record| record.size),
+        }
     }
 
     /// The db, reusing the cached file or building it. Concurrent callers
@@ -210,7 +250,7 @@ impl Synth {
     fn reuse_or_build(&self, source: &Metered, lockfile: &Lockfile) -> Result<BuiltDb> {
         let started = Instant::now();
         if self.path.is_file() {
-            match check_cached(&self.path, lockfile.sources.len()) {
+            match check_cached(&self.path, lockfile.sources.len(), self.record.as_ref()) {
                 Ok(()) => return open_built(&self.path, true, 0.0),
                 Err(e) => tracing::warn!("rebuilding {}: {e}", self.path.display()),
             }
@@ -226,6 +266,10 @@ impl Synth {
             true,
             false,
         )?;
+        if let Some(Err(e)) = self.record.as_ref().map(|r| check_record(&self.path, r)) {
+            let _ = std::fs::remove_file(&self.path);
+            return Err(e);
+        }
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             "built {} ({} sources) in {seconds:.2}s",
@@ -258,7 +302,7 @@ impl Synth {
             state,
             path,
             reused: false,
-            size: None,
+            size: self.record.as_ref().map(|record| record.size),
             build_seconds: None,
         }
     }
@@ -286,9 +330,46 @@ fn open_built(path: &Path, reused: bool, build_seconds: f64) -> Result<BuiltDb> 
     })
 }
 
-/// Checks a db left by an earlier mount: it opens and has one `_source`
-/// row per lockfile source.
-fn check_cached(path: &Path, sources: usize) -> Result<()> {
+/// Checks a freshly built db against the bundle's record: its size, then
+/// its BLAKE3.
+fn check_record(path: &Path, record: &DbRecord) -> Result<()> {
+    let reading = |e| Error::io(format!("reading {}", path.display()), e);
+    let mismatch = |reason: String| Error::DbMismatch {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let size = std::fs::metadata(path).map_err(reading)?.len();
+    if size != record.size {
+        return Err(mismatch(format!(
+            "it is {size} bytes, the record says {}",
+            record.size
+        )));
+    }
+    let hash = Hash::of_file(path).map_err(reading)?;
+    if hash != record.hash {
+        return Err(mismatch(format!(
+            "its BLAKE3 is {}, the record says {}",
+            hash.to_prefixed(),
+            record.hash.to_prefixed()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a db left by an earlier mount: it opens, has one `_source` row
+/// per lockfile source, and the recorded size if there is a record.
+fn check_cached(path: &Path, sources: usize, record: Option<&DbRecord>) -> Result<()> {
+    if let Some(record) = record {
+        let size = std::fs::metadata(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+            .len();
+        if size != record.size {
+            return Err(Error::BadDb {
+                path: path.to_path_buf(),
+                reason: format!("{size} bytes, the bundle's record says {}", record.size),
+            });
+        }
+    }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(path, e))?;
     let rows: i64 = conn

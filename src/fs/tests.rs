@@ -12,7 +12,7 @@ use crate::hash::Hash;
 use crate::lockfile::{Meta, ProcessorVersion, SourceEntry};
 use crate::rows::{AstRow, SourceRow, kind_for_language};
 use crate::store::SizeIndex;
-use crate::store::sizes::SourceSizes;
+use crate::store::sizes::{DbRecord, SourceSizes};
 
 /// How long a test waits for something that should happen at once
 /// before it fails instead of hanging.
@@ -204,6 +204,7 @@ fn bundle_of(files: &[(&str, &[u8])], ast: bool, index: bool, source: &FakeSourc
     let sizes = index.then_some(SizeIndex {
         lockfile_hash,
         entries: sizes,
+        db: None,
     });
     Bundle::new(lockfile_hash, lockfile_bytes, lockfile, sizes)
 }
@@ -549,6 +550,112 @@ fn mache_db_rows_equal_pull_and_a_second_mount_reuses_it() {
         fetched,
         "the cached db is reused, not rebuilt"
     );
+}
+
+/// `bundle` with the record of the db a pull of it makes: what push
+/// records, here made by a pull into `dir`.
+fn with_db_record(source: &FakeSource, mut bundle: Bundle, dir: &std::path::Path) -> Bundle {
+    let pulled = dir.join("recorded.db");
+    crate::bundle::pull(
+        source,
+        &bundle.lockfile,
+        &pulled,
+        crate::bundle::Existing::Replace,
+        true,
+        false,
+    )
+    .unwrap();
+    let record = DbRecord {
+        size: std::fs::metadata(&pulled).unwrap().len(),
+        hash: Hash::of_file(&pulled).unwrap(),
+        synthesizer: crate::machedb::synthesizer(),
+    };
+    bundle.sizes.as_mut().unwrap().db = Some(record);
+    bundle
+}
+
+#[test]
+fn a_recorded_db_shows_its_size_before_a_build_and_its_first_read_builds_it_to_match() {
+    let source = Arc::new(FakeSource::default());
+    let records = tempfile::tempdir().unwrap();
+    let bundle = with_db_record(
+        &source,
+        bundle_of(FILES, true, true, &source),
+        records.path(),
+    );
+    let record = bundle.db_record().unwrap().clone();
+    let fetched = source.fetches();
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source.clone(), bundle, dir.path());
+
+    let attr = fs.attr(tree::MACHE_DB).unwrap();
+    assert_eq!(attr.size, record.size);
+    assert!(
+        !attr.volatile,
+        "a recorded size may be cached by the kernel"
+    );
+    assert!(fs.opens_stateless(), "no open needs to reach the mount");
+    assert!(!fs.open_may_block(tree::MACHE_DB));
+    fs.open(tree::MACHE_DB, false).unwrap();
+    assert_eq!(
+        fs.status().mache_db.state,
+        "absent",
+        "an open builds nothing"
+    );
+    assert_eq!(fs.status().mache_db.size, Some(record.size));
+    assert_eq!(source.fetches(), fetched, "stat and open fetch nothing");
+
+    let served = read_all(&fs, "mache.db").unwrap();
+    assert_eq!(fs.status().mache_db.state, "ready");
+    assert_eq!(served.len() as u64, record.size);
+    assert_eq!(Hash::of(&served), record.hash);
+}
+
+#[test]
+fn a_built_db_that_differs_from_its_record_is_refused_and_removed() {
+    let source = Arc::new(FakeSource::default());
+    let records = tempfile::tempdir().unwrap();
+    let mut bundle = with_db_record(
+        &source,
+        bundle_of(FILES, true, true, &source),
+        records.path(),
+    );
+    let record = bundle.sizes.as_mut().unwrap().db.as_mut().unwrap();
+    record.hash = Hash::of(b"another db");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source.clone(), bundle, dir.path());
+
+    let err = fs.read(tree::MACHE_DB, 0, 4096).unwrap_err();
+    assert!(matches!(err, Error::DbMismatch { .. }), "{err}");
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(err.to_string().contains("BLAKE3"), "{err}");
+    assert_eq!(fs.status().mache_db.state, "failed");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("dbs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "the mismatching db is removed: {left:?}");
+}
+
+#[test]
+fn a_record_of_another_synthesizer_is_not_trusted() {
+    let source = Arc::new(FakeSource::default());
+    let records = tempfile::tempdir().unwrap();
+    let mut bundle = with_db_record(
+        &source,
+        bundle_of(FILES, true, true, &source),
+        records.path(),
+    );
+    let record = bundle.sizes.as_mut().unwrap().db.as_mut().unwrap();
+    record.synthesizer = "mache-cachefs.db/0 sqlite 3.0.0".to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source.clone(), bundle, dir.path());
+
+    let attr = fs.attr(tree::MACHE_DB).unwrap();
+    assert_eq!((attr.size, attr.volatile), (0, true), "as without a record");
+    assert!(!fs.opens_stateless());
+    let served = read_all(&fs, "mache.db").unwrap();
+    assert!(served.starts_with(b"SQLite format 3\0"));
 }
 
 /// The conformance vectors' bundle (SPEC §7), its lockfile edited by

@@ -60,6 +60,12 @@ pub const PRODUCER_VERSION_KEY: &str = "org.cloister.build-cache.producer_versio
 pub const SCHEMA_VERSION_KEY: &str = "org.cloister.build-cache.schema_version";
 /// Our annotation naming the sizes-index blob.
 pub const SIZES_KEY: &str = "dev.mache-cachefs.sizes";
+/// Our annotation giving the byte size of the `mache.db` the bundle synthesizes.
+pub const DB_SIZE_KEY: &str = "dev.mache-cachefs.db.size";
+/// Our annotation giving that db's BLAKE3 (`blake3:<hex>`).
+pub const DB_BLAKE3_KEY: &str = "dev.mache-cachefs.db.blake3";
+/// Our annotation naming what synthesized that db (layout and SQLite versions).
+pub const DB_SYNTHESIZER_KEY: &str = "dev.mache-cachefs.db.synthesizer";
 /// Our annotation naming a packed bundle's layout ([`LAYOUT_PACKED`]).
 pub const LAYOUT_KEY: &str = "dev.mache-cachefs.layout";
 /// Our annotation making a placeholder manifest (of `untag`) unique.

@@ -508,6 +508,7 @@ mod tests {
                     ast_json_len: None,
                 })
                 .collect(),
+            db: None,
         };
         let index = PackIndexV1 {
             format: INDEX_FORMAT_V1.into(),

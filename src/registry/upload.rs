@@ -226,12 +226,13 @@ impl RegistryStore {
         report.present += more.present + kept.len();
         report.reused_packs = kept.len();
         report.reused_bytes = kept.iter().map(|(_, size)| size).sum();
-        let manifest = Manifest::for_packed(
+        let mut manifest = Manifest::for_packed(
             &bundle.lockfile,
             &bundle.lockfile_bytes,
             &packs,
             index_descriptor,
         );
+        bundle.annotate(&mut manifest);
         let bytes = manifest.to_bytes();
         let digest = sha256_digest(&bytes);
         self.tag_manifest(report, options.tag, bytes, &digest)
@@ -259,12 +260,13 @@ impl RegistryStore {
         let sizes_blob = sizes_json
             .as_ref()
             .map(|json| (Hash::of(json), json.len() as u64));
-        let manifest = Manifest::for_bundle(
+        let mut manifest = Manifest::for_bundle(
             &bundle.lockfile,
             &bundle.lockfile_bytes,
             chunk_lens,
             sizes_blob.as_ref().map(|(h, len)| (h, *len)),
         );
+        bundle.annotate(&mut manifest);
         let manifest_bytes = manifest.to_bytes();
         let digest = v1_digest(&Hash::of(&manifest_bytes));
 

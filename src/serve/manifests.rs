@@ -162,13 +162,14 @@ fn from_store(
     let sizes_blob = sizes
         .as_deref()
         .map(|json| (Hash::of(json), json.len() as u64));
-    let manifest = Manifest::for_bundle(
+    let mut manifest = Manifest::for_bundle(
         &bundle.lockfile,
         &bundle.lockfile_bytes,
         &chunk_lens,
         sizes_blob.as_ref().map(|(hash, len)| (hash, *len)),
-    )
-    .to_bytes();
+    );
+    bundle.annotate(&mut manifest);
+    let manifest = manifest.to_bytes();
     let hash = Hash::of(&manifest);
     let mut blobs = vec![bundle.lockfile_bytes.as_slice(), manifest.as_slice()];
     blobs.extend(sizes.as_deref());

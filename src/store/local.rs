@@ -93,6 +93,11 @@ impl Object {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    /// The bytes, the object consumed.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
 }
 
 /// An object written to `tmp/` and not yet visible in `objects/`; dropping
@@ -356,9 +361,8 @@ impl LocalStore {
     fn write_temp(&self, bytes: &[u8], fsync: bool) -> Result<TempPath> {
         let tmp_dir = self.root.join("tmp");
         let context = || format!("writing a temporary file in {}", tmp_dir.display());
-        let prefix = self.session.as_ref().map_or(".tmp", |s| s.prefix());
-        let mut file =
-            shareable_temp_file(&tmp_dir, prefix, "").map_err(|e| Error::io(context(), e))?;
+        let mut file = shareable_temp_file(&tmp_dir, self.temp_prefix(), "")
+            .map_err(|e| Error::io(context(), e))?;
         if let Some(session) = &self.session {
             session.created();
         }
@@ -409,9 +413,15 @@ impl LocalStore {
         let hash = Hash::of(lockfile_bytes);
         let hex = hash.to_hex();
         self.replace_file(&format!("lockfiles/{hex}.bin"), lockfile_bytes)?;
-        self.replace_file(&format!("lockfiles/{hex}.sizes.json"), &sizes.to_json())?;
+        self.record_sizes(sizes)?;
         self.point_refs(lockfile_bytes, toml, tag)?;
         Ok(hash)
+    }
+
+    /// Writes (or replaces) the sizes index of the lockfile it describes.
+    pub fn record_sizes(&self, sizes: &SizeIndex) -> Result<()> {
+        let hex = sizes.lockfile_hash.to_hex();
+        self.replace_file(&format!("lockfiles/{hex}.sizes.json"), &sizes.to_json())
     }
 
     /// Makes a recorded bundle the latest: the refs `latest` and `tag`,
@@ -725,6 +735,29 @@ impl LocalStore {
                 e,
             )
         })
+    }
+
+    /// A new, empty scratch file in `tmp/` named after this store's
+    /// temporary-file session, if it has one ([`with_tmp_session`](Self::with_tmp_session)),
+    /// so that the next writer sweeps it (and any file named after it) if
+    /// this one is killed. Dropping it deletes it; say so with
+    /// [`scratch_removed`](Self::scratch_removed), or the session counts it
+    /// among the files an interrupted writer left.
+    pub fn scratch_file(&self) -> Result<NamedTempFile> {
+        let file = self.temp_file(self.temp_prefix())?;
+        if let Some(session) = &self.session {
+            session.created();
+        }
+        Ok(file)
+    }
+
+    /// Counts a [`scratch_file`](Self::scratch_file) as removed.
+    pub fn scratch_removed(&self) {
+        self.published_temp();
+    }
+
+    fn temp_prefix(&self) -> &str {
+        self.session.as_ref().map_or(".tmp", |s| s.prefix())
     }
 
     /// Makes a complete file written in `tmp/` visible as object `hash`

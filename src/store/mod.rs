@@ -263,6 +263,20 @@ pub struct Bundle {
 }
 
 impl Bundle {
+    /// The record of the `mache.db` this bundle synthesizes, if its push
+    /// made one.
+    pub fn db_record(&self) -> Option<&sizes::DbRecord> {
+        self.sizes.as_ref().and_then(|sizes| sizes.db.as_ref())
+    }
+
+    /// Adds what a registry manifest of this bundle says beyond the
+    /// layout: the [`db_record`](Self::db_record), if any.
+    pub fn annotate(&self, manifest: &mut crate::oci::Manifest) {
+        if let Some(db) = self.db_record() {
+            db.annotate(manifest);
+        }
+    }
+
     /// A bundle as a store resolved it: not offline, no manifest (a
     /// registry sets those after).
     pub fn new(

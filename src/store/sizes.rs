@@ -5,12 +5,17 @@
 //! It never changes the lockfile or chunk formats; a bundle without it (one
 //! written by the Go mache) is still complete, just slower to `stat`.
 //! Stored as compact JSON: `{"format":…,"lockfile":"blake3:…","entries":[[chunk_len,
-//! content_len, ast_json_len or -1], …]}` in lockfile order.
+//! content_len, ast_json_len or -1], …]}` in lockfile order, and, from a
+//! push that built it, `"db":{"size":…,"blake3":"blake3:…","synthesizer":…}`:
+//! the [`DbRecord`] of the `mache.db` the bundle synthesizes, so a mount can
+//! show that file's size before building it. Readers of an index without
+//! `db` (or that do not know the field) lose nothing but that.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::hash::Hash;
+use crate::oci::{DB_BLAKE3_KEY, DB_SIZE_KEY, DB_SYNTHESIZER_KEY, Manifest};
 
 /// Format tag written into every index.
 pub const FORMAT: &str = "mache-cachefs.sizes/1";
@@ -26,6 +31,31 @@ pub struct SourceSizes {
     pub ast_json_len: Option<u64>,
 }
 
+/// The `mache.db` a bundle synthesizes, as the push that built it found
+/// it. Only as good as the synthesizer is deterministic: a reader trusts it
+/// only when its own [`synthesizer`](crate::machedb::synthesizer) has the
+/// same name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbRecord {
+    /// The file's length in bytes.
+    pub size: u64,
+    /// BLAKE3 of the whole file.
+    pub hash: Hash,
+    /// What built it: the db layout's version and the SQLite library's.
+    pub synthesizer: String,
+}
+
+impl DbRecord {
+    /// Adds the record to a registry manifest as annotations, for tools
+    /// that read manifests (the mount reads it from the sizes index).
+    pub fn annotate(&self, manifest: &mut Manifest) {
+        let annotations = &mut manifest.annotations;
+        annotations.insert(DB_SIZE_KEY.to_string(), self.size.to_string());
+        annotations.insert(DB_BLAKE3_KEY.to_string(), self.hash.to_prefixed());
+        annotations.insert(DB_SYNTHESIZER_KEY.to_string(), self.synthesizer.clone());
+    }
+}
+
 /// Per-source sizes for one lockfile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SizeIndex {
@@ -33,6 +63,8 @@ pub struct SizeIndex {
     pub lockfile_hash: Hash,
     /// One entry per lockfile source, in order.
     pub entries: Vec<SourceSizes>,
+    /// The synthesized db, when the push built it.
+    pub db: Option<DbRecord>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -40,6 +72,15 @@ struct Wire {
     format: String,
     lockfile: String,
     entries: Vec<(u64, u64, i64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    db: Option<WireDb>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireDb {
+    size: u64,
+    blake3: String,
+    synthesizer: String,
 }
 
 impl SizeIndex {
@@ -56,6 +97,11 @@ impl SizeIndex {
                     (e.chunk_len, e.content_len, ast)
                 })
                 .collect(),
+            db: self.db.as_ref().map(|db| WireDb {
+                size: db.size,
+                blake3: db.hash.to_prefixed(),
+                synthesizer: db.synthesizer.clone(),
+            }),
         };
         serde_json::to_vec(&wire).expect("sizes index serializes")
     }
@@ -77,6 +123,14 @@ impl SizeIndex {
                 wire.entries.len()
             )));
         }
+        let db = match wire.db {
+            Some(db) => Some(DbRecord {
+                size: db.size,
+                hash: Hash::from_prefixed(&db.blake3).map_err(|e| bad(format!("db: {e}")))?,
+                synthesizer: db.synthesizer,
+            }),
+            None => None,
+        };
         let entries = wire
             .entries
             .into_iter()
@@ -89,6 +143,7 @@ impl SizeIndex {
         Ok(SizeIndex {
             lockfile_hash: *lockfile_hash,
             entries,
+            db,
         })
     }
 }
@@ -114,9 +169,21 @@ mod tests {
                     ast_json_len: Some(70),
                 },
             ],
+            db: None,
         };
         let json = index.to_json();
         assert_eq!(SizeIndex::from_json(&json, &hash, 2).unwrap(), index);
+        assert!(!String::from_utf8_lossy(&json).contains("\"db\""));
+        let with_db = SizeIndex {
+            db: Some(DbRecord {
+                size: 8192,
+                hash: Hash::of(b"db"),
+                synthesizer: "mache-cachefs.db/1 sqlite 3.0.0".to_string(),
+            }),
+            ..index.clone()
+        };
+        let json = with_db.to_json();
+        assert_eq!(SizeIndex::from_json(&json, &hash, 2).unwrap(), with_db);
         assert!(SizeIndex::from_json(&json, &Hash::of(b"other"), 2).is_err());
         assert!(SizeIndex::from_json(&json, &hash, 3).is_err());
         assert!(SizeIndex::from_json(b"{", &hash, 2).is_err());
