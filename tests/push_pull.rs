@@ -628,6 +628,19 @@ fn push_records_the_size_and_blake3_of_the_db_a_pull_makes_byte_for_byte() {
 }
 
 #[test]
+fn no_db_record_pushes_without_building_the_db_and_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = synthetic_db(dir.path(), 50, 5);
+    let store = dir.path().join("store");
+    run_ok(&["push", "--db", s(&db), s(&store), "--no-db-record"]);
+    assert_eq!(recorded_db(&store), serde_json::Value::Null);
+    assert_eq!(list_files(&store.join("tmp")).len(), 0, "no db left behind");
+    let restored = dir.path().join("restored.db");
+    run_ok(&["pull", "--out-db", s(&restored), s(&store)]);
+    assert_eq!(dump_sources(&restored).len(), 50);
+}
+
+#[test]
 fn a_kept_bundle_without_a_db_record_gets_one_at_its_next_push() {
     let dir = tempfile::tempdir().unwrap();
     let db = synthetic_db(dir.path(), 50, 4);

@@ -148,6 +148,7 @@ proptest! {
             tag: "latest".into(),
             progress: false,
             force: false,
+            record_db: true,
             interrupt: Default::default(),
         };
         if let Err(err) = bundle::push(&store, &opts) {
@@ -164,6 +165,10 @@ proptest! {
         bundle::pull(store.chunks().as_ref(), &bundle.lockfile, &out, Existing::ReplaceMacheDb, true, false)
             .expect("what push wrote, pull reads");
         check_restored(&original, &dump_sources(&out), with_ast);
+        // The db push recorded is the one pull made, byte for byte.
+        let record = bundle.db_record().expect("push records the db");
+        prop_assert_eq!(record.size, std::fs::metadata(&out).unwrap().len());
+        prop_assert_eq!(record.hash, mache_cachefs::hash::Hash::of_file(&out).unwrap());
         if with_ast {
             prop_assert_eq!(dump_ast(&out), dump_ast(&db));
         } else {

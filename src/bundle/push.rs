@@ -36,6 +36,9 @@ pub struct PushOptions {
     /// Write a new lockfile even when the tag already names a bundle of
     /// exactly these sources.
     pub force: bool,
+    /// Build the db a pull makes, to record its size and BLAKE3 in the
+    /// sizes index (so a mount shows `mache.db`'s size at once).
+    pub record_db: bool,
     /// Stops the push when set (by a signal handler).
     pub interrupt: Interrupt,
 }
@@ -178,7 +181,7 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
         let (to_publisher, batches) =
             std::sync::mpsc::sync_channel::<(Vec<Staged>, Vec<EntryChunk>)>(1);
         let (to_recorder, stored) = std::sync::mpsc::sync_channel::<Vec<EntryChunk>>(1);
-        let recorder = scope.spawn(move || record_db(store, stored));
+        let recorder = scope.spawn(move || record_db(store, stored, opts.record_db));
         let publisher = scope.spawn(move || {
             let mut total = PutReport::default();
             for (batch, chunks) in batches {
@@ -254,7 +257,8 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
         let recorder = recorded?;
         let published = published?;
         let produced = produced?;
-        Ok::<_, Error>((produced, published, recorder.finish()?))
+        let record = recorder.map(DbRecorder::finish).transpose()?;
+        Ok::<_, Error>((produced, published, record))
     })?;
     report.new_chunks += published.new;
     report.present_chunks += published.present;
@@ -278,10 +282,10 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
                 .sizes
                 .as_ref()
                 .expect("kept only with a sizes index");
-            if sizes.db.as_ref() != Some(&db_record) {
+            if db_record.is_some() && sizes.db != db_record {
                 // Recorded by an older push, or by another synthesizer.
                 store.record_sizes(&SizeIndex {
-                    db: Some(db_record),
+                    db: db_record,
                     ..sizes.clone()
                 })?;
             }
@@ -295,7 +299,7 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
             let sizes = SizeIndex {
                 lockfile_hash: Hash::of(&lockfile_bytes),
                 entries: sizes,
-                db: Some(db_record),
+                db: db_record,
             };
             store.record_bundle(&lockfile_bytes, &toml, &sizes, &opts.tag)?
         }
@@ -313,13 +317,22 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
 
 /// Builds the db of the windows of sources `stored` sends once their
 /// chunks are stored ([`DbRecorder`]), to be finished once the whole push
-/// is known to have succeeded (dropped, it leaves nothing).
-fn record_db(store: &LocalStore, stored: Receiver<Vec<EntryChunk>>) -> Result<DbRecorder<'_>> {
+/// is known to have succeeded (dropped, it leaves nothing). Unless
+/// `enabled`, only takes the windows.
+fn record_db(
+    store: &LocalStore,
+    stored: Receiver<Vec<EntryChunk>>,
+    enabled: bool,
+) -> Result<Option<DbRecorder<'_>>> {
+    if !enabled {
+        stored.iter().for_each(drop);
+        return Ok(None);
+    }
     let mut recorder = DbRecorder::create(store, &input_processors())?;
     for window in stored {
         recorder.add(&window)?;
     }
-    Ok(recorder)
+    Ok(Some(recorder))
 }
 
 /// Points `latest` and `tag` at an existing bundle.

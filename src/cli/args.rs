@@ -254,6 +254,11 @@ pub struct PushArgs {
     /// exactly these sources (by default that bundle is kept as it is).
     #[arg(long)]
     pub force: bool,
+    /// Do not build the bundle's mache.db to record its size and BLAKE3
+    /// (saves the time of one pull; mounts then learn mache.db's size only
+    /// when it is first opened, and answer opens statefully until then).
+    #[arg(long)]
+    pub no_db_record: bool,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,

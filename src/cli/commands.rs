@@ -174,6 +174,7 @@ fn push(settings: &Settings, args: PushArgs, progress: bool) -> Result<()> {
         tag: args.tag,
         progress,
         force: args.force,
+        record_db: !args.no_db_record,
         interrupt: Interrupt::default(),
     };
     let registry = remote_settings(settings, &args.remote, false)?

@@ -62,6 +62,10 @@ pub struct MountArgs {
     /// Threads answering FUSE requests.
     #[arg(long, default_value_t = 4, value_name = "N", hide = true)]
     pub threads: usize,
+    /// Threads of each I/O pool (reads that fetch, metadata that fetches),
+    /// and so the reads the kernel keeps in flight (max_background).
+    #[arg(long, default_value_t = crate::fs::IO_THREADS, value_name = "N", hide = true)]
+    pub io_threads: usize,
     #[command(flatten)]
     pub remote: super::args::RemoteArgs,
 }
@@ -146,6 +150,7 @@ fn mount_foreground(
     let options = ServeOptions {
         mountpoint: args.mountpoint().to_path_buf(),
         threads: args.threads,
+        io_threads: args.io_threads,
         prefetch: args.prefetch,
         prefetch_parallelism: 4,
         progress: !quiet && notify.is_none() && std::io::stderr().is_terminal(),

@@ -55,8 +55,8 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 /// would keep serving the size of an old snapshot.
 const NO_TTL: Duration = Duration::ZERO;
 
-/// Threads of each I/O pool: at most this many operations of one kind wait
-/// on the store at once; more queue behind them.
+/// Threads of each I/O pool by default: at most this many operations of one
+/// kind wait on the store at once; more queue behind them.
 pub const IO_THREADS: usize = 64;
 
 /// Where an operation runs.
@@ -82,6 +82,7 @@ impl Lane {
 pub struct IoPools {
     reads: tokio::runtime::Runtime,
     metadata: tokio::runtime::Runtime,
+    threads: usize,
 }
 
 impl IoPools {
@@ -90,7 +91,13 @@ impl IoPools {
         Ok(IoPools {
             reads: pool("cachefs-read", threads)?,
             metadata: pool("cachefs-meta", threads)?,
+            threads: threads.max(1),
         })
+    }
+
+    /// Threads of each pool.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Runs `job` on `lane`: now, or queued on its pool.
@@ -254,8 +261,10 @@ impl Filesystem for FuseFs {
             | InitFlags::FUSE_AUTO_INVAL_DATA;
         // As many reads in flight (readahead is sent in the background) as
         // the read pool has threads; metadata requests are not counted.
-        let _ = config.set_max_background(IO_THREADS as u16);
-        let _ = config.set_congestion_threshold((IO_THREADS * 3 / 4) as u16);
+        let threads = self.io.as_ref().map_or(IO_THREADS, IoPools::threads);
+        let background = u16::try_from(threads).unwrap_or(u16::MAX);
+        let _ = config.set_max_background(background);
+        let _ = config.set_congestion_threshold((background / 4 * 3).max(1));
         if self.fs.has_index() {
             // READDIRPLUS hands the kernel every entry's attributes with the
             // listing, saving a lookup per file in `ls -l` and `find`; only

@@ -36,6 +36,7 @@ use status::{PrefetchStatus, Stats, Status, TreeStatus};
 use synth::Synth;
 use tree::{AstFiles, Node, Tree};
 
+pub use fuse::IO_THREADS;
 pub use mount::{ServeOptions, serve, unmount};
 
 /// Default size of the memory cache of decoded chunks.

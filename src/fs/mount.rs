@@ -30,7 +30,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use super::CacheFs;
-use super::fuse::{FuseFs, IO_THREADS, IoPools};
+use super::fuse::{FuseFs, IoPools};
 use crate::error::{Error, Result};
 
 /// How to serve a mount.
@@ -39,6 +39,9 @@ pub struct ServeOptions {
     pub mountpoint: PathBuf,
     /// FUSE request threads.
     pub threads: usize,
+    /// Threads of each I/O pool (reads, metadata), and so the reads the
+    /// kernel keeps in flight (`max_background`).
+    pub io_threads: usize,
     /// Warm every chunk and build `mache.db` in the background.
     pub prefetch: bool,
     /// Chunks fetched at once by prefetch.
@@ -507,7 +510,7 @@ pub fn serve(fs: CacheFs, options: &ServeOptions, ready: impl FnOnce()) -> Resul
     check_can_mount(options.allow_other)?;
     let mountpoint = check_mountpoint(&options.mountpoint)?;
 
-    let io = IoPools::start(IO_THREADS)?;
+    let io = IoPools::start(options.io_threads)?;
     let fs = Arc::new(fs);
     let adapter = FuseFs::new(fs.clone(), io);
 
