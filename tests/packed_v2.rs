@@ -30,6 +30,18 @@ fn db(dir: &Path, n: usize, seed: u32) -> PathBuf {
     synthetic_db(&at, n, seed)
 }
 
+/// The manifest the registry holds as `latest`.
+fn latest_manifest(registry: &Distribution) -> serde_json::Value {
+    registry
+        .request(
+            "GET",
+            &format!("/v2/{REPO}/manifests/latest"),
+            &[("Accept", distribution_support::OCI_MANIFEST)],
+            b"",
+        )
+        .json()
+}
+
 /// The chunk bytes of every object of a local store, concatenated.
 fn raw_chunk_bytes(store: &Path) -> u64 {
     list_files(&store.join("objects"))
@@ -75,14 +87,7 @@ fn a_push_sends_compressed_frames_and_the_bundle_pulls_back_equal() {
     assert_eq!(record["size"], std::fs::metadata(&out).unwrap().len());
     let hash = mache_cachefs::hash::Hash::of_file(&out).unwrap();
     assert_eq!(record["blake3"], hash.to_prefixed());
-    let manifest: serde_json::Value = registry
-        .request(
-            "GET",
-            &format!("/v2/{REPO}/manifests/latest"),
-            &[("Accept", distribution_support::OCI_MANIFEST)],
-            b"",
-        )
-        .json();
+    let manifest = latest_manifest(&registry);
     let annotations = &manifest["annotations"];
     assert_eq!(
         annotations["dev.mache-cachefs.db.size"],
@@ -214,14 +219,7 @@ fn a_frame_corrupted_in_the_registry_is_caught_and_never_restored() {
         dir.path(),
         &["push", "--db", s(&db), s(&local), "--json"],
     ));
-    let manifest: serde_json::Value = registry
-        .request(
-            "GET",
-            &format!("/v2/{REPO}/manifests/latest"),
-            &[("Accept", distribution_support::OCI_MANIFEST)],
-            b"",
-        )
-        .json();
+    let manifest = latest_manifest(&registry);
     let pack = manifest["layers"][0]["digest"].as_str().unwrap();
     let data = registry.blob_data(pack);
     let mut bytes = std::fs::read(&data).unwrap();

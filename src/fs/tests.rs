@@ -611,8 +611,8 @@ fn a_recorded_db_shows_its_size_before_a_build_and_its_first_read_builds_it_to_m
     assert_eq!(Hash::of(&served), record.hash);
 }
 
-#[test]
-fn a_built_db_that_differs_from_its_record_is_refused_and_removed() {
+/// A mount in `dir` of the test bundle with its db record, edited by `edit`.
+fn mount_with_edited_record(dir: &std::path::Path, edit: impl FnOnce(&mut DbRecord)) -> CacheFs {
     let source = Arc::new(FakeSource::default());
     let records = tempfile::tempdir().unwrap();
     let mut bundle = with_db_record(
@@ -620,10 +620,14 @@ fn a_built_db_that_differs_from_its_record_is_refused_and_removed() {
         bundle_of(FILES, true, true, &source),
         records.path(),
     );
-    let record = bundle.sizes.as_mut().unwrap().db.as_mut().unwrap();
-    record.hash = Hash::of(b"another db");
+    edit(bundle.sizes.as_mut().unwrap().db.as_mut().unwrap());
+    mount(source, bundle, dir)
+}
+
+#[test]
+fn a_built_db_that_differs_from_its_record_is_refused_and_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = mount(source.clone(), bundle, dir.path());
+    let fs = mount_with_edited_record(dir.path(), |record| record.hash = Hash::of(b"another db"));
 
     let err = fs.read(tree::MACHE_DB, 0, 4096).unwrap_err();
     assert!(matches!(err, Error::DbMismatch { .. }), "{err}");
@@ -639,17 +643,10 @@ fn a_built_db_that_differs_from_its_record_is_refused_and_removed() {
 
 #[test]
 fn a_record_of_another_synthesizer_is_not_trusted() {
-    let source = Arc::new(FakeSource::default());
-    let records = tempfile::tempdir().unwrap();
-    let mut bundle = with_db_record(
-        &source,
-        bundle_of(FILES, true, true, &source),
-        records.path(),
-    );
-    let record = bundle.sizes.as_mut().unwrap().db.as_mut().unwrap();
-    record.synthesizer = "mache-cachefs.db/0 sqlite 3.0.0".to_string();
     let dir = tempfile::tempdir().unwrap();
-    let fs = mount(source.clone(), bundle, dir.path());
+    let fs = mount_with_edited_record(dir.path(), |record| {
+        record.synthesizer = "mache-cachefs.db/0 sqlite 3.0.0".to_string();
+    });
 
     let attr = fs.attr(tree::MACHE_DB).unwrap();
     assert_eq!((attr.size, attr.volatile), (0, true), "as without a record");
