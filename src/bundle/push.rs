@@ -256,6 +256,7 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
         let produced = produced?;
         Ok::<_, Error>((produced, published, recorder.finish()?))
     })?;
+    drop(seen);
     report.new_chunks += published.new;
     report.present_chunks += published.present;
     report.new_bytes += published.new_bytes;
@@ -291,13 +292,12 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
         }
         None => {
             let lockfile_bytes = lockfile::binary::encode(&lockfile);
-            let toml = lockfile::text::to_toml(&lockfile);
             let sizes = SizeIndex {
                 lockfile_hash: Hash::of(&lockfile_bytes),
                 entries: sizes,
                 db: Some(db_record),
             };
-            store.record_bundle(&lockfile_bytes, &toml, &sizes, &opts.tag)?
+            store.record_bundle(&lockfile_bytes, &lockfile, &sizes, &opts.tag)?
         }
     };
     if let Some(fp) = fingerprint.filter(|_| !reads_files) {
@@ -324,8 +324,7 @@ fn record_db(store: &LocalStore, stored: Receiver<Vec<EntryChunk>>) -> Result<Db
 
 /// Points `latest` and `tag` at an existing bundle.
 fn keep(store: &LocalStore, bundle: &Bundle, tag: &str) -> Result<()> {
-    let toml = lockfile::text::to_toml(&bundle.lockfile);
-    store.point_refs(&bundle.lockfile_bytes, &toml, tag)
+    store.point_refs(&bundle.lockfile_bytes, &bundle.lockfile, tag)
 }
 
 /// In a db without `_ast`, which sources must be stored in the AST shape
