@@ -48,6 +48,39 @@ const NESTING_LIMIT: i32 = 16;
 /// version (see [`decode_supported`]) nor the root (see
 /// [`Lockfile::check_root`]).
 pub fn decode(bytes: &[u8]) -> Result<Lockfile> {
+    read_message(bytes, |root, max_items| {
+        let mut sources = Vec::new();
+        let kept = &mut sources;
+        let mut lockfile = read_lockfile(root, max_items, move |len| {
+            kept.reserve(len);
+            move |source| {
+                kept.push(source);
+                Ok(())
+            }
+        })?;
+        lockfile.sources = sources;
+        Ok(lockfile)
+    })
+}
+
+/// [`decode`] that hands each source to `each`, in order, instead of
+/// keeping them: the lockfile returned has no sources. Reads a lockfile
+/// of a million sources without holding a million entries.
+pub fn decode_each_source(
+    bytes: &[u8],
+    each: impl FnMut(SourceEntry) -> Result<()>,
+) -> Result<Lockfile> {
+    read_message(bytes, |root, max_items| {
+        read_lockfile(root, max_items, |_| each)
+    })
+}
+
+/// Frames `bytes` as one Cap'n Proto message within the limits, and reads
+/// its root with `read` (given a bound on list lengths).
+fn read_message<T>(
+    bytes: &[u8],
+    read: impl FnOnce(cache_lockfile::Reader<'_>, usize) -> Result<T>,
+) -> Result<T> {
     if bytes.len() > MAX_LOCKFILE_BYTES {
         return Err(bad(format!(
             "{} bytes is larger than the {} bytes a lockfile may be",
@@ -59,10 +92,16 @@ pub fn decode(bytes: &[u8]) -> Result<Lockfile> {
         return Err(bad("empty input (no Cap'n Proto message)".into()));
     }
     let input_words = bytes.len().div_ceil(8);
-    // Copy into 8-byte aligned storage: the reader needs aligned segments.
-    let mut words = Word::allocate_zeroed_vec(input_words);
-    Word::words_to_bytes_mut(&mut words)[..bytes.len()].copy_from_slice(bytes);
-    let aligned = &Word::words_to_bytes(&words)[..bytes.len()];
+    // The reader needs 8-byte aligned segments: unaligned bytes are copied.
+    let mut words;
+    let aligned = match bytes.as_ptr().align_offset(8) {
+        0 => bytes,
+        _ => {
+            words = Word::allocate_zeroed_vec(input_words);
+            Word::words_to_bytes_mut(&mut words)[..bytes.len()].copy_from_slice(bytes);
+            &Word::words_to_bytes(&words)[..bytes.len()]
+        }
+    };
 
     let traversal = input_words
         .saturating_mul(TRAVERSAL_WORDS_PER_INPUT_WORD)
@@ -85,7 +124,7 @@ pub fn decode(bytes: &[u8]) -> Result<Lockfile> {
     let root: cache_lockfile::Reader = message
         .get_root()
         .map_err(|e| capnp_err("root struct", e))?;
-    read_lockfile(root, input_words)
+    read(root, input_words)
 }
 
 /// [`decode`], then refuses a foreign producer or an unsupported schema
@@ -96,29 +135,145 @@ pub fn decode_supported(bytes: &[u8]) -> Result<Lockfile> {
     Ok(lockfile)
 }
 
+/// Sets a text field unless it is empty: an empty string stays a null
+/// pointer, as go-capnp writes it.
+macro_rules! set_text {
+    ($builder:expr, $setter:ident, $value:expr) => {
+        if !$value.is_empty() {
+            $builder.$setter($value.as_str());
+        }
+    };
+}
+
 /// Encodes a lockfile in canonical form: one segment, standard framing.
 ///
 /// Panics only if a list holds more than 2^29 entries or a string is larger
 /// than 512 MiB, limits of the Cap'n Proto encoding itself.
 pub fn encode(lockfile: &Lockfile) -> Vec<u8> {
-    let mut builder = message::Builder::new(
-        message::HeapAllocator::new().first_segment_words(estimate_words(lockfile)),
+    let mut encoder = LockfileEncoder::with_first_segment_words(
+        &lockfile.meta,
+        &lockfile.topology,
+        lockfile.sources.len(),
+        estimate_words(lockfile),
     );
-    write_lockfile(builder.init_root(), lockfile);
-    // Canonicalizing from a reader pre-sizes the output segment, so it works
-    // however large the message is (a bare `set_root_canonical` on a default
-    // builder panics once the message outgrows its first segment).
-    let canonical = builder
-        .into_reader()
-        .canonicalize()
-        .expect("a message this module just built canonicalizes");
-    let segment = Word::words_to_bytes(&canonical);
-    let segment_words = u32::try_from(canonical.len()).expect("a lockfile message is under 32 GiB");
-    let mut out = Vec::with_capacity(8 + segment.len());
-    out.extend_from_slice(&0u32.to_le_bytes()); // segment count - 1
-    out.extend_from_slice(&segment_words.to_le_bytes());
-    out.extend_from_slice(segment);
-    out
+    for source in &lockfile.sources {
+        encoder.push(source);
+    }
+    encoder.finish(&lockfile.root)
+}
+
+/// Encodes a lockfile a source at a time, so that its entries need never
+/// all be held as [`SourceEntry`] values: the message grows as they come,
+/// and [`finish`](Self::finish) gives the same bytes as [`encode`].
+pub struct LockfileEncoder {
+    message: message::Builder<message::HeapAllocator>,
+    sources: u32,
+    pushed: u32,
+}
+
+/// First-segment words a source is guessed to take: pointers, two hashes,
+/// a path of up to 64 bytes and a kind. Only the words written are
+/// touched, so a generous guess costs address space, not memory.
+const GUESSED_WORDS_PER_SOURCE: usize = 4 + 2 * 6 + 10 + 3;
+
+impl LockfileEncoder {
+    /// Starts a lockfile of `meta` and `topology` that will have `sources`
+    /// entries.
+    ///
+    /// Panics if `sources` is 2^29 or more (a Cap'n Proto list limit).
+    pub fn new(meta: &Meta, topology: &[TopologyEdge], sources: usize) -> Self {
+        let words = 64 + sources.saturating_mul(GUESSED_WORDS_PER_SOURCE);
+        let words = u32::try_from(words).unwrap_or(u32::MAX / 2);
+        Self::with_first_segment_words(meta, topology, sources, words)
+    }
+
+    fn with_first_segment_words(
+        meta: &Meta,
+        topology: &[TopologyEdge],
+        sources: usize,
+        first_segment_words: u32,
+    ) -> Self {
+        let mut message = message::Builder::new(
+            message::HeapAllocator::new().first_segment_words(first_segment_words),
+        );
+        let sources = list_len(sources, "sources");
+        {
+            let mut root = message.init_root::<cache_lockfile::Builder>();
+            write_meta(root.reborrow().init_meta(), meta);
+            root.reborrow().init_sources(sources);
+            write_topology(root, topology);
+        }
+        LockfileEncoder {
+            message,
+            sources,
+            pushed: 0,
+        }
+    }
+
+    /// How many sources have been pushed.
+    pub fn pushed(&self) -> usize {
+        self.pushed as usize
+    }
+
+    /// Sets the next source.
+    ///
+    /// Panics if every source announced to [`new`](Self::new) was already
+    /// pushed.
+    pub fn push(&mut self, source: &SourceEntry) {
+        assert!(
+            self.pushed < self.sources,
+            "more sources pushed than the {} announced",
+            self.sources
+        );
+        let root = self
+            .message
+            .get_root::<cache_lockfile::Builder>()
+            .expect("the root this encoder built");
+        let mut list = root.get_sources().expect("the list this encoder built");
+        let mut out = list.reborrow().get(self.pushed);
+        set_text!(out, set_path, source.path);
+        out.reborrow()
+            .init_input_hash()
+            .set_bytes(&source.input_hash.0);
+        out.reborrow()
+            .init_chunk_hash()
+            .set_bytes(&source.chunk_hash.0);
+        set_text!(out, set_kind, source.kind);
+        self.pushed += 1;
+    }
+
+    /// The canonical bytes of the lockfile, with `root` as its root.
+    ///
+    /// Panics unless every source announced to [`new`](Self::new) was
+    /// pushed.
+    pub fn finish(mut self, root: &Hash) -> Vec<u8> {
+        assert_eq!(
+            self.pushed, self.sources,
+            "a lockfile finished before all its sources were pushed"
+        );
+        self.message
+            .get_root::<cache_lockfile::Builder>()
+            .expect("the root this encoder built")
+            .init_root()
+            .set_bytes(&root.0);
+        // Canonicalizing from a reader pre-sizes the output segment, so it
+        // works however large the message is (a bare `set_root_canonical`
+        // on a default builder panics once the message outgrows its first
+        // segment).
+        let canonical = self
+            .message
+            .into_reader()
+            .canonicalize()
+            .expect("a message this module just built canonicalizes");
+        let segment = Word::words_to_bytes(&canonical);
+        let segment_words =
+            u32::try_from(canonical.len()).expect("a lockfile message is under 32 GiB");
+        let mut out = Vec::with_capacity(8 + segment.len());
+        out.extend_from_slice(&0u32.to_le_bytes()); // segment count - 1
+        out.extend_from_slice(&segment_words.to_le_bytes());
+        out.extend_from_slice(segment);
+        out
+    }
 }
 
 fn bad(message: String) -> Error {
@@ -129,9 +284,15 @@ fn capnp_err(what: &str, error: capnp::Error) -> Error {
     bad(format!("{what}: {error}"))
 }
 
-/// Reads the root struct. `max_items` bounds up-front allocations: no list
-/// of a real message has more elements than its input has words.
-fn read_lockfile(root: cache_lockfile::Reader<'_>, max_items: usize) -> Result<Lockfile> {
+/// Reads the root struct, each source handed to the sink `sources` makes
+/// (given how many to expect, at most `max_items`); the lockfile returned
+/// has no sources. `max_items` bounds up-front allocations: no list of a
+/// real message has more elements than its input has words.
+fn read_lockfile<Each: FnMut(SourceEntry) -> Result<()>>(
+    root: cache_lockfile::Reader<'_>,
+    max_items: usize,
+    sources: impl FnOnce(usize) -> Each,
+) -> Result<Lockfile> {
     let capacity = |len: u32| (len as usize).min(max_items);
     if !root.has_meta() {
         return Err(bad("meta is missing".into()));
@@ -145,10 +306,10 @@ fn read_lockfile(root: cache_lockfile::Reader<'_>, max_items: usize) -> Result<L
         return Err(bad("sources is missing".into()));
     }
     let sources_list = root.get_sources().map_err(|e| capnp_err("sources", e))?;
-    let mut sources = Vec::with_capacity(capacity(sources_list.len()));
+    let mut each = sources(capacity(sources_list.len()));
     for (i, entry) in sources_list.iter().enumerate() {
         let field = |name: &str| format!("sources[{i}].{name}");
-        sources.push(SourceEntry {
+        each(SourceEntry {
             path: read_text(entry.get_path(), &field("path"))?,
             input_hash: read_hash(
                 entry.has_input_hash(),
@@ -161,7 +322,7 @@ fn read_lockfile(root: cache_lockfile::Reader<'_>, max_items: usize) -> Result<L
                 &field("chunkHash"),
             )?,
             kind: read_text(entry.get_kind(), &field("kind"))?,
-        });
+        })?;
     }
 
     // mache always writes topology; an absent list reads as empty.
@@ -180,7 +341,7 @@ fn read_lockfile(root: cache_lockfile::Reader<'_>, max_items: usize) -> Result<L
     let root_hash = read_hash(root.has_root(), root.get_root(), "root")?;
     Ok(Lockfile {
         meta,
-        sources,
+        sources: Vec::new(),
         topology,
         root: root_hash,
     })
@@ -278,59 +439,29 @@ fn list_len(len: usize, what: &str) -> u32 {
         })
 }
 
-/// Sets a text field unless it is empty: an empty string stays a null
-/// pointer, as go-capnp writes it.
-macro_rules! set_text {
-    ($builder:expr, $setter:ident, $value:expr) => {
-        if !$value.is_empty() {
-            $builder.$setter($value.as_str());
-        }
-    };
+fn write_meta(mut meta: cache_capnp::meta::Builder<'_>, meta_value: &Meta) {
+    set_text!(meta, set_producer, meta_value.producer);
+    set_text!(meta, set_producer_version, meta_value.producer_version);
+    set_text!(meta, set_schema_version, meta_value.schema_version);
+    let processors = &meta_value.input_processors;
+    let mut list = meta
+        .reborrow()
+        .init_input_processors(list_len(processors.len(), "meta.inputProcessors"));
+    for (i, p) in processors.iter().enumerate() {
+        let mut out = list.reborrow().get(i as u32);
+        set_text!(out, set_kind, p.kind);
+        set_text!(out, set_version, p.version);
+    }
+    meta.set_generated_at_ms(meta_value.generated_at_ms);
 }
 
-fn write_lockfile(mut root: cache_lockfile::Builder<'_>, lockfile: &Lockfile) {
-    {
-        let meta_value = &lockfile.meta;
-        let mut meta = root.reborrow().init_meta();
-        set_text!(meta, set_producer, meta_value.producer);
-        set_text!(meta, set_producer_version, meta_value.producer_version);
-        set_text!(meta, set_schema_version, meta_value.schema_version);
-        let processors = &meta_value.input_processors;
-        let mut list = meta
-            .reborrow()
-            .init_input_processors(list_len(processors.len(), "meta.inputProcessors"));
-        for (i, p) in processors.iter().enumerate() {
-            let mut out = list.reborrow().get(i as u32);
-            set_text!(out, set_kind, p.kind);
-            set_text!(out, set_version, p.version);
-        }
-        meta.set_generated_at_ms(meta_value.generated_at_ms);
+fn write_topology(root: cache_lockfile::Builder<'_>, edges: &[TopologyEdge]) {
+    let mut list = root.init_topology(list_len(edges.len(), "topology"));
+    for (i, e) in edges.iter().enumerate() {
+        let mut out = list.reborrow().get(i as u32);
+        set_text!(out, set_from, e.from);
+        set_text!(out, set_to_source, e.to_source);
     }
-    {
-        let sources = &lockfile.sources;
-        let mut list = root
-            .reborrow()
-            .init_sources(list_len(sources.len(), "sources"));
-        for (i, s) in sources.iter().enumerate() {
-            let mut out = list.reborrow().get(i as u32);
-            set_text!(out, set_path, s.path);
-            out.reborrow().init_input_hash().set_bytes(&s.input_hash.0);
-            out.reborrow().init_chunk_hash().set_bytes(&s.chunk_hash.0);
-            set_text!(out, set_kind, s.kind);
-        }
-    }
-    {
-        let edges = &lockfile.topology;
-        let mut list = root
-            .reborrow()
-            .init_topology(list_len(edges.len(), "topology"));
-        for (i, e) in edges.iter().enumerate() {
-            let mut out = list.reborrow().get(i as u32);
-            set_text!(out, set_from, e.from);
-            set_text!(out, set_to_source, e.to_source);
-        }
-    }
-    root.init_root().set_bytes(&lockfile.root.0);
 }
 
 #[cfg(test)]

@@ -151,44 +151,27 @@ pub fn to_toml(lockfile: &Lockfile) -> String {
 /// the one `toml` gives this document.
 pub fn write_toml(lockfile: &Lockfile, out: &mut impl Write) -> io::Result<()> {
     let mut line = TomlLine::default();
-    line.write(out, "root", lockfile.root.to_prefixed())?;
-    if lockfile.sources.is_empty() {
-        out.write_all(b"sources = []\n")?;
-    }
-    if lockfile.topology.is_empty() {
-        out.write_all(b"topology = []\n")?;
-    }
-    let meta = &lockfile.meta;
-    out.write_all(b"\n[meta]\n")?;
-    line.write(out, "producer", &meta.producer)?;
-    line.write(out, "producer_version", &meta.producer_version)?;
-    line.write(out, "schema_version", &meta.schema_version)?;
-    line.write(
-        out,
-        "generated_at_ms",
-        Millis::from_u64(meta.generated_at_ms),
-    )?;
-    if meta.input_processors.is_empty() {
-        out.write_all(b"input_processors = []\n")?;
-    }
-    for processor in &meta.input_processors {
-        out.write_all(b"\n[[meta.input_processors]]\n")?;
-        line.write(out, "kind", &processor.kind)?;
-        line.write(out, "version", &processor.version)?;
-    }
+    line.head(lockfile, !lockfile.sources.is_empty(), out)?;
     for source in &lockfile.sources {
-        out.write_all(b"\n[[sources]]\n")?;
-        line.write(out, "path", &source.path)?;
-        line.write(out, "input_hash", source.input_hash.to_prefixed())?;
-        line.write(out, "chunk_hash", source.chunk_hash.to_prefixed())?;
-        line.write(out, "kind", &source.kind)?;
+        line.source(source, out)?;
     }
-    for edge in &lockfile.topology {
-        out.write_all(b"\n[[topology]]\n")?;
-        line.write(out, "from", &edge.from)?;
-        line.write(out, "to_source", &edge.to_source)?;
-    }
-    Ok(())
+    line.topology(&lockfile.topology, out)
+}
+
+/// [`write_toml`] of the lockfile the binary form `bytes` decodes to,
+/// read a source at a time (two passes: the text says whether there are
+/// sources before it lists them), so neither form is ever held whole.
+pub fn write_toml_of_binary(bytes: &[u8], out: &mut impl Write) -> Result<()> {
+    let writing = |e| Error::io("writing the TOML lockfile", e);
+    let mut has_sources = false;
+    let head = super::binary::decode_each_source(bytes, |_| {
+        has_sources = true;
+        Ok(())
+    })?;
+    let mut line = TomlLine::default();
+    line.head(&head, has_sources, out).map_err(writing)?;
+    super::binary::decode_each_source(bytes, |source| line.source(&source, out).map_err(writing))?;
+    line.topology(&head.topology, out).map_err(writing)
 }
 
 /// Writes `key = value` lines, each value encoded in a reused buffer.
@@ -198,6 +181,58 @@ struct TomlLine {
 }
 
 impl TomlLine {
+    /// `root`, the empty lists, and `[meta]` with its input processors.
+    fn head(
+        &mut self,
+        lockfile: &Lockfile,
+        has_sources: bool,
+        out: &mut impl Write,
+    ) -> io::Result<()> {
+        self.write(out, "root", lockfile.root.to_prefixed())?;
+        if !has_sources {
+            out.write_all(b"sources = []\n")?;
+        }
+        if lockfile.topology.is_empty() {
+            out.write_all(b"topology = []\n")?;
+        }
+        let meta = &lockfile.meta;
+        out.write_all(b"\n[meta]\n")?;
+        self.write(out, "producer", &meta.producer)?;
+        self.write(out, "producer_version", &meta.producer_version)?;
+        self.write(out, "schema_version", &meta.schema_version)?;
+        self.write(
+            out,
+            "generated_at_ms",
+            Millis::from_u64(meta.generated_at_ms),
+        )?;
+        if meta.input_processors.is_empty() {
+            out.write_all(b"input_processors = []\n")?;
+        }
+        for processor in &meta.input_processors {
+            out.write_all(b"\n[[meta.input_processors]]\n")?;
+            self.write(out, "kind", &processor.kind)?;
+            self.write(out, "version", &processor.version)?;
+        }
+        Ok(())
+    }
+
+    fn source(&mut self, source: &SourceEntry, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(b"\n[[sources]]\n")?;
+        self.write(out, "path", &source.path)?;
+        self.write(out, "input_hash", source.input_hash.to_prefixed())?;
+        self.write(out, "chunk_hash", source.chunk_hash.to_prefixed())?;
+        self.write(out, "kind", &source.kind)
+    }
+
+    fn topology(&mut self, edges: &[TopologyEdge], out: &mut impl Write) -> io::Result<()> {
+        for edge in edges {
+            out.write_all(b"\n[[topology]]\n")?;
+            self.write(out, "from", &edge.from)?;
+            self.write(out, "to_source", &edge.to_source)?;
+        }
+        Ok(())
+    }
+
     fn write(&mut self, out: &mut impl Write, key: &str, value: impl Serialize) -> io::Result<()> {
         self.value.clear();
         value
@@ -359,6 +394,13 @@ mod tests {
                             lockfile.meta.input_processors.clear();
                         }
                         assert_eq!(streamed(&lockfile), to_toml(&lockfile));
+                        let mut of_binary = Vec::new();
+                        write_toml_of_binary(
+                            &super::super::binary::encode(&lockfile),
+                            &mut of_binary,
+                        )
+                        .unwrap();
+                        assert_eq!(String::from_utf8(of_binary).unwrap(), to_toml(&lockfile));
                     }
                 }
             }

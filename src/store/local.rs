@@ -37,7 +37,7 @@ use super::tmp::TmpSession;
 use super::{Backend, Bundle, BundleStore, ChunkSource, SizeIndex, Verified};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::lockfile::{Lockfile, binary};
+use crate::lockfile::binary;
 use crate::oci::check_tag;
 
 /// The top-level binary lockfile name (shared with mache).
@@ -400,12 +400,10 @@ impl LocalStore {
 
     /// Records a pushed bundle: its lockfile (by hash) and sizes index,
     /// then points `latest` and `tag` at it ([`point_refs`](Self::point_refs)).
-    /// `lockfile` is what `lockfile_bytes` decodes to, for the TOML form.
     /// Returns the lockfile's hash.
     pub fn record_bundle(
         &self,
         lockfile_bytes: &[u8],
-        lockfile: &Lockfile,
         sizes: &SizeIndex,
         tag: &str,
     ) -> Result<Hash> {
@@ -414,7 +412,7 @@ impl LocalStore {
         let hex = hash.to_hex();
         self.replace_file(&format!("lockfiles/{hex}.bin"), lockfile_bytes)?;
         self.record_sizes(sizes)?;
-        self.point_refs(lockfile_bytes, lockfile, tag)?;
+        self.point_refs(lockfile_bytes, tag)?;
         Ok(hash)
     }
 
@@ -428,12 +426,11 @@ impl LocalStore {
     /// and with `latest` the top-level `mache.lock.bin`/`.toml` (what the
     /// Go mache reads; written by one private `write_ref`). A file that
     /// already says so is left untouched, so pointing at the bundle already
-    /// there changes nothing. `lockfile` is what `lockfile_bytes` decodes
-    /// to; its TOML form is written straight to its file.
-    pub fn point_refs(&self, lockfile_bytes: &[u8], lockfile: &Lockfile, tag: &str) -> Result<()> {
+    /// there changes nothing.
+    pub fn point_refs(&self, lockfile_bytes: &[u8], tag: &str) -> Result<()> {
         check_tag(tag)?;
-        let mut changed = self.write_ref(LATEST, lockfile_bytes, lockfile)?;
-        changed |= self.write_ref(tag, lockfile_bytes, lockfile)?;
+        let mut changed = self.write_ref(LATEST, lockfile_bytes)?;
+        changed |= self.write_ref(tag, lockfile_bytes)?;
         if changed {
             self.sync()?;
         }
@@ -443,12 +440,12 @@ impl LocalStore {
     /// Points ref `name` at the bundle whose binary lockfile is
     /// `lockfile_bytes`, each file replaced atomically. The one place a ref
     /// is written: writing `latest` also rewrites the top-level
-    /// `mache.lock.bin` and `mache.lock.toml` (from `lockfile`, what
-    /// `lockfile_bytes` decodes to), so they always name `latest` whatever
+    /// `mache.lock.bin` and `mache.lock.toml` (rendered from those bytes, a
+    /// source at a time), so they always name `latest` whatever
     /// moved it, and `gc` keeps nothing only they reached. Files that
     /// already hold these bytes are left untouched. Returns whether anything
     /// was written; the caller syncs.
-    fn write_ref(&self, name: &str, lockfile_bytes: &[u8], lockfile: &Lockfile) -> Result<bool> {
+    fn write_ref(&self, name: &str, lockfile_bytes: &[u8]) -> Result<bool> {
         let ref_text = format!("{}\n", Hash::of(lockfile_bytes).to_prefixed());
         let refs_dir = self.root.join("refs");
         fs::create_dir_all(&refs_dir)
@@ -462,7 +459,7 @@ impl LocalStore {
                 changed = true;
             }
             changed |= self.replace_file_unless_same(LOCK_TOML, |out| {
-                crate::lockfile::text::write_toml(lockfile, out)
+                crate::lockfile::text::write_toml_of_binary(lockfile_bytes, out)
             })?;
         }
         let relative = format!("refs/{name}");
@@ -480,7 +477,7 @@ impl LocalStore {
     fn replace_file_unless_same(
         &self,
         relative: &str,
-        render: impl FnOnce(&mut std::io::BufWriter<&fs::File>) -> std::io::Result<()>,
+        render: impl FnOnce(&mut std::io::BufWriter<&fs::File>) -> Result<()>,
     ) -> Result<bool> {
         let path = self.root.join(relative);
         let tmp_dir = self.root.join("tmp");
@@ -491,7 +488,7 @@ impl LocalStore {
             session.created();
         }
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file.as_file());
-        render(&mut out).map_err(|e| Error::io(context(), e))?;
+        render(&mut out)?;
         out.flush().map_err(|e| Error::io(context(), e))?;
         drop(out);
         if files_hold_the_same(file.path(), &path) {
@@ -670,7 +667,7 @@ impl LocalStore {
     /// lockfiles with it), synced.
     pub fn point_ref(&self, name: &str, bundle: &Bundle) -> Result<()> {
         check_tag(name)?;
-        if self.write_ref(name, &bundle.lockfile_bytes, &bundle.lockfile)? {
+        if self.write_ref(name, &bundle.lockfile_bytes)? {
             self.sync()?;
         }
         Ok(())
