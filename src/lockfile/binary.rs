@@ -12,6 +12,8 @@
 //! text reads back as `""`. Lists (`sources`, `topology`,
 //! `inputProcessors`) are always written, empty or not.
 
+use std::ptr::NonNull;
+
 use capnp::message::{self, ReaderOptions};
 use capnp::{Word, serialize};
 
@@ -165,16 +167,30 @@ pub fn encode(lockfile: &Lockfile) -> Vec<u8> {
 /// Encodes a lockfile a source at a time, so that its entries need never
 /// all be held as [`SourceEntry`] values: the message grows as they come,
 /// and [`finish`](Self::finish) gives the same bytes as [`encode`].
+///
+/// The message is built in a buffer that becomes the encoded bytes: with
+/// the lists written in schema order, as here, the built message is
+/// already canonical (checked, else canonicalized by copying), so a
+/// lockfile of a million sources is held once, not three times.
 pub struct LockfileEncoder {
-    message: message::Builder<message::HeapAllocator>,
+    // Declared before `framed`: dropped first, while the segment it writes
+    // into is still allocated.
+    message: message::Builder<FramedFirstSegment>,
+    framed: FramedBuffer,
+    /// Written after the sources, as canonical order has it.
+    topology: Vec<TopologyEdge>,
     sources: u32,
     pushed: u32,
 }
 
 /// First-segment words a source is guessed to take: pointers, two hashes,
-/// a path of up to 64 bytes and a kind. Only the words written are
+/// a path of up to 80 bytes and a kind. Only the words written are
 /// touched, so a generous guess costs address space, not memory.
 const GUESSED_WORDS_PER_SOURCE: usize = 4 + 2 * 6 + 10 + 3;
+
+/// Bytes of the stream framing of a one-segment message: the segment count
+/// less one, and the segment's length in words (two `u32`s).
+const FRAMING_BYTES: usize = 8;
 
 impl LockfileEncoder {
     /// Starts a lockfile of `meta` and `topology` that will have `sources`
@@ -193,18 +209,22 @@ impl LockfileEncoder {
         sources: usize,
         first_segment_words: u32,
     ) -> Self {
-        let mut message = message::Builder::new(
-            message::HeapAllocator::new().first_segment_words(first_segment_words),
-        );
+        let framed = FramedBuffer::new(first_segment_words);
+        let mut message = message::Builder::new(FramedFirstSegment {
+            lent: framed.segment(),
+            handed_out: false,
+            rest: message::HeapAllocator::new(),
+        });
         let sources = list_len(sources, "sources");
         {
             let mut root = message.init_root::<cache_lockfile::Builder>();
             write_meta(root.reborrow().init_meta(), meta);
-            root.reborrow().init_sources(sources);
-            write_topology(root, topology);
+            root.init_sources(sources);
         }
         LockfileEncoder {
             message,
+            framed,
+            topology: topology.to_vec(),
             sources,
             pushed: 0,
         }
@@ -246,33 +266,203 @@ impl LockfileEncoder {
     ///
     /// Panics unless every source announced to [`new`](Self::new) was
     /// pushed.
-    pub fn finish(mut self, root: &Hash) -> Vec<u8> {
+    pub fn finish(self, root: &Hash) -> Vec<u8> {
+        self.finish_in_place_unless(root, false).0
+    }
+
+    /// [`finish`](Self::finish), and whether the bytes are the buffer the
+    /// message was built in (`copy`: never, to compare).
+    fn finish_in_place_unless(mut self, root: &Hash, copy: bool) -> (Vec<u8>, bool) {
         assert_eq!(
             self.pushed, self.sources,
             "a lockfile finished before all its sources were pushed"
         );
-        self.message
-            .get_root::<cache_lockfile::Builder>()
-            .expect("the root this encoder built")
-            .init_root()
-            .set_bytes(&root.0);
-        // Canonicalizing from a reader pre-sizes the output segment, so it
-        // works however large the message is (a bare `set_root_canonical`
-        // on a default builder panics once the message outgrows its first
-        // segment).
-        let canonical = self
+        let mut lockfile = self
             .message
-            .into_reader()
-            .canonicalize()
-            .expect("a message this module just built canonicalizes");
-        let segment = Word::words_to_bytes(&canonical);
-        let segment_words =
-            u32::try_from(canonical.len()).expect("a lockfile message is under 32 GiB");
-        let mut out = Vec::with_capacity(8 + segment.len());
-        out.extend_from_slice(&0u32.to_le_bytes()); // segment count - 1
-        out.extend_from_slice(&segment_words.to_le_bytes());
-        out.extend_from_slice(segment);
-        out
+            .get_root::<cache_lockfile::Builder>()
+            .expect("the root this encoder built");
+        write_topology(lockfile.reborrow(), &self.topology);
+        lockfile.init_root().set_bytes(&root.0);
+        if self.topology.is_empty() {
+            self.framed.make_empty_topology_canonical();
+        }
+        let built_in_place = {
+            let segments = self.message.get_segments_for_output();
+            match &segments[..] {
+                [only] if !copy && self.framed.holds(only) && is_canonical(only) => {
+                    Some(only.len() / 8)
+                }
+                _ => None,
+            }
+        };
+        match built_in_place {
+            Some(words) => {
+                drop(self.message);
+                (self.framed.into_framed(words), true)
+            }
+            None => (framed_copy(&canonicalize(self.message)), false),
+        }
+    }
+}
+
+/// Whether one segment is a canonical message.
+fn is_canonical(segment: &[u8]) -> bool {
+    let segments = [segment];
+    let mut options = ReaderOptions::new();
+    options.traversal_limit_in_words(None);
+    message::Reader::new(message::SegmentArray::new(&segments), options)
+        .is_canonical()
+        .unwrap_or(false)
+}
+
+/// The canonical form of a built message. Canonicalizing from a reader
+/// pre-sizes the output segment, so it works however large the message is
+/// (a bare `set_root_canonical` on a default builder panics once the
+/// message outgrows its first segment).
+fn canonicalize<A: message::Allocator>(message: message::Builder<A>) -> Vec<Word> {
+    message
+        .into_reader()
+        .canonicalize()
+        .expect("a message this module just built canonicalizes")
+}
+
+/// One segment with the stream framing before it.
+fn framed_copy(canonical: &[Word]) -> Vec<u8> {
+    let segment = Word::words_to_bytes(canonical);
+    let mut out = Vec::with_capacity(FRAMING_BYTES + segment.len());
+    out.extend_from_slice(&framing(canonical.len()));
+    out.extend_from_slice(segment);
+    out
+}
+
+/// The framing of a one-segment message of `words` words.
+fn framing(words: usize) -> [u8; FRAMING_BYTES] {
+    let words = u32::try_from(words).expect("a lockfile message is under 32 GiB");
+    let mut framing = [0u8; FRAMING_BYTES]; // segment count - 1 = 0
+    framing[4..].copy_from_slice(&words.to_le_bytes());
+    framing
+}
+
+/// A zeroed byte buffer whose bytes after the first [`FRAMING_BYTES`] are a
+/// message's first segment, so that once built the message and its framing
+/// are one `Vec<u8>`. Only the pages written are ever resident.
+struct FramedBuffer {
+    bytes: Vec<u8>,
+    /// The segment: 8-byte aligned, `words` words; `None` if the buffer's
+    /// start was not aligned (then every segment comes from the heap).
+    segment: Option<(NonNull<u8>, u32)>,
+}
+
+impl FramedBuffer {
+    fn new(words: u32) -> Self {
+        let mut bytes = vec![0u8; FRAMING_BYTES + words as usize * 8];
+        // Not taken as a reference: the builder writes through it.
+        let start = bytes.as_mut_ptr();
+        let segment = (start.align_offset(8) == 0).then(|| {
+            // SAFETY: the buffer is FRAMING_BYTES + 8 * words long, so the
+            // segment lies within it; its start is 8-aligned like `start`.
+            let first = unsafe { start.add(FRAMING_BYTES) };
+            (
+                NonNull::new(first).expect("a Vec's pointer is not null"),
+                words,
+            )
+        });
+        FramedBuffer { bytes, segment }
+    }
+
+    fn segment(&self) -> Option<(NonNull<u8>, u32)> {
+        self.segment
+    }
+
+    /// Rewrites the tag of the empty `topology` list as canonical form has
+    /// it: no element size (a builder writes the schema's). A message not
+    /// laid out as expected is left as it is (and then copied canonical).
+    fn make_empty_topology_canonical(&mut self) {
+        let Some((first, words)) = self.segment else {
+            return;
+        };
+        // SAFETY: the lent segment, `words` words of the buffer; taken
+        // through the pointer the builder writes through, and the builder
+        // is not used while this slice lives.
+        let segment = unsafe { std::slice::from_raw_parts_mut(first.as_ptr(), words as usize * 8) };
+        let word = |segment: &[u8], at: usize| {
+            segment
+                .get(at * 8..at * 8 + 8)
+                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+        };
+        // word 0: the root struct pointer; the struct follows its offset.
+        let Some(root) = word(segment, 0).filter(|p| p & 3 == 0) else {
+            return;
+        };
+        let root_struct = 1 + ((root as u32 as i32) >> 2) as isize;
+        let data_words = ((root >> 32) & 0xffff) as isize;
+        let topology_at = root_struct + data_words + 2; // topology is pointer @2
+        let Some(topology) = usize::try_from(topology_at)
+            .ok()
+            .and_then(|at| word(segment, at))
+        else {
+            return;
+        };
+        // An empty list of structs: list pointer, composite, no words.
+        if topology & 3 != 1 || (topology >> 32) & 7 != 7 || topology >> 35 != 0 {
+            return;
+        }
+        let tag_at = topology_at + 1 + ((topology as u32 as i32) >> 2) as isize;
+        if let Some(tag) = usize::try_from(tag_at)
+            .ok()
+            .and_then(|at| segment.get_mut(at * 8..at * 8 + 8))
+            .filter(|tag| u32::from_le_bytes(tag[..4].try_into().expect("4 bytes")) == 0)
+        {
+            tag.fill(0);
+        }
+    }
+
+    /// Whether `segment` is the one this buffer lent.
+    fn holds(&self, segment: &[u8]) -> bool {
+        self.segment
+            .is_some_and(|(first, _)| std::ptr::eq(first.as_ptr().cast_const(), segment.as_ptr()))
+    }
+
+    /// The framing and the first `words` words of the segment, the rest
+    /// of the buffer given back.
+    fn into_framed(mut self, words: usize) -> Vec<u8> {
+        self.bytes[..FRAMING_BYTES].copy_from_slice(&framing(words));
+        self.bytes.truncate(FRAMING_BYTES + words * 8);
+        self.bytes.shrink_to_fit();
+        self.bytes
+    }
+}
+
+/// A Cap'n Proto allocator whose first segment (when big enough) is a
+/// [`FramedBuffer`]'s, lent for the builder's life; the others come from
+/// the heap.
+struct FramedFirstSegment {
+    lent: Option<(NonNull<u8>, u32)>,
+    handed_out: bool,
+    rest: message::HeapAllocator,
+}
+
+// SAFETY: the lent segment is zeroed, 8-aligned, `words` words long, handed
+// out once, and outlives the builder (`LockfileEncoder` drops the builder
+// first); every other segment is the heap allocator's, given back to it.
+unsafe impl message::Allocator for FramedFirstSegment {
+    fn allocate_segment(&mut self, minimum_size: u32) -> (NonNull<u8>, u32) {
+        match self.lent {
+            Some((first, words)) if !self.handed_out && words >= minimum_size => {
+                self.handed_out = true;
+                (first, words)
+            }
+            _ => self.rest.allocate_segment(minimum_size),
+        }
+    }
+
+    unsafe fn deallocate_segment(&mut self, ptr: NonNull<u8>, word_size: u32, words_used: u32) {
+        if self.lent.is_some_and(|(first, _)| first == ptr) {
+            // The buffer's: freed with it.
+            return;
+        }
+        // SAFETY: a segment the heap allocator gave, as the caller promises.
+        unsafe { self.rest.deallocate_segment(ptr, word_size, words_used) }
     }
 }
 
@@ -506,6 +696,45 @@ mod tests {
         let reader =
             serialize::read_message_from_flat_slice(&mut slice, ReaderOptions::new()).unwrap();
         assert!(reader.is_canonical().unwrap());
+    }
+
+    fn encoded_by_encoder(lockfile: &Lockfile, copy: bool) -> (Vec<u8>, bool) {
+        let mut encoder =
+            LockfileEncoder::new(&lockfile.meta, &lockfile.topology, lockfile.sources.len());
+        for source in &lockfile.sources {
+            encoder.push(source);
+        }
+        encoder.finish_in_place_unless(&lockfile.root, copy)
+    }
+
+    #[test]
+    fn a_pushed_lockfile_is_built_canonical_in_place_with_the_bytes_of_a_copy() {
+        let lockfile = sample(1000);
+        let (in_place, was_in_place) = encoded_by_encoder(&lockfile, false);
+        assert!(was_in_place, "built canonical, so not copied");
+        let (copied, was_copied_in_place) = encoded_by_encoder(&lockfile, true);
+        assert!(!was_copied_in_place);
+        assert_eq!(in_place, copied);
+        assert_eq!(decode(&in_place).unwrap(), lockfile);
+    }
+
+    #[test]
+    fn a_message_past_its_first_segment_or_not_canonical_is_copied_canonical() {
+        let mut lockfile = sample(50);
+        lockfile.sources[3].path = "p".repeat(5000);
+        lockfile.sources[7].kind.clear();
+        lockfile.topology.push(TopologyEdge {
+            from: "a".into(),
+            to_source: String::new(),
+        });
+        let (bytes, in_place) = encoded_by_encoder(&lockfile, false);
+        assert!(!in_place, "outgrew its first segment");
+        let mut slice = &bytes[..];
+        let reader =
+            serialize::read_message_from_flat_slice(&mut slice, ReaderOptions::new()).unwrap();
+        assert!(reader.is_canonical().unwrap());
+        assert_eq!(decode(&bytes).unwrap(), lockfile);
+        assert_eq!(bytes, encode(&lockfile));
     }
 
     #[test]
