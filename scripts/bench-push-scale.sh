@@ -99,4 +99,6 @@ for db in raw ast; do
     cmp -s "$work/store-$db/mache.lock.bin" "$work/store-$db-baseline/mache.lock.bin" ||
       { echo "bench-push-scale: the $db bundles differ" >&2; exit 1; }
   fi
+  # Room for the next db's stores (and the db each push builds to record).
+  rm -rf "$work/store-$db" "$work/store-$db-baseline"
 done

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use crate::chunk;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
+use crate::lockfile::binary::LockfileEncoder;
 use crate::lockfile::{
     self, BLAKE3_PROCESSOR, Lockfile, Meta, PRODUCER, ProcessorVersion, SCHEMA_VERSION, SourceEntry,
 };
@@ -167,7 +168,10 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
         kept: false,
         elapsed: Duration::ZERO,
     };
-    let mut entries = Vec::with_capacity(sources);
+    // The lockfile is encoded as the sources come: no list of entries.
+    let meta = new_meta(generated_at_ms);
+    let mut encoder = LockfileEncoder::new(&meta, &[], whole.len());
+    let mut root = blake3::Hasher::new();
     let mut sizes = Vec::with_capacity(sources);
     let mut seen = HashSet::new();
     let bar = opts
@@ -231,8 +235,9 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
                     }
                 }
                 report.ast_chunk_sources += usize::from(source_sizes.ast_json_len.is_some());
-                window_chunks.push((entry.clone(), chunk));
-                entries.push(entry);
+                encoder.push(&entry);
+                root.update(&entry.chunk_hash.0);
+                window_chunks.push((entry, chunk));
                 sizes.push(source_sizes);
             }
             // A closed channel: the publisher failed. Stop reading; its
@@ -260,6 +265,7 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
         let record = recorder.map(DbRecorder::finish).transpose()?;
         Ok::<_, Error>((produced, published, record))
     })?;
+    drop(seen);
     report.new_chunks += published.new;
     report.present_chunks += published.present;
     report.new_bytes += published.new_bytes;
@@ -268,13 +274,26 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
     }
     tracing::info!(elapsed = ?started.elapsed(), "stored chunks");
     opts.interrupt.check()?;
+    if encoder.pushed() != whole.len() {
+        return Err(Error::BadDb {
+            path: opts.db.clone(),
+            reason: "_source changed while it was read".to_string(),
+        });
+    }
+    drop(whole);
 
-    let lockfile = new_lockfile(entries, generated_at_ms);
-    report.root = lockfile.root;
-    let tagged = (!opts.force)
-        .then(|| store.resolve(&opts.tag).ok())
-        .flatten()
-        .filter(|current| current.lockfile.sources == lockfile.sources && current.sizes.is_some());
+    report.root = Hash(*root.finalize().as_bytes());
+    let lockfile_bytes = encoder.finish(&report.root);
+    let tagged = match (!opts.force).then(|| store.resolve(&opts.tag).ok()) {
+        Some(Some(current))
+            if current.sizes.is_some()
+                && current.lockfile.root == report.root
+                && same_sources(&lockfile_bytes, &current.lockfile)? =>
+        {
+            Some(current)
+        }
+        _ => None,
+    };
     report.lockfile_hash = match tagged {
         Some(current) => {
             tracing::info!("{} already names these sources: keeping it", opts.tag);
@@ -294,14 +313,12 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
             current.lockfile_hash
         }
         None => {
-            let lockfile_bytes = lockfile::binary::encode(&lockfile);
-            let toml = lockfile::text::to_toml(&lockfile);
             let sizes = SizeIndex {
                 lockfile_hash: Hash::of(&lockfile_bytes),
                 entries: sizes,
                 db: db_record,
             };
-            store.record_bundle(&lockfile_bytes, &toml, &sizes, &opts.tag)?
+            store.record_bundle(&lockfile_bytes, &sizes, &opts.tag)?
         }
     };
     if let Some(fp) = fingerprint.filter(|_| !reads_files) {
@@ -337,8 +354,7 @@ fn record_db(
 
 /// Points `latest` and `tag` at an existing bundle.
 fn keep(store: &LocalStore, bundle: &Bundle, tag: &str) -> Result<()> {
-    let toml = lockfile::text::to_toml(&bundle.lockfile);
-    store.point_refs(&bundle.lockfile_bytes, &toml, tag)
+    store.point_refs(&bundle.lockfile_bytes, tag)
 }
 
 /// In a db without `_ast`, which sources must be stored in the AST shape
@@ -466,20 +482,28 @@ fn repush_unchanged(
     }))
 }
 
-/// The lockfile mache would write for these sources.
-fn new_lockfile(sources: Vec<SourceEntry>, generated_at_ms: u64) -> Lockfile {
-    Lockfile {
-        meta: Meta {
-            producer: PRODUCER.to_string(),
-            producer_version: env!("CARGO_PKG_VERSION").to_string(),
-            schema_version: SCHEMA_VERSION.to_string(),
-            input_processors: input_processors(),
-            generated_at_ms,
-        },
-        root: Lockfile::compute_root(&sources),
-        sources,
-        topology: Vec::new(),
+/// The lockfile meta mache writes.
+fn new_meta(generated_at_ms: u64) -> Meta {
+    Meta {
+        producer: PRODUCER.to_string(),
+        producer_version: env!("CARGO_PKG_VERSION").to_string(),
+        schema_version: SCHEMA_VERSION.to_string(),
+        input_processors: input_processors(),
+        generated_at_ms,
     }
+}
+
+/// Whether the binary lockfile `lockfile_bytes` lists exactly the sources
+/// of `current` (compared a source at a time, the new ones never decoded
+/// whole).
+fn same_sources(lockfile_bytes: &[u8], current: &Lockfile) -> Result<bool> {
+    let mut theirs = current.sources.iter();
+    let mut same = true;
+    lockfile::binary::decode_each_source(lockfile_bytes, |source| {
+        same &= theirs.next() == Some(&source);
+        Ok(())
+    })?;
+    Ok(same && theirs.next().is_none())
 }
 
 /// The input processors a pushed lockfile declares.

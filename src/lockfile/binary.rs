@@ -12,6 +12,8 @@
 //! text reads back as `""`. Lists (`sources`, `topology`,
 //! `inputProcessors`) are always written, empty or not.
 
+use std::ptr::NonNull;
+
 use capnp::message::{self, ReaderOptions};
 use capnp::{Word, serialize};
 
@@ -48,6 +50,39 @@ const NESTING_LIMIT: i32 = 16;
 /// version (see [`decode_supported`]) nor the root (see
 /// [`Lockfile::check_root`]).
 pub fn decode(bytes: &[u8]) -> Result<Lockfile> {
+    read_message(bytes, |root, max_items| {
+        let mut sources = Vec::new();
+        let kept = &mut sources;
+        let mut lockfile = read_lockfile(root, max_items, move |len| {
+            kept.reserve(len);
+            move |source| {
+                kept.push(source);
+                Ok(())
+            }
+        })?;
+        lockfile.sources = sources;
+        Ok(lockfile)
+    })
+}
+
+/// [`decode`] that hands each source to `each`, in order, instead of
+/// keeping them: the lockfile returned has no sources. Reads a lockfile
+/// of a million sources without holding a million entries.
+pub fn decode_each_source(
+    bytes: &[u8],
+    each: impl FnMut(SourceEntry) -> Result<()>,
+) -> Result<Lockfile> {
+    read_message(bytes, |root, max_items| {
+        read_lockfile(root, max_items, |_| each)
+    })
+}
+
+/// Frames `bytes` as one Cap'n Proto message within the limits, and reads
+/// its root with `read` (given a bound on list lengths).
+fn read_message<T>(
+    bytes: &[u8],
+    read: impl FnOnce(cache_lockfile::Reader<'_>, usize) -> Result<T>,
+) -> Result<T> {
     if bytes.len() > MAX_LOCKFILE_BYTES {
         return Err(bad(format!(
             "{} bytes is larger than the {} bytes a lockfile may be",
@@ -59,10 +94,16 @@ pub fn decode(bytes: &[u8]) -> Result<Lockfile> {
         return Err(bad("empty input (no Cap'n Proto message)".into()));
     }
     let input_words = bytes.len().div_ceil(8);
-    // Copy into 8-byte aligned storage: the reader needs aligned segments.
-    let mut words = Word::allocate_zeroed_vec(input_words);
-    Word::words_to_bytes_mut(&mut words)[..bytes.len()].copy_from_slice(bytes);
-    let aligned = &Word::words_to_bytes(&words)[..bytes.len()];
+    // The reader needs 8-byte aligned segments: unaligned bytes are copied.
+    let mut words;
+    let aligned = match bytes.as_ptr().align_offset(8) {
+        0 => bytes,
+        _ => {
+            words = Word::allocate_zeroed_vec(input_words);
+            Word::words_to_bytes_mut(&mut words)[..bytes.len()].copy_from_slice(bytes);
+            &Word::words_to_bytes(&words)[..bytes.len()]
+        }
+    };
 
     let traversal = input_words
         .saturating_mul(TRAVERSAL_WORDS_PER_INPUT_WORD)
@@ -85,7 +126,7 @@ pub fn decode(bytes: &[u8]) -> Result<Lockfile> {
     let root: cache_lockfile::Reader = message
         .get_root()
         .map_err(|e| capnp_err("root struct", e))?;
-    read_lockfile(root, input_words)
+    read(root, input_words)
 }
 
 /// [`decode`], then refuses a foreign producer or an unsupported schema
@@ -96,29 +137,333 @@ pub fn decode_supported(bytes: &[u8]) -> Result<Lockfile> {
     Ok(lockfile)
 }
 
+/// Sets a text field unless it is empty: an empty string stays a null
+/// pointer, as go-capnp writes it.
+macro_rules! set_text {
+    ($builder:expr, $setter:ident, $value:expr) => {
+        if !$value.is_empty() {
+            $builder.$setter($value.as_str());
+        }
+    };
+}
+
 /// Encodes a lockfile in canonical form: one segment, standard framing.
 ///
 /// Panics only if a list holds more than 2^29 entries or a string is larger
 /// than 512 MiB, limits of the Cap'n Proto encoding itself.
 pub fn encode(lockfile: &Lockfile) -> Vec<u8> {
-    let mut builder = message::Builder::new(
-        message::HeapAllocator::new().first_segment_words(estimate_words(lockfile)),
+    let mut encoder = LockfileEncoder::with_first_segment_words(
+        &lockfile.meta,
+        &lockfile.topology,
+        lockfile.sources.len(),
+        estimate_words(lockfile),
     );
-    write_lockfile(builder.init_root(), lockfile);
-    // Canonicalizing from a reader pre-sizes the output segment, so it works
-    // however large the message is (a bare `set_root_canonical` on a default
-    // builder panics once the message outgrows its first segment).
-    let canonical = builder
+    for source in &lockfile.sources {
+        encoder.push(source);
+    }
+    encoder.finish(&lockfile.root)
+}
+
+/// Encodes a lockfile a source at a time, so that its entries need never
+/// all be held as [`SourceEntry`] values: the message grows as they come,
+/// and [`finish`](Self::finish) gives the same bytes as [`encode`].
+///
+/// The message is built in a buffer that becomes the encoded bytes: with
+/// the lists written in schema order, as here, the built message is
+/// already canonical (checked, else canonicalized by copying), so a
+/// lockfile of a million sources is held once, not three times.
+pub struct LockfileEncoder {
+    // Declared before `framed`: dropped first, while the segment it writes
+    // into is still allocated.
+    message: message::Builder<FramedFirstSegment>,
+    framed: FramedBuffer,
+    /// Written after the sources, as canonical order has it.
+    topology: Vec<TopologyEdge>,
+    sources: u32,
+    pushed: u32,
+}
+
+/// First-segment words a source is guessed to take: pointers, two hashes,
+/// a path of up to 80 bytes and a kind. Only the words written are
+/// touched, so a generous guess costs address space, not memory.
+const GUESSED_WORDS_PER_SOURCE: usize = 4 + 2 * 6 + 10 + 3;
+
+/// Bytes of the stream framing of a one-segment message: the segment count
+/// less one, and the segment's length in words (two `u32`s).
+const FRAMING_BYTES: usize = 8;
+
+impl LockfileEncoder {
+    /// Starts a lockfile of `meta` and `topology` that will have `sources`
+    /// entries.
+    ///
+    /// Panics if `sources` is 2^29 or more (a Cap'n Proto list limit).
+    pub fn new(meta: &Meta, topology: &[TopologyEdge], sources: usize) -> Self {
+        let words = 64 + sources.saturating_mul(GUESSED_WORDS_PER_SOURCE);
+        let words = u32::try_from(words).unwrap_or(u32::MAX / 2);
+        Self::with_first_segment_words(meta, topology, sources, words)
+    }
+
+    fn with_first_segment_words(
+        meta: &Meta,
+        topology: &[TopologyEdge],
+        sources: usize,
+        first_segment_words: u32,
+    ) -> Self {
+        let framed = FramedBuffer::new(first_segment_words);
+        let mut message = message::Builder::new(FramedFirstSegment {
+            lent: framed.segment(),
+            handed_out: false,
+            rest: message::HeapAllocator::new(),
+        });
+        let sources = list_len(sources, "sources");
+        {
+            let mut root = message.init_root::<cache_lockfile::Builder>();
+            write_meta(root.reborrow().init_meta(), meta);
+            root.init_sources(sources);
+        }
+        LockfileEncoder {
+            message,
+            framed,
+            topology: topology.to_vec(),
+            sources,
+            pushed: 0,
+        }
+    }
+
+    /// How many sources have been pushed.
+    pub fn pushed(&self) -> usize {
+        self.pushed as usize
+    }
+
+    /// Sets the next source.
+    ///
+    /// Panics if every source announced to [`new`](Self::new) was already
+    /// pushed.
+    pub fn push(&mut self, source: &SourceEntry) {
+        assert!(
+            self.pushed < self.sources,
+            "more sources pushed than the {} announced",
+            self.sources
+        );
+        let root = self
+            .message
+            .get_root::<cache_lockfile::Builder>()
+            .expect("the root this encoder built");
+        let mut list = root.get_sources().expect("the list this encoder built");
+        let mut out = list.reborrow().get(self.pushed);
+        set_text!(out, set_path, source.path);
+        out.reborrow()
+            .init_input_hash()
+            .set_bytes(&source.input_hash.0);
+        out.reborrow()
+            .init_chunk_hash()
+            .set_bytes(&source.chunk_hash.0);
+        set_text!(out, set_kind, source.kind);
+        self.pushed += 1;
+    }
+
+    /// The canonical bytes of the lockfile, with `root` as its root.
+    ///
+    /// Panics unless every source announced to [`new`](Self::new) was
+    /// pushed.
+    pub fn finish(self, root: &Hash) -> Vec<u8> {
+        self.finish_in_place_unless(root, false).0
+    }
+
+    /// [`finish`](Self::finish), and whether the bytes are the buffer the
+    /// message was built in (`copy`: never, to compare).
+    fn finish_in_place_unless(mut self, root: &Hash, copy: bool) -> (Vec<u8>, bool) {
+        assert_eq!(
+            self.pushed, self.sources,
+            "a lockfile finished before all its sources were pushed"
+        );
+        let mut lockfile = self
+            .message
+            .get_root::<cache_lockfile::Builder>()
+            .expect("the root this encoder built");
+        write_topology(lockfile.reborrow(), &self.topology);
+        lockfile.init_root().set_bytes(&root.0);
+        if self.topology.is_empty() {
+            self.framed.make_empty_topology_canonical();
+        }
+        let built_in_place = {
+            let segments = self.message.get_segments_for_output();
+            match &segments[..] {
+                [only] if !copy && self.framed.holds(only) && is_canonical(only) => {
+                    Some(only.len() / 8)
+                }
+                _ => None,
+            }
+        };
+        match built_in_place {
+            Some(words) => {
+                drop(self.message);
+                (self.framed.into_framed(words), true)
+            }
+            None => (framed_copy(&canonicalize(self.message)), false),
+        }
+    }
+}
+
+/// Whether one segment is a canonical message.
+fn is_canonical(segment: &[u8]) -> bool {
+    let segments = [segment];
+    let mut options = ReaderOptions::new();
+    options.traversal_limit_in_words(None);
+    message::Reader::new(message::SegmentArray::new(&segments), options)
+        .is_canonical()
+        .unwrap_or(false)
+}
+
+/// The canonical form of a built message. Canonicalizing from a reader
+/// pre-sizes the output segment, so it works however large the message is
+/// (a bare `set_root_canonical` on a default builder panics once the
+/// message outgrows its first segment).
+fn canonicalize<A: message::Allocator>(message: message::Builder<A>) -> Vec<Word> {
+    message
         .into_reader()
         .canonicalize()
-        .expect("a message this module just built canonicalizes");
-    let segment = Word::words_to_bytes(&canonical);
-    let segment_words = u32::try_from(canonical.len()).expect("a lockfile message is under 32 GiB");
-    let mut out = Vec::with_capacity(8 + segment.len());
-    out.extend_from_slice(&0u32.to_le_bytes()); // segment count - 1
-    out.extend_from_slice(&segment_words.to_le_bytes());
+        .expect("a message this module just built canonicalizes")
+}
+
+/// One segment with the stream framing before it.
+fn framed_copy(canonical: &[Word]) -> Vec<u8> {
+    let segment = Word::words_to_bytes(canonical);
+    let mut out = Vec::with_capacity(FRAMING_BYTES + segment.len());
+    out.extend_from_slice(&framing(canonical.len()));
     out.extend_from_slice(segment);
     out
+}
+
+/// The framing of a one-segment message of `words` words.
+fn framing(words: usize) -> [u8; FRAMING_BYTES] {
+    let words = u32::try_from(words).expect("a lockfile message is under 32 GiB");
+    let mut framing = [0u8; FRAMING_BYTES]; // segment count - 1 = 0
+    framing[4..].copy_from_slice(&words.to_le_bytes());
+    framing
+}
+
+/// A zeroed byte buffer whose bytes after the first [`FRAMING_BYTES`] are a
+/// message's first segment, so that once built the message and its framing
+/// are one `Vec<u8>`. Only the pages written are ever resident.
+struct FramedBuffer {
+    bytes: Vec<u8>,
+    /// The segment: 8-byte aligned, `words` words; `None` if the buffer's
+    /// start was not aligned (then every segment comes from the heap).
+    segment: Option<(NonNull<u8>, u32)>,
+}
+
+impl FramedBuffer {
+    fn new(words: u32) -> Self {
+        let mut bytes = vec![0u8; FRAMING_BYTES + words as usize * 8];
+        // Not taken as a reference: the builder writes through it.
+        let start = bytes.as_mut_ptr();
+        let segment = (start.align_offset(8) == 0).then(|| {
+            // SAFETY: the buffer is FRAMING_BYTES + 8 * words long, so the
+            // segment lies within it; its start is 8-aligned like `start`.
+            let first = unsafe { start.add(FRAMING_BYTES) };
+            (
+                NonNull::new(first).expect("a Vec's pointer is not null"),
+                words,
+            )
+        });
+        FramedBuffer { bytes, segment }
+    }
+
+    fn segment(&self) -> Option<(NonNull<u8>, u32)> {
+        self.segment
+    }
+
+    /// Rewrites the tag of the empty `topology` list as canonical form has
+    /// it: no element size (a builder writes the schema's). A message not
+    /// laid out as expected is left as it is (and then copied canonical).
+    fn make_empty_topology_canonical(&mut self) {
+        let Some((first, words)) = self.segment else {
+            return;
+        };
+        // SAFETY: the lent segment, `words` words of the buffer; taken
+        // through the pointer the builder writes through, and the builder
+        // is not used while this slice lives.
+        let segment = unsafe { std::slice::from_raw_parts_mut(first.as_ptr(), words as usize * 8) };
+        let word = |segment: &[u8], at: usize| {
+            segment
+                .get(at * 8..at * 8 + 8)
+                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+        };
+        // word 0: the root struct pointer; the struct follows its offset.
+        let Some(root) = word(segment, 0).filter(|p| p & 3 == 0) else {
+            return;
+        };
+        let root_struct = 1 + ((root as u32 as i32) >> 2) as isize;
+        let data_words = ((root >> 32) & 0xffff) as isize;
+        let topology_at = root_struct + data_words + 2; // topology is pointer @2
+        let Some(topology) = usize::try_from(topology_at)
+            .ok()
+            .and_then(|at| word(segment, at))
+        else {
+            return;
+        };
+        // An empty list of structs: list pointer, composite, no words.
+        if topology & 3 != 1 || (topology >> 32) & 7 != 7 || topology >> 35 != 0 {
+            return;
+        }
+        let tag_at = topology_at + 1 + ((topology as u32 as i32) >> 2) as isize;
+        if let Some(tag) = usize::try_from(tag_at)
+            .ok()
+            .and_then(|at| segment.get_mut(at * 8..at * 8 + 8))
+            .filter(|tag| u32::from_le_bytes(tag[..4].try_into().expect("4 bytes")) == 0)
+        {
+            tag.fill(0);
+        }
+    }
+
+    /// Whether `segment` is the one this buffer lent.
+    fn holds(&self, segment: &[u8]) -> bool {
+        self.segment
+            .is_some_and(|(first, _)| std::ptr::eq(first.as_ptr().cast_const(), segment.as_ptr()))
+    }
+
+    /// The framing and the first `words` words of the segment, the rest
+    /// of the buffer given back.
+    fn into_framed(mut self, words: usize) -> Vec<u8> {
+        self.bytes[..FRAMING_BYTES].copy_from_slice(&framing(words));
+        self.bytes.truncate(FRAMING_BYTES + words * 8);
+        self.bytes.shrink_to_fit();
+        self.bytes
+    }
+}
+
+/// A Cap'n Proto allocator whose first segment (when big enough) is a
+/// [`FramedBuffer`]'s, lent for the builder's life; the others come from
+/// the heap.
+struct FramedFirstSegment {
+    lent: Option<(NonNull<u8>, u32)>,
+    handed_out: bool,
+    rest: message::HeapAllocator,
+}
+
+// SAFETY: the lent segment is zeroed, 8-aligned, `words` words long, handed
+// out once, and outlives the builder (`LockfileEncoder` drops the builder
+// first); every other segment is the heap allocator's, given back to it.
+unsafe impl message::Allocator for FramedFirstSegment {
+    fn allocate_segment(&mut self, minimum_size: u32) -> (NonNull<u8>, u32) {
+        match self.lent {
+            Some((first, words)) if !self.handed_out && words >= minimum_size => {
+                self.handed_out = true;
+                (first, words)
+            }
+            _ => self.rest.allocate_segment(minimum_size),
+        }
+    }
+
+    unsafe fn deallocate_segment(&mut self, ptr: NonNull<u8>, word_size: u32, words_used: u32) {
+        if self.lent.is_some_and(|(first, _)| first == ptr) {
+            // The buffer's: freed with it.
+            return;
+        }
+        // SAFETY: a segment the heap allocator gave, as the caller promises.
+        unsafe { self.rest.deallocate_segment(ptr, word_size, words_used) }
+    }
 }
 
 fn bad(message: String) -> Error {
@@ -129,9 +474,15 @@ fn capnp_err(what: &str, error: capnp::Error) -> Error {
     bad(format!("{what}: {error}"))
 }
 
-/// Reads the root struct. `max_items` bounds up-front allocations: no list
-/// of a real message has more elements than its input has words.
-fn read_lockfile(root: cache_lockfile::Reader<'_>, max_items: usize) -> Result<Lockfile> {
+/// Reads the root struct, each source handed to the sink `sources` makes
+/// (given how many to expect, at most `max_items`); the lockfile returned
+/// has no sources. `max_items` bounds up-front allocations: no list of a
+/// real message has more elements than its input has words.
+fn read_lockfile<Each: FnMut(SourceEntry) -> Result<()>>(
+    root: cache_lockfile::Reader<'_>,
+    max_items: usize,
+    sources: impl FnOnce(usize) -> Each,
+) -> Result<Lockfile> {
     let capacity = |len: u32| (len as usize).min(max_items);
     if !root.has_meta() {
         return Err(bad("meta is missing".into()));
@@ -145,10 +496,10 @@ fn read_lockfile(root: cache_lockfile::Reader<'_>, max_items: usize) -> Result<L
         return Err(bad("sources is missing".into()));
     }
     let sources_list = root.get_sources().map_err(|e| capnp_err("sources", e))?;
-    let mut sources = Vec::with_capacity(capacity(sources_list.len()));
+    let mut each = sources(capacity(sources_list.len()));
     for (i, entry) in sources_list.iter().enumerate() {
         let field = |name: &str| format!("sources[{i}].{name}");
-        sources.push(SourceEntry {
+        each(SourceEntry {
             path: read_text(entry.get_path(), &field("path"))?,
             input_hash: read_hash(
                 entry.has_input_hash(),
@@ -161,7 +512,7 @@ fn read_lockfile(root: cache_lockfile::Reader<'_>, max_items: usize) -> Result<L
                 &field("chunkHash"),
             )?,
             kind: read_text(entry.get_kind(), &field("kind"))?,
-        });
+        })?;
     }
 
     // mache always writes topology; an absent list reads as empty.
@@ -180,7 +531,7 @@ fn read_lockfile(root: cache_lockfile::Reader<'_>, max_items: usize) -> Result<L
     let root_hash = read_hash(root.has_root(), root.get_root(), "root")?;
     Ok(Lockfile {
         meta,
-        sources,
+        sources: Vec::new(),
         topology,
         root: root_hash,
     })
@@ -278,59 +629,29 @@ fn list_len(len: usize, what: &str) -> u32 {
         })
 }
 
-/// Sets a text field unless it is empty: an empty string stays a null
-/// pointer, as go-capnp writes it.
-macro_rules! set_text {
-    ($builder:expr, $setter:ident, $value:expr) => {
-        if !$value.is_empty() {
-            $builder.$setter($value.as_str());
-        }
-    };
+fn write_meta(mut meta: cache_capnp::meta::Builder<'_>, meta_value: &Meta) {
+    set_text!(meta, set_producer, meta_value.producer);
+    set_text!(meta, set_producer_version, meta_value.producer_version);
+    set_text!(meta, set_schema_version, meta_value.schema_version);
+    let processors = &meta_value.input_processors;
+    let mut list = meta
+        .reborrow()
+        .init_input_processors(list_len(processors.len(), "meta.inputProcessors"));
+    for (i, p) in processors.iter().enumerate() {
+        let mut out = list.reborrow().get(i as u32);
+        set_text!(out, set_kind, p.kind);
+        set_text!(out, set_version, p.version);
+    }
+    meta.set_generated_at_ms(meta_value.generated_at_ms);
 }
 
-fn write_lockfile(mut root: cache_lockfile::Builder<'_>, lockfile: &Lockfile) {
-    {
-        let meta_value = &lockfile.meta;
-        let mut meta = root.reborrow().init_meta();
-        set_text!(meta, set_producer, meta_value.producer);
-        set_text!(meta, set_producer_version, meta_value.producer_version);
-        set_text!(meta, set_schema_version, meta_value.schema_version);
-        let processors = &meta_value.input_processors;
-        let mut list = meta
-            .reborrow()
-            .init_input_processors(list_len(processors.len(), "meta.inputProcessors"));
-        for (i, p) in processors.iter().enumerate() {
-            let mut out = list.reborrow().get(i as u32);
-            set_text!(out, set_kind, p.kind);
-            set_text!(out, set_version, p.version);
-        }
-        meta.set_generated_at_ms(meta_value.generated_at_ms);
+fn write_topology(root: cache_lockfile::Builder<'_>, edges: &[TopologyEdge]) {
+    let mut list = root.init_topology(list_len(edges.len(), "topology"));
+    for (i, e) in edges.iter().enumerate() {
+        let mut out = list.reborrow().get(i as u32);
+        set_text!(out, set_from, e.from);
+        set_text!(out, set_to_source, e.to_source);
     }
-    {
-        let sources = &lockfile.sources;
-        let mut list = root
-            .reborrow()
-            .init_sources(list_len(sources.len(), "sources"));
-        for (i, s) in sources.iter().enumerate() {
-            let mut out = list.reborrow().get(i as u32);
-            set_text!(out, set_path, s.path);
-            out.reborrow().init_input_hash().set_bytes(&s.input_hash.0);
-            out.reborrow().init_chunk_hash().set_bytes(&s.chunk_hash.0);
-            set_text!(out, set_kind, s.kind);
-        }
-    }
-    {
-        let edges = &lockfile.topology;
-        let mut list = root
-            .reborrow()
-            .init_topology(list_len(edges.len(), "topology"));
-        for (i, e) in edges.iter().enumerate() {
-            let mut out = list.reborrow().get(i as u32);
-            set_text!(out, set_from, e.from);
-            set_text!(out, set_to_source, e.to_source);
-        }
-    }
-    root.init_root().set_bytes(&lockfile.root.0);
 }
 
 #[cfg(test)]
@@ -375,6 +696,45 @@ mod tests {
         let reader =
             serialize::read_message_from_flat_slice(&mut slice, ReaderOptions::new()).unwrap();
         assert!(reader.is_canonical().unwrap());
+    }
+
+    fn encoded_by_encoder(lockfile: &Lockfile, copy: bool) -> (Vec<u8>, bool) {
+        let mut encoder =
+            LockfileEncoder::new(&lockfile.meta, &lockfile.topology, lockfile.sources.len());
+        for source in &lockfile.sources {
+            encoder.push(source);
+        }
+        encoder.finish_in_place_unless(&lockfile.root, copy)
+    }
+
+    #[test]
+    fn a_pushed_lockfile_is_built_canonical_in_place_with_the_bytes_of_a_copy() {
+        let lockfile = sample(1000);
+        let (in_place, was_in_place) = encoded_by_encoder(&lockfile, false);
+        assert!(was_in_place, "built canonical, so not copied");
+        let (copied, was_copied_in_place) = encoded_by_encoder(&lockfile, true);
+        assert!(!was_copied_in_place);
+        assert_eq!(in_place, copied);
+        assert_eq!(decode(&in_place).unwrap(), lockfile);
+    }
+
+    #[test]
+    fn a_message_past_its_first_segment_or_not_canonical_is_copied_canonical() {
+        let mut lockfile = sample(50);
+        lockfile.sources[3].path = "p".repeat(5000);
+        lockfile.sources[7].kind.clear();
+        lockfile.topology.push(TopologyEdge {
+            from: "a".into(),
+            to_source: String::new(),
+        });
+        let (bytes, in_place) = encoded_by_encoder(&lockfile, false);
+        assert!(!in_place, "outgrew its first segment");
+        let mut slice = &bytes[..];
+        let reader =
+            serialize::read_message_from_flat_slice(&mut slice, ReaderOptions::new()).unwrap();
+        assert!(reader.is_canonical().unwrap());
+        assert_eq!(decode(&bytes).unwrap(), lockfile);
+        assert_eq!(bytes, encode(&lockfile));
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! decimal digits instead, and [`from_toml`] reads either form, so every
 //! `u64` round-trips.
 
+use std::io::{self, Write};
+
 use serde::{Deserialize, Serialize};
 
 use super::{Lockfile, Meta, ProcessorVersion, SourceEntry, TopologyEdge};
@@ -142,6 +144,107 @@ pub fn to_toml(lockfile: &Lockfile) -> String {
     toml::to_string(&doc).expect("strings, integers and arrays always serialize to TOML")
 }
 
+/// Writes exactly the text of [`to_toml`] to `out`, a source at a time, so
+/// the TOML of a lockfile of a million sources is never one string in
+/// memory. Each value is encoded by the `toml` crate's own value
+/// serializer, as [`to_toml`] encodes it; the layout around the values is
+/// the one `toml` gives this document.
+pub fn write_toml(lockfile: &Lockfile, out: &mut impl Write) -> io::Result<()> {
+    let mut line = TomlLine::default();
+    line.head(lockfile, !lockfile.sources.is_empty(), out)?;
+    for source in &lockfile.sources {
+        line.source(source, out)?;
+    }
+    line.topology(&lockfile.topology, out)
+}
+
+/// [`write_toml`] of the lockfile the binary form `bytes` decodes to,
+/// read a source at a time (two passes: the text says whether there are
+/// sources before it lists them), so neither form is ever held whole.
+pub fn write_toml_of_binary(bytes: &[u8], out: &mut impl Write) -> Result<()> {
+    let writing = |e| Error::io("writing the TOML lockfile", e);
+    let mut has_sources = false;
+    let head = super::binary::decode_each_source(bytes, |_| {
+        has_sources = true;
+        Ok(())
+    })?;
+    let mut line = TomlLine::default();
+    line.head(&head, has_sources, out).map_err(writing)?;
+    super::binary::decode_each_source(bytes, |source| line.source(&source, out).map_err(writing))?;
+    line.topology(&head.topology, out).map_err(writing)
+}
+
+/// Writes `key = value` lines, each value encoded in a reused buffer.
+#[derive(Default)]
+struct TomlLine {
+    value: String,
+}
+
+impl TomlLine {
+    /// `root`, the empty lists, and `[meta]` with its input processors.
+    fn head(
+        &mut self,
+        lockfile: &Lockfile,
+        has_sources: bool,
+        out: &mut impl Write,
+    ) -> io::Result<()> {
+        self.write(out, "root", lockfile.root.to_prefixed())?;
+        if !has_sources {
+            out.write_all(b"sources = []\n")?;
+        }
+        if lockfile.topology.is_empty() {
+            out.write_all(b"topology = []\n")?;
+        }
+        let meta = &lockfile.meta;
+        out.write_all(b"\n[meta]\n")?;
+        self.write(out, "producer", &meta.producer)?;
+        self.write(out, "producer_version", &meta.producer_version)?;
+        self.write(out, "schema_version", &meta.schema_version)?;
+        self.write(
+            out,
+            "generated_at_ms",
+            Millis::from_u64(meta.generated_at_ms),
+        )?;
+        if meta.input_processors.is_empty() {
+            out.write_all(b"input_processors = []\n")?;
+        }
+        for processor in &meta.input_processors {
+            out.write_all(b"\n[[meta.input_processors]]\n")?;
+            self.write(out, "kind", &processor.kind)?;
+            self.write(out, "version", &processor.version)?;
+        }
+        Ok(())
+    }
+
+    fn source(&mut self, source: &SourceEntry, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(b"\n[[sources]]\n")?;
+        self.write(out, "path", &source.path)?;
+        self.write(out, "input_hash", source.input_hash.to_prefixed())?;
+        self.write(out, "chunk_hash", source.chunk_hash.to_prefixed())?;
+        self.write(out, "kind", &source.kind)
+    }
+
+    fn topology(&mut self, edges: &[TopologyEdge], out: &mut impl Write) -> io::Result<()> {
+        for edge in edges {
+            out.write_all(b"\n[[topology]]\n")?;
+            self.write(out, "from", &edge.from)?;
+            self.write(out, "to_source", &edge.to_source)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, out: &mut impl Write, key: &str, value: impl Serialize) -> io::Result<()> {
+        self.value.clear();
+        value
+            .serialize(toml::ser::ValueSerializer::new(&mut self.value))
+            .expect("strings and integers always serialize to TOML");
+        out.write_all(key.as_bytes())?;
+        out.write_all(b" = ")?;
+        out.write_all(self.value.as_bytes())?;
+        out.write_all(b"\n")
+    }
+}
+
 /// Parses the TOML form. Structural checks only, like
 /// [`binary::decode`](super::binary::decode): the producer, schema version
 /// and root are checked by the caller.
@@ -232,6 +335,92 @@ mod tests {
                 from: "a\r\nb".into(),
                 to_source: "c\rd\n".into(),
             }],
+        }
+    }
+
+    fn streamed(lockfile: &Lockfile) -> String {
+        let mut out = Vec::new();
+        write_toml(lockfile, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn streamed_text_is_to_toml_with_and_without_each_list() {
+        let awkward = [
+            "",
+            "plain/path.go",
+            "'single' and \"double\"",
+            "'''",
+            "\"\"\"",
+            "line\nbreak",
+            "crlf\r\n",
+            "tab\tand\u{7f}",
+            "\u{0}\u{1}\u{1b}",
+            "ünïcödé/日本/\u{2028}\u{feff}",
+            "trailing\\",
+            "ends with quote\"",
+            "ends with apostrophe'",
+        ];
+        for with_sources in [false, true] {
+            for with_topology in [false, true] {
+                for with_processors in [false, true] {
+                    for ms in [0, 1_748_345_600_000, u64::MAX] {
+                        let mut lockfile = sample();
+                        lockfile.meta.generated_at_ms = ms;
+                        if !with_sources {
+                            lockfile.sources.clear();
+                        } else {
+                            let template = lockfile.sources[0].clone();
+                            lockfile.sources = awkward
+                                .iter()
+                                .map(|path| SourceEntry {
+                                    path: path.to_string(),
+                                    kind: path.to_string(),
+                                    ..template.clone()
+                                })
+                                .collect();
+                        }
+                        if !with_topology {
+                            lockfile.topology.clear();
+                        } else {
+                            lockfile
+                                .topology
+                                .extend(awkward.iter().map(|from| TopologyEdge {
+                                    from: from.to_string(),
+                                    to_source: format!("{from}{from}"),
+                                }));
+                        }
+                        if !with_processors {
+                            lockfile.meta.input_processors.clear();
+                        }
+                        assert_eq!(streamed(&lockfile), to_toml(&lockfile));
+                        let mut of_binary = Vec::new();
+                        write_toml_of_binary(
+                            &super::super::binary::encode(&lockfile),
+                            &mut of_binary,
+                        )
+                        .unwrap();
+                        assert_eq!(String::from_utf8(of_binary).unwrap(), to_toml(&lockfile));
+                    }
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn streamed_text_is_to_toml_for_any_strings(
+            paths in proptest::collection::vec(".*", 0..4),
+            producer in ".*",
+        ) {
+            let mut lockfile = sample();
+            lockfile.meta.producer = producer;
+            let template = lockfile.sources[0].clone();
+            lockfile.sources = paths
+                .iter()
+                .map(|path| SourceEntry { path: path.clone(), ..template.clone() })
+                .collect();
+            proptest::prop_assert_eq!(streamed(&lockfile), to_toml(&lockfile));
         }
     }
 

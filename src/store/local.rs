@@ -22,7 +22,6 @@
 //! error. A store written by the Go mache (only `mache.lock.bin`, no refs) is
 //! read as having one ref, `latest`.
 
-use std::borrow::Cow;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
@@ -405,7 +404,6 @@ impl LocalStore {
     pub fn record_bundle(
         &self,
         lockfile_bytes: &[u8],
-        toml: &str,
         sizes: &SizeIndex,
         tag: &str,
     ) -> Result<Hash> {
@@ -414,7 +412,7 @@ impl LocalStore {
         let hex = hash.to_hex();
         self.replace_file(&format!("lockfiles/{hex}.bin"), lockfile_bytes)?;
         self.record_sizes(sizes)?;
-        self.point_refs(lockfile_bytes, toml, tag)?;
+        self.point_refs(lockfile_bytes, tag)?;
         Ok(hash)
     }
 
@@ -429,10 +427,10 @@ impl LocalStore {
     /// Go mache reads; written by one private `write_ref`). A file that
     /// already says so is left untouched, so pointing at the bundle already
     /// there changes nothing.
-    pub fn point_refs(&self, lockfile_bytes: &[u8], toml: &str, tag: &str) -> Result<()> {
+    pub fn point_refs(&self, lockfile_bytes: &[u8], tag: &str) -> Result<()> {
         check_tag(tag)?;
-        let mut changed = self.write_ref(LATEST, lockfile_bytes, || Cow::Borrowed(toml))?;
-        changed |= self.write_ref(tag, lockfile_bytes, || Cow::Borrowed(toml))?;
+        let mut changed = self.write_ref(LATEST, lockfile_bytes)?;
+        changed |= self.write_ref(tag, lockfile_bytes)?;
         if changed {
             self.sync()?;
         }
@@ -442,17 +440,12 @@ impl LocalStore {
     /// Points ref `name` at the bundle whose binary lockfile is
     /// `lockfile_bytes`, each file replaced atomically. The one place a ref
     /// is written: writing `latest` also rewrites the top-level
-    /// `mache.lock.bin` and `mache.lock.toml` (`toml` renders the latter)
-    /// from that bundle's lockfile, so they always name `latest` whatever
+    /// `mache.lock.bin` and `mache.lock.toml` (rendered from those bytes, a
+    /// source at a time), so they always name `latest` whatever
     /// moved it, and `gc` keeps nothing only they reached. Files that
     /// already hold these bytes are left untouched. Returns whether anything
     /// was written; the caller syncs.
-    fn write_ref<'t>(
-        &self,
-        name: &str,
-        lockfile_bytes: &[u8],
-        toml: impl FnOnce() -> Cow<'t, str>,
-    ) -> Result<bool> {
+    fn write_ref(&self, name: &str, lockfile_bytes: &[u8]) -> Result<bool> {
         let ref_text = format!("{}\n", Hash::of(lockfile_bytes).to_prefixed());
         let refs_dir = self.root.join("refs");
         fs::create_dir_all(&refs_dir)
@@ -465,11 +458,9 @@ impl LocalStore {
                 self.replace_file(LOCK_BIN, lockfile_bytes)?;
                 changed = true;
             }
-            let toml = toml();
-            if !self.file_holds(LOCK_TOML, toml.as_bytes()) {
-                self.replace_file(LOCK_TOML, toml.as_bytes())?;
-                changed = true;
-            }
+            changed |= self.replace_file_unless_same(LOCK_TOML, |out| {
+                crate::lockfile::text::write_toml_of_binary(lockfile_bytes, out)
+            })?;
         }
         let relative = format!("refs/{name}");
         if !self.file_holds(&relative, ref_text.as_bytes()) {
@@ -477,6 +468,41 @@ impl LocalStore {
             changed = true;
         }
         Ok(changed)
+    }
+
+    /// Writes what `render` writes to a temporary file and, unless the file
+    /// at `relative` already holds exactly those bytes, atomically replaces
+    /// it with that one. Returns whether it was replaced. Large files (the
+    /// TOML lockfile of a million sources) so never sit whole in memory.
+    fn replace_file_unless_same(
+        &self,
+        relative: &str,
+        render: impl FnOnce(&mut std::io::BufWriter<&fs::File>) -> Result<()>,
+    ) -> Result<bool> {
+        let path = self.root.join(relative);
+        let tmp_dir = self.root.join("tmp");
+        let context = || format!("writing a temporary file in {}", tmp_dir.display());
+        let file = shareable_temp_file(&tmp_dir, self.temp_prefix(), "")
+            .map_err(|e| Error::io(context(), e))?;
+        if let Some(session) = &self.session {
+            session.created();
+        }
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file.as_file());
+        render(&mut out)?;
+        out.flush().map_err(|e| Error::io(context(), e))?;
+        drop(out);
+        if files_hold_the_same(file.path(), &path) {
+            drop(file);
+            self.published_temp();
+            return Ok(false);
+        }
+        file.as_file()
+            .sync_all()
+            .map_err(|e| Error::io(context(), e))?;
+        file.persist(&path)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e.error))?;
+        self.published_temp();
+        Ok(true)
     }
 
     /// Whether the file at `relative` exists with exactly `bytes`, compared
@@ -641,8 +667,7 @@ impl LocalStore {
     /// lockfiles with it), synced.
     pub fn point_ref(&self, name: &str, bundle: &Bundle) -> Result<()> {
         check_tag(name)?;
-        let toml = || Cow::Owned(crate::lockfile::text::to_toml(&bundle.lockfile));
-        if self.write_ref(name, &bundle.lockfile_bytes, toml)? {
+        if self.write_ref(name, &bundle.lockfile_bytes)? {
             self.sync()?;
         }
         Ok(())
@@ -914,6 +939,34 @@ fn read_content_addressed(
         });
     }
     Ok(bytes)
+}
+
+/// Whether the files at `a` and `b` both exist with the same bytes,
+/// compared a block at a time.
+fn files_hold_the_same(a: &Path, b: &Path) -> bool {
+    const BLOCK: usize = 1 << 20;
+    let open = |path: &Path| {
+        let file = fs::File::open(path).ok()?;
+        let len = file.metadata().ok()?.len();
+        Some((file, len))
+    };
+    let (Some((mut a, a_len)), Some((mut b, b_len))) = (open(a), open(b)) else {
+        return false;
+    };
+    if a_len != b_len {
+        return false;
+    }
+    let (mut a_block, mut b_block) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+    let mut left = a_len;
+    while left > 0 {
+        let n = left.min(BLOCK as u64) as usize;
+        let (a_held, b_held) = (&mut a_block[..n], &mut b_block[..n]);
+        if a.read_exact(a_held).is_err() || b.read_exact(b_held).is_err() || a_held != b_held {
+            return false;
+        }
+        left -= n as u64;
+    }
+    true
 }
 
 /// A new temporary file in `dir` (named `<prefix><random><suffix>`) created with mode
