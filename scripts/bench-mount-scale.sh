@@ -25,17 +25,7 @@ source scripts/bench-lib.sh
 trap 'unmount; rm -rf "$work"' EXIT
 
 # The db; the native tree is copied out of the mount once it is measured.
-sqlite3 "$work/scale.db" >/dev/null <<SQL
-PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
-CREATE TABLE _source(id TEXT PRIMARY KEY, path TEXT, language TEXT, content BLOB);
-WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < $sources)
-INSERT INTO _source
-SELECT printf('pkg%03d/dir%03d/file%07d.go', i % 997, i % 101, i),
-       printf('pkg%03d/dir%03d/file%07d.go', i % 997, i % 101, i),
-       'go',
-       randomblob(200 + i % 101)
-FROM n;
-SQL
+raw_db "$work/scale.db" "$sources" 200
 push_s=$( { /usr/bin/time -f '%e %M' "$bin" -q push --db "$work/scale.db" "$work/store" >/dev/null; } 2>&1 | tail -1)
 echo "bundle: $sources sources; push ${push_s% *} s, peak RSS $((${push_s#* } / 1024)) MB; $(nproc) CPUs"
 

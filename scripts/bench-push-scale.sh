@@ -38,18 +38,8 @@ if [ "$(id -u)" = 0 ]; then
   work="$top/fs"
 fi
 
-# The raw db: ids and paths by counter, content 2,048 to 2,148 random bytes.
-sqlite3 "$work/raw.db" >/dev/null <<SQL
-PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
-CREATE TABLE _source(id TEXT PRIMARY KEY, path TEXT, language TEXT, content BLOB);
-WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < $sources)
-INSERT INTO _source
-SELECT printf('pkg%03d/dir%03d/file%07d.go', i % 997, i % 101, i),
-       printf('pkg%03d/dir%03d/file%07d.go', i % 997, i % 101, i),
-       'go',
-       randomblob(2048 + i % 101)
-FROM n;
-SQL
+# The raw db: content 2,048 to 2,148 random bytes.
+raw_db "$work/raw.db" "$sources" 2048
 # The AST db: AST_ROWS / 100 sources of about 200 random bytes, 100 rows each.
 ast_sources=$((ast_rows / 100))
 sqlite3 "$work/ast.db" >/dev/null <<SQL

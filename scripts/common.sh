@@ -26,3 +26,20 @@ storage: {filesystem: {rootdirectory: $1/data}, delete: {enabled: true}}
 http: {addr: 127.0.0.1:$2, secret: bench}
 YML
 }
+
+# raw_db DB N MIN_BYTES: a mache db of N raw sources (no `_ast`), ids and
+# paths by counter in 997 x 101 directories, content MIN_BYTES to
+# MIN_BYTES + 100 random bytes.
+raw_db() {
+  sqlite3 "$1" >/dev/null <<SQL
+PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+CREATE TABLE _source(id TEXT PRIMARY KEY, path TEXT, language TEXT, content BLOB);
+WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < $2)
+INSERT INTO _source
+SELECT printf('pkg%03d/dir%03d/file%07d.go', i % 997, i % 101, i),
+       printf('pkg%03d/dir%03d/file%07d.go', i % 997, i % 101, i),
+       'go',
+       randomblob($3 + i % 101)
+FROM n;
+SQL
+}
