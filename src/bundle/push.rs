@@ -184,16 +184,24 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
     let (reads_files, published, db_record) = std::thread::scope(|scope| {
         let (to_publisher, batches) =
             std::sync::mpsc::sync_channel::<(Vec<Staged>, Vec<EntryChunk>)>(1);
-        let (to_recorder, stored) = std::sync::mpsc::sync_channel::<Vec<EntryChunk>>(1);
-        let recorder = scope.spawn(move || record_db(store, stored, opts.record_db));
+        let (to_recorder, recorder) = match opts.record_db {
+            true => {
+                let (to_recorder, stored) = std::sync::mpsc::sync_channel(1);
+                let recorder = scope.spawn(move || record_db(store, stored));
+                (Some(to_recorder), Some(recorder))
+            }
+            false => (None, None),
+        };
         let publisher = scope.spawn(move || {
             let mut total = PutReport::default();
             for (batch, chunks) in batches {
                 opts.interrupt.check()?;
                 total.add(store.publish(batch)?);
-                to_recorder
-                    .send(chunks)
-                    .map_err(|_| Error::Remote("the db recorder stopped".into()))?;
+                if let Some(to_recorder) = &to_recorder {
+                    to_recorder
+                        .send(chunks)
+                        .map_err(|_| Error::Remote("the db recorder stopped".into()))?;
+                }
             }
             Ok::<_, Error>(total)
         });
@@ -237,7 +245,9 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
                 report.ast_chunk_sources += usize::from(source_sizes.ast_json_len.is_some());
                 encoder.push(&entry);
                 root.update(&entry.chunk_hash.0);
-                window_chunks.push((entry, chunk));
+                if opts.record_db {
+                    window_chunks.push((entry, chunk));
+                }
                 sizes.push(source_sizes);
             }
             // A closed channel: the publisher failed. Stop reading; its
@@ -254,12 +264,14 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
         let published = publisher
             .join()
             .expect("the publisher thread does not panic");
-        let recorded = recorder
-            .join()
-            .expect("the db recorder thread does not panic");
+        let recorded = recorder.map(|recorder| {
+            recorder
+                .join()
+                .expect("the db recorder thread does not panic")
+        });
         // A recorder that failed stopped the publisher, and a publisher that
         // failed stopped the reading: the first to fail names the cause.
-        let recorder = recorded?;
+        let recorder = recorded.transpose()?;
         let published = published?;
         let produced = produced?;
         let record = recorder.map(DbRecorder::finish).transpose()?;
@@ -334,22 +346,13 @@ fn push_locked(store: &LocalStore, opts: &PushOptions, started: Instant) -> Resu
 
 /// Builds the db of the windows of sources `stored` sends once their
 /// chunks are stored ([`DbRecorder`]), to be finished once the whole push
-/// is known to have succeeded (dropped, it leaves nothing). Unless
-/// `enabled`, only takes the windows.
-fn record_db(
-    store: &LocalStore,
-    stored: Receiver<Vec<EntryChunk>>,
-    enabled: bool,
-) -> Result<Option<DbRecorder<'_>>> {
-    if !enabled {
-        stored.iter().for_each(drop);
-        return Ok(None);
-    }
+/// is known to have succeeded (dropped, it leaves nothing).
+fn record_db(store: &LocalStore, stored: Receiver<Vec<EntryChunk>>) -> Result<DbRecorder<'_>> {
     let mut recorder = DbRecorder::create(store, &input_processors())?;
     for window in stored {
         recorder.add(&window)?;
     }
-    Ok(Some(recorder))
+    Ok(recorder)
 }
 
 /// Points `latest` and `tag` at an existing bundle.

@@ -338,12 +338,8 @@ fn check_record(path: &Path, record: &DbRecord) -> Result<()> {
         path: path.to_path_buf(),
         reason,
     };
-    let size = std::fs::metadata(path).map_err(reading)?.len();
-    if size != record.size {
-        return Err(mismatch(format!(
-            "it is {size} bytes, the record says {}",
-            record.size
-        )));
+    if let Some(reason) = size_mismatch(path, record)? {
+        return Err(mismatch(reason));
     }
     let hash = Hash::of_file(path).map_err(reading)?;
     if hash != record.hash {
@@ -356,19 +352,27 @@ fn check_record(path: &Path, record: &DbRecord) -> Result<()> {
     Ok(())
 }
 
+/// How the db at `path` differs in size from `record`, if it does.
+fn size_mismatch(path: &Path, record: &DbRecord) -> Result<Option<String>> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+        .len();
+    Ok((size != record.size)
+        .then(|| format!("it is {size} bytes, the record says {}", record.size)))
+}
+
 /// Checks a db left by an earlier mount: it opens, has one `_source` row
 /// per lockfile source, and the recorded size if there is a record.
 fn check_cached(path: &Path, sources: usize, record: Option<&DbRecord>) -> Result<()> {
-    if let Some(record) = record {
-        let size = std::fs::metadata(path)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
-            .len();
-        if size != record.size {
-            return Err(Error::BadDb {
-                path: path.to_path_buf(),
-                reason: format!("{size} bytes, the bundle's record says {}", record.size),
-            });
-        }
+    if let Some(reason) = record
+        .map(|r| size_mismatch(path, r))
+        .transpose()?
+        .flatten()
+    {
+        return Err(Error::BadDb {
+            path: path.to_path_buf(),
+            reason,
+        });
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(path, e))?;

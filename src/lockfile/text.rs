@@ -105,50 +105,16 @@ impl Millis {
 /// Renders a lockfile as TOML. Every string (any Unicode, control
 /// characters included) is escaped so [`from_toml`] gives it back exactly.
 pub fn to_toml(lockfile: &Lockfile) -> String {
-    let doc = TomlLockfile {
-        root: lockfile.root.to_prefixed(),
-        meta: TomlMeta {
-            producer: lockfile.meta.producer.clone(),
-            producer_version: lockfile.meta.producer_version.clone(),
-            schema_version: lockfile.meta.schema_version.clone(),
-            generated_at_ms: Millis::from_u64(lockfile.meta.generated_at_ms),
-            input_processors: lockfile
-                .meta
-                .input_processors
-                .iter()
-                .map(|p| TomlProcessor {
-                    kind: p.kind.clone(),
-                    version: p.version.clone(),
-                })
-                .collect(),
-        },
-        sources: lockfile
-            .sources
-            .iter()
-            .map(|s| TomlSource {
-                path: s.path.clone(),
-                input_hash: s.input_hash.to_prefixed(),
-                chunk_hash: s.chunk_hash.to_prefixed(),
-                kind: s.kind.clone(),
-            })
-            .collect(),
-        topology: lockfile
-            .topology
-            .iter()
-            .map(|e| TomlEdge {
-                from: e.from.clone(),
-                to_source: e.to_source.clone(),
-            })
-            .collect(),
-    };
-    toml::to_string(&doc).expect("strings, integers and arrays always serialize to TOML")
+    let mut text = Vec::new();
+    write_toml(lockfile, &mut text).expect("writing to memory does not fail");
+    String::from_utf8(text).expect("TOML values are encoded as UTF-8")
 }
 
-/// Writes exactly the text of [`to_toml`] to `out`, a source at a time, so
-/// the TOML of a lockfile of a million sources is never one string in
-/// memory. Each value is encoded by the `toml` crate's own value
-/// serializer, as [`to_toml`] encodes it; the layout around the values is
-/// the one `toml` gives this document.
+/// Writes [`to_toml`]'s text to `out`, a source at a time, so the TOML of
+/// a lockfile of a million sources is never one string in memory. Each
+/// value is encoded by the `toml` crate's own value serializer; the layout
+/// around the values is the one `toml` gives the whole document (the
+/// tests hold it to that).
 pub fn write_toml(lockfile: &Lockfile, out: &mut impl Write) -> io::Result<()> {
     let mut line = TomlLine::default();
     line.head(lockfile, !lockfile.sources.is_empty(), out)?;
@@ -309,6 +275,47 @@ fn toml_error(text: &str, error: &toml::de::Error) -> Error {
 
 #[cfg(test)]
 mod tests {
+    /// The `toml` crate's rendering of the whole document: what the
+    /// streamed writer must match.
+    fn serde_rendered(lockfile: &Lockfile) -> String {
+        let doc = TomlLockfile {
+            root: lockfile.root.to_prefixed(),
+            meta: TomlMeta {
+                producer: lockfile.meta.producer.clone(),
+                producer_version: lockfile.meta.producer_version.clone(),
+                schema_version: lockfile.meta.schema_version.clone(),
+                generated_at_ms: Millis::from_u64(lockfile.meta.generated_at_ms),
+                input_processors: lockfile
+                    .meta
+                    .input_processors
+                    .iter()
+                    .map(|p| TomlProcessor {
+                        kind: p.kind.clone(),
+                        version: p.version.clone(),
+                    })
+                    .collect(),
+            },
+            sources: lockfile
+                .sources
+                .iter()
+                .map(|s| TomlSource {
+                    path: s.path.clone(),
+                    input_hash: s.input_hash.to_prefixed(),
+                    chunk_hash: s.chunk_hash.to_prefixed(),
+                    kind: s.kind.clone(),
+                })
+                .collect(),
+            topology: lockfile
+                .topology
+                .iter()
+                .map(|e| TomlEdge {
+                    from: e.from.clone(),
+                    to_source: e.to_source.clone(),
+                })
+                .collect(),
+        };
+        toml::to_string(&doc).expect("strings, integers and arrays always serialize to TOML")
+    }
     use super::*;
 
     fn sample() -> Lockfile {
@@ -338,14 +345,8 @@ mod tests {
         }
     }
 
-    fn streamed(lockfile: &Lockfile) -> String {
-        let mut out = Vec::new();
-        write_toml(lockfile, &mut out).unwrap();
-        String::from_utf8(out).unwrap()
-    }
-
     #[test]
-    fn streamed_text_is_to_toml_with_and_without_each_list() {
+    fn streamed_text_is_the_toml_crates_with_and_without_each_list() {
         let awkward = [
             "",
             "plain/path.go",
@@ -393,14 +394,17 @@ mod tests {
                         if !with_processors {
                             lockfile.meta.input_processors.clear();
                         }
-                        assert_eq!(streamed(&lockfile), to_toml(&lockfile));
+                        assert_eq!(to_toml(&lockfile), serde_rendered(&lockfile));
                         let mut of_binary = Vec::new();
                         write_toml_of_binary(
                             &super::super::binary::encode(&lockfile),
                             &mut of_binary,
                         )
                         .unwrap();
-                        assert_eq!(String::from_utf8(of_binary).unwrap(), to_toml(&lockfile));
+                        assert_eq!(
+                            String::from_utf8(of_binary).unwrap(),
+                            serde_rendered(&lockfile)
+                        );
                     }
                 }
             }
@@ -409,7 +413,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn streamed_text_is_to_toml_for_any_strings(
+        fn streamed_text_is_the_toml_crates_for_any_strings(
             paths in proptest::collection::vec(".*", 0..4),
             producer in ".*",
         ) {
@@ -420,7 +424,7 @@ mod tests {
                 .iter()
                 .map(|path| SourceEntry { path: path.clone(), ..template.clone() })
                 .collect();
-            proptest::prop_assert_eq!(streamed(&lockfile), to_toml(&lockfile));
+            proptest::prop_assert_eq!(to_toml(&lockfile), serde_rendered(&lockfile));
         }
     }
 
