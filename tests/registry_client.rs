@@ -212,6 +212,46 @@ fn manifests_that_are_not_our_bundles_or_lie_about_it_are_invalid_input() {
     assert_fails(&out, 3, "config blob is not a mache lockfile");
 }
 
+/// The manifest's layers edited one way each: a layer added, one dropped,
+/// two swapped, one whose size lies. Each is refused, with exit 3 (invalid
+/// input; a size the registry's blob does not have is exit 4, integrity, at
+/// once and not retried) and no db left behind.
+#[test]
+fn manifests_with_extra_missing_reordered_or_resized_layers_are_invalid_input() {
+    let t = setup(false);
+    let good: serde_json::Value =
+        serde_json::from_slice(&t.registry.manifest(SCOPE, "latest")).unwrap();
+    let layers = good["layers"].as_array().unwrap().clone();
+    assert!(layers.len() >= 3, "{good}");
+    let with_layers = |edit: &dyn Fn(&mut Vec<serde_json::Value>)| {
+        let mut manifest = good.clone();
+        let mut edited = layers.clone();
+        edit(&mut edited);
+        manifest["layers"] = serde_json::Value::Array(edited);
+        serde_json::to_vec(&manifest).unwrap()
+    };
+    let cases: [(&str, Vec<u8>, i32, &str); 4] = [
+        ("extra", with_layers(&|l| l.push(l[0].clone())), 3, "layer"),
+        ("missing", with_layers(&|l| drop(l.pop())), 3, "layer"),
+        ("reordered", with_layers(&|l| l.swap(0, 1)), 3, "layer"),
+        (
+            "resized",
+            with_layers(&|l| {
+                let size = l[0]["size"].as_u64().unwrap();
+                l[0]["size"] = (size + 1).into();
+            }),
+            4,
+            "its manifest says",
+        ),
+    ];
+    for (tag, bytes, code, needle) in cases {
+        t.registry.set_manifest(SCOPE, tag, bytes);
+        let (out, restored) = t.pull(&format!("{tag}.db"), &["--ref", tag]);
+        assert_fails(&out, code, needle);
+        assert!(!restored.exists(), "{tag}: a db was left behind");
+    }
+}
+
 #[test]
 fn bad_registry_urls_scopes_and_refs_are_refused_before_any_request() {
     let t = setup(false);

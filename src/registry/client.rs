@@ -361,6 +361,23 @@ impl Client {
                     self.health.answered();
                     return Ok(Some((headers, body)));
                 }
+                // A body whose end the framing marked (a length or chunks)
+                // is the whole blob: the registry has it at another size,
+                // and asking again changes nothing.
+                Ok(body) if framed(&headers) => {
+                    return Err(Error::BlobSize {
+                        what: "blob",
+                        digest: url
+                            .path()
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                        store: self.describe(),
+                        expected: exact.unwrap_or_default(),
+                        actual: body.len() as u64,
+                    });
+                }
                 Ok(body) => Failure::network(
                     FailureKind::Reset,
                     self.registry(),
@@ -964,6 +981,13 @@ fn install_crypto_provider() {
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
+}
+
+/// Whether a response's body ends where its framing says (a
+/// `Content-Length`, or chunks), rather than where the connection closed.
+fn framed(headers: &HeaderMap) -> bool {
+    headers.contains_key(reqwest::header::CONTENT_LENGTH)
+        || headers.contains_key(reqwest::header::TRANSFER_ENCODING)
 }
 
 #[cfg(test)]
