@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 
 use rusqlite::{Connection, params};
 
+pub mod hostile;
+
 /// The binary under test.
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mache-cachefs"));
