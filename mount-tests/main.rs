@@ -10,6 +10,7 @@ mod distribution_support;
 #[path = "../tests/fake_registry/mod.rs"]
 mod fake_registry;
 mod harness;
+mod hostile;
 #[path = "../tests/http_wire/mod.rs"]
 mod http_wire;
 mod registry;
