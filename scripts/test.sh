@@ -14,4 +14,6 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 cargo test --lib
 cargo test --release --all-targets -- --test-threads="${TEST_THREADS:-4}"
 (cd tests/fixtures/build-cache-v1 && sha256sum --quiet -c VECTORS.sha256)
+# docs/RELIABILITY.md names only tests that exist (they all ran above).
+scripts/reliability.sh --check >/dev/null
 echo "all tests passed"
