@@ -1006,17 +1006,18 @@ fn seconds(n: u64) -> std::time::Duration {
 fn a_thousand_half_open_connections_neither_stop_a_pull_nor_outlive_the_header_timeout() {
     raise_open_files(8192);
     let dir = tempfile::tempdir().unwrap();
-    let server = started(dir.path(), &["--header-timeout", "3s"]);
+    // Long enough for 1000 connections to be made and a pull to run on a
+    // loaded machine while all of them are held.
+    let server = started(dir.path(), &["--header-timeout", "15s"]);
+    let baseline = server.open_fds();
     let files: &[(&str, &[u8])] = &[("a.go", b"package a\n"), ("b.go", b"package b\n")];
     let pushed = push_remote(dir.path(), &server, files, "v1");
-    let baseline = server.open_fds();
 
     let slow: Vec<_> = (0..1000)
         .map(|_| connect_and_send(&server.addr, HALF_HEAD))
         .collect();
-    server.wait_for_fds(seconds(20), "accepting 1000 connections", |open| {
-        open >= baseline + 1000
-    });
+    let what = format!("accepting 1000 connections (baseline {baseline})");
+    server.wait_for_fds(seconds(20), &what, |open| open >= baseline + 1000);
 
     // A pull through the real client, within its own deadline.
     let out_db = dir.path().join("pulled.db");
@@ -1041,6 +1042,10 @@ fn a_thousand_half_open_connections_neither_stop_a_pull_nor_outlive_the_header_t
     };
     assert!(status.success(), "{status:?}");
     assert_eq!(dump_sources(&out_db).len(), 2, "{pushed}");
+    assert!(
+        server.open_fds() >= baseline + 1000,
+        "the half-open connections were held throughout the pull"
+    );
 
     // The header timeout closes every one of them.
     server.wait_for_fds(seconds(30), "closing the half-open connections", |open| {

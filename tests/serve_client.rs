@@ -315,7 +315,10 @@ fn a_read_only_token_pulls_and_is_denied_pushes_and_a_read_write_token_pushes() 
     assert_fails(&denied, 7, "403");
     for stored in ["objects", "tmp", "repositories"] {
         let files = list_files(&dir.path().join("served").join(stored));
-        assert!(files.is_empty(), "nothing was stored: {stored} has {files:?}");
+        assert!(
+            files.is_empty(),
+            "nothing was stored: {stored} has {files:?}"
+        );
     }
 
     let pushed = json_of(run_remote(

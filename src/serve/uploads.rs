@@ -413,7 +413,8 @@ fn check_content_range(headers: &HeaderMap, offset: u64) -> RegistryResult<()> {
 
 /// `PUT <name>/blobs/uploads/<id>?digest=`: appends any body, checks the
 /// whole blob against the digest and publishes it. The session ends either
-/// way.
+/// way, unless the body's announced length was refused before it was read
+/// (past a limit): then the client may retry.
 pub async fn finish(app: &App, name: &str, id: &str, request: Request) -> RegistryResult<Response> {
     let digest = request.query.get("digest").ok_or_else(|| {
         RegistryError::new(
@@ -423,14 +424,14 @@ pub async fn finish(app: &App, name: &str, id: &str, request: Request) -> Regist
     })?;
     let digest = parse_digest(digest)?;
     let session = app.uploads.get(name, id)?;
+    let mut slot = session.staging.lock().await;
+    let mut staging = slot.take().ok_or_else(|| unknown_upload(id))?;
+    if let Err(err) = check_announced(&request.headers, &mut staging, app.limits.max_blob) {
+        *slot = Some(staging);
+        return Err(err);
+    }
     app.uploads.remove(id);
-    let mut staging = session
-        .staging
-        .lock()
-        .await
-        .take()
-        .ok_or_else(|| unknown_upload(id))?;
-    check_announced(&request.headers, &mut staging, app.limits.max_blob)?;
+    drop(slot);
     let staging = receive_within(app, staging, request.body).await?;
     publish(app, name, staging, digest).await
 }

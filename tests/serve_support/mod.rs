@@ -112,10 +112,13 @@ impl Server {
             if ok(open) {
                 return;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{what}: still {open} open files after {within:?}"
-            );
+            if std::time::Instant::now() > deadline {
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!(
+                    "{what}: still {open} open files after {within:?}; log, last lines first: {tail:#?}"
+                );
+            }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
