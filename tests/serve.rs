@@ -1064,10 +1064,10 @@ fn idle_connections_unread_answers_and_stalled_bodies_are_cut_after_the_idle_tim
         dir.path(),
         &["--idle-timeout", "2s", "--header-timeout", "60s"],
     );
+    let baseline = server.open_fds();
     let big = serve_support::load::blob_bytes("big", 32 << 20);
     let digest = b3_digest(&big);
     assert_eq!(push_blob(&server.addr, NAME, &digest, &big).status, 201);
-    let baseline = server.open_fds();
 
     // A kept-alive connection, answered once, then silent.
     let mut kept = connect_and_send(&server.addr, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -1077,6 +1077,8 @@ fn idle_connections_unread_answers_and_stalled_bodies_are_cut_after_the_idle_tim
     // An answer of 32 MiB the client never reads: the server's writes block.
     let head = format!("GET /v2/{NAME}/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n");
     let unread = connect_and_send(&server.addr, head.as_bytes());
+    let sending = "sending the answer (its socket and the blob's file open)";
+    server.wait_for_fds(seconds(30), sending, |open| open >= baseline + 2);
     server.wait_for_fds(
         seconds(30),
         "closing the unread answer's connection",
