@@ -1390,3 +1390,29 @@ fn two_hundred_pullers_and_four_pushers_get_no_error_and_no_corrupt_blob() {
     );
     assert_eq!(files_in(&server.store, "tmp"), Vec::<PathBuf>::new());
 }
+
+#[test]
+fn sigterm_closes_connections_without_a_request_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path(), &[]);
+    let mut held: Vec<_> = (0..20)
+        .map(|_| connect_and_send(&server.addr, HALF_HEAD))
+        .collect();
+    held.push(connect_and_send(&server.addr, b""));
+    let mut kept = connect_and_send(&server.addr, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = [0u8; 12];
+    std::io::Read::read_exact(&mut kept, &mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let open = server.open_fds();
+    assert!(open >= 22, "all 22 connections accepted: {open} open files");
+    server.signal();
+    let (status, log) = server.wait_for_exit();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !log.contains("cutting them off"),
+        "connections without a request held the shutdown up: {log}"
+    );
+    for mut stream in held.into_iter().chain([kept]) {
+        read_until_closed(&mut stream, seconds(5));
+    }
+}

@@ -27,8 +27,9 @@
 //! a manifest of 100,000 layers) takes what it takes.
 //!
 //! On shutdown no connection is accepted any more (the listener is
-//! closed), idle connections close at once and each busy one after its
-//! answer; [`serve`] returns when every connection has.
+//! closed), connections without a request in progress (idle, or with half
+//! a head) close at once and each busy one after its answer; [`serve`]
+//! returns when every connection has.
 
 use std::convert::Infallible;
 use std::io;
@@ -164,6 +165,9 @@ async fn connection(
                 return;
             }
             _ = stop.wait_for(|stopped| *stopped), if !stopping => {
+                if clock.is_waiting() {
+                    return;
+                }
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -251,6 +255,11 @@ impl Clock {
                 None => moved.await,
             }
         }
+    }
+
+    /// Whether no request is in progress (the connection waits for one).
+    fn is_waiting(&self) -> bool {
+        self.phase.lock().expect("clock lock").busy == 0
     }
 
     fn read(&self, bytes: usize) {

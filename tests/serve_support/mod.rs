@@ -139,6 +139,13 @@ impl Server {
         self.child.take().unwrap().wait().unwrap()
     }
 
+    /// Waits for the exit (after [`signal`](Self::signal)); the status and
+    /// everything logged.
+    pub fn wait_for_exit(mut self) -> (ExitStatus, String) {
+        let status = self.child.take().unwrap().wait().unwrap();
+        (status, self.log())
+    }
+
     /// Waits until the log has a line containing `needle` (or panics
     /// after 10 s): the server's own word that it got somewhere.
     pub fn wait_for_log(&self, needle: &str) {
