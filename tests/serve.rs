@@ -992,3 +992,427 @@ fn deleting_a_tag_or_a_manifest_over_http_unlists_it_and_gc_then_frees_what_only
     assert_eq!(names, ["latest"], "the store's own latest stays");
     assert_eq!(server.request("DELETE", &by_digest, &[], b"").status, 404);
 }
+
+// ---- limits: connections, timeouts, uploads, manifest memory ----
+
+/// The head of a request, cut before its end: what slowloris sends.
+const HALF_HEAD: &[u8] = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nUser-Agent: slow";
+
+fn seconds(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n)
+}
+
+#[test]
+fn a_thousand_half_open_connections_neither_stop_a_pull_nor_outlive_the_header_timeout() {
+    raise_open_files(8192);
+    let dir = tempfile::tempdir().unwrap();
+    // Long enough for 1000 connections to be made and a pull to run on a
+    // loaded machine while all of them are held.
+    let server = started(dir.path(), &["--header-timeout", "15s"]);
+    let baseline = server.open_fds();
+    let files: &[(&str, &[u8])] = &[("a.go", b"package a\n"), ("b.go", b"package b\n")];
+    let pushed = push_remote(dir.path(), &server, files, "v1");
+
+    let slow: Vec<_> = (0..1000)
+        .map(|_| connect_and_send(&server.addr, HALF_HEAD))
+        .collect();
+    let what = format!("accepting 1000 connections (baseline {baseline})");
+    server.wait_for_fds(seconds(20), &what, |open| open >= baseline + 1000);
+
+    // A pull through the real client, within its own deadline.
+    let out_db = dir.path().join("pulled.db");
+    let remote = format!("http://{}", server.addr);
+    let mut pull = bin()
+        .env("XDG_CACHE_HOME", dir.path().join("pull-cache"))
+        .args(["pull", "--out-db", s(&out_db), "--ref", "v1"])
+        .args(["--remote", &remote, "--scope", "team"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + seconds(30);
+    let status = loop {
+        if let Some(status) = pull.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            pull.kill().unwrap();
+            panic!("the pull did not finish within 30 s beside 1000 half-open connections");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    assert_eq!(dump_sources(&out_db).len(), 2, "{pushed}");
+    assert!(
+        server.open_fds() >= baseline + 1000,
+        "the half-open connections were held throughout the pull"
+    );
+
+    // The header timeout closes every one of them.
+    server.wait_for_fds(seconds(30), "closing the half-open connections", |open| {
+        open <= baseline + 5
+    });
+    let mut one = slow.into_iter().next().unwrap();
+    let answer = read_until_closed(&mut one, seconds(5));
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+}
+
+#[test]
+fn idle_connections_unread_answers_and_stalled_bodies_are_cut_after_the_idle_timeout() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(
+        dir.path(),
+        &["--idle-timeout", "2s", "--header-timeout", "60s"],
+    );
+    let baseline = server.open_fds();
+    let big = serve_support::load::blob_bytes("big", 32 << 20);
+    let digest = b3_digest(&big);
+    assert_eq!(push_blob(&server.addr, NAME, &digest, &big).status, 201);
+
+    // A kept-alive connection, answered once, then silent.
+    let mut kept = connect_and_send(&server.addr, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    let answer = read_until_closed(&mut kept, seconds(30));
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+
+    // An answer of 32 MiB the client never reads: the server's writes block.
+    let head = format!("GET /v2/{NAME}/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let unread = connect_and_send(&server.addr, head.as_bytes());
+    let sending = "sending the answer (its socket and the blob's file open)";
+    server.wait_for_fds(seconds(30), sending, |open| open >= baseline + 2);
+    server.wait_for_fds(
+        seconds(30),
+        "closing the unread answer's connection",
+        |open| open <= baseline,
+    );
+    drop(unread);
+
+    // An upload whose body stops after 10 of its 1000 bytes.
+    let start = server.request("POST", &format!("/v2/{NAME}/blobs/uploads/"), &[], b"");
+    let location = start.header("Location").unwrap().to_string();
+    let head =
+        format!("PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789");
+    let mut stalled = connect_and_send(&server.addr, head.as_bytes());
+    let mut raw = Vec::new();
+    stalled.set_read_timeout(Some(seconds(30))).unwrap();
+    let _ = stalled.read_to_end(&mut raw);
+    let reply = parse_reply(&raw, false);
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(reply.error().0, "BLOB_UPLOAD_INVALID");
+    assert!(
+        reply.error().1.contains("--idle-timeout"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(files_in(&server.store, "tmp"), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn connections_past_the_cap_wait_in_the_accept_queue_until_one_closes() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(
+        dir.path(),
+        &["--max-connections", "4", "--header-timeout", "60s"],
+    );
+    let baseline = server.open_fds();
+    let mut held: Vec<_> = (0..4)
+        .map(|_| connect_and_send(&server.addr, HALF_HEAD))
+        .collect();
+    server.wait_for_fds(seconds(20), "accepting 4 connections", |open| {
+        open == baseline + 4
+    });
+    let mut fifth = connect_and_send(
+        &server.addr,
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    fifth
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let waited = fifth.read(&mut byte).unwrap_err();
+    assert!(
+        matches!(
+            waited.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{waited}"
+    );
+    assert_eq!(server.open_fds(), baseline + 4, "the fifth is not accepted");
+
+    drop(held.pop());
+    let answer = read_until_closed(&mut fifth, seconds(30));
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[test]
+fn upload_slots_and_bytes_are_limited_with_429_and_stale_sessions_expire_on_a_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(
+        dir.path(),
+        &[
+            "--max-uploads",
+            "2",
+            "--max-upload-bytes",
+            "1K",
+            "--upload-expiry",
+            "4s",
+        ],
+    );
+    let uploads = format!("/v2/{NAME}/blobs/uploads/");
+    let start = || server.request("POST", &uploads, &[], b"");
+    let (a, b) = (start(), start());
+    assert_eq!((a.status, b.status), (202, 202));
+    let third = start();
+    assert_eq!(third.status, 429, "{}", third.text());
+    assert_eq!(third.error().0, "TOOMANYREQUESTS");
+    assert!(
+        third.error().1.contains("--max-uploads"),
+        "{}",
+        third.text()
+    );
+    assert_eq!(third.header("Retry-After"), Some("2"));
+    let small = b"tiny";
+    let monolithic = push_blob(&server.addr, NAME, &b3_digest(small), small);
+    assert_eq!(
+        monolithic.status, 429,
+        "a monolithic upload takes a slot too"
+    );
+
+    let (a, b) = (a.header("Location").unwrap(), b.header("Location").unwrap());
+    assert_eq!(server.request("PATCH", a, &[], &[1; 600]).status, 202);
+    let over = server.request("PATCH", b, &[], &[2; 600]);
+    assert_eq!(over.status, 429, "{}", over.text());
+    assert!(
+        over.error().1.contains("--max-upload-bytes"),
+        "{}",
+        over.text()
+    );
+    let within = server.request("PATCH", b, &[], &[2; 400]);
+    assert_eq!(within.status, 202, "the refused PATCH kept its session");
+    assert_eq!(within.header("Range"), Some("0-399"));
+    assert_eq!(files_in(&server.store, "tmp").len(), 2);
+
+    // No upload starts, yet both sessions expire and their files go.
+    let deadline = std::time::Instant::now() + seconds(30);
+    while !files_in(&server.store, "tmp").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stale sessions stayed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(server.get(a).error().0, "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(start().status, 202, "the slots are free again");
+}
+
+/// A valid manifest naming `config` (pushed), padded to about `len` bytes
+/// with an annotation.
+fn padded_manifest(config: &str, len: usize) -> Vec<u8> {
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&manifest_of((config, 2), &[])).unwrap();
+    manifest["annotations"] = serde_json::json!({"padding": "p".repeat(len)});
+    serde_json::to_vec(&manifest).unwrap()
+}
+
+#[test]
+fn concurrent_manifest_pushes_share_the_manifest_memory_budget() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(
+        dir.path(),
+        &["--max-manifest-size", "1M", "--manifest-memory", "1M"],
+    );
+    let config = b"{}";
+    let config_digest = b3_digest(config);
+    assert_eq!(
+        push_blob(&server.addr, NAME, &config_digest, config).status,
+        201
+    );
+    let first = padded_manifest(&config_digest, 700_000);
+    let second = padded_manifest(&config_digest, 700_001);
+    let headers = [("Content-Type", OCI_MANIFEST)];
+
+    // The first is being read (the server asked for its body).
+    let head = format!(
+        "PUT /v2/{NAME}/manifests/first HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\
+         Content-Type: {OCI_MANIFEST}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        first.len()
+    );
+    let mut reading = connect_and_send(&server.addr, head.as_bytes());
+    let mut interim = Vec::new();
+    while !interim.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        reading.read_exact(&mut byte).unwrap();
+        interim.push(byte[0]);
+    }
+    assert!(interim.starts_with(b"HTTP/1.1 100"), "{interim:?}");
+    let refused = server.request(
+        "PUT",
+        &format!("/v2/{NAME}/manifests/second"),
+        &headers,
+        &second,
+    );
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.error().0, "TOOMANYREQUESTS");
+    assert!(
+        refused.error().1.contains("--manifest-memory"),
+        "{}",
+        refused.text()
+    );
+
+    reading.write_all(&first).unwrap();
+    let mut raw = Vec::new();
+    reading.read_to_end(&mut raw).unwrap();
+    assert_eq!(parse_reply(&raw, false).status, 201);
+    let retried = server.request(
+        "PUT",
+        &format!("/v2/{NAME}/manifests/second"),
+        &headers,
+        &second,
+    );
+    assert_eq!(retried.status, 201, "{}", retried.text());
+    assert_eq!(
+        server.get(&format!("/v2/{NAME}/manifests/second")).body,
+        second
+    );
+}
+
+#[test]
+fn a_manifest_of_36_mb_is_accepted_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path(), &[]);
+    let config = b"{}";
+    let config_digest = b3_digest(config);
+    assert_eq!(
+        push_blob(&server.addr, NAME, &config_digest, config).status,
+        201
+    );
+    // A 100,000-source bundle's manifest, one layer per source, is ~35 MB.
+    let manifest = padded_manifest(&config_digest, 36_000_000);
+    let headers = [("Content-Type", OCI_MANIFEST)];
+    let put = server.request(
+        "PUT",
+        &format!("/v2/{NAME}/manifests/big"),
+        &headers,
+        &manifest,
+    );
+    assert_eq!(put.status, 201, "{}", put.text());
+    assert_eq!(
+        server.get(&format!("/v2/{NAME}/manifests/big")).body.len(),
+        manifest.len()
+    );
+}
+
+/// `MACHE_LOAD_<KEY>` as a number, else `default` (the bench script
+/// raises them; the test runs with the defaults).
+fn load_setting(key: &str, default: u64) -> u64 {
+    std::env::var(format!("MACHE_LOAD_{key}"))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("MACHE_LOAD_{key}={v:?}"))
+        })
+        .unwrap_or(default)
+}
+
+#[test]
+fn two_hundred_pullers_and_four_pushers_get_no_error_and_no_corrupt_blob() {
+    use serve_support::load;
+    raise_open_files(8192);
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path(), &[]);
+    // 64 blobs of 1 KiB to about 1 MiB, and a manifest naming them.
+    let seeded: Vec<(String, usize)> = (0..64)
+        .map(|i| {
+            let bytes = load::blob_bytes(&format!("seed {i}"), 1024 + i * i * 256);
+            let digest = load::digest_of(&bytes);
+            assert_eq!(push_blob(&server.addr, NAME, &digest, &bytes).status, 201);
+            (digest, bytes.len())
+        })
+        .collect();
+    let layers: Vec<(&str, usize)> = seeded.iter().map(|(d, l)| (d.as_str(), *l)).collect();
+    let manifest = manifest_of(layers[0], &layers);
+    let headers = [("Content-Type", OCI_MANIFEST)];
+    let put = server.request(
+        "PUT",
+        &format!("/v2/{NAME}/manifests/latest"),
+        &headers,
+        &manifest,
+    );
+    assert_eq!(put.status, 201, "{}", put.text());
+    let digests: Vec<String> = seeded.into_iter().map(|(d, _)| d).collect();
+
+    let mut baseline = load::baseline(&server.addr, NAME, &digests, 320);
+    let settings = load::Load {
+        pullers: load_setting("PULLERS", 200) as usize,
+        pushers: load_setting("PUSHERS", 4) as usize,
+        duration: seconds(load_setting("SECS", 8)),
+    };
+    let mut report = load::run(&server.addr, NAME, &digests, settings);
+    assert_eq!(report.errors, 0, "{:#?}", report.first_errors);
+    assert_eq!(report.corrupt, 0);
+    assert!(
+        report.pulls > settings.pullers as u64,
+        "{} pulls",
+        report.pulls
+    );
+    assert!(
+        report.pushes >= settings.pushers as u64,
+        "{} pushes",
+        report.pushes
+    );
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let (base50, base99) = (
+        ms(load::percentile(&mut baseline, 50.0)),
+        ms(load::percentile(&mut baseline, 99.0)),
+    );
+    let (load50, load99) = (
+        ms(load::percentile(&mut report.latencies, 50.0)),
+        ms(load::percentile(&mut report.latencies, 99.0)),
+    );
+    // Figures for scripts/bench-serve-load.sh; nothing is asserted of them.
+    println!(
+        "serve-load: pullers={} pushers={} secs={} pulls={} pushes={} errors={} corrupt={} \
+         baseline_p50_ms={base50:.2} baseline_p99_ms={base99:.2} loaded_p50_ms={load50:.2} \
+         loaded_p99_ms={load99:.2} ratio_p50={:.1} ratio_p99={:.1}",
+        settings.pullers,
+        settings.pushers,
+        settings.duration.as_secs(),
+        report.pulls,
+        report.pushes,
+        report.errors,
+        report.corrupt,
+        load50 / base50,
+        load99 / base99,
+    );
+    assert_eq!(files_in(&server.store, "tmp"), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn sigterm_closes_connections_without_a_request_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path(), &[]);
+    let mut held: Vec<_> = (0..20)
+        .map(|_| connect_and_send(&server.addr, HALF_HEAD))
+        .collect();
+    held.push(connect_and_send(&server.addr, b""));
+    let mut kept = connect_and_send(&server.addr, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = [0u8; 12];
+    std::io::Read::read_exact(&mut kept, &mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let open = server.open_fds();
+    assert!(open >= 22, "all 22 connections accepted: {open} open files");
+    server.signal();
+    let (status, log) = server.wait_for_exit();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !log.contains("cutting them off"),
+        "connections without a request held the shutdown up: {log}"
+    );
+    for mut stream in held.into_iter().chain([kept]) {
+        read_until_closed(&mut stream, seconds(5));
+    }
+}

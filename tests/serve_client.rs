@@ -265,3 +265,115 @@ fn the_packed_layout_round_trips_reuses_its_packs_and_an_unchanged_repush_upload
     assert_eq!(dump_ast(&out), dump_ast(&changed));
     json_of(run_remote(dir.path(), &server, &["verify", "--json"]));
 }
+
+/// Writes `text` to `dir/name`, readable by its owner only (as the client
+/// wants token files), and returns the path.
+fn secret_file(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[test]
+fn a_read_only_token_pulls_and_is_denied_pushes_and_a_read_write_token_pushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = secret_file(
+        dir.path(),
+        "tokens",
+        "# developers pull, CI pushes\nread-only dev-7f3a\nread-write ci-91bc\n",
+    );
+    let server = Server::start(
+        dir.path(),
+        &dir.path().join("served"),
+        &["--token-file", s(&tokens)],
+    );
+    let ci = secret_file(dir.path(), "ci-token", "ci-91bc\n");
+    // The developer's token comes from the config file, as on a laptop.
+    let config_home = dir.path().join("config");
+    let dev = secret_file(dir.path(), "dev-token", "dev-7f3a\n");
+    std::fs::create_dir_all(config_home.join("mache-cachefs")).unwrap();
+    std::fs::write(
+        config_home.join("mache-cachefs/config.toml"),
+        format!("token_file = {:?}\n", s(&dev)),
+    )
+    .unwrap();
+    let as_dev = |args: &[&str]| {
+        bin()
+            .env("XDG_CACHE_HOME", dir.path().join("dev-cache"))
+            .env("XDG_CONFIG_HOME", &config_home)
+            .args(args)
+            .args(remote(&server))
+            .output()
+            .unwrap()
+    };
+
+    let db = sample_db(dir.path(), "");
+    let local = dir.path().join("local");
+    let denied = as_dev(&["push", "--db", s(&db), s(&local), "--tag", "v1"]);
+    assert_fails(&denied, 7, "403");
+    for stored in ["objects", "tmp", "repositories"] {
+        let files = list_files(&dir.path().join("served").join(stored));
+        assert!(
+            files.is_empty(),
+            "nothing was stored: {stored} has {files:?}"
+        );
+    }
+
+    let pushed = json_of(run_remote(
+        dir.path(),
+        &server,
+        &[
+            "push",
+            "--db",
+            s(&db),
+            s(&local),
+            "--tag",
+            "v1",
+            "--token-file",
+            s(&ci),
+            "--json",
+        ],
+    ));
+    assert_eq!(pushed["remote"]["uploaded"], 6, "{pushed:#}");
+
+    let out = dir.path().join("pulled.db");
+    json_of(as_dev(&[
+        "pull",
+        "--out-db",
+        s(&out),
+        "--ref",
+        "v1",
+        "--json",
+    ]));
+    assert_eq!(dump_sources(&out), dump_sources(&db));
+
+    // Over the wire: every write with the read-only token is 403 DENIED,
+    // an unknown token 401 with the challenge.
+    let name = format!("/v2/mache/{SCOPE}");
+    let bearer = |token: &str| format!("Bearer {token}");
+    let dev_auth = bearer("dev-7f3a");
+    for (method, path) in [
+        ("POST", format!("{name}/blobs/uploads/")),
+        ("PUT", format!("{name}/manifests/v2")),
+        ("PATCH", format!("{name}/blobs/uploads/x")),
+        ("DELETE", format!("{name}/manifests/v1")),
+    ] {
+        let reply = server.request(method, &path, &[("Authorization", &dev_auth)], b"");
+        assert_eq!(reply.status, 403, "{method} {path}: {}", reply.text());
+        assert_eq!(reply.error().0, "DENIED");
+    }
+    let read = server.request(
+        "GET",
+        &format!("{name}/manifests/v1"),
+        &[("Authorization", &dev_auth)],
+        b"",
+    );
+    assert_eq!(read.status, 200);
+    let unknown = server.request("GET", "/v2/", &[("Authorization", &bearer("guess"))], b"");
+    assert_eq!(unknown.status, 401);
+    assert_eq!(unknown.error().0, "UNAUTHORIZED");
+    assert!(unknown.header("WWW-Authenticate").is_some());
+    assert!(!server.log().contains("dev-7f3a") && !server.log().contains("ci-91bc"));
+}

@@ -300,8 +300,9 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:5000", value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
-    /// Require `Authorization: Bearer <token>` on every request, the token
-    /// being the first line of FILE.
+    /// Require a token on every request (`Authorization: Bearer <token>`).
+    /// One token a line: `read-only TOKEN`, `read-write TOKEN`, or a bare
+    /// TOKEN (read-write); `#` starts a comment line.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Largest blob accepted, e.g. 4GiB, 512M, or bytes.
@@ -312,6 +313,47 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", default_value = crate::serve::DEFAULT_MAX_MANIFEST,
           value_parser = crate::units::parse_size)]
     pub max_manifest_size: u64,
+    /// Bytes all manifests being pushed may hold in memory together; a push
+    /// past it is answered 429 (at least --max-manifest-size).
+    #[arg(long, value_name = "SIZE", default_value = crate::serve::DEFAULT_MANIFEST_MEMORY,
+          value_parser = crate::units::parse_size)]
+    pub manifest_memory: u64,
+    /// Uploads in progress at once (sessions and monolithic POSTs); more are
+    /// answered 429.
+    #[arg(long, value_name = "N", default_value = crate::serve::DEFAULT_MAX_UPLOADS)]
+    pub max_uploads: u64,
+    /// Bytes all uploads in progress may hold in the store's tmp/ together;
+    /// past it, 429.
+    #[arg(long, value_name = "SIZE", default_value = crate::serve::DEFAULT_MAX_UPLOAD_BYTES,
+          value_parser = crate::units::parse_size)]
+    pub max_upload_bytes: u64,
+    /// An upload session unused this long is dropped and its file removed.
+    #[arg(long, value_name = "DURATION", default_value = crate::serve::DEFAULT_UPLOAD_EXPIRY,
+          value_parser = parse_duration)]
+    pub upload_expiry: std::time::Duration,
+    /// Time for a request's head to arrive whole (from the accept, or from
+    /// its first byte on a kept-alive connection), e.g. 20s.
+    #[arg(long, value_name = "DURATION", default_value = crate::serve::DEFAULT_HEADER_TIMEOUT,
+          value_parser = parse_duration)]
+    pub header_timeout: std::time::Duration,
+    /// A connection without a request, an answer the client does not read,
+    /// or a request body without a byte, for this long is closed.
+    #[arg(long, value_name = "DURATION", default_value = crate::serve::DEFAULT_IDLE_TIMEOUT,
+          value_parser = parse_duration)]
+    pub idle_timeout: std::time::Duration,
+    /// Connections open at once; more wait in the kernel's accept queue.
+    #[arg(long, value_name = "N", default_value = crate::serve::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+}
+
+/// A duration such as `30s`, `5m` or `1h`; zero is refused.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration.is_zero() {
+        return Err("must be more than zero".to_string());
+    }
+    Ok(duration)
 }
 
 #[derive(Debug, Args)]

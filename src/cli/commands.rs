@@ -340,18 +340,30 @@ fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
 }
 
 fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
-    let token = args
+    let tokens = args
         .token_file
         .as_deref()
-        .map(crate::serve::Token::read)
+        .map(crate::serve::Tokens::read)
         .transpose()?;
     let options = crate::serve::ServeOptions {
         store: store_dir(settings, args.store),
         listen: args.listen,
-        token,
+        tokens,
         limits: crate::serve::Limits {
             max_blob: args.max_blob_size,
             max_manifest: args.max_manifest_size,
+            manifest_memory: args.manifest_memory,
+            idle_timeout: args.idle_timeout,
+        },
+        uploads: crate::serve::UploadLimits {
+            max_uploads: args.max_uploads,
+            max_bytes: args.max_upload_bytes,
+            expiry: args.upload_expiry,
+        },
+        connections: crate::serve::ConnectionLimits {
+            header_timeout: args.header_timeout,
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections as usize,
         },
     };
     crate::serve::run(options, |addr| {

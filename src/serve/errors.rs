@@ -28,6 +28,11 @@ pub enum Code {
     NameInvalid,
     /// 401: a missing or wrong bearer token.
     Unauthorized,
+    /// 403: a token that may read, on a request that writes.
+    Denied,
+    /// 429: a limit on work in progress (uploads, manifest memory) is
+    /// reached; the client may retry after `Retry-After` seconds.
+    TooManyRequests,
     /// 416: a `Range` or `Content-Range` that cannot be satisfied.
     RangeInvalid,
     /// 405: a method this route does not support.
@@ -58,6 +63,8 @@ impl Code {
             Code::ManifestInvalid => "MANIFEST_INVALID",
             Code::NameInvalid => "NAME_INVALID",
             Code::Unauthorized => "UNAUTHORIZED",
+            Code::Denied => "DENIED",
+            Code::TooManyRequests => "TOOMANYREQUESTS",
             Code::RangeInvalid => "RANGE_INVALID",
             Code::Unsupported => "UNSUPPORTED",
             Code::BlobDigestMismatch => "BLOB_DIGEST_MISMATCH",
@@ -83,6 +90,8 @@ impl Code {
             | Code::ManifestConfigMissing
             | Code::ManifestLayerMissing => StatusCode::BAD_REQUEST,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Denied => StatusCode::FORBIDDEN,
+            Code::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Code::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
             Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             Code::ManifestMediatypeRefused => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -106,6 +115,9 @@ pub struct RegistryError {
     /// Extra headers for this answer (a challenge, a `Content-Range`).
     headers: Vec<(header::HeaderName, HeaderValue)>,
 }
+
+/// The `Retry-After` of a 429: work in progress ends within seconds.
+const RETRY_AFTER_SECS: &str = "2";
 
 /// What every handler returns.
 pub type RegistryResult<T> = std::result::Result<T, RegistryError>;
@@ -131,6 +143,15 @@ impl RegistryError {
     pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> RegistryError {
         self.headers.push((name, value));
         self
+    }
+
+    /// A `TOOMANYREQUESTS` refusal (429) asking the client to retry after
+    /// two seconds.
+    pub fn busy(message: impl Into<String>) -> RegistryError {
+        RegistryError::new(Code::TooManyRequests, message).with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        )
     }
 
     /// A failure of the store under the server (500). Logged here, since
@@ -179,6 +200,8 @@ mod tests {
             (Code::BlobTooLarge, 413),
             (Code::RangeInvalid, 416),
             (Code::Unauthorized, 401),
+            (Code::Denied, 403),
+            (Code::TooManyRequests, 429),
             (Code::Unsupported, 405),
         ];
         for (code, status) in cases {

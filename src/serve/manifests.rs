@@ -11,17 +11,26 @@
 //! index, the manifest itself) can be fetched like anything pushed. The
 //! other way round, a bundle pushed by tag `latest` becomes the store's own
 //! `latest` when the store holds all of it ([`Registry::follow_latest`]).
+//!
+//! A manifest being pushed is held in memory while it is read, parsed and
+//! checked. What all of them hold together is bounded by
+//! `--manifest-memory`: each `PUT` takes its announced `Content-Length`
+//! from that budget before reading (its bytes as they come, without one),
+//! and is refused with 429 `TOOMANYREQUESTS` when the budget lacks them,
+//! so N concurrent pushes cannot take N × `--max-manifest-size`.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::Response;
-use futures_util::StreamExt;
 use serde::Deserialize;
 
+use super::body::next_frame;
+use super::budget::{Budget, Share};
 use super::digest::{check_digest, parse_digest};
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::registry::Registry;
 use super::routes::Request;
+use super::uploads::announced_len;
 use super::{App, blocking};
 use crate::error::Error;
 use crate::hash::Hash;
@@ -215,12 +224,24 @@ pub async fn put(
             format!("invalid tag {reference:?}: [A-Za-z0-9_] then up to 127 of [A-Za-z0-9._-]"),
         )
     })?;
-    let bytes = read_limited(request.body, app.limits.max_manifest).await?;
+    let limit = app.limits.max_manifest;
+    let announced = announced_len(&request.headers);
+    if announced > limit {
+        return Err(manifest_too_large(limit));
+    }
+    let mut held = app
+        .manifest_memory
+        .take(announced)
+        .ok_or_else(|| memory_spent(&app.manifest_memory))?;
+    let bytes = read_limited(request.body, limit, app.limits.idle_timeout, &mut held).await?;
     let manifest = parse(&bytes, &request.headers)?;
     let registry = app.registry.clone();
     let owned_name = name.to_string();
-    let hash =
-        blocking(move || store(&registry, &owned_name, reference, &bytes, &manifest)).await?;
+    let hash = blocking(move || {
+        let _held = held;
+        store(&registry, &owned_name, reference, &bytes, &manifest)
+    })
+    .await?;
     let digest = Digest::of_hash(&hash);
     Ok(Response::builder()
         .status(StatusCode::CREATED)
@@ -231,28 +252,46 @@ pub async fn put(
         .expect("valid response headers"))
 }
 
-/// Reads a whole (small) body, refusing one past `limit` bytes.
-async fn read_limited(body: Body, limit: u64) -> RegistryResult<Vec<u8>> {
+/// Reads a whole manifest body, refusing one past `limit` bytes or past
+/// what `held` can grow to in the manifest memory budget.
+async fn read_limited(
+    body: Body,
+    limit: u64,
+    idle: std::time::Duration,
+    held: &mut Share,
+) -> RegistryResult<Vec<u8>> {
     let mut stream = body.into_data_stream();
     let mut bytes = Vec::new();
-    while let Some(frame) = stream.next().await {
-        let frame = frame.map_err(|e| {
-            RegistryError::new(
-                Code::ManifestInvalid,
-                format!("manifest body cut short: {e}"),
-            )
-        })?;
-        if (bytes.len() + frame.len()) as u64 > limit {
-            return Err(RegistryError::new(
-                Code::BlobTooLarge,
-                format!(
-                    "manifest is larger than the {limit} bytes this server accepts (--max-manifest-size)"
-                ),
-            ));
+    while let Some(frame) = next_frame(&mut stream, idle, Code::ManifestInvalid, "manifest").await?
+    {
+        let len = (bytes.len() + frame.len()) as u64;
+        if len > limit {
+            return Err(manifest_too_large(limit));
+        }
+        if !held.grow_to(len) {
+            return Err(memory_spent(&held.budget()));
         }
         bytes.extend_from_slice(&frame);
     }
     Ok(bytes)
+}
+
+fn manifest_too_large(limit: u64) -> RegistryError {
+    RegistryError::new(
+        Code::BlobTooLarge,
+        format!(
+            "manifest is larger than the {limit} bytes this server accepts (--max-manifest-size)"
+        ),
+    )
+}
+
+/// 429: the manifests being pushed hold the whole memory budget.
+fn memory_spent(budget: &Budget) -> RegistryError {
+    RegistryError::busy(format!(
+        "manifests being pushed hold {} of the {} bytes this server allows them          (--manifest-memory); retry later",
+        budget.used(),
+        budget.total()
+    ))
 }
 
 /// Parses a manifest body: JSON, of the OCI image manifest media type (in

@@ -2,8 +2,13 @@
 //! OCI-Distribution-style HTTP registry over a local store.
 //!
 //! This module owns the server around the routes: the runtime, the
-//! listener, bearer-token auth, the request log and graceful shutdown.
+//! options and limits, the request log and graceful shutdown.
 //! The parts:
+//! - `connections`: the accept loop and connections, with the connection
+//!   cap and the header and idle timeouts;
+//! - `auth`: the tokens, read-only or read-write;
+//! - `budget`, `body`: limits on work in progress, and reading bodies
+//!   within the idle timeout;
 //! - `routes`: what a `/v2/…` path names and who answers it;
 //! - `blobs`, `uploads`, `manifests`: the handlers;
 //! - `registry`: the store seen as a registry (digests, repositories, tags);
@@ -14,7 +19,11 @@
 //! File work runs on blocking threads (`blocking`); bodies are streamed,
 //! never buffered whole (manifests excepted, up to their limit).
 
+mod auth;
 mod blobs;
+mod body;
+mod budget;
+mod connections;
 mod digest;
 mod errors;
 mod manifests;
@@ -23,7 +32,7 @@ mod routes;
 mod uploads;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,8 +44,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use tokio::sync::watch;
 
+pub use auth::{Access, Tokens};
+pub use connections::{
+    ConnectionLimits, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+};
+pub use uploads::{
+    DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOADS, DEFAULT_UPLOAD_EXPIRY, UploadLimits,
+};
+
 use crate::error::{Error, Result};
 use crate::store::LocalStore;
+use auth::Verdict;
+use budget::Budget;
 use errors::{Code, RegistryError, RegistryResult};
 use registry::Registry;
 use uploads::Uploads;
@@ -46,6 +65,9 @@ pub const DEFAULT_MAX_BLOB: &str = "4GiB";
 /// Default `--max-manifest-size`: 128 MiB (providers must take at least 16;
 /// one layer per source for 100,000 sources is about 35 MB).
 pub const DEFAULT_MAX_MANIFEST: &str = "128MiB";
+/// Default `--manifest-memory`: two manifests of the largest size, or seven
+/// of a 100,000-source bundle's, being pushed at once.
+pub const DEFAULT_MANIFEST_MEMORY: &str = "256MiB";
 /// How long in-flight requests may take to finish once a shutdown signal
 /// arrives.
 const GRACE: Duration = Duration::from_secs(10);
@@ -59,61 +81,28 @@ pub struct ServeOptions {
     pub store: PathBuf,
     /// Where to listen; port 0 picks a free one.
     pub listen: SocketAddr,
-    /// The bearer token every request must carry, if any.
-    pub token: Option<Token>,
+    /// The tokens requests must carry, if any.
+    pub tokens: Option<Tokens>,
     /// Body size limits.
     pub limits: Limits,
+    /// Limits on uploads in progress.
+    pub uploads: UploadLimits,
+    /// Limits on connections.
+    pub connections: ConnectionLimits,
 }
 
-/// Body size limits, in bytes.
+/// Limits on request bodies.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Largest blob accepted.
+    /// Largest blob accepted, in bytes.
     pub max_blob: u64,
-    /// Largest manifest accepted.
+    /// Largest manifest accepted, in bytes.
     pub max_manifest: u64,
-}
-
-/// A bearer token, held only as its BLAKE3: it can be neither printed nor
-/// logged, and comparing two hashes (blake3's `==`) takes constant time.
-pub struct Token(blake3::Hash);
-
-impl Token {
-    /// A token from its text.
-    pub fn new(text: &str) -> Token {
-        Token(blake3::hash(text.as_bytes()))
-    }
-
-    /// The first line of `path`, trimmed; an empty one is refused.
-    pub fn read(path: &Path) -> Result<Token> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("reading token file {}", path.display()), e))?;
-        let line = text.lines().next().unwrap_or_default().trim();
-        if line.is_empty() {
-            return Err(Error::BadSetting(format!(
-                "token file {} has an empty first line",
-                path.display()
-            )));
-        }
-        Ok(Token::new(line))
-    }
-
-    /// Whether `headers` carry `Authorization: Bearer <this token>`.
-    fn admits(&self, headers: &HeaderMap) -> bool {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim());
-        presented.is_some_and(|token| blake3::hash(token.as_bytes()) == self.0)
-    }
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
+    /// Bytes all manifests being pushed may hold in memory together (at
+    /// least `max_manifest`).
+    pub manifest_memory: u64,
+    /// Longest a request body may go without a byte.
+    pub idle_timeout: Duration,
 }
 
 /// What every handler shares.
@@ -122,7 +111,8 @@ struct App {
     registry: Registry,
     uploads: Uploads,
     limits: Limits,
-    token: Option<Token>,
+    manifest_memory: Arc<Budget>,
+    tokens: Option<Tokens>,
 }
 
 /// Runs the server until SIGTERM or SIGINT, then shuts it down gracefully:
@@ -130,18 +120,32 @@ struct App {
 /// every unfinished upload's file is removed. `on_listening` is called once
 /// the socket listens, with its real address.
 pub fn run(options: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<()> {
+    if options.limits.manifest_memory < options.limits.max_manifest {
+        return Err(Error::BadSetting(format!(
+            "--manifest-memory ({} bytes) must be at least --max-manifest-size ({} bytes)",
+            options.limits.manifest_memory, options.limits.max_manifest
+        )));
+    }
     let store = LocalStore::create(&options.store)?;
+    connections::raise_open_files_limit(options.connections.max_connections);
     let app = Arc::new(App {
         registry: Registry::new(store),
-        uploads: Uploads::default(),
+        uploads: Uploads::new(options.uploads),
         limits: options.limits,
-        token: options.token,
+        manifest_memory: Budget::new(options.limits.manifest_memory),
+        tokens: options.tokens,
     });
+    let connections = options.connections;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the server's runtime", e))?;
-    let result = runtime.block_on(serve(app.clone(), options.listen, on_listening));
+    let result = runtime.block_on(serve(
+        app.clone(),
+        options.listen,
+        connections,
+        on_listening,
+    ));
     // Requests cut off by the grace period may have left blocking writes
     // behind; they do not hold the exit up for long.
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -152,6 +156,7 @@ pub fn run(options: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Resu
 async fn serve(
     app: Arc<App>,
     listen: SocketAddr,
+    limits: ConnectionLimits,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     // Signals are caught before anyone can learn the address, so a
@@ -163,33 +168,41 @@ async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io(format!("listening on {listen}"), e))?;
-    if !addr.ip().is_loopback() && app.token.is_none() {
+    if !addr.ip().is_loopback() && app.tokens.is_none() {
         tracing::warn!(
             "serving {addr} beyond this machine without --token-file: anyone who can reach it may read and write the store"
         );
     }
     on_listening(addr);
-    // Small answers (HEAD, manifests, small chunks) go out at once: with
-    // Nagle's algorithm each would wait for the client's delayed ACK (40 ms).
-    let listener =
-        axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!("TCP_NODELAY: {e}");
-            }
-        });
-    let server = axum::serve(listener, router(app)).with_graceful_shutdown(stopped(stop.clone()));
+    tokio::spawn(expire_uploads(app.clone()));
+    let server = connections::serve(listener, router(app), limits, stop.clone());
     let grace = async {
         stopped(stop).await;
         tokio::time::sleep(GRACE).await;
     };
     tokio::select! {
-        served = server => served.map_err(|e| Error::io("serving", e))?,
+        () = server => {}
         () = grace => tracing::warn!(
             "in-flight requests did not finish within {} s of the shutdown signal; cutting them off",
             GRACE.as_secs()
         ),
     }
     Ok(())
+}
+
+/// Drops stale upload sessions, every [`Uploads::expiry_tick`].
+async fn expire_uploads(app: Arc<App>) {
+    let mut tick = tokio::time::interval(app.uploads.expiry_tick());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let app = app.clone();
+        let _ = blocking(move || {
+            app.uploads.expire();
+            Ok(())
+        })
+        .await;
+    }
 }
 
 /// A flag set by the first SIGTERM or SIGINT.
@@ -225,10 +238,16 @@ fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Refuses a request without the right bearer token, with the challenge.
+/// Refuses a request without a known token (401, with the challenge),
+/// or a write with a read-only one (403).
 async fn authorize(State(app): State<Arc<App>>, request: HttpRequest, next: Next) -> Response {
-    match &app.token {
-        Some(token) if !token.admits(request.headers()) => {
+    let verdict = match &app.tokens {
+        Some(tokens) => tokens.check(request.headers(), request.method()),
+        None => Verdict::Admitted,
+    };
+    match verdict {
+        Verdict::Admitted => next.run(request).await,
+        Verdict::Unauthorized => {
             RegistryError::new(Code::Unauthorized, "a valid bearer token is required")
                 .with_header(
                     header::WWW_AUTHENTICATE,
@@ -236,7 +255,14 @@ async fn authorize(State(app): State<Arc<App>>, request: HttpRequest, next: Next
                 )
                 .into_response()
         }
-        _ => next.run(request).await,
+        Verdict::Denied => RegistryError::new(
+            Code::Denied,
+            format!(
+                "this token is read-only: {} needs a read-write one",
+                request.method()
+            ),
+        )
+        .into_response(),
     }
 }
 
@@ -285,36 +311,4 @@ async fn blocking<T: Send + 'static>(
             format!("a store task failed: {e}"),
         ))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bearer(value: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::AUTHORIZATION, value.parse().unwrap());
-        headers
-    }
-
-    #[test]
-    fn only_the_right_bearer_token_is_admitted_and_it_never_prints() {
-        let token = Token::new("s3cret");
-        assert!(token.admits(&bearer("Bearer s3cret")));
-        assert!(token.admits(&bearer("bearer s3cret")));
-        assert!(!token.admits(&bearer("Bearer s3cre")));
-        assert!(!token.admits(&bearer("Basic s3cret")));
-        assert!(!token.admits(&HeaderMap::new()));
-        assert!(!format!("{token:?}").contains("s3cret"));
-    }
-
-    #[test]
-    fn a_token_file_gives_its_first_line_trimmed_and_must_not_be_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        std::fs::write(&path, "  abc \nsecond\n").unwrap();
-        assert!(Token::read(&path).unwrap().admits(&bearer("Bearer abc")));
-        std::fs::write(&path, "\n").unwrap();
-        assert!(Token::read(&path).is_err());
-    }
 }

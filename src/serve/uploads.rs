@@ -6,9 +6,16 @@
 //! and SHA-256 as they arrive (both on blocking threads, a batch of frames at
 //! a time), and become an object only once the whole blob matches its
 //! digest. Until then nothing is visible. An upload session lives in memory:
-//! a failed `PATCH` ends it, a session idle for an hour is dropped when the
-//! next one starts, and the server removes every upload file of its own when
-//! it shuts down.
+//! a failed `PATCH` ends it, a session unused for `--upload-expiry` is
+//! dropped (with its file) by a timer task, and the server removes every
+//! upload file of its own when it shuts down.
+//!
+//! Every upload in progress, a session or a monolithic `POST`, holds one
+//! of `--max-uploads` slots and its bytes count against
+//! `--max-upload-bytes` (taken as announced by `Content-Length`, else as
+//! they arrive): past either, the upload is refused with 429
+//! `TOOMANYREQUESTS` and `Retry-After`, and a refused `PATCH` whose body
+//! was not read keeps its session, so the client can retry it.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,9 +26,10 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use futures_util::StreamExt;
 use tempfile::TempPath;
 
+use super::body::next_frame;
+use super::budget::{Budget, Share};
 use super::digest::{check_digest, parse_digest};
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::registry::Registry;
@@ -32,9 +40,24 @@ use crate::oci::{Digest, DualHasher};
 
 /// Body bytes gathered before one blocking write-and-hash.
 const FLUSH_BYTES: usize = 1 << 20;
-/// A session unused for this long is abandoned (the store's own sweep
-/// treats temporary files of this age as debris too).
-const STALE_SESSION: Duration = Duration::from_secs(3600);
+/// Default `--max-uploads`.
+pub const DEFAULT_MAX_UPLOADS: &str = "256";
+/// Default `--max-upload-bytes`.
+pub const DEFAULT_MAX_UPLOAD_BYTES: &str = "32GiB";
+/// Default `--upload-expiry` (the store's own sweep treats temporary files
+/// of this age as debris too).
+pub const DEFAULT_UPLOAD_EXPIRY: &str = "1h";
+
+/// The limits on uploads in progress.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimits {
+    /// Uploads (sessions and monolithic `POST`s) in progress at once.
+    pub max_uploads: u64,
+    /// Bytes all uploads in progress may hold in `tmp/` together.
+    pub max_bytes: u64,
+    /// A session unused this long is dropped, its file removed.
+    pub expiry: Duration,
+}
 
 /// The upload sessions of one server.
 #[derive(Debug)]
@@ -42,6 +65,11 @@ pub struct Uploads {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// Names this process's upload files in `tmp/`.
     prefix: String,
+    /// One unit per upload in progress.
+    slots: Arc<Budget>,
+    /// The bytes of every upload in progress.
+    bytes: Arc<Budget>,
+    expiry: Duration,
 }
 
 #[derive(Debug)]
@@ -58,18 +86,50 @@ struct Staging {
     file: File,
     temp: TempPath,
     hasher: DualHasher,
-}
-
-impl Default for Uploads {
-    fn default() -> Self {
-        Uploads {
-            sessions: Mutex::default(),
-            prefix: format!(".upload-{}-", std::process::id()),
-        }
-    }
+    _slot: Share,
+    /// The upload's bytes, as counted against `--max-upload-bytes`.
+    bytes: Share,
 }
 
 impl Uploads {
+    /// No upload yet, within `limits`.
+    pub fn new(limits: UploadLimits) -> Uploads {
+        Uploads {
+            sessions: Mutex::default(),
+            prefix: format!(".upload-{}-", std::process::id()),
+            slots: Budget::new(limits.max_uploads),
+            bytes: Budget::new(limits.max_bytes),
+            expiry: limits.expiry,
+        }
+    }
+
+    /// How often [`expire`](Self::expire) should run: often enough that a
+    /// session outlives its expiry by a quarter of it at most.
+    pub fn expiry_tick(&self) -> Duration {
+        (self.expiry / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+    }
+
+    /// Drops every session unused for `--upload-expiry` and not in use
+    /// now, removing its file. Blocks (file removal).
+    pub fn expire(&self) {
+        let expired: Vec<Arc<Session>> = {
+            let mut sessions = self.sessions.lock().expect("sessions lock");
+            let stale: Vec<String> = sessions
+                .iter()
+                .filter(|(_, session)| session.is_stale(self.expiry))
+                .map(|(id, _)| id.clone())
+                .collect();
+            stale.iter().filter_map(|id| sessions.remove(id)).collect()
+        };
+        if !expired.is_empty() {
+            tracing::info!(
+                "dropped {} upload sessions unused for {} (--upload-expiry)",
+                expired.len(),
+                humantime::format_duration(self.expiry)
+            );
+        }
+    }
+
     /// Ends every session and removes every upload file this process left
     /// in `tmp/` (including those of requests cut off mid-write).
     pub fn shut_down(&self, registry: &Registry) {
@@ -85,7 +145,6 @@ impl Uploads {
             staging: tokio::sync::Mutex::new(Some(staging)),
         });
         let mut sessions = self.sessions.lock().expect("sessions lock");
-        sessions.retain(|_, s| s.last_used.lock().expect("session lock").elapsed() < STALE_SESSION);
         sessions.insert(id.clone(), session);
         id
     }
@@ -106,6 +165,14 @@ impl Uploads {
     }
 }
 
+impl Session {
+    /// Unused for `expiry`, and no request holds it now.
+    fn is_stale(&self, expiry: Duration) -> bool {
+        let unused = self.last_used.lock().expect("session lock").elapsed() >= expiry;
+        unused && self.staging.try_lock().is_ok()
+    }
+}
+
 fn unknown_upload(id: &str) -> RegistryError {
     RegistryError::new(
         Code::BlobUploadUnknown,
@@ -114,17 +181,37 @@ fn unknown_upload(id: &str) -> RegistryError {
 }
 
 impl Staging {
-    fn create(registry: &Registry, prefix: &str) -> crate::Result<Staging> {
+    fn create(
+        registry: &Registry,
+        prefix: &str,
+        slot: Share,
+        bytes: Share,
+    ) -> crate::Result<Staging> {
         let (file, temp) = registry.store().temp_file(prefix)?.into_parts();
         Ok(Staging {
             file,
             temp,
             hasher: DualHasher::default(),
+            _slot: slot,
+            bytes,
         })
     }
 
     fn len(&self) -> u64 {
         self.hasher.len()
+    }
+
+    /// Counts `len` bytes for this upload against `--max-upload-bytes`.
+    fn reserve(&mut self, len: u64) -> RegistryResult<()> {
+        if self.bytes.grow_to(len) {
+            return Ok(());
+        }
+        let budget = self.bytes.budget();
+        Err(RegistryError::busy(format!(
+            "uploads in progress hold {} of the {} bytes this server allows them              (--max-upload-bytes); retry later",
+            budget.used(),
+            budget.total()
+        )))
     }
 
     fn write(&mut self, frames: &[Bytes]) -> crate::Result<()> {
@@ -148,23 +235,25 @@ impl Staging {
     }
 }
 
-/// Streams `body` onto `staging`, refusing to pass `limit` bytes in all.
-/// Errors drop the staging (and so its file).
-async fn receive(mut staging: Staging, body: Body, limit: u64) -> RegistryResult<Staging> {
+/// Streams `body` onto `staging`, refusing to pass `limit` bytes in all,
+/// or the upload bytes budget. Errors drop the staging (and so its file).
+async fn receive(
+    mut staging: Staging,
+    body: Body,
+    limit: u64,
+    idle: Duration,
+) -> RegistryResult<Staging> {
     let mut stream = body.into_data_stream();
     let mut pending: Vec<Bytes> = Vec::new();
     let mut pending_len = 0;
-    while let Some(frame) = stream.next().await {
-        let frame = frame.map_err(|e| {
-            RegistryError::new(
-                Code::BlobUploadInvalid,
-                format!("upload body cut short: {e}"),
-            )
-        })?;
+    while let Some(frame) = next_frame(&mut stream, idle, Code::BlobUploadInvalid, "upload").await?
+    {
         pending_len += frame.len();
-        if staging.len() + pending_len as u64 > limit {
+        let total = staging.len() + pending_len as u64;
+        if total > limit {
             return Err(too_large(limit));
         }
+        staging.reserve(total)?;
         pending.push(frame);
         if pending_len >= FLUSH_BYTES {
             staging = flush(staging, std::mem::take(&mut pending)).await?;
@@ -192,17 +281,23 @@ fn too_large(limit: u64) -> RegistryError {
     )
 }
 
-/// Refuses at once a body whose announced length is past the limit.
-fn check_announced(headers: &HeaderMap, already: u64, limit: u64) -> RegistryResult<()> {
-    let announced = headers
+/// The length `headers` announce (`Content-Length`), 0 when none.
+pub fn announced_len(headers: &HeaderMap) -> u64 {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    if already.saturating_add(announced) > limit {
+        .unwrap_or(0)
+}
+
+/// Refuses at once a body whose announced length is past the limit or the
+/// upload bytes budget, before a byte of it is read.
+fn check_announced(headers: &HeaderMap, staging: &mut Staging, limit: u64) -> RegistryResult<()> {
+    let total = staging.len().saturating_add(announced_len(headers));
+    if total > limit {
         return Err(too_large(limit));
     }
-    Ok(())
+    staging.reserve(total)
 }
 
 /// `POST <name>/blobs/uploads/`: a monolithic upload with `?digest=`, a
@@ -210,9 +305,12 @@ fn check_announced(headers: &HeaderMap, already: u64, limit: u64) -> RegistryRes
 pub async fn start(app: &App, name: String, request: Request) -> RegistryResult<Response> {
     if let Some(digest) = request.query.get("digest") {
         let digest = parse_digest(digest)?;
-        check_announced(&request.headers, 0, app.limits.max_blob)?;
-        let staging = new_staging(app).await?;
-        let staging = receive(staging, request.body, app.limits.max_blob).await?;
+        if announced_len(&request.headers) > app.limits.max_blob {
+            return Err(too_large(app.limits.max_blob));
+        }
+        let mut staging = new_staging(app).await?;
+        check_announced(&request.headers, &mut staging, app.limits.max_blob)?;
+        let staging = receive_within(app, staging, request.body).await?;
         return publish(app, &name, staging, digest).await;
     }
     if let Some(mounted) = mounted_blob(app, &request.query).await? {
@@ -236,22 +334,40 @@ async fn mounted_blob(
     blocking(move || Ok(registry.resolve_blob(&digest)?.map(|_| digest))).await
 }
 
+/// A new upload file, if an upload slot is free.
 async fn new_staging(app: &App) -> RegistryResult<Staging> {
+    let slots = &app.uploads.slots;
+    let slot = slots.take(1).ok_or_else(|| {
+        RegistryError::busy(format!(
+            "{} uploads are in progress, as many as this server allows (--max-uploads); retry later",
+            slots.total()
+        ))
+    })?;
+    let bytes = app
+        .uploads
+        .bytes
+        .take(0)
+        .expect("an empty share always fits");
     let registry = app.registry.clone();
     let prefix = app.uploads.prefix.clone();
-    blocking(move || Ok(Staging::create(&registry, &prefix)?)).await
+    blocking(move || Ok(Staging::create(&registry, &prefix, slot, bytes)?)).await
+}
+
+/// [`receive`] within the server's limits.
+async fn receive_within(app: &App, staging: Staging, body: Body) -> RegistryResult<Staging> {
+    receive(staging, body, app.limits.max_blob, app.limits.idle_timeout).await
 }
 
 /// `PATCH <name>/blobs/uploads/<id>`: appends the body.
 pub async fn patch(app: &App, name: &str, id: &str, request: Request) -> RegistryResult<Response> {
     let session = app.uploads.get(name, id)?;
     let mut slot = session.staging.lock().await;
-    let staging = slot.take().ok_or_else(|| unknown_upload(id))?;
+    let mut staging = slot.take().ok_or_else(|| unknown_upload(id))?;
     let offset = staging.len();
     let checked = check_content_range(&request.headers, offset)
-        .and_then(|()| check_announced(&request.headers, offset, app.limits.max_blob));
+        .and_then(|()| check_announced(&request.headers, &mut staging, app.limits.max_blob));
     let received = match checked {
-        Ok(()) => receive(staging, request.body, app.limits.max_blob).await,
+        Ok(()) => receive_within(app, staging, request.body).await,
         Err(err) => {
             *slot = Some(staging);
             return Err(err);
@@ -297,7 +413,8 @@ fn check_content_range(headers: &HeaderMap, offset: u64) -> RegistryResult<()> {
 
 /// `PUT <name>/blobs/uploads/<id>?digest=`: appends any body, checks the
 /// whole blob against the digest and publishes it. The session ends either
-/// way.
+/// way, unless the body's announced length was refused before it was read
+/// (past a limit): then the client may retry.
 pub async fn finish(app: &App, name: &str, id: &str, request: Request) -> RegistryResult<Response> {
     let digest = request.query.get("digest").ok_or_else(|| {
         RegistryError::new(
@@ -307,15 +424,15 @@ pub async fn finish(app: &App, name: &str, id: &str, request: Request) -> Regist
     })?;
     let digest = parse_digest(digest)?;
     let session = app.uploads.get(name, id)?;
+    let mut slot = session.staging.lock().await;
+    let mut staging = slot.take().ok_or_else(|| unknown_upload(id))?;
+    if let Err(err) = check_announced(&request.headers, &mut staging, app.limits.max_blob) {
+        *slot = Some(staging);
+        return Err(err);
+    }
     app.uploads.remove(id);
-    let staging = session
-        .staging
-        .lock()
-        .await
-        .take()
-        .ok_or_else(|| unknown_upload(id))?;
-    check_announced(&request.headers, staging.len(), app.limits.max_blob)?;
-    let staging = receive(staging, request.body, app.limits.max_blob).await?;
+    drop(slot);
+    let staging = receive_within(app, staging, request.body).await?;
     publish(app, name, staging, digest).await
 }
 

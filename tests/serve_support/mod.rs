@@ -13,6 +13,8 @@ use nix::unistd::Pid;
 
 use crate::common::{bin, s};
 
+pub mod load;
+
 /// A running `mache-cachefs -v serve`, its log in a file.
 pub struct Server {
     child: Option<Child>,
@@ -84,6 +86,43 @@ impl Server {
         self.request("GET", path, &[], b"")
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
+    /// How many files the server has open now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("the server's /proc entry")
+            .count()
+    }
+
+    /// Polls until the server's open files satisfy `ok`, or panics after
+    /// `within`, naming `what` was awaited.
+    pub fn wait_for_fds(
+        &self,
+        within: std::time::Duration,
+        what: &str,
+        ok: impl Fn(usize) -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let open = self.open_fds();
+            if ok(open) {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!(
+                    "{what}: still {open} open files after {within:?}; log, last lines first: {tail:#?}"
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(mut self) -> ExitStatus {
         self.terminate().expect("the server was running")
@@ -98,6 +137,13 @@ impl Server {
     /// Waits for the exit (after [`signal`](Self::signal)).
     pub fn wait(mut self) -> ExitStatus {
         self.child.take().unwrap().wait().unwrap()
+    }
+
+    /// Waits for the exit (after [`signal`](Self::signal)); the status and
+    /// everything logged.
+    pub fn wait_for_exit(mut self) -> (ExitStatus, String) {
+        let status = self.child.take().unwrap().wait().unwrap();
+        (status, self.log())
     }
 
     /// Waits until the log has a line containing `needle` (or panics
@@ -179,4 +225,40 @@ pub fn manifest_of(config: (&str, usize), layers: &[(&str, usize)]) -> Vec<u8> {
 /// Files under `dir/sub`, relative to it, sorted.
 pub fn files_in(dir: &Path, sub: &str) -> Vec<PathBuf> {
     crate::common::list_files(&dir.join(sub))
+}
+
+/// Raises this process's soft limit on open files to at least `files`
+/// (the tests run as root, so the hard limit can rise too); the server,
+/// started after, inherits it.
+pub fn raise_open_files(files: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < files {
+        setrlimit(Resource::RLIMIT_NOFILE, files.max(soft), files.max(hard)).unwrap();
+    }
+}
+
+/// A connection that sent `head` (part of a request, or all of one) and
+/// nothing more.
+pub fn connect_and_send(addr: &str, head: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(head).unwrap();
+    stream
+}
+
+/// Reads from `stream` until the server closes it (or `within` passes,
+/// which fails); returns what came.
+pub fn read_until_closed(stream: &mut std::net::TcpStream, within: std::time::Duration) -> Vec<u8> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    match stream.read_to_end(&mut got) {
+        Ok(_) => got,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => got,
+        Err(e) => panic!(
+            "the server did not close the connection within {within:?} ({e}); got {:?}",
+            String::from_utf8_lossy(&got)
+        ),
+    }
 }
