@@ -22,10 +22,13 @@ use crate::harness::{READY_DEADLINE, Sample, TestMount, sample};
 const SCOPE: &str = "team/starvation";
 /// Readers hung at once.
 const READERS: usize = 32;
-/// How long each metadata request may take with every reader hung: the
-/// issue's target is 10 ms (measured by the benchmark); the test leaves
-/// room for a loaded 2-core machine and the cost of starting the tool.
-const BOUND: Duration = Duration::from_millis(100);
+/// How long each metadata request may take with every reader hung, which
+/// would be for as long as the registry stalls (until the test cuts it) if
+/// metadata waited behind the readers. The target, 10 ms, is the
+/// benchmark's to measure (`scripts/bench-resilience.sh`); the test only
+/// tells answered from starved, with room for a 2-core machine loaded by
+/// builds (100 ms was exceeded there by starting `ls` alone).
+const BOUND: Duration = Duration::from_secs(1);
 
 #[test]
 fn metadata_answers_promptly_while_32_readers_hang_on_the_registry_without_a_sizes_index() {
