@@ -299,3 +299,27 @@ fn sqlite3_processes_racing_for_mache_db_during_its_first_build_all_get_the_righ
     assert_eq!(status["mache_db"]["state"], "ready", "{status:#}");
     assert_eq!(status["errors"], 0, "{status:#}");
 }
+
+#[test]
+fn soak_sh_makes_20000_random_reads_of_a_10000_source_mount_with_no_error_and_bounded_rss_and_fds()
+{
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/soak.sh");
+    let out = Command::new(script)
+        .arg("20000")
+        .env("MACHE_CACHEFS_BIN", crate::harness::BIN)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "soak: 20000 of 20000 reads",
+        "errors 0, mismatches 0\n",
+        "soak: PASS",
+    ] {
+        assert!(said.contains(needle), "{needle:?} in {said}");
+    }
+}
