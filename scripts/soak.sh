@@ -107,6 +107,8 @@ print(f"soak: {done} of {reads} reads in {elapsed:.1f}s ({done / elapsed:.0f} re
 print(f"errors {errors}, mismatches {mismatches}" + (f" (first: {first_error})" if first_error else ""))
 print(f"daemon RSS MiB: start {rss_samples[0]:.1f}, max {max(rss_samples):.1f}, "
       f"end {rss_samples[-1]:.1f} ({len(rss_samples)} samples; bound {rss_limit_mb})")
+tenths = [rss_samples[len(rss_samples) * i // 10] for i in range(1, 10)]
+print("daemon RSS MiB at each tenth of the run: " + ", ".join(f"{r:.1f}" for r in tenths))
 print(f"daemon open fds: start {fd_samples[0]}, max {max(fd_samples)}, end {fd_samples[-1]}")
 print(f"daemon: chunks fetched {status['chunks_fetched']}, cache hits {status['cache']['hits']}, "
       f"misses {status['cache']['misses']}, errors {status['errors']}, "
