@@ -142,8 +142,12 @@ fn a_full_disk_under_the_disk_cache_gives_right_bytes_or_eio_and_the_next_mount_
     let sample = sample();
     let registry = served();
     let url = registry.url();
+    // The tmpfs is declared before the mount so that it is unmounted after
+    // it, pass or fail (a live daemon keeps the cache busy).
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tmpfs = Tmpfs::mount(&scratch.path().join("cache"), "size=1m");
     let mut m = TestMount::dirs();
-    let tmpfs = Tmpfs::mount(&m.cache_home, "size=1m");
+    m.cache_home = tmpfs.0.clone();
     std::fs::create_dir_all(cache_dir(&m)).unwrap();
     let filler = fill(&tmpfs.0);
     mount_url(&mut m, &url, &[]);
@@ -181,8 +185,6 @@ fn a_full_disk_under_the_disk_cache_gives_right_bytes_or_eio_and_the_next_mount_
         "with room again, nothing was cached"
     );
     assert_eq!(m.status()["errors"], 0);
-    m.unmount();
-    drop(tmpfs);
 }
 
 #[test]
