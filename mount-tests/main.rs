@@ -5,6 +5,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod crash;
 #[path = "../tests/distribution_support/mod.rs"]
 mod distribution_support;
 #[path = "../tests/fake_registry/mod.rs"]

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use crate::fake_registry::FakeRegistry;
 use crate::harness::{TestMount, run, sample, stdout};
 
-const SCOPE: &str = "team/sample";
+pub(crate) const SCOPE: &str = "team/sample";
 
 /// The shared sample served by a fresh fake registry.
-fn served() -> FakeRegistry {
+pub(crate) fn served() -> FakeRegistry {
     let sample = sample();
     let store = mache_cachefs::store::LocalStore::open(&sample.store).unwrap();
     let registry = FakeRegistry::start();
@@ -21,7 +21,7 @@ fn served() -> FakeRegistry {
 
 /// Mounts the bundle of the registry at `url` at `m` with `--daemon`;
 /// returns what the command printed on stderr.
-fn mount_url(m: &mut TestMount, url: &str, extra: &[&str]) -> String {
+pub(crate) fn mount_url(m: &mut TestMount, url: &str, extra: &[&str]) -> String {
     m.mount_daemon_from(&["--remote", url, "--scope", SCOPE], extra)
 }
 
@@ -334,7 +334,7 @@ fn a_packed_bundle_mounts_reads_whole_with_range_reads_and_read_ahead() {
 }
 
 /// A distribution registry in `dir` holding the sample, pushed as `latest`.
-fn sample_on_distribution(dir: &Path) -> crate::distribution_support::Distribution {
+pub(crate) fn sample_on_distribution(dir: &Path) -> crate::distribution_support::Distribution {
     let registry = crate::distribution_support::Distribution::start(&dir.join("registry"));
     run(Command::new(crate::harness::BIN)
         .args(["-q", "push", "--db"])

@@ -426,9 +426,9 @@ pub fn pull(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let temp = shareable_temp_file(&dir, ".mache-cachefs-pull-", ".db")
-        .map_err(|e| Error::io(format!("writing --out-db {}", out_db.display()), e))?
-        .into_temp_path();
+    sweep_dead_pulls(&dir);
+    let (_held, temp) = held_temp_db(&dir)
+        .map_err(|e| Error::io(format!("writing --out-db {}", out_db.display()), e))?;
     let mut writer = DbWriter::create(&temp, out_db)?;
     let mut report = PullReport::start(lockfile, verify);
     for_each_restored(
@@ -449,6 +449,45 @@ pub fn pull(
         .map_err(|e| Error::io(format!("writing --out-db {}", out_db.display()), e.error))?;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// How a pull's temporary db beside its target is named: `<prefix><random><suffix>`.
+const TEMP_DB_PREFIX: &str = ".mache-cachefs-pull-";
+const TEMP_DB_SUFFIX: &str = ".db";
+
+/// A new temporary db in `dir`, held under an exclusive `flock` for as long
+/// as the returned file is open: that lock is how a later pull tells a live
+/// pull's temporary db from one a killed pull left.
+fn held_temp_db(dir: &Path) -> std::io::Result<(std::fs::File, tempfile::TempPath)> {
+    loop {
+        let (file, path) = shareable_temp_file(dir, TEMP_DB_PREFIX, TEMP_DB_SUFFIX)?.into_parts();
+        file.lock()?;
+        // Another pull's sweep may have removed it before the lock: try again.
+        if crate::store::tmp::still_linked(&path, &file) {
+            return Ok((file, path));
+        }
+    }
+}
+
+/// Removes the temporary dbs (and their SQLite journals) that killed pulls
+/// left in `dir`: those no live pull holds. Without this, a SIGKILL'd pull
+/// left a db of up to the bundle's size beside the target for good.
+fn sweep_dead_pulls(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(TEMP_DB_PREFIX) && name.ends_with(TEMP_DB_SUFFIX)) {
+            continue;
+        }
+        let path = entry.path();
+        let dead = std::fs::File::open(&path).is_ok_and(|file| file.try_lock().is_ok());
+        if dead {
+            let _ = std::fs::remove_file(dir.join(format!("{name}-journal")));
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// Refuses a target that cannot or should not be replaced: a missing

@@ -105,6 +105,9 @@ fn init_tracing(verbose: u8, quiet: bool, tag: Option<String>, messages: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written (a mount daemon's log on a full
+        // disk) is dropped: reporting that on stderr too would panic.
+        .log_internal_errors(false)
         .event_format(format)
         .init();
 }

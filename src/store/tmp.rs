@@ -88,7 +88,7 @@ impl Drop for TmpSession {
 }
 
 /// Whether `path` still names the file `file` has open.
-fn still_linked(path: &Path, file: &File) -> bool {
+pub(crate) fn still_linked(path: &Path, file: &File) -> bool {
     match (fs::metadata(path), file.metadata()) {
         (Ok(named), Ok(open)) => named.ino() == open.ino() && named.dev() == open.dev(),
         _ => false,
