@@ -6,6 +6,9 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
+# FUZZ_PROFILE=smoke (CI) builds unoptimized, in less than half the time
+# of the default release build, and runs some 20 times slower.
+#
 # Needs a C++ compiler (libfuzzer-sys builds libFuzzer) and the stable
 # toolchain. No cargo-fuzz and no nightly: the targets are ordinary binaries linked
 # against libfuzzer-sys, built with the coverage flags cargo-fuzz passes
@@ -16,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
+profile=${FUZZ_PROFILE:-release}
 seconds=${1:-60}
 shift || true
 targets=("$@")
@@ -36,14 +40,14 @@ flags=(
   --cfg fuzzing
 )
 # An explicit --target keeps the flags off build scripts and proc macros.
-RUSTFLAGS="${flags[*]}" cargo build --locked --release --target "$triple" \
+RUSTFLAGS="${flags[*]}" cargo build --locked --profile "$profile" --target "$triple" \
   --target-dir target --bins
-bin=target/$triple/release
+bin=target/$triple/$profile
 
 rm -rf seeds
 "$bin/seeds" seeds
 
-failed=0
+failures=0
 summary=()
 for target in "${targets[@]}"; do
   mkdir -p "corpus/$target" "artifacts/$target" "regressions/$target"
@@ -59,7 +63,7 @@ for target in "${targets[@]}"; do
     -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)
   corpus=$(find "corpus/$target" -type f | wc -l)
   if [ "$status" -ne 0 ] || [ "$findings" -ne 0 ]; then
-    failed=1
+    failures=$((failures + 1))
     echo "== $target FAILED (exit $status); the end of $log:" >&2
     tail -n 40 "$log" >&2
   fi
@@ -67,7 +71,8 @@ for target in "${targets[@]}"; do
 done
 
 echo
-echo "fuzzed for ${seconds}s each ($(rustc --version)):"
+echo "fuzzed for ${seconds}s each ($profile build, $(rustc --version)):"
 printf '%-18s %12s %9s %8s\n' target executions findings corpus
 printf '%s\n' "${summary[@]}"
-exit $failed
+echo "fuzz: $((${#targets[@]} - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]

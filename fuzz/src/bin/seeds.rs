@@ -17,6 +17,7 @@ use mache_cachefs::oci::{self, Descriptor, Manifest};
 use mache_cachefs::registry::frames::{self, Codec};
 use mache_cachefs::registry::packed::{self, PackIndex, PackIndexV1};
 use mache_cachefs::rows::{AstRow, SourceRow};
+use mache_cachefs::store::sizes::{SizeIndex, SourceSizes};
 use mache_cachefs_fuzz::{PACKS, check_pack_index, lockfile_of, pack_lockfile};
 
 use libfuzzer_sys as _;
@@ -134,15 +135,36 @@ fn pack_indexes() -> Vec<Vec<u8>> {
         chunks: vec![(0, 0, 100), (1, 10, 500)],
         sizes: None,
     };
+    let sizes = |chunk_len: u64, ast_json_len| SourceSizes {
+        chunk_len,
+        content_len: 7,
+        ast_json_len,
+    };
+    let with_sizes = PackIndex {
+        sizes: Some(
+            serde_json::from_slice(
+                &SizeIndex {
+                    lockfile_hash: hash,
+                    entries: vec![sizes(100, None), sizes(500, Some(90)), sizes(100, None)],
+                    db: None,
+                }
+                .to_json(),
+            )
+            .expect("a sizes index is JSON"),
+        ),
+        ..v2.clone()
+    };
     let tagged = |mode: u8, json: Vec<u8>| [vec![mode], json].concat();
     let seeds = vec![
         tagged(1, serde_json::to_vec(&v1).expect("serializes")),
         tagged(0, serde_json::to_vec(&v2).expect("serializes")),
         tagged(1, v2.to_bytes()),
+        tagged(0, serde_json::to_vec(&with_sizes).expect("serializes")),
     ];
     for seed in &seeds {
-        if let Some(Err(e)) = check_pack_index(seed) {
-            panic!("a pack index seed is refused: {e}");
+        match check_pack_index(seed) {
+            Some(Ok(packed)) => assert_eq!(packed.sizes.is_some(), seed == seeds.last().unwrap()),
+            other => panic!("a pack index seed is refused: {other:?}"),
         }
     }
     seeds
