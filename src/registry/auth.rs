@@ -311,7 +311,7 @@ impl Failure {
 
 /// A parsed `WWW-Authenticate` challenge we can answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Challenge {
+pub enum Challenge {
     Basic,
     Bearer {
         realm: String,
@@ -321,7 +321,9 @@ enum Challenge {
 }
 
 impl Challenge {
-    fn parse(header: &str) -> Option<Challenge> {
+    /// The first challenge of a `WWW-Authenticate` value we can answer:
+    /// Bearer with a realm, or Basic; `None` if there is none.
+    pub fn parse(header: &str) -> Option<Challenge> {
         let challenges = http_auth::parse_challenges(header).ok()?;
         let param = |c: &http_auth::ChallengeRef, name: &str| {
             c.params
