@@ -25,7 +25,7 @@ shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(lockfile_binary lockfile_toml chunk pack_index pack_frame oci_manifest oci_names
-    registry_envelope www_authenticate mount_tree)
+    registry_envelope www_authenticate mount_tree serve_requests)
 fi
 triple=$(rustc -vV | sed -n 's/^host: //p')
 flags=(

@@ -146,3 +146,41 @@ fn hostile_mount_paths_are_left_out_or_resolved_by_the_rules() {
     // directories of their names; ast/: the duplicate a/b.json, a.json.
     assert_eq!(counts.conflicts, 6, "{counts:?}");
 }
+
+#[test]
+fn hostile_ranges_content_ranges_and_tokens_are_refused_or_kept_inside_the_blob() {
+    use mache_cachefs::serve::fuzzing;
+    for refused in [
+        "bytes=-0",
+        "bytes=5-3",
+        "bytes=1000-",
+        "bytes=18446744073709551615-",
+        "bytes=0-1,5-6",
+        "items=0-1",
+        "bytes=-",
+    ] {
+        assert_eq!(fuzzing::range(refused, 1000), None, "{refused:?}");
+    }
+    assert_eq!(fuzzing::range("bytes=-5000", 1000), Some((0, 999)));
+    assert_eq!(
+        fuzzing::range("bytes=990-18446744073709551615", 1000),
+        Some((990, 999))
+    );
+    assert_eq!(fuzzing::range("bytes=0-0", 0), None);
+    assert_eq!(fuzzing::continues_upload(b"4096-8191", 4096), Some(true));
+    assert_eq!(fuzzing::continues_upload(b"4096-8191", 0), Some(false));
+    assert_eq!(fuzzing::continues_upload(b"-1-2", 0), Some(false));
+    assert_eq!(fuzzing::continues_upload(b"\n", 0), None);
+    let read_only = "read-only ro-token\n";
+    for header in ["Bearer ro-token", "Basic dXNlcjpyby10b2tlbg=="] {
+        assert_eq!(
+            fuzzing::authorizes(read_only, header.as_bytes(), false),
+            Some(true)
+        );
+        assert_eq!(
+            fuzzing::authorizes(read_only, header.as_bytes(), true),
+            Some(false)
+        );
+    }
+    assert!(fuzzing::token_file("write-only x\n").is_err());
+}

@@ -111,7 +111,14 @@ fn parse_line(line: &str) -> std::result::Result<(blake3::Hash, Access), String>
     let (access, token) = match first {
         "read-only" => (Access::ReadOnly, rest.trim()),
         "read-write" => (Access::ReadWrite, rest.trim()),
-        _ => (Access::ReadWrite, line),
+        _ if rest.trim().is_empty() => (Access::ReadWrite, line),
+        // A mistyped scope would otherwise make a token of the whole line.
+        _ => {
+            return Err(format!(
+                "{first:?} is neither read-only nor read-write (a line is `read-only TOKEN`, \
+                 `read-write TOKEN` or `TOKEN`)"
+            ));
+        }
     };
     if token.is_empty() {
         return Err(format!("a {first:?} line without a token"));

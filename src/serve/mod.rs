@@ -14,7 +14,8 @@
 //! - `registry`: the store seen as a registry (digests, repositories, tags);
 //! - `digest`: refusing a digest that does not parse, or bytes that match
 //!   neither reading of theirs (the model is [`crate::oci`]);
-//! - `errors`: the OCI error envelope.
+//! - `errors`: the OCI error envelope;
+//! - `fuzzing`: the request parsing above, for the fuzz targets.
 //!
 //! File work runs on blocking threads (`blocking`); bodies are streamed,
 //! never buffered whole (manifests excepted, up to their limit).
@@ -26,6 +27,8 @@ mod budget;
 mod connections;
 mod digest;
 mod errors;
+#[doc(hidden)]
+pub mod fuzzing;
 mod manifests;
 mod registry;
 mod routes;

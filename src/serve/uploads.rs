@@ -388,7 +388,7 @@ pub async fn patch(app: &App, name: &str, id: &str, request: Request) -> Registr
 
 /// A `Content-Range: <first>-<last>` on a `PATCH` must continue where the
 /// upload stands.
-fn check_content_range(headers: &HeaderMap, offset: u64) -> RegistryResult<()> {
+pub(super) fn check_content_range(headers: &HeaderMap, offset: u64) -> RegistryResult<()> {
     let Some(value) = headers.get(header::CONTENT_RANGE) else {
         return Ok(());
     };

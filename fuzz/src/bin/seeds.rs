@@ -54,6 +54,7 @@ fn main() {
     write(&out, "registry_envelope", &envelopes());
     write(&out, "www_authenticate", &challenges());
     write(&out, "mount_tree", &tree_paths());
+    write(&out, "serve_requests", &requests());
 }
 
 fn write(out: &Path, target: &str, seeds: &[Vec<u8>]) {
@@ -235,6 +236,22 @@ fn challenges() -> Vec<Vec<u8>> {
     .iter()
     .map(|s| s.as_bytes().to_vec())
     .collect()
+}
+
+/// Eight bytes of a number (a blob's length, an upload's offset), then a
+/// header value: ranges, content ranges, token lines, authorizations.
+fn requests() -> Vec<Vec<u8>> {
+    let with = |n: u64, text: &str| [&n.to_le_bytes()[..], text.as_bytes()].concat();
+    vec![
+        with(1000, "bytes=0-499"),
+        with(1000, "bytes=-200"),
+        with(1000, "bytes=900-"),
+        with(1000, "bytes=0-1,5-6"),
+        with(4096, "bytes 4096-8191/*"),
+        with(0, "read-only abc\nread-write def\n# comment\n"),
+        with(0, "Bearer rw-token"),
+        with(0, "Basic dXNlcjpydy10b2tlbg=="),
+    ]
 }
 
 /// Mode byte, then one path a line: safe, unsafe and conflicting ones.
