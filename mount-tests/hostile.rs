@@ -7,10 +7,8 @@
 
 use std::process::Command;
 
-use crate::common::hostile::{Entry, ast_chunk, store};
+use crate::common::hostile::{CONTENT, Entry, ast_chunk, node_json, one_source_store, store};
 use crate::harness::{TestMount, stdout};
-
-const CONTENT: &[u8] = b"package a\n";
 
 fn entry<'a>(path: &'a str, chunk: &'a [u8]) -> Entry<'a> {
     Entry {
@@ -102,21 +100,8 @@ fn a_million_one_byte_paths_mount_as_their_first_sources() {
 fn an_ast_chunk_disagreeing_with_its_lockfile_entry_is_served_as_it_is() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let b64 = "cGFja2FnZSBhCg=="; // "package a\n"
-    let chunk = ast_chunk(
-        r#"[{"node_id":"n1","node_kind":"File","start_byte":-5,"end_byte":9223372036854775807,"start_row":0,"start_col":0,"end_row":1,"end_col":0}]"#,
-        b64,
-        "elsewhere/b.go",
-        "other-id",
-    );
-    let store = store(
-        dir.path(),
-        &[Entry {
-            path: "a.go",
-            chunk: &chunk,
-            content: CONTENT,
-            kind: "go-source",
-        }],
-    );
+    let chunk = ast_chunk(&node_json(-5, i64::MAX), b64, "elsewhere/b.go", "other-id");
+    let store = one_source_store(dir.path(), &chunk);
     let m = TestMount::daemon(&store, &[]);
     assert_eq!(std::fs::read(m.path("sources/a.go")).unwrap(), CONTENT);
     let view = stdout(Command::new("python3").arg("-c").arg(format!(

@@ -8,10 +8,8 @@
 mod common;
 
 use base64::Engine as _;
-use common::hostile::{Entry, ast_chunk, store};
+use common::hostile::{CONTENT, Entry, ast_chunk, node_json, one_source_store, store};
 use common::*;
-
-const CONTENT: &[u8] = b"package a\n";
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -37,20 +35,12 @@ fn as_strs(args: &[String]) -> Vec<&str> {
 fn an_ast_chunk_naming_another_id_and_path_restores_as_the_row_it_carries() {
     let dir = tempfile::tempdir().unwrap();
     let chunk = ast_chunk(
-        r#"[{"node_id":"n1","node_kind":"File","start_byte":0,"end_byte":10,"start_row":0,"start_col":0,"end_row":1,"end_col":0}]"#,
+        &node_json(0, 10),
         &b64(CONTENT),
         "elsewhere/b.go",
         "other-id",
     );
-    let store = store(
-        dir.path(),
-        &[Entry {
-            path: "a.go",
-            chunk: &chunk,
-            content: CONTENT,
-            kind: "go-source",
-        }],
-    );
+    let store = one_source_store(dir.path(), &chunk);
     let (out, args) = pull_args(dir.path(), &store);
     run_ok(&as_strs(&args));
     assert_eq!(
@@ -106,15 +96,7 @@ fn content_b64_that_is_not_base64_is_refused_naming_the_chunk_and_leaves_no_db()
         let sub = dir.path().join(i.to_string());
         std::fs::create_dir(&sub).unwrap();
         let chunk = ast_chunk("null", bad, "a.go", "a.go");
-        let store = store(
-            &sub,
-            &[Entry {
-                path: "a.go",
-                chunk: &chunk,
-                content: CONTENT,
-                kind: "go-source",
-            }],
-        );
+        let store = one_source_store(&sub, &chunk);
         let (out, args) = pull_args(&sub, &store);
         let err = run_fails(&as_strs(&args), 3, "content_b64 is not base64");
         assert!(
@@ -134,15 +116,7 @@ fn node_byte_ranges_past_the_content_restore_as_given() {
         r#"[{{"node_id":"n1","node_kind":"File","start_byte":-5,"end_byte":{huge},"start_row":-1,"start_col":0,"end_row":{huge},"end_col":0}}]"#
     );
     let chunk = ast_chunk(&nodes, &b64(CONTENT), "a.go", "a.go");
-    let store = store(
-        dir.path(),
-        &[Entry {
-            path: "a.go",
-            chunk: &chunk,
-            content: CONTENT,
-            kind: "go-source",
-        }],
-    );
+    let store = one_source_store(dir.path(), &chunk);
     let (out, args) = pull_args(dir.path(), &store);
     run_ok(&as_strs(&args));
     let ast = dump_ast(&out).expect("an _ast table");

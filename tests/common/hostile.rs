@@ -7,6 +7,30 @@ use std::path::{Path, PathBuf};
 use mache_cachefs::Hash;
 use mache_cachefs::lockfile::{Lockfile, Meta, ProcessorVersion, SourceEntry, binary};
 
+/// The content of the sources [`one_source_store`] makes.
+pub const CONTENT: &[u8] = b"package a\n";
+
+/// One AST node, `n1`, spanning `start..end` bytes, as chunk JSON.
+pub fn node_json(start: i64, end: i64) -> String {
+    format!(
+        r#"[{{"node_id":"n1","node_kind":"File","start_byte":{start},"end_byte":{end},"start_row":0,"start_col":0,"end_row":1,"end_col":0}}]"#
+    )
+}
+
+/// A store of one source at `a.go` whose content is [`CONTENT`], stored
+/// as `chunk`.
+pub fn one_source_store(dir: &Path, chunk: &[u8]) -> PathBuf {
+    store(
+        dir,
+        &[Entry {
+            path: "a.go",
+            chunk,
+            content: CONTENT,
+            kind: "go-source",
+        }],
+    )
+}
+
 /// One lockfile entry: where the mount shows it, and the chunk it names.
 pub struct Entry<'a> {
     pub path: &'a str,
