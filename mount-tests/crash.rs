@@ -14,31 +14,12 @@ use mache_cachefs::hash::Hash;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::common::Tmpfs;
+use crate::common::{SplitMix, Tmpfs};
 use crate::harness::{
     TestMount, assert_db_answers_equal, diff_against_tree, is_mounted, list_files, run, sample,
     stdout, wait_for_exit, wait_until,
 };
 use crate::registry::{SCOPE, mount_url, sample_on_distribution, served};
-
-/// A small seeded generator (SplitMix64), so a failure names the seed that
-/// found it and a rerun makes the same reads.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// The disk cache directory of a mount's cache home.
 fn cache_dir(m: &TestMount) -> PathBuf {

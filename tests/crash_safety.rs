@@ -16,25 +16,6 @@ use nix::unistd::Pid;
 /// How long a killed run may take to reach its kill point.
 const PROGRESS_DEADLINE: Duration = Duration::from_secs(120);
 
-/// A small seeded generator (SplitMix64): the kill points are the same on
-/// every run, and a failure names the seed and round that found it.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `low..=high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
-}
-
 /// Starts `args` with the binary, its stderr kept for a failure message.
 fn spawn(args: &[&str]) -> Child {
     bin()
