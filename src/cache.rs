@@ -129,6 +129,18 @@ impl ViewCache {
         self.inner.get(key).or_else(|| self.oversized(key))
     }
 
+    /// [`peek`](Self::peek), counting a hit when the value is there. An
+    /// absence is not counted: the caller then loads through
+    /// [`get_or_load`](Self::get_or_load), which counts the miss (or the
+    /// hit, if another load finished meanwhile).
+    pub fn lookup(&self, key: &Key) -> Option<Bytes> {
+        let found = self.peek(key);
+        if found.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
     fn oversized(&self, key: &Key) -> Option<Bytes> {
         let slot = self.oversize.lock().unwrap_or_else(|e| e.into_inner());
         slot.as_ref()

@@ -184,9 +184,10 @@ impl Content {
         Ok(self.learned_ast[i].load(Ordering::Relaxed) != NO_AST)
     }
 
-    /// Source `i`'s `view` if it is in memory now (no fetch, no waiting).
+    /// Source `i`'s `view` if it is in memory now (no fetch, no waiting),
+    /// counted as a cache hit.
     pub fn cached(&self, i: usize, view: View) -> Option<Bytes> {
-        self.cache.peek(&self.key(i, view))
+        self.cache.lookup(&self.key(i, view))
     }
 
     /// Source `i`'s `view`: from the cache, or fetched, verified and decoded

@@ -739,6 +739,22 @@ fn status_is_json_with_the_counters() {
 }
 
 #[test]
+fn reads_answered_at_once_from_memory_count_as_cache_hits() {
+    let source = Arc::new(FakeSource::default());
+    let bundle = bundle_of(FILES, true, true, &source);
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mount(source, bundle, dir.path());
+    let ino = fs.tree().resolve("sources/README.md").unwrap();
+    assert!(fs.read_now(ino, 0, 4).is_none(), "nothing is in memory yet");
+    read_all(&fs, "sources/README.md").unwrap();
+    for _ in 0..3 {
+        assert!(fs.read_now(ino, 0, 4).unwrap().is_ok());
+    }
+    let stats = fs.content().cache().stats();
+    assert_eq!((stats.misses, stats.hits), (1, 3));
+}
+
+#[test]
 fn a_failed_db_build_is_remembered_for_a_doubling_backoff_then_tried_again() {
     let source = Arc::new(FakeSource::default());
     let bundle = bundle_of(FILES, true, true, &source);
