@@ -4,13 +4,15 @@
 //! replays the same files under the fuzzer; docs/FUZZING.md says what the
 //! fuzz targets check and what they found.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mache_cachefs::Error;
 use mache_cachefs::fs::tree::{AstFiles, Node, Tree};
 use mache_cachefs::hash::Hash;
-use mache_cachefs::lockfile::{self, Lockfile, Meta, SourceEntry};
+use mache_cachefs::lockfile::{self, Lockfile, SourceEntry};
 use mache_cachefs::registry::auth::Challenge;
 use mache_cachefs::registry::client::envelope;
 use mache_cachefs::registry::frames::{self, Codec, Frame};
@@ -30,6 +32,7 @@ fn empty_lockfile() -> Lockfile {
     lockfile_of(Vec::new())
 }
 
+/// A lockfile of `paths`, each its own chunk.
 fn lockfile_of(paths: Vec<String>) -> Lockfile {
     let sources: Vec<SourceEntry> = paths
         .into_iter()
@@ -40,18 +43,7 @@ fn lockfile_of(paths: Vec<String>) -> Lockfile {
             kind: "go-source".into(),
         })
         .collect();
-    Lockfile {
-        meta: Meta {
-            producer: lockfile::PRODUCER.into(),
-            producer_version: "test".into(),
-            schema_version: lockfile::SCHEMA_VERSION.into(),
-            input_processors: Vec::new(),
-            generated_at_ms: 0,
-        },
-        root: Lockfile::compute_root(&sources),
-        sources,
-        topology: Vec::new(),
-    }
+    common::hostile::lockfile(sources)
 }
 
 #[test]
