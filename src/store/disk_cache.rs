@@ -23,11 +23,14 @@
 //! - **Never breaks a reader**: readers take a whole chunk into memory from
 //!   an open file, and an unlinked file stays readable through it; another
 //!   process's eviction is just a miss here.
-//! - **No partial files, no debris**: a chunk is written to `tmp/` and
-//!   renamed into place. A writer holds a `flock` on its temporary file
-//!   until then; temporary files older than an hour that no writer holds
-//!   are what killed processes left, and are removed at open and by
-//!   `gc --cache`.
+//! - **No partial files, no debris**: a chunk is written as an unnamed
+//!   file in its own directory and linked into place whole
+//!   ([`super::unnamed`]); a killed writer leaves nothing, and writers do
+//!   not queue on one shared directory. Where the file system cannot do
+//!   that, a chunk is written to `tmp/` and renamed into place instead: a
+//!   writer holds a `flock` on its temporary file until then, and
+//!   temporary files older than an hour that no writer holds are what
+//!   killed processes left, removed at open and by `gc --cache`.
 //! - **Named blobs**: a registry blob named by its SHA-256 (a packed
 //!   bundle's lockfile and pack index) is kept as a chunk plus a small
 //!   `names/<digest>` file naming its BLAKE3; trimming drops names whose
@@ -53,6 +56,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tempfile::NamedTempFile;
 
+use super::unnamed::{self, UnnamedFile};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 
@@ -94,6 +98,8 @@ pub struct DiskCache {
     capacity: u64,
     /// `None` when the directory takes no writes: nothing is cached then.
     ledger: Option<Ledger>,
+    /// Whether chunks are written unnamed and linked in (else via `tmp/`).
+    unnamed: bool,
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
@@ -117,6 +123,7 @@ impl DiskCache {
             root: root.to_path_buf(),
             capacity,
             ledger: None,
+            unnamed: unnamed::supported_in(&root.join("tmp")),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -227,40 +234,54 @@ impl DiskCache {
         }
     }
 
-    /// Writes `bytes` to `tmp/`, then under the ledger's lock makes room,
-    /// counts them and links them in as chunk `hash`.
+    /// Writes `bytes` (compressed, when that is smaller) as a file with no
+    /// name yet, then under the ledger's lock makes room, counts them and
+    /// links them in as chunk `hash`.
     fn insert(&self, ledger: &Ledger, hash: &Hash, bytes: &[u8]) -> io::Result<()> {
         let path = self.path_of(hash);
-        let mut temp = self.temp_file()?;
         let compressed = crate::compression::compress(bytes, AT_REST_LEVEL)?;
         let bytes = match compressed.len() < bytes.len() {
             true => &compressed[..],
             false => bytes,
         };
-        temp.write_all(bytes)?;
-        temp.as_file().set_modified(SystemTime::now())?;
-        fs::create_dir_all(path.parent().expect("a chunk path has a parent"))?;
+        let pending = self.write_pending(&path, bytes)?;
         let len = bytes.len() as u64;
         let held = ledger.lock()?;
-        if path.exists() {
-            return Ok(());
-        }
         let before = self.make_room(&held, len)?;
         // Counted before it is linked in: a kill in between over-counts.
         held.write(Tally {
             bytes: before.bytes.saturating_add(len),
             ..before
         })?;
-        match temp.persist_noclobber(&path) {
-            Ok(_) => Ok(()),
+        match pending.link_noclobber(&path) {
+            Ok(true) => Ok(()),
+            Ok(false) => held.write(before),
             Err(e) => {
                 held.write(before)?;
-                match e.error.kind() {
-                    io::ErrorKind::AlreadyExists => Ok(()),
-                    _ => Err(e.error),
-                }
+                Err(e)
             }
         }
+    }
+
+    /// `bytes` in a file that [`Pending::link_noclobber`] names `path`:
+    /// unnamed in `path`'s directory, or in `tmp/` where that cannot be.
+    fn write_pending(&self, path: &Path, bytes: &[u8]) -> io::Result<Pending> {
+        let dir = path.parent().expect("a chunk path has a parent");
+        let mut pending = match self.unnamed {
+            true => match UnnamedFile::create_in(dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir_all(dir)?;
+                    Pending::Unnamed(UnnamedFile::create_in(dir)?)
+                }
+                created => Pending::Unnamed(created?),
+            },
+            false => {
+                fs::create_dir_all(dir)?;
+                Pending::Named(self.temp_file()?)
+            }
+        };
+        pending.write_all(bytes)?;
+        Ok(pending)
     }
 
     /// Under the ledger's lock: makes room for `need` more bytes. The
@@ -322,6 +343,34 @@ impl DiskCache {
                 "disk cache {}: {e}; serving without caching",
                 self.root.display()
             );
+        }
+    }
+}
+
+/// A chunk written and not yet linked in.
+enum Pending {
+    Unnamed(UnnamedFile),
+    /// In `tmp/`, locked against sweeps.
+    Named(NamedTempFile),
+}
+
+impl Pending {
+    /// Names it `path` unless that is taken (`Ok(false)`, and it is dropped).
+    fn link_noclobber(self, path: &Path) -> io::Result<bool> {
+        match self {
+            Pending::Unnamed(file) => file.link_noclobber(path),
+            Pending::Named(temp) => match temp.persist_noclobber(path) {
+                Ok(_) => Ok(true),
+                Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e.error),
+            },
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Pending::Unnamed(file) => file.write_all(bytes),
+            Pending::Named(temp) => temp.write_all(bytes),
         }
     }
 }
@@ -651,6 +700,36 @@ mod tests {
     }
 
     /// The bytes really in `chunks/`.
+    #[test]
+    fn both_ways_of_writing_link_whole_chunks_leave_no_temporary_file_and_keep_the_first_copy() {
+        for unnamed in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+            assert!(cache.unnamed, "this machine's file system has O_TMPFILE");
+            cache.unnamed = unnamed;
+            let written = chunks(3, 4096);
+            for (hash, bytes) in &written {
+                cache.put(hash, bytes);
+            }
+            // A chunk already there is kept as it is, and counted once.
+            let (hash, bytes) = &written[0];
+            cache
+                .insert(cache.ledger.as_ref().unwrap(), hash, bytes)
+                .unwrap();
+            for (hash, bytes) in &written {
+                assert_eq!(cache.get(hash).as_ref(), Some(bytes), "unnamed: {unnamed}");
+            }
+            assert_eq!(
+                cache.stats().bytes,
+                on_disk(dir.path()),
+                "unnamed: {unnamed}"
+            );
+            assert_eq!(on_disk(dir.path()), 3 * 4096);
+            let left = fs::read_dir(dir.path().join("tmp")).unwrap().count();
+            assert_eq!(left, 0, "unnamed: {unnamed}: tmp/ is empty");
+        }
+    }
+
     fn on_disk(root: &Path) -> u64 {
         scan(&root.join("chunks"))
             .iter()
@@ -857,12 +936,20 @@ mod tests {
     #[test]
     fn a_full_cache_directory_costs_only_the_caching() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
-        std::fs::remove_dir_all(dir.path().join("tmp")).unwrap();
-        let hash = Hash::of(b"x");
-        cache.put(&hash, b"x");
-        assert!(!cache.contains(&hash));
-        assert_eq!(cache.get(&hash), None);
-        assert_eq!(cache.stats().bytes, 0);
+        for unnamed in [true, false] {
+            let mut cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+            cache.unnamed = unnamed;
+            // Nothing can be written: neither `tmp/` nor a chunk directory.
+            fs::remove_dir_all(dir.path().join("tmp")).unwrap();
+            fs::remove_dir_all(dir.path().join("chunks")).unwrap();
+            fs::write(dir.path().join("chunks"), b"not a directory").unwrap();
+            let hash = Hash::of(b"x");
+            cache.put(&hash, b"x");
+            assert!(!cache.contains(&hash));
+            assert_eq!(cache.get(&hash), None);
+            assert_eq!(cache.stats().bytes, 0, "unnamed: {unnamed}");
+            assert!(cache.warned.load(Ordering::Relaxed), "unnamed: {unnamed}");
+            fs::remove_file(dir.path().join("chunks")).unwrap();
+        }
     }
 }

@@ -22,6 +22,7 @@ pub mod room;
 pub mod served;
 pub mod sizes;
 pub mod tmp;
+pub mod unnamed;
 mod verified;
 
 use std::sync::Arc;
