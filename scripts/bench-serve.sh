@@ -11,8 +11,15 @@
 #   - gc of a store of 100,000 unreachable objects: time and peak memory,
 #     vs a gc with nothing to remove (the mark phase alone).
 #
-#   scripts/bench-serve.sh [WORK_DIR]
+#   [BEFORE_BIN=<older build>] scripts/bench-serve.sh [WORK_DIR]
 # WORK_DIR (default: a temporary directory) keeps the generated dbs.
+# BEFORE_BIN adds, in the same run, the pull through that build's `serve`
+# (the client is this build), to tell a change in serve from one in pull.
+#
+# Every fresh disk cache is a new directory, and nothing is deleted until
+# the end: on an ext4 without a journal, creating files within minutes of
+# deleting many scans past every recently deleted inode, and a pull into a
+# cache `rm -rf`'d just before ran 2-3x slower than into a new one.
 source "$(dirname "$0")/common.sh"
 [ -n "${1:-}" ] && work="$1" && mkdir -p "$work"
 export XDG_CACHE_HOME="$work/cache" XDG_CONFIG_HOME="$work/config" SOURCE_DATE_EPOCH=1748345600
@@ -35,9 +42,9 @@ print(f"{ms:.0f} {rss:.0f}")
 PY
 }
 server=""
-start_serve() { # store: serves it in the background; sets $server and $addr
+start_serve() { # store [binary]: serves it in the background; sets $server and $addr
   : >"$work/serve.out"
-  "$bin" -q serve "$1" --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
+  "${2:-$bin}" -q serve "$1" --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
   server=$!
   until grep -q listening "$work/serve.out"; do
     kill -0 "$server" || { cat "$work/serve.err" >&2; exit 1; }
@@ -52,19 +59,32 @@ for n in 10000 100000; do
   [ -f "$work/synth-$n.db" ] || python3 scripts/make-sample-db.py --synthetic "$n" "$work/synth-$n.db" 2>/dev/null
 done
 
+fresh_cache() { caches=$((caches + 1)) && export XDG_CACHE_HOME="$work/cache-$caches"; }
+caches=0
+
 # 1. Pull through serve vs from the local store.
 "$bin" -q push --db "$work/synth-10000.db" "$work/store-10k" >/dev/null
-start_serve "$work/store-10k"
-remote=(--remote "http://$addr" --scope bench/pull)
-local_runs=() serve_runs=()
+pull_through() { # run number: one pull from $addr into $XDG_CACHE_HOME, in ms
+  ms "$bin" -q pull --out-db "$work/served-$1-$caches.db" --remote "http://$addr" --scope bench/pull
+}
+local_runs=() serve_runs=() before_runs=()
 for i in 1 2 3; do
   local_runs+=("$(ms "$bin" -q pull --out-db "$work/local-$i.db" "$work/store-10k")")
-  rm -rf "$XDG_CACHE_HOME"
-  serve_runs+=("$(ms "$bin" -q pull --out-db "$work/served-$i.db" "${remote[@]}")")
+  start_serve "$work/store-10k"
+  fresh_cache && serve_runs+=("$(pull_through "$i")")
+  stop_serve
+  if [ -n "${BEFORE_BIN:-}" ]; then
+    start_serve "$work/store-10k" "$BEFORE_BIN"
+    fresh_cache && before_runs+=("$(pull_through "$i")")
+    stop_serve
+  fi
 done
-stop_serve
 l=$(median "${local_runs[@]}") r=$(median "${serve_runs[@]}")
 echo "pull, 10,000 sources      through serve $r ms (runs: ${serve_runs[*]})   baseline: local store $l ms (${local_runs[*]}); $(python3 -c "print(f'{$r/$l:.2f}')")x"
+if [ -n "${BEFORE_BIN:-}" ]; then
+  b=$(median "${before_runs[@]}")
+  echo "                          through BEFORE_BIN's serve $b ms (runs: ${before_runs[*]}); this serve is $(python3 -c "print(f'{$r/$b:.2f}')")x it"
+fi
 
 # 2. Push of 100,000 sources through serve vs the local push alone.
 local_push=$(ms "$bin" -q push --db "$work/synth-100000.db" "$work/store-100k-local")
@@ -74,7 +94,7 @@ remote_push=$(ms "$bin" -q push --db "$work/synth-100000.db" "$work/store-100k" 
 # sizes index; `find` lists every file without a chunk.
 if [ "$(id -u)" = 0 ]; then
   mnt="$work/mnt" && mkdir -p "$mnt"
-  rm -rf "$XDG_CACHE_HOME"
+  fresh_cache
   ready=$(ms "$bin" -q mount --daemon --remote "http://$addr" --scope bench/push "$mnt")
   found=$(find "$mnt/sources" -type f | wc -l)
   fetched=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["chunks_fetched"])' "$mnt/.cachefs/status")

@@ -198,14 +198,11 @@ impl DiskCache {
     pub fn put_named(&self, name: &str, bytes: &[u8]) {
         let hash = Hash::of(bytes);
         self.put(&hash, bytes);
+        // A name already there says the same: a content name has one content.
         let path = self.root.join("names").join(name_file(name));
-        let written = fs::create_dir_all(self.root.join("names"))
-            .and_then(|()| self.temp_file())
-            .and_then(|mut temp| {
-                temp.write_all(hash.to_hex().as_bytes())?;
-                temp.persist(&path).map_err(|e| e.error)?;
-                Ok(())
-            });
+        let written = self
+            .write_pending(&path, hash.to_hex().as_bytes())
+            .and_then(|pending| pending.link_noclobber(&path));
         if let Err(e) = written {
             tracing::debug!("disk cache: not naming {name}: {e}");
         }
@@ -264,7 +261,8 @@ impl DiskCache {
     }
 
     /// `bytes` in a file that [`Pending::link_noclobber`] names `path`:
-    /// unnamed in `path`'s directory, or in `tmp/` where that cannot be.
+    /// unnamed in `path`'s directory (created if need be), or in `tmp/`
+    /// where that cannot be.
     fn write_pending(&self, path: &Path, bytes: &[u8]) -> io::Result<Pending> {
         let dir = path.parent().expect("a chunk path has a parent");
         let mut pending = match self.unnamed {
