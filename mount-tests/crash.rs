@@ -118,6 +118,33 @@ fn fill(dir: &Path) -> PathBuf {
     filler
 }
 
+/// A foreground mount whose stderr is a full disk (/dev/full) used to
+/// panic on its "mounted" line; it must serve and, once unmounted, exit 0.
+#[test]
+fn a_foreground_mount_whose_stderr_is_a_full_disk_serves_and_exits_cleanly() {
+    let sample = sample();
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut m = TestMount::foreground_with_stderr(&sample.store, Stdio::from(full));
+    assert_sources_equal(&m);
+    let out = run(m.command().arg("unmount").arg(&m.mnt));
+    assert!(out.status.success(), "{out:?}");
+    let child = m.foreground.as_mut().unwrap();
+    let mut exited = None;
+    wait_until("the foreground mount exits", || {
+        exited = child.try_wait().unwrap();
+        exited.is_some()
+    });
+    assert_eq!(
+        exited.unwrap().code(),
+        Some(0),
+        "the foreground mount's exit"
+    );
+    m.foreground = None;
+}
+
 #[test]
 fn a_full_disk_under_the_disk_cache_gives_right_bytes_or_eio_and_the_next_mount_caches() {
     let sample = sample();

@@ -313,6 +313,11 @@ impl TestMount {
     /// Mounts `store` in the foreground as a child process and polls until
     /// the mount answers.
     pub fn foreground(store: &Path) -> TestMount {
+        TestMount::foreground_with_stderr(store, Stdio::piped())
+    }
+
+    /// [`foreground`](Self::foreground), its stderr going to `stderr`.
+    pub fn foreground_with_stderr(store: &Path, stderr: Stdio) -> TestMount {
         let mut m = TestMount::dirs();
         let child = m
             .command()
@@ -322,7 +327,7 @@ impl TestMount {
             .arg(&m.mnt)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         m.foreground = Some(child);

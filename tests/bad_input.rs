@@ -502,3 +502,38 @@ fn mount_takes_the_store_once_positionally_or_with_store() {
     run_fails(&["mount", s(&store), s(&mnt)], 5, "nothing pushed");
     run_fails(&["mount", "a", "b", "c"], 2, "unexpected");
 }
+
+/// A report that cannot be written (stdout on a full disk, /dev/full) is a
+/// failed command with one error line, not a panic; the store is unharmed.
+#[test]
+fn a_report_on_a_full_disk_is_one_error_line_and_exit_6() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = pushed_store(dir.path());
+    let db = dir.path().join("mache.db");
+    let out_db = dir.path().join("out.db");
+    let commands: [&[&str]; 4] = [
+        &["inspect", s(&store)],
+        &["verify", "--json", s(&store)],
+        &["refs", s(&store)],
+        &["pull", "--out-db", s(&out_db), s(&store)],
+    ];
+    let full = || {
+        std::fs::File::options()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    for args in commands {
+        let out = bin().args(args).stdout(full()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("writing the output: No space left on device"),
+            "{stderr}"
+        );
+    }
+    run_ok(&["push", "--db", s(&db), s(&store)]);
+    run_ok(&["verify", s(&store)]);
+}

@@ -368,7 +368,7 @@ fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
     };
     crate::serve::run(options, |addr| {
         // The one line on stdout; tests and scripts read the port from it.
-        println!("listening on http://{addr}");
+        output::write_line(format_args!("listening on http://{addr}"));
         let _ = std::io::Write::flush(&mut std::io::stdout());
     })?;
     Ok(())

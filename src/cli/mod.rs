@@ -43,10 +43,12 @@ pub fn run() -> ExitCode {
         // SAFETY: restoring the default disposition of one signal.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    match commands::dispatch(cli) {
+    let done = commands::dispatch(cli)
+        .and_then(|()| output::finish().map_err(|e| Error::io("writing the output", e).into()));
+    match done {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) => {
-            eprintln!("mache-cachefs: error: {}", one_line(&err));
+            output::to_stderr(format_args!("mache-cachefs: error: {}", one_line(&err)));
             ExitCode::from(exit_code_for(&err))
         }
     }

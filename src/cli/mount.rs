@@ -21,6 +21,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::commands::open_store;
+use super::output;
 use crate::config::Settings;
 use crate::error::Error;
 use crate::fs::mount::{FUSE_SUPER_MAGIC, Unmounted, check_can_mount, check_mountpoint};
@@ -161,10 +162,10 @@ fn mount_foreground(
         if let Some(mut pipe) = notify.take() {
             let _ = pipe.write_all(b"ready\n");
         } else if !quiet {
-            eprintln!(
+            output::to_stderr(format_args!(
                 "mache-cachefs: mounted {} at {shown}; Ctrl-C to unmount",
                 args.reference
-            );
+            ));
         }
     })?;
     Ok(())
@@ -223,7 +224,7 @@ fn daemonize(settings: &Settings, args: &MountArgs, quiet: bool) -> Result<()> {
         .context("waiting for the mount daemon")?;
     let mut lines = answer.lines().collect::<Vec<_>>();
     for warning in lines.iter().filter_map(|l| l.strip_prefix("warning ")) {
-        eprintln!("mache-cachefs: warning: {warning}");
+        output::to_stderr(format_args!("mache-cachefs: warning: {warning}"));
     }
     lines.retain(|l| !l.starts_with("warning "));
     let answer = lines.join("\n");
@@ -245,13 +246,13 @@ fn daemonize(settings: &Settings, args: &MountArgs, quiet: bool) -> Result<()> {
     }
     check_answers(&mountpoint)?;
     if !quiet {
-        eprintln!(
+        output::to_stderr(format_args!(
             "mache-cachefs: mounted {} at {} (daemon pid {}, log {})",
             args.reference,
             mountpoint.display(),
             child.id(),
             log_path.display()
-        );
+        ));
     }
     Ok(())
 }
@@ -294,10 +295,12 @@ pub fn unmount(args: UnmountArgs, quiet: bool) -> Result<()> {
     if !quiet {
         let shown = args.mountpoint.display();
         match how {
-            Unmounted::Cleanly | Unmounted::WithFusermount => eprintln!("unmounted {shown}"),
-            Unmounted::Lazily => {
-                eprintln!("{shown} was busy: detached; it goes away when its open files are closed")
+            Unmounted::Cleanly | Unmounted::WithFusermount => {
+                output::to_stderr(format_args!("unmounted {shown}"))
             }
+            Unmounted::Lazily => output::to_stderr(format_args!(
+                "{shown} was busy: detached; it goes away when its open files are closed"
+            )),
         }
     }
     Ok(())

@@ -1,7 +1,14 @@
 //! What the CLI prints on stdout: a few human lines, or one JSON object
 //! with `--json`. Logs and errors go to stderr elsewhere.
+//!
+//! Nothing here panics on a stdout that takes no writes (a full disk):
+//! the first failure is kept, and [`finish`] turns it into the command's
+//! error, so a report that was not written whole is a failed command.
 
+use std::fmt;
+use std::io::{self, Write};
 use std::path::Path;
+use std::sync::Mutex;
 
 use serde_json::json;
 
@@ -9,6 +16,51 @@ use super::doctor::{Check, Status, passed};
 use crate::bundle::{Coverage, Inspection, PullReport, PushReport, VerifyReport};
 use crate::registry::UploadReport;
 use crate::store::{BlobCheck, RemoteCounters};
+
+/// The first write to stdout that failed, for [`finish`].
+static WRITE_FAILURE: Mutex<Option<io::Error>> = Mutex::new(None);
+
+/// `println!` that keeps a failure for [`finish`] instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line to stdout; a failure is kept for [`finish`].
+pub(super) fn write_line(line: fmt::Arguments<'_>) {
+    let mut stdout = io::stdout().lock();
+    let written = stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"));
+    if let Err(e) = written {
+        WRITE_FAILURE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(e);
+    }
+}
+
+/// Flushes stdout: `Err` with the first write that failed, if one did.
+pub(super) fn finish() -> io::Result<()> {
+    let flushed = io::stdout().flush();
+    let failure = WRITE_FAILURE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    match failure {
+        Some(e) => Err(e),
+        None => flushed,
+    }
+}
+
+/// Writes one line to stderr, where a failure has nowhere to be told.
+pub(super) fn to_stderr(line: fmt::Arguments<'_>) {
+    let mut stderr = io::stderr().lock();
+    let _ = stderr
+        .write_fmt(line)
+        .and_then(|()| stderr.write_all(b"\n"));
+}
 
 /// A size in IEC units, as `--max-size` and the other size flags take
 /// them: "512 B", "50.0 MiB", "10.0 GiB".
@@ -48,7 +100,7 @@ fn opaque_note(n: usize, one: &str, many: &str) -> String {
 }
 
 fn print_json(value: &serde_json::Value) {
-    println!("{value}");
+    out!("{value}");
 }
 
 /// How a push stored its sources, and how many had AST rows: "as raw
@@ -117,14 +169,14 @@ pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport
         format!("latest, {}", r.tag)
     };
     if r.kept {
-        println!(
+        out!(
             "unchanged: these {} are a bundle {} already holds; kept it as {tags} \
              (--force writes a new lockfile)",
             count(r.sources, "source", "sources"),
             store
         );
     } else {
-        println!(
+        out!(
             "pushed {} {} to {} as {tags} in {:.2}s",
             count(r.sources, "source", "sources"),
             stored_as(r),
@@ -132,15 +184,15 @@ pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport
             r.elapsed.as_secs_f64()
         );
     }
-    println!(
+    out!(
         "chunks: {} new, {} already present ({} total, {} new)",
         r.new_chunks,
         r.present_chunks,
         size(r.chunk_bytes),
         size(r.new_bytes)
     );
-    println!("lockfile {}", r.lockfile_hash.to_prefixed());
-    println!("root     {}", r.root.to_prefixed());
+    out!("lockfile {}", r.lockfile_hash.to_prefixed());
+    out!("root     {}", r.root.to_prefixed());
     if let Some((repo, u)) = uploaded {
         let manifest = if u.manifest_unchanged {
             "already tagged"
@@ -155,7 +207,7 @@ pub fn push(store: &str, r: &PushReport, uploaded: Option<&(String, UploadReport
                 size(u.reused_bytes)
             ),
         };
-        println!(
+        out!(
             "registry {repo} ({}): {} uploaded ({}), {} already present{reused}; manifest {} {manifest} {}",
             u.layout,
             u.uploaded,
@@ -191,7 +243,7 @@ pub fn pull(out_db: &Path, r: &PullReport, as_json: bool) {
     } else {
         "chunk hashes verified; root not checked"
     };
-    println!(
+    out!(
         "restored {} ({} with AST, {}) into {} in {:.2}s ({verified}){}",
         count(r.sources, "source", "sources"),
         r.ast_sources,
@@ -248,7 +300,7 @@ pub fn verify(v: &Verified, as_json: bool) {
             r.chunks_verified, r.chunks
         ),
     };
-    println!(
+    out!(
         "verified {} of {}: {blobs}{chunks}; root {} of {} in {:.2}s{}",
         v.reference,
         v.store,
@@ -267,25 +319,25 @@ pub fn inspect(i: &Inspection, as_json: bool) {
         return print_json(&value);
     }
     let opt = |v: Option<usize>| v.map_or("-".to_string(), |n| n.to_string());
-    println!("producer          {} {}", i.producer, i.producer_version);
-    println!("schema version    {}", i.schema_version);
-    println!("generated at      {}", rfc3339(i.generated_at_ms));
-    println!("processors        {}", i.processors.join(", "));
-    println!("sources           {}", i.sources);
-    println!("topology edges    {}", i.topology_edges);
+    out!("producer          {} {}", i.producer, i.producer_version);
+    out!("schema version    {}", i.schema_version);
+    out!("generated at      {}", rfc3339(i.generated_at_ms));
+    out!("processors        {}", i.processors.join(", "));
+    out!("sources           {}", i.sources);
+    out!("topology edges    {}", i.topology_edges);
     let root_state = if i.root_ok { "ok" } else { "MISMATCH" };
-    println!("root              {} ({root_state})", i.root);
+    out!("root              {} ({root_state})", i.root);
     if let Some(lockfile) = &i.lockfile {
-        println!("lockfile          {lockfile}");
+        out!("lockfile          {lockfile}");
     }
     if let Some(manifest) = &i.manifest {
-        println!("manifest          {manifest}");
+        out!("manifest          {manifest}");
     }
     if !i.refs.is_empty() {
-        println!("refs              {}", i.refs.join(", "));
+        out!("refs              {}", i.refs.join(", "));
     }
     if let Some(db) = &i.mache_db {
-        println!(
+        out!(
             "mache.db          {} ({} bytes), {}, by {}",
             size(db.size),
             db.size,
@@ -293,18 +345,18 @@ pub fn inspect(i: &Inspection, as_json: bool) {
             db.synthesizer
         );
     }
-    println!("distinct chunks   {}", i.distinct_chunks);
+    out!("distinct chunks   {}", i.distinct_chunks);
     match (i.chunks_present, i.chunks_hashed) {
         (None, _) if i.manifest.is_some() => {
-            println!("chunks            on the registry, not read here (`verify` reads them)")
+            out!("chunks            on the registry, not read here (`verify` reads them)")
         }
-        (None, _) => println!("chunks            no store holds them"),
+        (None, _) => out!("chunks            no store holds them"),
         (Some(_), hashed) => {
             let how = match hashed {
                 true => "every chunk hashed",
                 false => "presence and length checked; `verify` hashes every chunk",
             };
-            println!(
+            out!(
                 "on disk           {} present, {} missing, {} corrupt ({how})",
                 opt(i.chunks_present),
                 opt(i.chunks_missing),
@@ -316,7 +368,7 @@ pub fn inspect(i: &Inspection, as_json: bool) {
         Some(n) if n > 0 => format!(" ({n} opaque: input hash not checkable)"),
         _ => String::new(),
     };
-    println!(
+    out!(
         "shapes            {} raw{opaque}, {} AST",
         opt(i.raw_chunks),
         opt(i.ast_chunks)
@@ -338,10 +390,10 @@ pub fn refs(store: &str, refs: &[RefLine], as_json: bool) {
         return print_json(&json!({ "store": store, "refs": refs }));
     }
     if refs.is_empty() {
-        println!("no tags in {store}");
+        out!("no tags in {store}");
     }
     for r in refs {
-        println!(
+        out!(
             "{:<24} {}  {:>15}  {}",
             r.name,
             r.lockfile,
@@ -357,8 +409,8 @@ pub fn tagged(name: &str, lockfile: &crate::hash::Hash, removed: bool, as_json: 
     match (removed, as_json) {
         (false, true) => print_json(&json!({ "tag": name, "lockfile": lockfile })),
         (true, true) => print_json(&json!({ "untagged": name, "lockfile": lockfile })),
-        (false, false) => println!("{name} -> {lockfile}"),
-        (true, false) => println!("removed tag {name} (it named {lockfile})"),
+        (false, false) => out!("{name} -> {lockfile}"),
+        (true, false) => out!("removed tag {name} (it named {lockfile})"),
     }
 }
 
@@ -370,7 +422,7 @@ pub fn gc(store: &str, r: &crate::store::gc::GcReport, as_json: bool) {
         return print_json(&value);
     }
     let verb = if r.dry_run { "would remove" } else { "removed" };
-    println!(
+    out!(
         "{store}: {verb} {}, {}, {}: {} freed",
         count(r.objects_removed, "object", "objects"),
         count(
@@ -381,13 +433,13 @@ pub fn gc(store: &str, r: &crate::store::gc::GcReport, as_json: bool) {
         count(r.other_files_removed, "other file", "other files"),
         size(r.bytes_freed)
     );
-    println!(
+    out!(
         "kept {} of {}; {} younger than the grace period",
         count(r.live_objects, "live object", "live objects"),
         count(r.roots, "tagged bundle", "tagged bundles"),
         count(r.kept_young, "unreachable file is", "unreachable files are")
     );
-    println!(
+    out!(
         "{verb} {} that interrupted or killed pushes left in tmp/",
         count(r.temp_files_removed, "temporary file", "temporary files")
     );
@@ -401,7 +453,7 @@ pub fn gc_cache(dir: &Path, r: &crate::store::gc::CacheGcReport, as_json: bool) 
         return print_json(&value);
     }
     let verb = if r.dry_run { "would remove" } else { "removed" };
-    println!(
+    out!(
         "{}: {verb} {}, {} and {}: {} freed; {} in the chunk cache (cap {})",
         dir.display(),
         count(r.chunks_removed, "cached chunk", "cached chunks"),
@@ -416,7 +468,7 @@ pub fn gc_cache(dir: &Path, r: &crate::store::gc::CacheGcReport, as_json: bool) 
         size(r.capacity)
     );
     if r.in_use > 0 {
-        println!(
+        out!(
             "kept {} that a mount has open",
             count(r.in_use, "db", "dbs")
         );
@@ -434,7 +486,7 @@ pub fn doctor(checks: &[Check], as_json: bool) {
             .hint
             .as_ref()
             .map_or(String::new(), |hint| format!("; hint: {hint}"));
-        println!(
+        out!(
             "{:<5} {:<16} {}{hint}",
             check.status.word(),
             check.name,
@@ -442,7 +494,7 @@ pub fn doctor(checks: &[Check], as_json: bool) {
         );
     }
     let with = |status| checks.iter().filter(|c| c.status == status).count();
-    println!(
+    out!(
         "{} ok, {}, {} failed",
         count(with(Status::Ok), "check", "checks"),
         count(with(Status::Warn), "warning", "warnings"),
