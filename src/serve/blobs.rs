@@ -84,7 +84,13 @@ pub fn parse_range(text: &str, len: u64) -> RegistryResult<(u64, u64)> {
     };
     let spec = text.trim().strip_prefix("bytes=").ok_or_else(invalid)?;
     let (first, last) = spec.split_once('-').ok_or_else(invalid)?;
-    let number = |s: &str| s.trim().parse::<u64>().map_err(|_| invalid());
+    // Digits only (RFC 9110's 1*DIGIT): Rust's parser would take a sign.
+    let number = |s: &str| match s.trim() {
+        digits if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            digits.parse::<u64>().map_err(|_| invalid())
+        }
+        _ => Err(invalid()),
+    };
     let (first, last) = match (first.trim().is_empty(), last.trim().is_empty()) {
         (false, false) => (number(first)?, number(last)?),
         (false, true) => (number(first)?, u64::MAX),
@@ -192,6 +198,9 @@ mod tests {
             "bytes=0-1,3-4",
             "items=0-1",
             "bytes=a-b",
+            "bytes=+1-2",
+            "bytes=1-+2",
+            "bytes=-+5",
         ] {
             let err = parse_range(bad, 100).unwrap_err();
             assert_eq!(err.code, Code::RangeInvalid, "{bad}");
