@@ -198,10 +198,15 @@ impl DiskCache {
     pub fn put_named(&self, name: &str, bytes: &[u8]) {
         let hash = Hash::of(bytes);
         self.put(&hash, bytes);
-        // A name already there says the same: a content name has one content.
         let path = self.root.join("names").join(name_file(name));
+        let hex = hash.to_hex();
+        if fs::read(&path).is_ok_and(|said| said == hex.as_bytes()) {
+            return;
+        }
+        // A name that says anything else (garbled) is replaced.
+        let _ = fs::remove_file(&path);
         let written = self
-            .write_pending(&path, hash.to_hex().as_bytes())
+            .write_pending(&path, hex.as_bytes())
             .and_then(|pending| pending.link_noclobber(&path));
         if let Err(e) = written {
             tracing::debug!("disk cache: not naming {name}: {e}");
@@ -929,6 +934,12 @@ mod tests {
         drop(cache);
         let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
         assert!(cache.get_named("sha256:ab12").is_none());
+
+        // A garbled name file is replaced by the next put, not kept.
+        fs::write(dir.path().join("names/sha256_ab12"), b"garbled").unwrap();
+        assert!(cache.get_named("sha256:ab12").is_none());
+        cache.put_named("sha256:ab12", b"a pack index");
+        assert_eq!(cache.get_named("sha256:ab12").unwrap(), b"a pack index");
     }
 
     #[test]
