@@ -16,6 +16,7 @@ use crate::hash::Hash;
 use crate::lockfile::{Lockfile, ProcessorVersion, SourceEntry};
 use crate::machedb::DbWriter;
 use crate::store::local::shareable_temp_file;
+use crate::store::tmp;
 use crate::store::{ChunkSource, Room};
 
 /// Sources decoded in parallel before being written in order.
@@ -459,14 +460,7 @@ const TEMP_DB_SUFFIX: &str = ".db";
 /// as the returned file is open: that lock is how a later pull tells a live
 /// pull's temporary db from one a killed pull left.
 fn held_temp_db(dir: &Path) -> std::io::Result<(std::fs::File, tempfile::TempPath)> {
-    loop {
-        let (file, path) = shareable_temp_file(dir, TEMP_DB_PREFIX, TEMP_DB_SUFFIX)?.into_parts();
-        file.lock()?;
-        // Another pull's sweep may have removed it before the lock: try again.
-        if crate::store::tmp::still_linked(&path, &file) {
-            return Ok((file, path));
-        }
-    }
+    tmp::create_held(|| Ok(shareable_temp_file(dir, TEMP_DB_PREFIX, TEMP_DB_SUFFIX)?.into_parts()))
 }
 
 /// Removes the temporary dbs (and their SQLite journals) that killed pulls
@@ -482,8 +476,7 @@ fn sweep_dead_pulls(dir: &Path) {
             continue;
         }
         let path = entry.path();
-        let dead = std::fs::File::open(&path).is_ok_and(|file| file.try_lock().is_ok());
-        if dead {
+        if tmp::is_unheld(&path) {
             let _ = std::fs::remove_file(dir.join(format!("{name}-journal")));
             let _ = std::fs::remove_file(&path);
         }

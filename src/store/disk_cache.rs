@@ -605,7 +605,7 @@ pub fn sweep_temp(root: &Path, dry_run: bool) -> usize {
 fn is_debris(path: &Path, cutoff: SystemTime) -> bool {
     let old = fs::symlink_metadata(path)
         .is_ok_and(|meta| meta.is_file() && meta.modified().is_ok_and(|t| t < cutoff));
-    old && File::open(path).is_ok_and(|file| file.try_lock().is_ok())
+    old && super::tmp::is_unheld(path)
 }
 
 /// Removes the names (see [`DiskCache::put_named`]) whose chunk is gone.

@@ -32,27 +32,21 @@ pub struct TmpSession {
 impl TmpSession {
     /// Opens a new session in `tmp_dir`, its lock file created and held.
     pub fn open(tmp_dir: &Path) -> std::io::Result<TmpSession> {
-        loop {
-            let (file, path) = tempfile::Builder::new()
+        let (file, path) = create_held(|| {
+            tempfile::Builder::new()
                 .prefix(SESSION_PREFIX)
                 .suffix(LOCK_SUFFIX)
                 .tempfile_in(tmp_dir)?
                 .keep()
-                .map_err(|e| e.error)?;
-            file.lock()?;
-            // A sweeper may have taken the file between its creation and our
-            // lock, and removed it: then the lock guards nothing; try again.
-            if !still_linked(&path, &file) {
-                continue;
-            }
-            let prefix = session_prefix(&path);
-            return Ok(TmpSession {
-                lock_path: path,
-                prefix,
-                _lock: file,
-                pending: AtomicUsize::new(0),
-            });
-        }
+                .map_err(|e| e.error)
+        })?;
+        let prefix = session_prefix(&path);
+        Ok(TmpSession {
+            lock_path: path,
+            prefix,
+            _lock: file,
+            pending: AtomicUsize::new(0),
+        })
     }
 
     /// The prefix of this session's temporary file names.
@@ -87,8 +81,30 @@ impl Drop for TmpSession {
     }
 }
 
+/// A new file from `create`, held under an exclusive `flock` for as long as
+/// it stays open: the lock tells a live writer's file from one a killed
+/// writer left ([`is_unheld`]).
+pub(crate) fn create_held<P: AsRef<Path>>(
+    mut create: impl FnMut() -> std::io::Result<(File, P)>,
+) -> std::io::Result<(File, P)> {
+    loop {
+        let (file, path) = create()?;
+        file.lock()?;
+        // A sweeper may have taken the file between its creation and our
+        // lock, and removed it: then the lock guards nothing; try again.
+        if still_linked(path.as_ref(), &file) {
+            return Ok((file, path));
+        }
+    }
+}
+
+/// Whether no live writer holds the file at `path` (see [`create_held`]).
+pub(crate) fn is_unheld(path: &Path) -> bool {
+    File::open(path).is_ok_and(|file| file.try_lock().is_ok())
+}
+
 /// Whether `path` still names the file `file` has open.
-pub(crate) fn still_linked(path: &Path, file: &File) -> bool {
+fn still_linked(path: &Path, file: &File) -> bool {
     match (fs::metadata(path), file.metadata()) {
         (Ok(named), Ok(open)) => named.ino() == open.ino() && named.dev() == open.dev(),
         _ => false,
@@ -104,14 +120,13 @@ pub fn sweep(tmp_dir: &Path, orphan_cutoff: SystemTime, dry_run: bool) -> usize 
     let mut removed = 0;
     for lock_path in lock_files(tmp_dir) {
         let prefix = session_prefix(&lock_path);
-        match File::open(&lock_path) {
-            Ok(file) if file.try_lock().is_ok() => {
-                removed += remove_prefixed(tmp_dir, &prefix, dry_run);
-                if !dry_run {
-                    let _ = fs::remove_file(&lock_path);
-                }
+        if is_unheld(&lock_path) {
+            removed += remove_prefixed(tmp_dir, &prefix, dry_run);
+            if !dry_run {
+                let _ = fs::remove_file(&lock_path);
             }
-            _ => live.push(prefix),
+        } else {
+            live.push(prefix);
         }
     }
     removed + remove_orphans(tmp_dir, &live, orphan_cutoff, dry_run)
