@@ -275,6 +275,8 @@ fn toml_error(text: &str, error: &toml::de::Error) -> Error {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// The `toml` crate's rendering of the whole document: what the
     /// streamed writer must match.
     fn serde_rendered(lockfile: &Lockfile) -> String {
@@ -316,7 +318,6 @@ mod tests {
         };
         toml::to_string(&doc).expect("strings, integers and arrays always serialize to TOML")
     }
-    use super::*;
 
     fn sample() -> Lockfile {
         let sources = vec![SourceEntry {
